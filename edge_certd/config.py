@@ -1,0 +1,226 @@
+"""Configuration: YAML validated by pydantic, handed on as frozen models.
+
+This is the only module that imports pydantic or yaml. It works with pydantic 1.10
+(Debian 12) and pydantic 2 (PyPI) by touching only the API the two share.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import pydantic
+import yaml
+
+from edge_certd.errors import ConfigError
+
+DEFAULT_CONFIG_PATH = "/etc/edge-certd/config.yaml"
+CONFIG_ENV = "EDGE_CERTD_CONFIG"
+
+_PYDANTIC_V2 = pydantic.VERSION.startswith("2")
+
+
+if _PYDANTIC_V2:
+
+    class _Section(pydantic.BaseModel):
+        model_config = pydantic.ConfigDict(extra="forbid", frozen=True)  # type: ignore[typeddict-unknown-key]
+
+else:  # pragma: no cover - exercised by the Debian 12 test run
+
+    class _Section(pydantic.BaseModel):  # type: ignore[no-redef]
+        class Config:
+            extra = "forbid"
+            allow_mutation = False
+
+
+class TrustStoreConfig(_Section):
+    ca_dir: str = "/usr/local/share/ca-certificates/edge-certd"
+    update_command: list[str] = ["update-ca-certificates"]
+    system_bundle: str = "/etc/ssl/certs/ca-certificates.crt"
+    update_timeout: float = 300.0
+
+
+class BundlesConfig(_Section):
+    dir: str = "/var/lib/edge-certd/bundles"
+    env_file: str = "/etc/edge-certd/ca.env"
+    java: Literal["auto", "pkcs12", "jks", "off"] = "auto"
+    java_password: str = "changeit"
+
+
+class PolicyConfig(_Section):
+    allow_intermediate: bool = False
+    allow_expired: bool = False
+    min_rsa_bits: int = 2048
+    allow_sha1_signature: bool = False
+    max_file_bytes: int = 1048576
+
+
+class OnChangeConfig(_Section):
+    restart_units: list[str] = []
+    commands: list[list[str]] = []
+    systemctl: list[str] = ["systemctl"]
+    timeout: float = 60.0
+
+
+class WatchConfig(_Section):
+    settle_ms: int = 200
+    rescan_interval: float = 3600.0
+    retry_max_seconds: float = 300.0
+
+
+class ExpiryConfig(_Section):
+    warn_days: list[int] = [30, 7, 1]
+    check_interval: float = 86400.0
+
+
+class SourcesConfig(_Section):
+    # Source directories must be owned by root or by this group, and never world-writable.
+    trusted_group: str = "edge-certd"
+    check_ownership: bool = True
+
+
+class GatewayConfig(_Section):
+    host: str | None = None
+    port: int | None = None
+    protocols: list[Literal["mqtts", "amqps", "https"]] = ["mqtts"]
+    connection_string_file: str | None = None
+    servername: str | None = None
+    timeout: float = 10.0
+
+
+class Config(_Section):
+    drop_dir: str = "/var/lib/edge-certd/drop"
+    keyvault_export_dirs: list[str] = []
+    state_dir: str = "/var/lib/edge-certd"
+    pfx_password_files: list[str] = []
+    trust_store: TrustStoreConfig = TrustStoreConfig()
+    bundles: BundlesConfig = BundlesConfig()
+    policy: PolicyConfig = PolicyConfig()
+    on_change: OnChangeConfig = OnChangeConfig()
+    watch: WatchConfig = WatchConfig()
+    expiry: ExpiryConfig = ExpiryConfig()
+    sources: SourcesConfig = SourcesConfig()
+    gateway: GatewayConfig = GatewayConfig()
+
+
+# Keys whose values must be absolute paths; relative ones would depend on the daemon's cwd.
+_PATH_KEYS: tuple[tuple[str, ...], ...] = (
+    ("drop_dir",),
+    ("state_dir",),
+    ("trust_store", "ca_dir"),
+    ("trust_store", "system_bundle"),
+    ("bundles", "dir"),
+    ("bundles", "env_file"),
+)
+
+
+def config_path(explicit: str | None) -> tuple[str, bool]:
+    """Return the config path to use and whether the user named it.
+
+    Order: --config, then $EDGE_CERTD_CONFIG, then the default path.
+    """
+    if explicit:
+        return explicit, True
+    from_env = os.environ.get(CONFIG_ENV)
+    if from_env:
+        return from_env, True
+    return DEFAULT_CONFIG_PATH, False
+
+
+def load_config(explicit: str | None = None) -> tuple[Config, str]:
+    """Load and validate the configuration.
+
+    Returns:
+        The config and the path it came from.
+
+    Raises:
+        ConfigError: the file named by the user is missing, or any file is invalid.
+    """
+    path, named = config_path(explicit)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        if named:
+            raise ConfigError(path, ["file not found"]) from None
+        return Config(), path  # no config file: every default applies
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(path, [f"cannot read: {exc}"]) from None
+    return parse_config(text, path), path
+
+
+def parse_config(text: str, path: str = "<config>") -> Config:
+    """Validate YAML text as a configuration. Raises ConfigError."""
+    try:
+        data = yaml.safe_load(text)
+        tree = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(path, [f"{where}not valid YAML: {problem}"]) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(path, ["the top level must be a mapping of keys"])
+    try:
+        config = Config.parse_obj(data) if not _PYDANTIC_V2 else Config.model_validate(data)
+    except pydantic.ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = tuple(str(part) for part in err["loc"])
+            problems.append(_describe(tree, loc, _message(err)))
+        raise ConfigError(path, problems) from None
+    problems = []
+    for key in _PATH_KEYS:
+        value = _get(config, key)
+        if not os.path.isabs(value):
+            problems.append(_describe(tree, key, f"must be an absolute path, got {value!r}"))
+    for i, value in enumerate(config.keyvault_export_dirs):
+        if not os.path.isabs(value):
+            loc = ("keyvault_export_dirs", str(i))
+            problems.append(_describe(tree, loc, f"must be an absolute path, got {value!r}"))
+    if not config.trust_store.update_command:
+        problems.append(_describe(tree, ("trust_store", "update_command"), "must not be empty"))
+    if problems:
+        raise ConfigError(path, problems)
+    return config
+
+
+def _message(err: Any) -> str:
+    # pydantic 1 and 2 word "extra" differently; say it the same way either way.
+    kind = str(err.get("type", ""))
+    if kind in ("extra_forbidden", "value_error.extra"):
+        return "unknown key (check the spelling against config.example.yaml)"
+    return str(err["msg"])
+
+
+def _get(config: Config, key: tuple[str, ...]) -> str:
+    value: Any = config
+    for part in key:
+        value = getattr(value, part)
+    return str(value)
+
+
+def _describe(tree: yaml.Node | None, loc: tuple[str, ...], message: str) -> str:
+    line = _line_of(tree, loc)
+    where = f"line {line}: " if line else ""
+    return f"{where}{'.'.join(loc)}: {message}"
+
+
+def _line_of(node: yaml.Node | None, loc: tuple[str, ...]) -> int | None:
+    """The 1-based line of the deepest YAML node that `loc` reaches."""
+    line = None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            match = next((kv for kv in node.value if kv[0].value == part), None)
+            if match is None:
+                break
+            line = match[0].start_mark.line + 1
+            node = match[1]
+        elif isinstance(node, yaml.SequenceNode) and part.isdigit() and int(part) < len(node.value):
+            node = node.value[int(part)]
+            line = node.start_mark.line + 1
+        else:
+            break
+    return line

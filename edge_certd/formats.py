@@ -1,0 +1,295 @@
+"""Bytes in, certificates out: PEM, DER, PKCS#7, PKCS#12 and the Azure Key Vault shapes.
+
+Pure: no disk, no subprocess. Private keys are counted, never kept or echoed, so no
+key material can reach a log line or an error message from here.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.serialization import pkcs7, pkcs12
+
+# Human names for what `detect` found, as `inspect` and `status` print them.
+FORMAT_LABELS = {
+    "pem": "PEM",
+    "der": "DER certificate",
+    "pkcs7-pem": "PKCS#7 (PEM)",
+    "pkcs7-der": "PKCS#7 (DER)",
+    "pkcs12": "PKCS#12 / PFX",
+    "pkcs12-base64": "PKCS#12 / PFX, base64 text (az keyvault secret download -e base64)",
+    "keyvault-certificate-json": "Key Vault certificate JSON (az keyvault certificate show)",
+    "keyvault-secret-json": "Key Vault secret JSON (az keyvault secret show)",
+    "private-key": "private key",
+    "unknown": "unrecognised",
+}
+
+_PEM_BLOCK = re.compile(
+    rb"-----BEGIN ([A-Z0-9 ]+)-----(.*?)-----END \1-----", re.DOTALL
+)
+_CERT_LABELS = {b"CERTIFICATE", b"X509 CERTIFICATE", b"TRUSTED CERTIFICATE"}
+_PKCS7_LABELS = {b"PKCS7", b"PKCS #7 SIGNED DATA", b"CMS"}
+# OID 1.2.840.113549.1.7.1 (pkcs7-data), which opens every PFX's authSafe.
+_PKCS7_DATA_OID = bytes.fromhex("06092a864886f70d010701")
+_BASE64_TEXT = re.compile(rb"^[A-Za-z0-9+/=\s]+$")
+
+
+class FormatError(Exception):
+    """The content cannot be read as any supported format.
+
+    Attributes:
+        code: a stable reason code (`unparseable`, `pkcs12_password`, `thumbprint_mismatch`).
+        message: a sentence for a technician; never contains key material.
+    """
+
+    def __init__(self, code: str, message: str, fmt: str = "unknown") -> None:
+        self.code = code
+        self.message = message
+        self.format = fmt
+        super().__init__(message)
+
+
+@dataclass(frozen=True)
+class Parsed:
+    """What a file holds.
+
+    Attributes:
+        format: a key of FORMAT_LABELS.
+        certificates: every certificate found, in file order.
+        private_keys: how many private keys were found (their bytes are dropped).
+        problems: parts that could not be read, e.g. a PEM block with bad base64.
+    """
+
+    format: str
+    certificates: tuple[x509.Certificate, ...]
+    private_keys: int = 0
+    problems: tuple[str, ...] = ()
+
+    @property
+    def label(self) -> str:
+        return FORMAT_LABELS.get(self.format, self.format)
+
+
+def parse(data: bytes, passwords: Sequence[bytes] = ()) -> Parsed:
+    """Recognise `data` by content and return what it holds.
+
+    Args:
+        data: the whole file.
+        passwords: PKCS#12 passwords to try after the empty password.
+
+    Raises:
+        FormatError: nothing in `data` is a certificate or a key.
+    """
+    stripped = data.lstrip()
+    if not stripped:
+        raise FormatError("unparseable", "the file is empty")
+    if b"-----BEGIN " in data:
+        return _parse_pem(data)
+    if stripped[:1] == b"{":
+        return _parse_json(stripped)
+    if data[:1] == b"\x30":
+        return _parse_der(data, passwords)
+    if _BASE64_TEXT.match(stripped):
+        try:
+            decoded = base64.b64decode(b"".join(stripped.split()), validate=True)
+        except binascii.Error:
+            decoded = b""
+        if decoded[:1] == b"\x30":
+            inner = _parse_der(decoded, passwords)
+            if inner.format == "pkcs12":
+                return Parsed("pkcs12-base64", inner.certificates, inner.private_keys)
+            return inner
+    raise FormatError(
+        "unparseable",
+        "not a certificate file: no PEM, DER, PKCS#7, PKCS#12 or Key Vault JSON content found",
+    )
+
+
+def _parse_pem(data: bytes) -> Parsed:
+    certs: list[x509.Certificate] = []
+    keys = 0
+    problems: list[str] = []
+    pkcs7_seen = False
+    for index, match in enumerate(_PEM_BLOCK.finditer(data), start=1):
+        label, body = match.group(1), match.group(2)
+        if b"PRIVATE KEY" in label:
+            keys += 1  # counted only; the block is never decoded or kept
+            continue
+        if label not in _CERT_LABELS and label not in _PKCS7_LABELS:
+            problems.append(f"PEM block {index} ({label.decode(errors='replace')}) is not used")
+            continue
+        if b":" in body:
+            problems.append(f"PEM block {index} has headers (such as Proc-Type) a certificate never has")
+            continue
+        try:
+            der = base64.b64decode(b"".join(body.split()), validate=True)
+        except (binascii.Error, ValueError):
+            problems.append(f"PEM block {index} is not valid base64")
+            continue
+        if label in _PKCS7_LABELS:
+            pkcs7_seen = True
+            try:
+                certs.extend(pkcs7.load_der_pkcs7_certificates(der))
+            except ValueError:
+                problems.append(f"PEM block {index} is not a readable PKCS#7 bundle")
+            continue
+        if label == b"TRUSTED CERTIFICATE":
+            der = der[: _der_length(der) or len(der)]  # drop OpenSSL's trust attributes
+        cert, why = _load_der_certificate(der)
+        if cert is None:
+            problems.append(f"PEM block {index}: {why}")
+        else:
+            certs.append(cert)
+    if not certs and not keys:
+        if not problems:
+            raise FormatError("unparseable", "the PEM markers are incomplete (the file looks truncated)", "pem")
+        raise FormatError("unparseable", "; ".join(problems), "pem")
+    fmt = "pkcs7-pem" if pkcs7_seen and len(certs) > 0 else "pem"
+    if not certs and keys:
+        fmt = "private-key"
+    return Parsed(fmt, tuple(certs), keys, tuple(problems))
+
+
+def _parse_der(data: bytes, passwords: Sequence[bytes]) -> Parsed:
+    cert, _ = _load_der_certificate(data)
+    if cert is not None:
+        return Parsed("der", (cert,))
+    try:
+        return Parsed("pkcs7-der", tuple(pkcs7.load_der_pkcs7_certificates(data)))
+    except ValueError:
+        pass
+    if _looks_like_pkcs12(data):
+        return _parse_pkcs12(data, passwords)
+    if _is_der_private_key(data):
+        return Parsed("private-key", (), 1)
+    raise FormatError("unparseable", "binary data that is not a DER certificate, PKCS#7 or PKCS#12")
+
+
+def _parse_pkcs12(data: bytes, passwords: Sequence[bytes]) -> Parsed:
+    for password in (None, b"", *passwords):
+        try:
+            key, cert, extra = pkcs12.load_key_and_certificates(data, password)
+        except ValueError:
+            continue
+        certs = ([cert] if cert is not None else []) + list(extra)
+        return Parsed("pkcs12", tuple(certs), 1 if key is not None else 0)
+    raise FormatError(
+        "pkcs12_password",
+        "a PKCS#12/PFX file that neither the empty password nor any configured password "
+        "file (pfx_password_files) opens",
+        "pkcs12",
+    )
+
+
+def _parse_json(data: bytes) -> Parsed:
+    try:
+        doc = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        raise FormatError("unparseable", "starts like JSON but is not valid JSON") from None
+    if not isinstance(doc, dict):
+        raise FormatError("unparseable", "JSON that is not a Key Vault certificate or secret")
+    if "cer" in doc:
+        return _parse_keyvault_certificate(doc)
+    if "value" in doc and "contentType" in doc:
+        return _parse_keyvault_secret(doc)
+    raise FormatError(
+        "unparseable",
+        "JSON without the 'cer' field of `az keyvault certificate show` or the "
+        "'value'/'contentType' fields of `az keyvault secret show`",
+    )
+
+
+def _parse_keyvault_certificate(doc: dict[str, object]) -> Parsed:
+    fmt = "keyvault-certificate-json"
+    try:
+        der = base64.b64decode(str(doc["cer"]), validate=True)
+    except (binascii.Error, ValueError):
+        raise FormatError("unparseable", "the 'cer' field is not valid base64", fmt) from None
+    cert, why = _load_der_certificate(der)
+    if cert is None:
+        raise FormatError("unparseable", f"the 'cer' field: {why}", fmt)
+    claimed = doc.get("x509ThumbprintHex")
+    if claimed is not None:
+        actual = hashlib.sha1(der).hexdigest()  # Key Vault's thumbprint is SHA-1 by definition
+        if str(claimed).lower() != actual:
+            raise FormatError(
+                "thumbprint_mismatch",
+                f"x509ThumbprintHex {claimed} does not match the certificate in 'cer' "
+                f"(its SHA-1 is {actual.upper()}); the export is corrupt or was edited",
+                fmt,
+            )
+    return Parsed(fmt, (cert,))
+
+
+def _parse_keyvault_secret(doc: dict[str, object]) -> Parsed:
+    fmt = "keyvault-secret-json"
+    content_type = str(doc.get("contentType") or "")
+    value = str(doc.get("value") or "")
+    if content_type == "application/x-pem-file":
+        inner = _parse_pem(value.encode())
+    elif content_type == "application/x-pkcs12":
+        try:
+            raw = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise FormatError("unparseable", "the secret 'value' is not valid base64", fmt) from None
+        # Key Vault stores certificate-backed PFX secrets with an empty password.
+        inner = _parse_pkcs12(raw, ())
+    else:
+        raise FormatError(
+            "unparseable",
+            f"secret contentType {content_type!r} is neither application/x-pem-file "
+            "nor application/x-pkcs12",
+            fmt,
+        )
+    return Parsed(fmt, inner.certificates, inner.private_keys, inner.problems)
+
+
+def _load_der_certificate(der: bytes) -> tuple[x509.Certificate | None, str]:
+    length = _der_length(der)
+    if length is None:
+        return None, "not DER-encoded data"
+    if length < len(der):
+        return None, f"{len(der) - length} bytes of trailing data after the certificate"
+    if length > len(der):
+        return None, "the certificate is truncated"
+    try:
+        return x509.load_der_x509_certificate(der), ""
+    except ValueError:
+        return None, "DER data that is not an X.509 certificate"
+
+
+def _der_length(der: bytes) -> int | None:
+    """Total length of the outer DER SEQUENCE, or None when it is not one."""
+    if len(der) < 2 or der[0] != 0x30:
+        return None
+    first = der[1]
+    if first < 0x80:
+        return 2 + first
+    count = first & 0x7F
+    if count == 0 or count > 4 or len(der) < 2 + count:
+        return None
+    return 2 + count + int.from_bytes(der[2 : 2 + count], "big")
+
+
+def _looks_like_pkcs12(data: bytes) -> bool:
+    # PFX ::= SEQUENCE { version INTEGER 3, authSafe ContentInfo (pkcs7-data), ... }
+    head = data[:32]
+    return b"\x02\x01\x03" in head and _PKCS7_DATA_OID in head
+
+
+def _is_der_private_key(data: bytes) -> bool:
+    try:
+        serialization.load_der_private_key(data, password=None)
+        return True
+    except TypeError:
+        return True  # encrypted PKCS#8: still a private key
+    except Exception:  # noqa: BLE001 - any other failure (unsupported, malformed) means "not a key"
+        return False

@@ -1,0 +1,223 @@
+"""Reading source directories safely.
+
+Regular files only, never a symlink out of the directory, never past the size limit, and
+never from a directory that someone other than root or the trusted group can write.
+"""
+
+from __future__ import annotations
+
+import grp
+import hashlib
+import os
+import stat
+from dataclasses import dataclass
+
+from edge_certd.errors import SourceError
+from edge_certd.policy import printable
+
+# Names that are half-written or editor leftovers; acting on them would install a partial file.
+# rsync and many tools write ".name.XXXXXX" and rename, so every dotfile is skipped.
+TEMPORARY_SUFFIXES = (
+    "~", ".swp", ".swx", ".swo", ".part", ".partial", ".tmp", ".temp",
+    ".filepart",  # WinSCP, which many technicians use instead of scp
+    ".crdownload", ".dpkg-new", ".dpkg-tmp", ".dpkg-old", ".bak",
+)
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """One entry of a source directory.
+
+    Exactly one of `data` and `problem` is set. `problem` is a (code, message) pair.
+    """
+
+    path: str  # for people and the manifest: control characters escaped
+    data: bytes | None
+    problem: tuple[str, str] | None = None
+    fs_path: str = ""  # the real name on disk, for tighten_mode
+
+    @property
+    def content_sha256(self) -> str:
+        return hashlib.sha256(self.data).hexdigest() if self.data is not None else ""
+
+
+@dataclass(frozen=True)
+class DirectoryRules:
+    trusted_group: str = "edge-certd"
+    check_ownership: bool = True
+
+
+def is_temporary_name(name: str) -> bool:
+    """True for dotfiles and the temp names that scp, rsync, WinSCP and editors leave."""
+    return name.startswith(".") or name.endswith(TEMPORARY_SUFFIXES)
+
+
+def check_directory(path: str, rules: DirectoryRules) -> None:
+    """Refuse a directory anyone untrusted could write.
+
+    Raises:
+        SourceError: it is missing, not a directory, world-writable or wrongly owned.
+    """
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise SourceError(path, "does not exist") from None
+    except OSError as exc:
+        raise SourceError(path, f"cannot be read ({exc.strerror})") from None
+    if not stat.S_ISDIR(info.st_mode):
+        raise SourceError(path, "is not a directory")
+    mode = stat.S_IMODE(info.st_mode)
+    if mode & stat.S_IWOTH:
+        raise SourceError(path, f"is world-writable (mode {mode:04o}), so anyone on the device "
+                          f"could make it trust a CA; run: chmod o-w {path}")
+    if not rules.check_ownership:
+        return
+    trusted_gid = _group_id(rules.trusted_group)
+    if info.st_uid not in (0, os.geteuid()) and info.st_gid != trusted_gid:
+        raise SourceError(path, f"is owned by uid {info.st_uid}, not by root or the "
+                          f"{rules.trusted_group} group; run: chown root:{rules.trusted_group} {path}")
+    if mode & stat.S_IWGRP and info.st_gid not in (0, trusted_gid, os.getegid()):
+        raise SourceError(path, f"is writable by group id {info.st_gid}, which is not "
+                          f"{rules.trusted_group}; run: chmod g-w {path}")
+
+
+def scan_directory(path: str, max_bytes: int) -> list[SourceFile]:
+    """Read every candidate file directly inside `path`, in name order.
+
+    Raises:
+        SourceError: the directory itself cannot be listed.
+    """
+    try:
+        dir_fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise SourceError(path, f"cannot be opened ({exc.strerror})") from None
+    try:
+        names = sorted(os.listdir(dir_fd))
+        real_dir = os.path.realpath(path)
+        files = []
+        for name in names:
+            if is_temporary_name(name):
+                continue
+            files.append(read_entry(path, real_dir, dir_fd, name, max_bytes))
+        return files
+    finally:
+        os.close(dir_fd)
+
+
+def read_entry(path: str, real_dir: str, dir_fd: int, name: str, max_bytes: int) -> SourceFile:
+    """Read one directory entry under every rule above; never raises for a bad entry."""
+    shown = os.path.join(path, printable(name, limit=255))
+    entry = _read_entry(shown, real_dir, dir_fd, path, name, max_bytes)
+    return SourceFile(entry.path, entry.data, entry.problem, os.path.join(path, name))
+
+
+def _read_entry(shown: str, real_dir: str, dir_fd: int, path: str, name: str,
+                max_bytes: int) -> SourceFile:
+    try:
+        info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except OSError as exc:
+        return SourceFile(shown, None, ("unreadable", f"cannot be read ({exc.strerror})"))
+    target = name
+    if stat.S_ISLNK(info.st_mode):
+        resolved = _resolve_inside(os.path.join(path, name), real_dir)
+        if isinstance(resolved, tuple):
+            return SourceFile(shown, None, resolved)
+        target = resolved
+        try:
+            info = os.stat(target, dir_fd=dir_fd, follow_symlinks=False)
+        except OSError as exc:
+            return SourceFile(shown, None, ("unreadable", f"cannot be read ({exc.strerror})"))
+    kind_problem = _not_regular(info)
+    if kind_problem:
+        return SourceFile(shown, None, kind_problem)
+    if info.st_nlink > 1:
+        return SourceFile(shown, None, ("hard_link", f"is a hard link ({info.st_nlink} names); "
+                                        "copy the file instead of linking it"))
+    if info.st_size > max_bytes:
+        return SourceFile(shown, None, _too_large(max_bytes))
+    return _read_limited(shown, dir_fd, target, max_bytes)
+
+
+def _resolve_inside(link: str, real_dir: str) -> str | tuple[str, str]:
+    """The symlink's target name when it stays inside the directory, else a problem."""
+    try:
+        real = os.path.realpath(link, strict=True)
+    except FileNotFoundError:
+        return ("dangling_symlink", "is a symlink to a file that does not exist")
+    except OSError as exc:
+        return ("symlink_loop", f"is a symlink that cannot be resolved ({exc.strerror})")
+    if os.path.dirname(real) != real_dir:
+        return ("symlink_outside", f"is a symlink to {printable(real)}, outside the source "
+                "directory; edge-certd only follows links that stay inside it")
+    return os.path.basename(real)
+
+
+def _not_regular(info: os.stat_result) -> tuple[str, str] | None:
+    if stat.S_ISREG(info.st_mode):
+        return None
+    kinds = {stat.S_IFDIR: "a directory", stat.S_IFIFO: "a FIFO (named pipe)",
+             stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a character device",
+             stat.S_IFBLK: "a block device"}
+    kind = kinds.get(stat.S_IFMT(info.st_mode), "not a regular file")
+    return ("not_regular_file", f"is {kind}, not a regular file")
+
+
+def _too_large(max_bytes: int) -> tuple[str, str]:
+    return ("too_large", f"is larger than {max_bytes} bytes (policy.max_file_bytes); "
+            "a root CA file is a few kilobytes")
+
+
+def _read_limited(shown: str, dir_fd: int, name: str, max_bytes: int) -> SourceFile:
+    # O_NOFOLLOW: the entry could be swapped for a symlink after the checks above.
+    # O_NONBLOCK: opening a FIFO swapped in must not hang the daemon.
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+    try:
+        fd = os.open(name, flags, dir_fd=dir_fd)
+    except OSError as exc:
+        return SourceFile(shown, None, ("unreadable", f"cannot be opened ({exc.strerror})"))
+    try:
+        info = os.fstat(fd)
+        kind_problem = _not_regular(info)
+        if kind_problem:
+            return SourceFile(shown, None, kind_problem)
+        chunks = []
+        remaining = max_bytes + 1  # one byte more tells "exactly the limit" from "over it"
+        while remaining > 0:
+            chunk = os.read(fd, min(remaining, 65536))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            remaining -= len(chunk)
+    except OSError as exc:
+        return SourceFile(shown, None, ("unreadable", f"cannot be read ({exc.strerror})"))
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    if len(data) > max_bytes:
+        return SourceFile(shown, None, _too_large(max_bytes))
+    return SourceFile(shown, data)
+
+
+def tighten_mode(path: str) -> bool:
+    """chmod 0600 a file that holds a private key; True when the mode changed."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or stat.S_IMODE(info.st_mode) & 0o077 == 0:
+            return False
+        os.fchmod(fd, stat.S_IMODE(info.st_mode) & 0o700 | 0o600)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def _group_id(name: str) -> int | None:
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        return None

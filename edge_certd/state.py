@@ -1,0 +1,175 @@
+"""What edge-certd records in state_dir: the manifest, the status, the lock.
+
+The manifest says which CAs edge-certd installed and why; the status says how the last
+sync went, for `edge-certd status` whether or not the daemon runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fcntl
+import json
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from edge_certd.errors import LockTimeout, WriteError
+from edge_certd.fsutil import ensure_directory, read_bytes, remove_file, write_atomic
+from edge_certd.model import InstalledCA
+
+MANIFEST_NAME = "manifest.json"
+STATUS_NAME = "status.json"
+LOCK_NAME = "lock"
+# Present while ca_dir may differ from what the trust store was last built from; a start
+# that finds it runs the update command even when the plan is empty (crash recovery).
+PENDING_NAME = "update-pending"
+
+
+@dataclass(frozen=True)
+class StatePaths:
+    state_dir: str
+
+    @property
+    def manifest(self) -> str:
+        return os.path.join(self.state_dir, MANIFEST_NAME)
+
+    @property
+    def status(self) -> str:
+        return os.path.join(self.state_dir, STATUS_NAME)
+
+    @property
+    def lock(self) -> str:
+        return os.path.join(self.state_dir, LOCK_NAME)
+
+    @property
+    def pending(self) -> str:
+        return os.path.join(self.state_dir, PENDING_NAME)
+
+
+@dataclass
+class LoadedManifest:
+    entries: dict[str, InstalledCA] = field(default_factory=dict)
+    problem: str | None = None  # set when the file was corrupt and is being rebuilt
+
+
+def load_manifest(paths: StatePaths) -> LoadedManifest:
+    """Read the manifest; a corrupt or truncated one yields an empty result and a problem."""
+    try:
+        raw = read_bytes(paths.manifest)
+    except OSError as exc:
+        return LoadedManifest(problem=f"cannot read {paths.manifest}: {exc.strerror}")
+    if raw is None:
+        return LoadedManifest()
+    try:
+        doc = json.loads(raw)
+        entries = {item["sha256"]: _entry_from_json(item) for item in doc["cas"]}
+    except (ValueError, KeyError, TypeError) as exc:
+        return LoadedManifest(problem=f"{paths.manifest} is corrupt ({type(exc).__name__}); "
+                              "rebuilding it from the CA directory and the sources")
+    return LoadedManifest(entries)
+
+
+def save_manifest(paths: StatePaths, entries: dict[str, InstalledCA]) -> bool:
+    doc = {"version": 1, "cas": [_entry_to_json(entries[sha]) for sha in sorted(entries)]}
+    return write_atomic(paths.manifest, _dump(doc))
+
+
+def load_status(paths: StatePaths) -> dict[str, Any]:
+    try:
+        raw = read_bytes(paths.status)
+        doc = json.loads(raw) if raw else {}
+    except (OSError, ValueError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def save_status(paths: StatePaths, doc: dict[str, Any]) -> None:
+    write_atomic(paths.status, _dump(doc))
+
+
+def update_status(paths: StatePaths, **changes: Any) -> dict[str, Any]:
+    """Merge `changes` into status.json and return the result."""
+    doc = load_status(paths)
+    doc.update(changes)
+    save_status(paths, doc)
+    return doc
+
+
+def mark_pending(paths: StatePaths) -> None:
+    write_atomic(paths.pending, b"ca_dir changed; the trust store update has not finished\n")
+
+
+def clear_pending(paths: StatePaths) -> None:
+    remove_file(paths.pending)
+
+
+def is_pending(paths: StatePaths) -> bool:
+    return os.path.exists(paths.pending)
+
+
+@contextlib.contextmanager
+def state_lock(paths: StatePaths, timeout: float = 600.0) -> Iterator[None]:
+    """Hold the flock that keeps two syncs (CLI or daemon) from interleaving.
+
+    Raises:
+        LockTimeout: another process held it for `timeout` seconds.
+        WriteError: the state directory cannot be created.
+    """
+    ensure_directory(paths.state_dir, 0o755)
+    try:
+        fd = os.open(paths.lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise WriteError(paths.lock, exc.strerror or str(exc)) from None
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise LockTimeout(f"another edge-certd process has held {paths.lock} for "
+                                      f"{timeout:.0f} s") from None
+                time.sleep(0.05)
+        yield
+    finally:
+        os.close(fd)  # closing releases the flock
+
+
+def iso(moment: dt.datetime) -> str:
+    return moment.astimezone(dt.timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def parse_iso(text: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def _entry_to_json(entry: InstalledCA) -> dict[str, Any]:
+    return {
+        "sha256": entry.sha256,
+        "subject": entry.subject,
+        "not_before": iso(entry.not_before),
+        "not_after": iso(entry.not_after),
+        "path": entry.path,
+        "sources": list(entry.sources),
+        "installed_at": iso(entry.installed_at),
+    }
+
+
+def _entry_from_json(item: dict[str, Any]) -> InstalledCA:
+    return InstalledCA(
+        sha256=str(item["sha256"]),
+        subject=str(item["subject"]),
+        not_before=parse_iso(item["not_before"]),
+        not_after=parse_iso(item["not_after"]),
+        path=str(item["path"]),
+        sources=tuple(str(s) for s in item["sources"]),
+        installed_at=parse_iso(item["installed_at"]),
+    )
+
+
+def _dump(doc: Any) -> bytes:
+    return (json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()

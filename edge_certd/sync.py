@@ -1,0 +1,330 @@
+"""scan → judge → plan → apply → record, under the state lock."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryptography import x509
+
+from edge_certd import events
+from edge_certd.config import Config
+from edge_certd.errors import ApplyError, EdgeCertdError, SourceError
+from edge_certd.fsutil import ensure_directory, read_bytes
+from edge_certd.model import FileVerdict, InstalledCA, Plan, Rejection, TrustedCA
+from edge_certd.pemutil import iter_pem_ders
+from edge_certd.plan import make_plan
+from edge_certd.policy import Rules, display_subject, validity
+from edge_certd.sources import DirectoryRules, check_directory, scan_directory, tighten_mode
+from edge_certd.state import (
+    StatePaths,
+    clear_pending,
+    is_pending,
+    iso,
+    load_manifest,
+    load_status,
+    mark_pending,
+    save_manifest,
+    state_lock,
+    update_status,
+)
+from edge_certd.targets.bundles import RuntimeBundles
+from edge_certd.targets.java import JavaTruststore
+from edge_certd.targets.system import SystemStore
+from edge_certd.verdict import DROP, KEYVAULT, judge_file
+
+DROP_DIR_MODE = 0o2770  # setgid: files a technician drops keep the edge-certd group
+
+
+@dataclass
+class SyncResult:
+    verdicts: list[FileVerdict] = field(default_factory=list)
+    source_errors: list[SourceError] = field(default_factory=list)
+    added: tuple[TrustedCA, ...] = ()
+    removed: tuple[InstalledCA, ...] = ()
+    managed: dict[str, InstalledCA] = field(default_factory=dict)
+    update_summary: str = ""
+    changed_files: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def rejected(self) -> list[Rejection]:
+        return [r for v in self.verdicts for r in v.rejected]
+
+    @property
+    def trust_changed(self) -> bool:
+        return bool(self.added or self.removed)
+
+
+def rules_from(config: Config) -> Rules:
+    p = config.policy
+    return Rules(p.allow_intermediate, p.allow_expired, p.min_rsa_bits, p.allow_sha1_signature)
+
+
+def read_passwords(config: Config) -> list[bytes]:
+    """PFX passwords, one per file (trailing newline dropped). Unreadable files are skipped."""
+    passwords = []
+    for path in config.pfx_password_files:
+        data = read_bytes_quietly(path)
+        if data is not None:
+            passwords.append(data.rstrip(b"\r\n"))
+    return passwords
+
+
+def read_bytes_quietly(path: str) -> bytes | None:
+    try:
+        return read_bytes(path)
+    except OSError:
+        return None
+
+
+class Engine:
+    """The sync engine for one configuration. Holds the targets; owns no long-lived state."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.paths = StatePaths(config.state_dir)
+        ts = config.trust_store
+        self.system = SystemStore(ts.ca_dir, ts.update_command, ts.update_timeout)
+        self.java = JavaTruststore(config.bundles.java, config.bundles.dir, ts.system_bundle,
+                                   config.bundles.java_password)
+        self.bundles = RuntimeBundles(config.bundles.dir, config.bundles.env_file,
+                                      ts.system_bundle, self.java.env())
+        self.dir_rules = DirectoryRules(config.sources.trusted_group,
+                                        config.sources.check_ownership)
+
+    def source_dirs(self) -> list[tuple[str, str]]:
+        return [(self.config.drop_dir, DROP)] + [(d, KEYVAULT) for d in
+                                                 self.config.keyvault_export_dirs]
+
+    def ensure_drop_dir(self) -> None:
+        """Create the drop directory when missing: root and the edge-certd group may write."""
+        path = self.config.drop_dir
+        if os.path.isdir(path):
+            return
+        ensure_directory(path, 0o755)
+        import grp
+
+        try:
+            gid = grp.getgrnam(self.config.sources.trusted_group).gr_gid
+            os.chown(path, -1, gid)
+            os.chmod(path, DROP_DIR_MODE)
+        except (KeyError, OSError):
+            os.chmod(path, 0o700)  # no such group here: only the owner may drop files
+
+    def judge_sources(self, now: dt.datetime) -> tuple[list[FileVerdict], list[SourceError]]:
+        """Read and judge every source file. Bad files become verdicts, never exceptions."""
+        rules = rules_from(self.config)
+        passwords = read_passwords(self.config)
+        verdicts: list[FileVerdict] = []
+        errors: list[SourceError] = []
+        for directory, kind in self.source_dirs():
+            if kind == KEYVAULT and not os.path.exists(directory):
+                continue  # not exported yet: nothing to trust, nothing wrong
+            try:
+                check_directory(directory, self.dir_rules)
+                files = scan_directory(directory, self.config.policy.max_file_bytes)
+            except SourceError as exc:
+                errors.append(exc)
+                continue
+            for source in files:
+                verdict = judge_file(source.path, source.data, source.problem, kind, rules, now,
+                                     passwords)
+                if any(r.code == "private_key" for r in verdict.rejected):
+                    tighten_mode(source.fs_path)
+                verdicts.append(verdict)
+        return verdicts, errors
+
+    def sync(self, now: dt.datetime | None = None) -> SyncResult:
+        """Bring every target in line with the sources.
+
+        Raises:
+            ApplyError: the trust store could not be updated; the previous state is kept,
+                and the next sync retries.
+        """
+        now = now or dt.datetime.now(dt.timezone.utc)
+        with state_lock(self.paths):
+            try:
+                self.ensure_drop_dir()
+            except EdgeCertdError:
+                pass  # reported below as a source error
+            return self._sync_locked(now)
+
+    def _sync_locked(self, now: dt.datetime) -> SyncResult:
+        result = SyncResult()
+        loaded = load_manifest(self.paths)
+        if loaded.problem:
+            result.notes.append(loaded.problem)
+            events.emit("source_error", loaded.problem, logging.WARNING, reason="manifest_corrupt")
+        present = self.system.present()
+        result.verdicts, result.source_errors = self.judge_sources(now)
+        wanted, sources_of = _wanted(result.verdicts)
+        self._hold_unreadable_sources(result.source_errors, loaded.entries, present, wanted,
+                                      sources_of)
+        plan = make_plan(wanted, present)
+        managed = [wanted[sha] for sha in sorted(wanted)]
+        try:
+            if plan.changes_trust:
+                mark_pending(self.paths)
+                outcome = self.system.apply(managed, plan)
+                result.update_summary = outcome.detail
+            elif is_pending(self.paths):
+                result.update_summary = self.system.run_update(fresh=True).describe()
+            for target in (self.bundles, self.java):
+                outcome = target.apply(managed, plan)
+                if outcome.changed:
+                    result.changed_files.append(outcome.detail)
+                elif outcome.detail:
+                    result.notes.append(outcome.detail)
+            result.managed = self._manifest_entries(wanted, sources_of, loaded.entries, now)
+            save_manifest(self.paths, result.managed)
+            clear_pending(self.paths)
+        except ApplyError as exc:
+            self._record(result, now, error=exc)
+            events.emit("update_failed", f"trust not updated, previous state kept: {exc}",
+                        logging.ERROR, reason=str(exc))
+            raise
+        result.added, result.removed = plan.add, plan.remove
+        self._report(result, plan)
+        if result.trust_changed:
+            self._on_change()
+        self._record(result, now)
+        return result
+
+    def _hold_unreadable_sources(self, errors: Sequence[SourceError],
+                                 manifest: dict[str, InstalledCA],
+                                 present: dict[str, InstalledCA], wanted: dict[str, TrustedCA],
+                                 sources_of: dict[str, list[str]]) -> None:
+        """Keep CAs from a directory that cannot be read safely right now.
+
+        A directory that turned world-writable is no reason to cut a device off its
+        gateway; we stop taking new files from it and keep what it gave before.
+        """
+        for error in errors:
+            prefix = error.path.rstrip("/") + "/"
+            for sha, entry in manifest.items():
+                held = [s for s in entry.sources if s.startswith(prefix)]
+                if not held or sha not in present:
+                    continue
+                ca = _trusted_from_file(present[sha].path)
+                if ca is not None:
+                    wanted.setdefault(sha, ca)
+                    sources_of.setdefault(sha, []).extend(held)
+
+    def _manifest_entries(self, wanted: dict[str, TrustedCA], sources_of: dict[str, list[str]],
+                          old: dict[str, InstalledCA], now: dt.datetime) -> dict[str, InstalledCA]:
+        entries = {}
+        for sha, ca in wanted.items():
+            previous = old.get(sha)
+            entries[sha] = InstalledCA(
+                sha256=sha, subject=ca.subject, not_after=ca.not_after, not_before=ca.not_before,
+                path=self.system.path_for(ca), sources=tuple(sorted(set(sources_of[sha]))),
+                installed_at=previous.installed_at if previous else now)
+        return entries
+
+    def _report(self, result: SyncResult, plan: Plan) -> None:
+        for ca in plan.add:
+            source = ", ".join(sorted(result.managed[ca.sha256].sources))
+            events.emit("installed", f'installed root CA "{ca.subject}" (sha256 {ca.sha256[:16]}…) '
+                        f"from {source}", sha256=ca.sha256, subject=ca.subject, source=source)
+        for gone in plan.remove:
+            events.emit("removed", f'removed root CA "{gone.subject}" (sha256 {gone.sha256[:16]}…): '
+                        "no source provides it any more", sha256=gone.sha256, subject=gone.subject)
+        previous = {(r.get("source"), r.get("content_sha256"), r.get("code"))
+                    for r in load_status(self.paths).get("rejected", [])}
+        for verdict in result.verdicts:
+            for rej in verdict.rejected:
+                if (rej.source, verdict.content_sha256, rej.code) in previous:
+                    continue  # logged when this content first arrived; status still lists it
+                event = "private_key" if rej.code == "private_key" else "rejected"
+                level = logging.ERROR if rej.code == "private_key" else logging.WARNING
+                events.emit(event, rej.describe(), level, sha256=rej.sha256, subject=rej.subject,
+                            source=rej.source, reason=rej.code)
+        for error in result.source_errors:
+            events.emit("source_error", str(error), logging.WARNING, source=error.path,
+                        reason=error.reason)
+        if result.trust_changed:
+            events.emit("synced", f"trust updated: {len(plan.add)} added, {len(plan.remove)} "
+                        f"removed, {len(result.managed)} CAs managed ({result.update_summary})")
+
+    def _on_change(self) -> None:
+        """Restart units that read CAs only at start, then run the configured commands."""
+        oc = self.config.on_change
+        runs = []
+        if oc.restart_units:
+            runs.append([*oc.systemctl, "try-restart", *oc.restart_units])
+        runs.extend(list(cmd) for cmd in oc.commands)
+        for argv in runs:
+            try:
+                proc = subprocess.run(argv, capture_output=True, timeout=oc.timeout, check=False,
+                                      stdin=subprocess.DEVNULL)
+                if proc.returncode != 0:
+                    tail = proc.stderr.decode(errors="replace").strip()[-300:]
+                    events.emit("update_failed", f"on_change {' '.join(argv)} failed "
+                                f"(exit {proc.returncode}): {tail}", logging.WARNING,
+                                reason="on_change_failed")
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                events.emit("update_failed", f"on_change {' '.join(argv)} failed: {exc}",
+                            logging.WARNING, reason="on_change_failed")
+
+    def _record(self, result: SyncResult, now: dt.datetime, error: Exception | None = None) -> None:
+        """Write status.json for `edge-certd status` and the daemon's STATUS= line."""
+        doc: dict[str, Any] = {
+            "last_sync": {
+                "time": iso(now),
+                "result": "failed" if error else "ok",
+                "error": str(error) if error else None,
+                "added": len(result.added),
+                "removed": len(result.removed),
+                "update": result.update_summary,
+            },
+            "rejected": [
+                {"source": r.source, "code": r.code, "message": r.message, "subject": r.subject,
+                 "sha256": r.sha256, "content_sha256": v.content_sha256, "format": v.format}
+                for v in result.verdicts for r in v.rejected
+            ],
+            "ignored": [{"source": i.source, "what": i.what, "format": v.format}
+                        for v in result.verdicts for i in v.ignored],
+            "source_errors": [{"path": e.path, "reason": e.reason} for e in result.source_errors],
+            "bundles": {"edge_roots": self.bundles.edge_roots, "ca_bundle": self.bundles.ca_bundle,
+                        "env_file": self.bundles.env_file, "java": self.java.path},
+        }
+        if error is None:
+            doc["last_change"] = (iso(now) if result.trust_changed
+                                  else load_status(self.paths).get("last_change"))
+            if result.trust_changed:
+                doc["last_change_counts"] = [len(result.added), len(result.removed)]
+        try:
+            update_status(self.paths, **doc)
+        except EdgeCertdError:
+            pass  # a full disk must not turn a good sync into a failed one
+
+
+def _wanted(verdicts: Sequence[FileVerdict]) -> tuple[dict[str, TrustedCA], dict[str, list[str]]]:
+    wanted: dict[str, TrustedCA] = {}
+    sources_of: dict[str, list[str]] = {}
+    for verdict in verdicts:
+        for ca in verdict.accepted:
+            wanted.setdefault(ca.sha256, ca)
+            sources_of.setdefault(ca.sha256, []).append(verdict.source)
+    return wanted, sources_of
+
+
+def _trusted_from_file(path: str) -> TrustedCA | None:
+    data = read_bytes_quietly(path) or b""
+    for der in iter_pem_ders(data):
+        try:
+            cert = x509.load_der_x509_certificate(der)
+        except ValueError:
+            return None
+        import hashlib
+
+        not_before, not_after = validity(cert)
+        return TrustedCA(hashlib.sha256(der).hexdigest(), display_subject(cert), not_before,
+                         not_after, der)
+    return None

@@ -1,0 +1,159 @@
+"""The Java truststore: the system roots plus ours, as trustedCertEntry items.
+
+`pkcs12` is built by cryptography's serialize_java_truststore (cryptography >= 45) or,
+on Debian 12's cryptography 38, by one `keytool -importkeystore` from a JKS we write
+ourselves. `jks` needs neither. Aliases are `edge-certd-<sha256 prefix>` for ours and
+`system-<sha256 prefix>` for the rest, stable across runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import struct
+import subprocess
+import tempfile
+from collections.abc import Sequence
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.serialization import pkcs12
+
+from edge_certd.errors import WriteError
+from edge_certd.fsutil import ensure_directory, read_bytes, write_atomic
+from edge_certd.model import Plan, TrustedCA
+from edge_certd.pemutil import iter_pem_ders
+from edge_certd.targets import Outcome
+
+FILE_NAMES = {"pkcs12": "java-truststore.p12", "jks": "java-truststore.jks"}
+_JKS_MAGIC = 0xFEEDFEED
+_JKS_TRUSTED_CERT = 2
+
+
+class JavaTruststore:
+    name = "java"
+
+    def __init__(self, mode: str, bundle_dir: str, system_bundle: str, password: str) -> None:
+        self.mode = mode
+        self.bundle_dir = bundle_dir
+        self.system_bundle = system_bundle
+        self.password = password
+        self.store_type, self.skip_reason = _choose(mode)
+
+    @property
+    def path(self) -> str | None:
+        if self.store_type is None:
+            return None
+        return os.path.join(self.bundle_dir, FILE_NAMES[self.store_type])
+
+    @property
+    def digest_path(self) -> str:
+        return os.path.join(self.bundle_dir, ".java-truststore.sha256")
+
+    def env(self) -> list[tuple[str, str]]:
+        """Variables for the env file; empty when no truststore is written."""
+        if self.path is None:
+            return []
+        kind = "PKCS12" if self.store_type == "pkcs12" else "JKS"
+        opts = (f"-Djavax.net.ssl.trustStore={self.path} -Djavax.net.ssl.trustStoreType={kind} "
+                f"-Djavax.net.ssl.trustStorePassword={self.password}")
+        return [("EDGE_CERTD_JAVA_TRUSTSTORE", self.path),
+                ("EDGE_CERTD_JAVA_TRUSTSTORE_TYPE", kind),
+                ("EDGE_CERTD_JAVA_OPTS", opts)]
+
+    def installed(self) -> frozenset[str]:
+        """Fingerprints in the truststore (read back through the digest we record)."""
+        if self.path is None or not os.path.exists(self.path):
+            return frozenset()
+        recorded = read_bytes(self.digest_path) or b""
+        return frozenset(recorded.decode().split()[1:])
+
+    def apply(self, managed: Sequence[TrustedCA], plan: Plan) -> Outcome:
+        """Rebuild the truststore when its set of certificates changed. Raises WriteError."""
+        if self.path is None:
+            return Outcome(False, f"Java truststore skipped: {self.skip_reason}")
+        entries = self._entries(managed)
+        ours = sorted(ca.sha256 for ca in managed)
+        # PKCS#12 output is salted, so compare sets, not bytes, to write only on change.
+        set_digest = hashlib.sha256(
+            b"".join(der for _, der in entries) + self.password.encode() + self.store_type.encode()
+        ).hexdigest()
+        record = " ".join([set_digest, *ours]).encode()
+        if read_bytes(self.digest_path) == record and os.path.exists(self.path):
+            return Outcome(False)
+        ensure_directory(self.bundle_dir, 0o755)
+        data = self._serialize(entries)
+        write_atomic(self.path, data, 0o644)
+        write_atomic(self.digest_path, record, 0o644)
+        return Outcome(True, os.path.basename(self.path))
+
+    def _entries(self, managed: Sequence[TrustedCA]) -> list[tuple[str, bytes]]:
+        ours = {ca.sha256: ca.der for ca in managed}
+        entries = [(f"edge-certd-{sha[:16]}", ours[sha]) for sha in sorted(ours)]
+        seen = set(ours)
+        for der in iter_pem_ders(read_bytes(self.system_bundle) or b""):
+            sha = hashlib.sha256(der).hexdigest()
+            if sha not in seen:
+                seen.add(sha)
+                entries.append((f"system-{sha[:16]}", der))
+        return entries
+
+    def _serialize(self, entries: list[tuple[str, bytes]]) -> bytes:
+        if self.store_type == "jks":
+            return jks_truststore(entries, self.password)
+        if hasattr(pkcs12, "serialize_java_truststore"):
+            from cryptography import x509
+
+            certs = [pkcs12.PKCS12Certificate(x509.load_der_x509_certificate(der), alias.encode())
+                     for alias, der in entries]
+            encryption = serialization.BestAvailableEncryption(self.password.encode())
+            return bytes(pkcs12.serialize_java_truststore(certs, encryption))
+        return _keytool_pkcs12(entries, self.password)
+
+
+def jks_truststore(entries: Sequence[tuple[str, bytes]], password: str) -> bytes:
+    """A JKS keystore holding only trustedCertEntry items (the format keytool reads)."""
+    body = struct.pack(">III", _JKS_MAGIC, 2, len(entries))
+    for alias, der in entries:
+        name = alias.encode("utf-8")
+        # A fixed timestamp keeps the output byte-identical for the same set.
+        body += struct.pack(">IH", _JKS_TRUSTED_CERT, len(name)) + name + struct.pack(">Q", 0)
+        body += struct.pack(">H", 5) + b"X.509" + struct.pack(">I", len(der)) + der
+    # JKS integrity check: SHA-1 over the UTF-16BE password, a fixed salt and the body.
+    check = hashlib.sha1(password.encode("utf-16-be") + b"Mighty Aphrodite" + body).digest()
+    return body + check
+
+
+def _keytool_pkcs12(entries: list[tuple[str, bytes]], password: str) -> bytes:
+    keytool = shutil.which("keytool")
+    if keytool is None:
+        raise WriteError("java truststore", "keytool disappeared")
+    with tempfile.TemporaryDirectory(prefix="edge-certd-java-") as work:
+        source = os.path.join(work, "in.jks")
+        target = os.path.join(work, "out.p12")
+        with open(source, "wb") as handle:
+            handle.write(jks_truststore(entries, password))
+        argv = [keytool, "-importkeystore", "-noprompt", "-srckeystore", source,
+                "-srcstoretype", "JKS", "-srcstorepass", password, "-destkeystore", target,
+                "-deststoretype", "PKCS12", "-deststorepass", password]
+        proc = subprocess.run(argv, capture_output=True, timeout=300, check=False)
+        if proc.returncode != 0:
+            tail = proc.stdout.decode(errors="replace").strip().splitlines()[-1:]
+            raise WriteError(target, f"keytool failed: {' '.join(tail)}")
+        with open(target, "rb") as handle:
+            return handle.read()
+
+
+def _choose(mode: str) -> tuple[str | None, str]:
+    """Pick the store type once; (None, why) when none can be written."""
+    if mode == "off":
+        return None, "bundles.java is off"
+    if mode == "jks":
+        return "jks", ""
+    if hasattr(pkcs12, "serialize_java_truststore") or shutil.which("keytool"):
+        return "pkcs12", ""
+    why = ("neither cryptography's serialize_java_truststore (cryptography >= 45) nor keytool "
+           "is available")
+    if mode == "pkcs12":
+        return None, why
+    return None, why + " (bundles.java: auto)"

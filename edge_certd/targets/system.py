@@ -1,0 +1,177 @@
+"""The OS trust store: our subdirectory of /usr/local/share/ca-certificates plus the update command."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import os
+import re
+import signal
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from cryptography import x509
+
+from edge_certd.errors import UpdateCommandError, WriteError
+from edge_certd.fsutil import (
+    ensure_directory,
+    read_bytes,
+    remove_file,
+    remove_stale_temp_files,
+    write_atomic,
+)
+from edge_certd.model import InstalledCA, Plan, TrustedCA
+from edge_certd.pemutil import der_to_pem, iter_pem_ders
+from edge_certd.plan import OWNED_FILE, file_name
+from edge_certd.policy import display_subject, validity
+from edge_certd.targets import Outcome
+
+_SUMMARY = re.compile(r"(\d+) added, (\d+) removed")
+
+
+@dataclass(frozen=True)
+class UpdateSummary:
+    added: int | None
+    removed: int | None
+    output: str
+
+    def describe(self) -> str:
+        if self.added is None:
+            return "update finished"
+        return f"{self.added} added, {self.removed} removed"
+
+
+class SystemStore:
+    """Files in `ca_dir` (one per CA) and `update-ca-certificates` to fold them in."""
+
+    name = "system"
+
+    def __init__(self, ca_dir: str, update_command: Sequence[str], timeout: float) -> None:
+        self.ca_dir = ca_dir
+        self.update_command = list(update_command)
+        self.timeout = timeout
+        self.last_update: UpdateSummary | None = None
+
+    def present(self) -> dict[str, InstalledCA]:
+        """Every CA file edge-certd owns in ca_dir, keyed by SHA-256.
+
+        Owned files that cannot be read as a certificate are keyed by their name, so that
+        the plan removes them.
+        """
+        remove_stale_temp_files(self.ca_dir)
+        found: dict[str, InstalledCA] = {}
+        try:
+            names = sorted(os.listdir(self.ca_dir))
+        except FileNotFoundError:
+            return found
+        for name in names:
+            if not OWNED_FILE.match(name):
+                continue
+            path = os.path.join(self.ca_dir, name)
+            entry = _read_installed(path)
+            found[entry.sha256] = entry
+        return found
+
+    def installed(self) -> frozenset[str]:
+        return frozenset(self.present())
+
+    def apply(self, managed: Sequence[TrustedCA], plan: Plan) -> Outcome:
+        """Write added CAs, remove dropped ones, then run the update command once.
+
+        Raises:
+            UpdateCommandError: the command failed; ca_dir is rolled back to what it was.
+            WriteError: ca_dir cannot be written; it is rolled back as far as possible.
+        """
+        if not plan.changes_trust:
+            return Outcome(False)
+        ensure_directory(self.ca_dir, 0o755)
+        written: list[str] = []
+        removed: list[tuple[str, bytes | None]] = []
+        try:
+            for ca in plan.add:
+                path = self.path_for(ca)
+                write_atomic(path, der_to_pem(ca.der), 0o644)
+                written.append(path)
+            for gone in plan.remove:
+                removed.append((gone.path, read_bytes(gone.path)))
+                remove_file(gone.path)
+            # --fresh: without it Debian keeps the /etc/ssl/certs symlinks of removed local CAs.
+            summary = self.run_update(fresh=bool(plan.remove))
+        except (UpdateCommandError, WriteError, OSError):
+            self._roll_back(written, removed)
+            raise
+        return Outcome(True, summary.describe())
+
+    def path_for(self, ca: TrustedCA) -> str:
+        return os.path.join(self.ca_dir, file_name(ca))
+
+    def run_update(self, fresh: bool) -> UpdateSummary:
+        """Run the update command with a timeout; its whole process group dies on timeout.
+
+        Raises:
+            UpdateCommandError: non-zero exit, timeout, or the command cannot be started.
+        """
+        argv = self.update_command + (["--fresh"] if fresh else [])
+        try:
+            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True)
+        except OSError as exc:
+            raise UpdateCommandError(argv, 127, f"cannot run: {exc.strerror}") from None
+        try:
+            raw, _ = proc.communicate(timeout=self.timeout)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)
+            raise UpdateCommandError(argv, None, f"no result after {self.timeout:.0f} s") from None
+        output = raw.decode("utf-8", "replace")
+        if proc.returncode != 0:
+            raise UpdateCommandError(argv, proc.returncode, output)
+        match = _SUMMARY.search(output)
+        summary = UpdateSummary(int(match.group(1)) if match else None,
+                                int(match.group(2)) if match else None, output)
+        self.last_update = summary
+        return summary
+
+    def _roll_back(self, written: list[str], removed: list[tuple[str, bytes | None]]) -> None:
+        for path in written:
+            try:
+                remove_file(path)
+            except WriteError:
+                pass  # read-only ca_dir: nothing was written there either
+        for path, data in removed:
+            if data is not None:
+                try:
+                    write_atomic(path, data, 0o644)
+                except WriteError:
+                    pass
+
+
+def bundle_fingerprints(bundle_path: str) -> set[str]:
+    """SHA-256 fingerprints of every certificate in the system bundle."""
+    try:
+        data = read_bytes(bundle_path) or b""
+    except OSError:
+        return set()
+    return {hashlib.sha256(der).hexdigest() for der in iter_pem_ders(data)}
+
+
+def _read_installed(path: str) -> InstalledCA:
+    stamp = dt.datetime.fromtimestamp(0, dt.timezone.utc)
+    try:
+        data = read_bytes(path) or b""
+        der = next(iter_pem_ders(data))
+        cert = x509.load_der_x509_certificate(der)
+        not_before, not_after = validity(cert)
+        sha = hashlib.sha256(der).hexdigest()
+        return InstalledCA(sha, display_subject(cert), not_after, not_before, path, (), stamp)
+    except (OSError, StopIteration, ValueError):
+        key = "unreadable:" + os.path.basename(path)
+        return InstalledCA(key, "<unreadable>", stamp, stamp, path, (), stamp)
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
