@@ -173,3 +173,21 @@ def _entry_from_json(item: dict[str, Any]) -> InstalledCA:
 
 def _dump(doc: Any) -> bytes:
     return (json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
+
+
+BLOCKED_NAME = "removed-by-operator.json"
+
+
+def load_blocked(paths: StatePaths) -> set[str]:
+    """SHA-256s an operator removed with `edge-certd remove`; sources that still hold them
+    are not trusted again until `edge-certd add` brings them back."""
+    try:
+        raw = read_bytes(os.path.join(paths.state_dir, BLOCKED_NAME))
+        doc = json.loads(raw) if raw else []
+    except (OSError, ValueError):
+        return set()
+    return {str(sha) for sha in doc} if isinstance(doc, list) else set()
+
+
+def save_blocked(paths: StatePaths, blocked: set[str]) -> None:
+    write_atomic(os.path.join(paths.state_dir, BLOCKED_NAME), _dump(sorted(blocked)))

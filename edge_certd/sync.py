@@ -26,6 +26,7 @@ from edge_certd.state import (
     clear_pending,
     is_pending,
     iso,
+    load_blocked,
     load_manifest,
     load_status,
     mark_pending,
@@ -117,8 +118,12 @@ class Engine:
         except (KeyError, OSError):
             os.chmod(path, 0o700)  # no such group here: only the owner may drop files
 
-    def judge_sources(self, now: dt.datetime) -> tuple[list[FileVerdict], list[SourceError]]:
-        """Read and judge every source file. Bad files become verdicts, never exceptions."""
+    def judge_sources(self, now: dt.datetime, busy: frozenset[str] = frozenset()
+                      ) -> tuple[list[FileVerdict], list[SourceError]]:
+        """Read and judge every source file. Bad files become verdicts, never exceptions.
+
+        Files in `busy` are still being written; they are skipped this time.
+        """
         rules = rules_from(self.config)
         passwords = read_passwords(self.config)
         verdicts: list[FileVerdict] = []
@@ -133,6 +138,8 @@ class Engine:
                 errors.append(exc)
                 continue
             for source in files:
+                if source.fs_path in busy:
+                    continue
                 verdict = judge_file(source.path, source.data, source.problem, kind, rules, now,
                                      passwords)
                 if any(r.code == "private_key" for r in verdict.rejected):
@@ -140,7 +147,8 @@ class Engine:
                 verdicts.append(verdict)
         return verdicts, errors
 
-    def sync(self, now: dt.datetime | None = None) -> SyncResult:
+    def sync(self, now: dt.datetime | None = None, busy: frozenset[str] = frozenset()
+             ) -> SyncResult:
         """Bring every target in line with the sources.
 
         Raises:
@@ -153,19 +161,23 @@ class Engine:
                 self.ensure_drop_dir()
             except EdgeCertdError:
                 pass  # reported below as a source error
-            return self._sync_locked(now)
+            return self._sync_locked(now, busy)
 
-    def _sync_locked(self, now: dt.datetime) -> SyncResult:
+    def _sync_locked(self, now: dt.datetime, busy: frozenset[str]) -> SyncResult:
         result = SyncResult()
         loaded = load_manifest(self.paths)
         if loaded.problem:
             result.notes.append(loaded.problem)
             events.emit("source_error", loaded.problem, logging.WARNING, reason="manifest_corrupt")
         present = self.system.present()
-        result.verdicts, result.source_errors = self.judge_sources(now)
+        result.verdicts, result.source_errors = self.judge_sources(now, busy)
         wanted, sources_of = _wanted(result.verdicts)
-        self._hold_unreadable_sources(result.source_errors, loaded.entries, present, wanted,
-                                      sources_of)
+        for sha in load_blocked(self.paths) & set(wanted):
+            del wanted[sha]
+            result.notes.append(f"sha256 {sha[:16]}… stays removed (edge-certd remove); its "
+                                f"source {', '.join(sources_of.pop(sha))} is still there")
+        held = [e.path.rstrip("/") + "/" for e in result.source_errors] + sorted(busy)
+        self._hold_sources(held, loaded.entries, present, wanted, sources_of)
         plan = make_plan(wanted, present)
         managed = [wanted[sha] for sha in sorted(wanted)]
         try:
@@ -196,19 +208,19 @@ class Engine:
         self._record(result, now)
         return result
 
-    def _hold_unreadable_sources(self, errors: Sequence[SourceError],
-                                 manifest: dict[str, InstalledCA],
-                                 present: dict[str, InstalledCA], wanted: dict[str, TrustedCA],
-                                 sources_of: dict[str, list[str]]) -> None:
-        """Keep CAs from a directory that cannot be read safely right now.
+    def _hold_sources(self, held_paths: Sequence[str], manifest: dict[str, InstalledCA],
+                      present: dict[str, InstalledCA], wanted: dict[str, TrustedCA],
+                      sources_of: dict[str, list[str]]) -> None:
+        """Keep what sources that cannot be read right now provided before.
 
-        A directory that turned world-writable is no reason to cut a device off its
-        gateway; we stop taking new files from it and keep what it gave before.
+        `held_paths` are directories ending in "/" (unsafe right now: we stop taking new
+        files from them but keep what they gave) and files being written (their old
+        content stays trusted until the new one is complete).
         """
-        for error in errors:
-            prefix = error.path.rstrip("/") + "/"
+        for prefix in held_paths:
             for sha, entry in manifest.items():
-                held = [s for s in entry.sources if s.startswith(prefix)]
+                held = [s for s in entry.sources if s == prefix or
+                        (prefix.endswith("/") and s.startswith(prefix))]
                 if not held or sha not in present:
                     continue
                 ca = _trusted_from_file(present[sha].path)

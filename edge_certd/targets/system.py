@@ -8,7 +8,9 @@ import os
 import re
 import signal
 import subprocess
-from collections.abc import Sequence
+import threading
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -52,6 +54,9 @@ class SystemStore:
         self.update_command = list(update_command)
         self.timeout = timeout
         self.last_update: UpdateSummary | None = None
+        # Called about once a second while the command runs, so the daemon's loop can keep
+        # telling systemd's watchdog it is alive while it waits on a slow Java hook.
+        self.heartbeat: Callable[[], None] | None = None
 
     def present(self) -> dict[str, InstalledCA]:
         """Every CA file edge-certd owns in ca_dir, keyed by SHA-256.
@@ -118,11 +123,7 @@ class SystemStore:
                                     stdin=subprocess.DEVNULL, start_new_session=True)
         except OSError as exc:
             raise UpdateCommandError(argv, 127, f"cannot run: {exc.strerror}") from None
-        try:
-            raw, _ = proc.communicate(timeout=self.timeout)
-        except subprocess.TimeoutExpired:
-            _kill_group(proc)
-            raise UpdateCommandError(argv, None, f"no result after {self.timeout:.0f} s") from None
+        raw = self._wait(proc, argv)
         output = raw.decode("utf-8", "replace")
         if proc.returncode != 0:
             raise UpdateCommandError(argv, proc.returncode, output)
@@ -131,6 +132,26 @@ class SystemStore:
                                 int(match.group(2)) if match else None, output)
         self.last_update = summary
         return summary
+
+    def _wait(self, proc: subprocess.Popen[bytes], argv: list[str]) -> bytes:
+        deadline = time.monotonic() + self.timeout
+        chunks: list[bytes] = []
+        reader = threading.Thread(target=lambda: chunks.append(proc.stdout.read() if proc.stdout
+                                                               else b""), daemon=True)
+        reader.start()
+        while True:
+            try:
+                proc.wait(timeout=min(1.0, max(0.0, deadline - time.monotonic())))
+                break
+            except subprocess.TimeoutExpired:
+                if time.monotonic() >= deadline:
+                    _kill_group(proc)
+                    raise UpdateCommandError(argv, None,
+                                             f"no result after {self.timeout:.0f} s") from None
+                if self.heartbeat:
+                    self.heartbeat()
+        reader.join(timeout=5)
+        return b"".join(chunks)
 
     def _roll_back(self, written: list[str], removed: list[tuple[str, bytes | None]]) -> None:
         for path in written:
