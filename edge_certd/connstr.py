@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from edge_certd.errors import EdgeCertdError
+from edge_certd.errors import UsageError
 
 __all__ = ["ConnectionString", "ConnectionStringError", "parse_connection_string", "KEYS"]
 
@@ -31,7 +31,7 @@ SECRET_KEYS: frozenset[str] = frozenset({"SharedAccessKey", "SharedAccessSignatu
 REDACTED = "<redacted>"
 
 
-class ConnectionStringError(EdgeCertdError):
+class ConnectionStringError(UsageError):
     """A connection string is malformed or cannot be read.
 
     The message never contains a secret value: it names fields by key or position.

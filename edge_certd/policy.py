@@ -11,6 +11,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import SignatureAlgorithmOID
 
 from edge_certd.model import Rejection, TrustedCA
 
@@ -144,13 +145,18 @@ def _signature_hash_problem(cert: x509.Certificate, rules: Rules) -> str | None:
 
 
 def _self_signature_verifies(cert: x509.Certificate) -> bool:
-    if hasattr(cert, "verify_directly_issued_by"):  # cryptography >= 40
+    # Verify by hand for PKCS#1 v1.5 and ECDSA: cryptography >= 40's verify_directly_issued_by
+    # refuses SHA-1, which policy.allow_sha1_signature may allow. It handles RSA-PSS, which
+    # cryptography 38 (Debian 12) cannot check at all.
+    if cert.signature_algorithm_oid == SignatureAlgorithmOID.RSASSA_PSS:
+        if not hasattr(cert, "verify_directly_issued_by"):
+            return False
         try:
             cert.verify_directly_issued_by(cert)
             return True
         except (InvalidSignature, ValueError, TypeError, UnsupportedAlgorithm):
             return False
-    key = cert.public_key()  # pragma: no cover - cryptography 38 (Debian 12)
+    key = cert.public_key()
     algorithm = cert.signature_hash_algorithm
     if algorithm is None:
         return False
