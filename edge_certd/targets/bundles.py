@@ -71,5 +71,7 @@ class RuntimeBundles:
             f"EDGE_CERTD_ROOTS={self.edge_roots}",
             f"EDGE_CERTD_CA_BUNDLE={self.ca_bundle}",
         ]
-        lines += [f'{key}="{value}"' for key, value in self.java_env]
+        # Quotes only where needed: both sh and systemd strip them, but plain is easier to read.
+        lines += [f'{key}="{value}"' if " " in value else f"{key}={value}"
+                  for key, value in self.java_env]
         return "\n".join(lines) + "\n"
