@@ -4,24 +4,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 
 from edge_certd.config import Config
-from edge_certd.verify import render_text, report_to_json, request_from_args, verify_gateway
-
-
-def default_trust_files(config: Config) -> list[str]:
-    """What edge-certd installed: its own roots plus the system bundle."""
-    return [os.path.join(config.bundles.dir, "edge-roots.pem"), config.trust_store.system_bundle]
+from edge_certd.verify import render_text, report_to_json, request_for_config, verify_gateway
 
 
 def run_verify(config: Config, args: argparse.Namespace) -> int:
-    """Returns 0 when every step passed, 1 otherwise. Raises UsageError for bad arguments."""
-    request = request_from_args(
-        args.target, args.protocol, args.connection_string, args.ca, args.servername,
-        args.timeout, config.gateway, default_trust_files(config), config.drop_dir,
-        connection_string_file=args.connection_string_file,
-        warn_days=max(config.expiry.warn_days, default=30))
+    """Returns 0 when nothing failed (warnings allowed), 1 otherwise.
+
+    Raises:
+        UsageError: bad arguments, or no gateway given nor configured.
+        ConnectionStringError: a malformed or unreadable connection string.
+    """
+    request = request_for_config(
+        config, target=args.target, protocol=args.protocol,
+        connection_string=args.connection_string,
+        connection_string_file=args.connection_string_file, ca=args.ca,
+        servername=args.servername, timeout=args.timeout)
     report = verify_gateway(request)
     if args.json:
         print(json.dumps(report_to_json(report), indent=2, ensure_ascii=False))

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from certs import CA, Issued, utcnow
 
-from edge_certd import verify as verify_module
+from edge_certd import cli, verify_net
 from edge_certd.config import GatewayConfig
 from edge_certd.connstr import ConnectionStringError, parse_connection_string
 from edge_certd.errors import UsageError
@@ -387,14 +387,14 @@ def test_chain_is_fetched_again_when_the_failed_handshake_kept_none(
 ) -> None:
     # Some Python/OpenSSL builds may drop the peer chain when verification fails;
     # verify then makes a second, non-verifying handshake just to show the chain.
-    real = verify_module._chain
+    real = verify_net._chain
     calls: list[str] = []
 
     def forgetful(tls: ssl.SSLObject, method: str) -> list[bytes]:
         calls.append(method)
         return [] if len(calls) == 1 else real(tls, method)
 
-    monkeypatch.setattr(verify_module, "_chain", forgetful)
+    monkeypatch.setattr(verify_net, "_chain", forgetful)
     server = serve(tls_handler(pki.server_pem, pki.server_key))
     report = check("localhost", server.port, pki.other_root_pem)
     assert calls == ["get_unverified_chain", "get_unverified_chain", "get_verified_chain"]
@@ -503,6 +503,37 @@ def test_certificate_expiring_soon_warns_but_passes(pki: Pki, serve: Serve) -> N
     report = check("localhost", server.port, pki.root_pem)
     assert report.ok, render_text(report)
     assert statuses(report)["expiry"] == "warn"
+    assert render_text(report).endswith(
+        "Result: OK, with 1 warning (warnings do not fail the check)\n")
+    as_json = report_to_json(report)
+    assert as_json["ok"] is True and as_json["warnings"] == ["expiry"]
+
+
+def test_expiring_soon_exits_0_from_the_command_line(
+    pki: Pki, serve: Serve, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Decision: only a failure makes verify exit non-zero; a warning is printed, not fatal.
+    cert, key = _issue(pki, "soon-cli", ["localhost"], not_after=utcnow() + dt.timedelta(days=5))
+    server = serve(tls_handler(cert, key))
+    config = tmp_path / "config.yaml"
+    config.write_text(f"state_dir: {tmp_path}\nexpiry:\n  warn_days: [30]\n")
+    code = cli.main(["--config", str(config), "verify", f"localhost:{server.port}",
+                     "--ca", str(pki.root_pem), "--timeout", str(TIMEOUT)])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "[warn] certificate expiry: expires within 30 days" in out
+
+
+def test_a_failed_step_exits_1_from_the_command_line(
+    pki: Pki, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(f"state_dir: {tmp_path}\n")
+    code = cli.main(["--config", str(config), "verify", f"127.0.0.1:{free_port()}",
+                     "--ca", str(pki.root_pem), "--timeout", str(TIMEOUT), "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 1
+    assert out["ok"] is False and out["diagnosis"]["cause"] == "connection-refused"
 
 
 # --------------------------------------------------------------------------- network failures
