@@ -1,0 +1,69 @@
+# Packaging targets for edge-certd.
+#
+#   make deb            build dist/edge-certd_<version>_all.deb (needs the build deps below)
+#   sudo make install-deb
+#                       on a fresh Debian 12: install the build deps, build, install and start
+#   make clean-deb      remove the build directory and dist/
+#
+# dpkg-buildpackage wants debian/ at the top of the source tree, but the packaging lives in
+# packaging/debian/; so the tree is copied to build/deb/, packaging/debian becomes debian/ there,
+# and debian/changelog is written from edge_certd.__version__, the one version source.
+
+SHELL := /bin/sh
+
+PACKAGE := edge-certd
+VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"$$/\1/p' edge_certd/__init__.py)
+BUILD_DIR := build/deb
+SRC_DIR := $(BUILD_DIR)/$(PACKAGE)-$(VERSION)
+DIST_DIR := dist
+DEB := $(DIST_DIR)/$(PACKAGE)_$(VERSION)_all.deb
+
+# What building the .deb needs beyond a base Debian 12 system (kept in step with
+# packaging/debian/control's Build-Depends). Used by install-deb and CI.
+BUILD_DEPS := dpkg-dev debhelper dh-python pybuild-plugin-pyproject python3-all \
+	python3-setuptools python3-wheel
+
+# The changelog entry's date is the last commit's, so two builds of one commit are identical.
+CHANGELOG_DATE := $(shell git log -1 --format=%aD 2>/dev/null || date -R)
+MAINTAINER := $(shell sed -n 's/^Maintainer: //p' packaging/debian/control)
+
+.PHONY: deb install-deb build-deps clean-deb
+
+deb:
+	@test -n "$(VERSION)" || { echo "no __version__ in edge_certd/__init__.py" >&2; exit 1; }
+	rm -rf $(BUILD_DIR)
+	mkdir -p $(SRC_DIR) $(DIST_DIR)
+	# Tracked and new-but-not-ignored files (so uncommitted work builds too); outside a git
+	# checkout, everything except build products.
+	if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then \
+		git ls-files -z --cached --others --exclude-standard \
+			| xargs -0 sh -c 'for f; do [ -e "$$f" ] && printf "%s\0" "$$f"; done' sh \
+			| tar --null -T - -cf - | tar -xf - -C $(SRC_DIR); \
+	else \
+		tar --exclude=./build --exclude=./dist --exclude=./.git --exclude='__pycache__' \
+			-cf - . | tar -xf - -C $(SRC_DIR); \
+	fi
+	rm -rf $(SRC_DIR)/debian
+	cp -a packaging/debian $(SRC_DIR)/debian
+	printf '%s (%s) unstable; urgency=medium\n\n  * Release %s.\n\n -- %s  %s\n' \
+		"$(PACKAGE)" "$(VERSION)" "$(VERSION)" "$(MAINTAINER)" "$(CHANGELOG_DATE)" \
+		> $(SRC_DIR)/debian/changelog
+	# Debian's own python3 must build it: a python3 earlier on PATH (pyenv, a venv) would
+	# lack python3-build and the Debian paths dh_python3 expects.
+	cd $(SRC_DIR) && env PATH=/usr/sbin:/usr/bin:/sbin:/bin dpkg-buildpackage -us -uc -b
+	rm -f $(DIST_DIR)/$(PACKAGE)_*_all.deb
+	cp $(BUILD_DIR)/$(PACKAGE)_$(VERSION)_all.deb $(DEB)
+	@echo "built $(DEB)"
+
+build-deps:
+	apt-get update
+	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(BUILD_DEPS)
+
+# One command on a fresh Debian 12 device or image: build the package and install it with its
+# dependencies from the archive; the service is enabled and started by the package.
+install-deb: build-deps deb
+	DEBIAN_FRONTEND=noninteractive apt-get install -y ./$(DEB)
+	systemctl --no-pager status $(PACKAGE) || true
+
+clean-deb:
+	rm -rf $(BUILD_DIR) $(DIST_DIR)

@@ -1,0 +1,336 @@
+"""A booted Debian 12 container for the end-to-end test: cached root, overlay, nsenter.
+
+The root made by debootstrap is cached under /var/cache/edge-certd-e2e/ and never booted
+itself: each run boots an overlayfs on top of it, so whatever the test does inside (installing
+the package, purging it, adding users) disappears with the run's upper directory.
+
+Run ``python3 tests/e2e/e2e_nspawn.py`` as root to build the cache ahead of a test run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+CACHE_DIR = Path(os.environ.get("EDGE_CERTD_E2E_CACHE", "/var/cache/edge-certd-e2e"))
+MIRROR = os.environ.get("EDGE_CERTD_E2E_MIRROR", "http://deb.debian.org/debian")
+SUITE = "bookworm"
+
+# What the cached root holds besides minbase. Everything here makes a run faster or is a tool
+# the test drives; edge-certd's own Depends (python3-pydantic, python3-watchdog, ...) are kept
+# OUT on purpose so that `apt-get install ./edge-certd_*.deb` has to pull them from the archive.
+INCLUDE = (
+    "systemd",
+    "systemd-sysv",
+    "dbus",
+    "openssh-server",
+    "openssh-sftp-server",  # scp speaks SFTP by default since OpenSSH 9.0
+    "openssh-client",
+    "openssl",
+    "ca-certificates",
+    "python3",
+    "nodejs",
+    # ca-certificates-java installs the update-ca-certificates hook that writes
+    # /etc/ssl/certs/java and /var/lib/ca-certificates-java: exactly the writes the unit's
+    # sandbox has to allow, so the container must have it (and the JVM it runs).
+    "ca-certificates-java",
+    "openjdk-17-jre-headless",
+    "procps",
+)
+
+
+def cache_key() -> str:
+    """Name of the cached root: changes whenever what goes into it changes."""
+    digest = hashlib.sha256("\n".join((SUITE, MIRROR, *INCLUDE)).encode()).hexdigest()
+    return f"{SUITE}-{digest[:12]}"
+
+
+def _run(argv: Sequence[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(argv), check=True, text=True, **kwargs)
+
+
+def ensure_cached_root(log: Path | None = None) -> Path:
+    """Return the pristine cached root, debootstrapping it first if it is missing.
+
+    It is built in a temporary directory beside its final place and renamed only once
+    complete, so an interrupted build is never mistaken for a cache.
+    """
+    root = CACHE_DIR / cache_key()
+    if (root / "etc" / "os-release").exists():
+        return root
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    # Leftovers of interrupted builds are never reused.
+    for stale in CACHE_DIR.glob(f"{cache_key()}.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{cache_key()}.tmp-", dir=CACHE_DIR))
+    out = open(log, "a") if log else None  # noqa: SIM115 - closed in finally
+    try:
+        _run(
+            [
+                "debootstrap",
+                "--variant=minbase",
+                f"--include={','.join(INCLUDE)}",
+                SUITE,
+                str(tmp),
+                MIRROR,
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT if out else None,
+        )
+        # An empty machine-id makes systemd create one at boot (a fresh one each run).
+        (tmp / "etc" / "machine-id").write_text("")
+        # apt leaves nothing cached that a run would need; keep the image small.
+        _run(["chroot", str(tmp), "apt-get", "clean"], stdout=out, stderr=out)
+        tmp.chmod(0o755)
+        try:
+            tmp.rename(root)
+        except OSError:
+            # Another run finished the same cache first; use that one.
+            if not (root / "etc" / "os-release").exists():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        if out:
+            out.close()
+    return root
+
+
+def _children(pid: int) -> list[int]:
+    kids: list[int] = []
+    task_dir = Path(f"/proc/{pid}/task")
+    with contextlib.suppress(FileNotFoundError):
+        for task in task_dir.iterdir():
+            with contextlib.suppress(FileNotFoundError):
+                kids += [int(p) for p in (task / "children").read_text().split()]
+    return kids
+
+
+class Container:
+    """One booted systemd-nspawn container on an overlay of the cached root."""
+
+    def __init__(self, lower: Path, workdir: Path) -> None:
+        self.lower = lower
+        self.workdir = workdir
+        self.merged = workdir / "merged"
+        self.nspawn: subprocess.Popen[bytes] | None = None
+        self.leader = 0
+        self.mnt_ns = ""
+        self.helpers: list[subprocess.Popen[str]] = []
+        self.console_log = workdir / "console.log"
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def boot(
+        self, before_boot: Callable[[Path], None] | None = None, timeout: float = 120.0
+    ) -> None:
+        """Mount the overlay, let before_boot(merged) edit the run's files, then boot."""
+        for name in ("upper", "work", "merged"):
+            (self.workdir / name).mkdir(parents=True, exist_ok=True)
+        _run(
+            [
+                "mount",
+                "-t",
+                "overlay",
+                "overlay",
+                "-o",
+                f"lowerdir={self.lower},upperdir={self.workdir / 'upper'},"
+                f"workdir={self.workdir / 'work'}",
+                str(self.merged),
+            ]
+        )
+        if before_boot is not None:
+            before_boot(self.merged)
+        console = open(self.console_log, "wb")  # noqa: SIM115 - kept open by nspawn
+        self.nspawn = subprocess.Popen(
+            [
+                "systemd-nspawn",
+                "-D",
+                str(self.merged),
+                "--boot",
+                "--register=no",
+                "--keep-unit",
+                # No --private-network: apt inside must reach the archive, and the host has no
+                # bridge to NAT a veth through. Services inside therefore share the host's
+                # ports, so the test binds them to 127.0.0.1 on free ports.
+                "--resolv-conf=replace-host",
+                "--timezone=off",
+                "--console=pipe",
+                "--quiet",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=console,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        console.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.nspawn.poll() is not None:
+                raise RuntimeError(
+                    f"systemd-nspawn exited with {self.nspawn.returncode}:\n{self.console()}"
+                )
+            kids = _children(self.nspawn.pid)
+            if kids:
+                self.leader = kids[0]
+                with contextlib.suppress(FileNotFoundError):
+                    self.mnt_ns = os.readlink(f"/proc/{self.leader}/ns/mnt")
+                break
+            time.sleep(0.1)
+        else:
+            raise TimeoutError(f"no container PID 1 after {timeout}s:\n{self.console()}")
+        # Wait for the boot to settle: "running", or "degraded" when an unrelated unit failed.
+        while time.monotonic() < deadline:
+            r = self.run(["systemctl", "is-system-running"], check=False)
+            if r.stdout.strip() in ("running", "degraded"):
+                return
+            time.sleep(0.5)
+        raise TimeoutError(f"container did not finish booting:\n{self.console()}")
+
+    def shutdown(self) -> None:
+        """Stop the container and remove the run's overlay, however far boot() got."""
+        for helper in self.helpers:
+            if helper.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(helper.pid, signal.SIGKILL)
+                helper.wait(timeout=10)
+        if self.nspawn is not None and self.nspawn.poll() is None:
+            # SIGTERM to nspawn asks the container's systemd to power off cleanly.
+            self.nspawn.terminate()
+            try:
+                self.nspawn.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.nspawn.pid, signal.SIGKILL)
+                self.nspawn.wait(timeout=10)
+        if self.mnt_ns:
+            # The kernel ends the container's PID namespace with its PID 1; anything still in
+            # its mount namespace (which would keep the overlay busy) is killed by PID.
+            for pid in self._container_pids():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        # Mounts nspawn made below merged/ go away with its mount namespace; ours is merged/.
+        for _ in range(20):
+            r = subprocess.run(["umount", str(self.merged)], capture_output=True, text=True)
+            if r.returncode == 0 or "not mounted" in r.stderr:
+                break
+            time.sleep(0.5)
+        else:
+            subprocess.run(["umount", "--lazy", str(self.merged)], check=False)
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def _container_pids(self) -> list[int]:
+        """PIDs whose mount namespace is the container's (they outlive nspawn only by bugs)."""
+        ns = self.mnt_ns
+        pids = []
+        for proc in Path("/proc").iterdir():
+            if proc.name.isdigit():
+                with contextlib.suppress(OSError):
+                    if os.readlink(proc / "ns" / "mnt") == ns:
+                        pids.append(int(proc.name))
+        return pids
+
+    def console(self) -> str:
+        try:
+            return self.console_log.read_text(errors="replace")[-4000:]
+        except FileNotFoundError:
+            return ""
+
+    # -- running things inside ---------------------------------------------------------------
+
+    def _enter(self, argv: Sequence[str], user: str | None) -> list[str]:
+        # `-a` enters every namespace of PID 1 (mount, pid, uts, ipc, cgroup, net: the host's)
+        # and its root and working directory. env -i keeps the host's environment out.
+        env = ["env", "-i", "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8"]
+        if user is None:
+            inner = [*env, "HOME=/root", *argv]
+        else:
+            inner = ["setpriv", "--reuid", user, "--regid", user, "--init-groups", "--reset-env",
+                     *argv]  # fmt: skip
+        return ["nsenter", "-t", str(self.leader), "-a", *inner]
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        check: bool = True,
+        user: str | None = None,
+        input: str | None = None,
+        timeout: float = 300.0,
+        env: dict[str, str] | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run argv inside the container and capture its output."""
+        cmd = list(argv)
+        if env:
+            cmd = ["env", *(f"{k}={v}" for k, v in env.items()), *cmd]
+        r = subprocess.run(
+            self._enter(cmd, user),
+            capture_output=True,
+            text=True,
+            input=input,
+            timeout=timeout,
+        )
+        if check and r.returncode != 0:
+            raise AssertionError(
+                f"inside the container, {cmd!r} exited {r.returncode}\n"
+                f"--- stdout\n{r.stdout[-4000:]}\n--- stderr\n{r.stderr[-4000:]}"
+            )
+        return r
+
+    def popen(self, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[str]:
+        """Start argv inside the container in the background (killed by shutdown())."""
+        proc: subprocess.Popen[str] = subprocess.Popen(
+            self._enter(list(argv), None), text=True, start_new_session=True, **kwargs
+        )
+        self.helpers.append(proc)
+        return proc
+
+    def path(self, inside: str) -> Path:
+        """Host path of a file inside the running container."""
+        return self.merged / inside.lstrip("/")
+
+
+RUN_PREFIX = "edge-certd-e2e-run-"
+
+
+def remove_stale_runs(max_age: float = 3600.0) -> None:
+    """Remove run directories that a killed test run left behind (never a live one)."""
+    for workdir in CACHE_DIR.glob(f"{RUN_PREFIX}*"):
+        try:
+            if time.time() - workdir.stat().st_mtime < max_age:
+                continue  # may belong to a run still going on
+        except FileNotFoundError:
+            continue
+        merged = workdir / "merged"
+        if os.path.ismount(merged):
+            subprocess.run(["umount", "--lazy", str(merged)], check=False)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def booted(lower: Path, before_boot: Callable[[Path], None] | None = None) -> Iterator[Container]:
+    """A container booted on an overlay of `lower`; stopped and removed on exit, always."""
+    remove_stale_runs()
+    workdir = Path(tempfile.mkdtemp(prefix=RUN_PREFIX, dir=CACHE_DIR))
+    c = Container(lower, workdir)
+    try:
+        c.boot(before_boot)
+        yield c
+    finally:
+        c.shutdown()
+
+
+if __name__ == "__main__":
+    print(ensure_cached_root(Path(sys.argv[1]) if len(sys.argv) > 1 else None))

@@ -1,0 +1,378 @@
+"""The .deb in a real booted Debian 12: install, scp a CA in, TLS handshakes, reload, purge.
+
+One scenario in ordered steps sharing one container (see conftest.py). The container is a
+systemd-nspawn boot of an overlay on a cached debootstrap root (e2e_nspawn.py), so nothing of
+this machine's own trust store is ever touched: every command that changes trust runs inside
+the container through nsenter.
+
+Needs root, debootstrap, systemd-nspawn and network access to the Debian archive. Outside CI a
+missing piece skips with the reason; with CI=true it fails, so CI can never pass without it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from certs import CA, Issued  # tests/certs.py (tests/ is on sys.path via tests/conftest.py)
+from e2e_nspawn import Container, booted, ensure_cached_root
+
+pytestmark = [pytest.mark.e2e, pytest.mark.step]
+
+REPO = Path(__file__).resolve().parents[2]
+IN_CI = os.environ.get("CI") == "true"
+SBIN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+TOOLS = ("debootstrap", "systemd-nspawn", "nsenter", "mount", "make", "dpkg-buildpackage")
+
+DROP = "/var/lib/edge-certd/drop"
+CA_DIR = "/usr/local/share/ca-certificates/edge-certd"
+SYSTEM_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+ENV_FILE = "/etc/edge-certd/ca.env"
+WORK = "/srv/e2e"  # inside the container; its /tmp is a fresh tmpfs after boot
+# Much shorter than the unit's 60s, so a daemon that stopped pinging is killed (and counted in
+# NRestarts) well within this test's run time.
+TEST_WATCHDOG_SEC = 10
+
+NODE_HANDSHAKE = """
+const tls = require('tls');
+const opts = {host: '127.0.0.1', port: Number(process.argv[1]), servername: 'localhost'};
+const s = tls.connect(opts, () => {
+  console.log('handshake ok, authorized=' + s.authorized); s.end(); process.exit(0);
+});
+s.on('error', (e) => {
+  console.log('handshake failed: ' + (e.code || e.message)); process.exit(1);
+});
+"""
+
+
+def _unavailable() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root (debootstrap, overlay mounts, systemd-nspawn)"
+    missing = [t for t in TOOLS if not shutil.which(t, path=SBIN_PATH)]
+    if missing:
+        return f"missing {', '.join(missing)}; install: debootstrap systemd-container make dpkg-dev"
+    return None
+
+
+def _free_port() -> int:
+    # The container shares the host's network namespace (apt inside must reach the archive),
+    # so its servers take ports from the host's space: pick free ones on loopback.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_for(check: Callable[[], bool], timeout: float, what: str) -> float:
+    start = time.monotonic()
+    while not check():
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"not within {timeout}s: {what}")
+        time.sleep(0.25)
+    return time.monotonic() - start
+
+
+def _fingerprints(pem_text: str) -> set[str]:
+    """SHA-256 of every certificate in a PEM bundle, lowercase hex."""
+    blocks = re.findall(
+        r"-----BEGIN CERTIFICATE-----(.*?)-----END CERTIFICATE-----", pem_text, re.S
+    )
+    return {hashlib.sha256(base64.b64decode("".join(b.split()))).hexdigest() for b in blocks}
+
+
+def _colon_hex(hex_digest: str) -> str:
+    return ":".join(hex_digest[i : i + 2] for i in range(0, len(hex_digest), 2)).upper()
+
+
+@dataclass
+class Scenario:
+    """What the steps share."""
+
+    box: Container
+    ssh_port: int
+    tls_port: int
+    root: CA
+    server: Issued
+    root_sha256: str
+    baseline: set[str] = field(default_factory=set)
+    main_pid: str = ""
+    consumer_invocation: str = ""
+    started: float = 0.0
+
+    def sh(self, script: str, **kw: object) -> subprocess.CompletedProcess[str]:
+        return self.box.run(["sh", "-c", script], **kw)  # type: ignore[arg-type]
+
+    def show(self, unit: str, prop: str) -> str:
+        return self.box.run(["systemctl", "show", "-P", prop, unit]).stdout.strip()
+
+    def bundle(self) -> set[str]:
+        return _fingerprints(self.box.path(SYSTEM_BUNDLE).read_text())
+
+    def journal(self, event: str) -> list[dict[str, str]]:
+        r = self.box.run(["journalctl", "-u", "edge-certd", "-o", "json", "--no-pager",
+                          f"EDGE_CERTD_EVENT={event}"], check=False)  # fmt: skip
+        return [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+
+    def scp_root_ca(self) -> None:
+        """As a technician would: scp through sshd, logged in as `tech` (group edge-certd)."""
+        self.sh(
+            f"scp -i {WORK}/id_ed25519 -P {self.ssh_port} -o BatchMode=yes "
+            "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR "
+            f"{WORK}/gateway-root.pem tech@127.0.0.1:{DROP}/gateway-root.pem"
+        )
+
+    def s_client(self) -> str:
+        r = self.box.run(
+            ["openssl", "s_client", "-connect", f"127.0.0.1:{self.tls_port}",
+             "-servername", "localhost", "-verify_hostname", "localhost"],
+            input="", check=False, timeout=30,
+        )  # fmt: skip
+        return r.stdout + r.stderr
+
+    def node(self, extra_ca: str | None) -> subprocess.CompletedProcess[str]:
+        # --use-bundled-ca: Node's own Mozilla list instead of the system store Debian's node
+        # reads, so only NODE_EXTRA_CA_CERTS (from the env file) can make the handshake pass.
+        env = {"NODE_EXTRA_CA_CERTS": extra_ca} if extra_ca else None
+        return self.box.run(
+            ["node", "--use-bundled-ca", "-e", NODE_HANDSHAKE, str(self.tls_port)],
+            env=env, check=False, timeout=60,
+        )  # fmt: skip
+
+    def java_has_root(self) -> bool:
+        r = self.box.run(["keytool", "-list", "-cacerts", "-storepass", "changeit"], check=False)
+        return _colon_hex(self.root_sha256) in r.stdout
+
+
+def _before_boot(ssh_port: int, deb: Path, host_work: Path) -> Callable[[Path], None]:
+    def prepare(merged: Path) -> None:
+        etc = merged / "etc"
+        # sshd (enabled in the cached root) comes up on loopback and our port only, never on
+        # the host's port 22.
+        (etc / "ssh/sshd_config.d/e2e.conf").write_text(
+            f"Port {ssh_port}\nListenAddress 127.0.0.1\nPasswordAuthentication no\n"
+        )
+        dropin = etc / "systemd/system/edge-certd.service.d"
+        dropin.mkdir(parents=True)
+        (dropin / "e2e-watchdog.conf").write_text(f"[Service]\nWatchdogSec={TEST_WATCHDOG_SEC}s\n")
+        # A service that uses the env file, for on_change.restart_units to restart.
+        (etc / "systemd/system/e2e-consumer.service").write_text(
+            "[Unit]\nDescription=stands in for an IoT Edge client\n"
+            f"[Service]\nEnvironmentFile=-{ENV_FILE}\nExecStart=/bin/sleep infinity\n"
+            "[Install]\nWantedBy=multi-user.target\n"
+        )
+        wants = etc / "systemd/system/multi-user.target.wants"
+        wants.mkdir(exist_ok=True)
+        (wants / "e2e-consumer.service").symlink_to("/etc/systemd/system/e2e-consumer.service")
+        work = merged / WORK.lstrip("/")
+        work.mkdir(parents=True)
+        shutil.copy2(deb, work / deb.name)
+        for f in host_work.iterdir():
+            shutil.copy2(f, work / f.name)
+
+    return prepare
+
+
+@pytest.fixture(scope="module")
+def scenario(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
+    reason = _unavailable()
+    if reason:
+        if IN_CI:
+            pytest.fail(f"e2e cannot run: {reason}")
+        pytest.skip(reason)
+
+    build = subprocess.run(["make", "deb"], cwd=REPO, capture_output=True, text=True)
+    assert build.returncode == 0, (
+        f"make deb failed:\n{build.stdout[-3000:]}\n{build.stderr[-3000:]}"
+    )
+    debs = sorted((REPO / "dist").glob("edge-certd_*_all.deb"))
+    assert len(debs) == 1, f"expected one .deb in dist/, found {debs}"
+
+    old_path = os.environ.get("PATH", "")
+    os.environ["PATH"] = f"{SBIN_PATH}:{old_path}"  # debootstrap and chroot live in sbin
+    try:
+        lower = ensure_cached_root(tmp_path_factory.mktemp("log") / "debootstrap.log")
+    finally:
+        os.environ["PATH"] = old_path
+
+    # Root -> intermediate -> server for localhost: only the root is ever dropped, so the
+    # handshakes pass only if trust really leads from the served chain to the dropped root.
+    root = CA.root("edge-certd e2e Gateway Root", key_type="rsa")
+    server = root.intermediate("edge-certd e2e Edge CA").issue_server(
+        "gateway", ["localhost", "127.0.0.1"]
+    )
+    host_work = tmp_path_factory.mktemp("work")
+    (host_work / "gateway-root.pem").write_bytes(root.cert_pem)
+    (host_work / "server-leaf.pem").write_bytes(server.cert_pem)
+    (host_work / "server-chain.pem").write_bytes(server.chain_pem()[len(server.cert_pem) :])
+    (host_work / "server.key").write_bytes(server.key_pem)
+
+    ssh_port, tls_port = _free_port(), _free_port()
+    with booted(lower, _before_boot(ssh_port, debs[0], host_work)) as box:
+        sc = Scenario(box, ssh_port, tls_port, root, server, hashlib.sha256(root.der).hexdigest())
+        sc.baseline = sc.bundle()
+        sc.sh(
+            f"useradd --create-home --shell /bin/sh tech && "
+            f"chmod 0600 {WORK}/gateway-root.pem {WORK}/server.key && "
+            f"ssh-keygen -q -t ed25519 -N '' -f {WORK}/id_ed25519 && "
+            "install -d -m 0700 -o tech -g tech /home/tech/.ssh && "
+            f"install -m 0600 -o tech -g tech {WORK}/id_ed25519.pub /home/tech/.ssh/authorized_keys"
+        )
+        box.popen(
+            ["openssl", "s_server", "-quiet", "-accept", f"127.0.0.1:{tls_port}",
+             "-cert", f"{WORK}/server-leaf.pem", "-key", f"{WORK}/server.key",
+             "-cert_chain", f"{WORK}/server-chain.pem"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+
+        def listening() -> bool:
+            with socket.socket() as s:
+                return s.connect_ex(("127.0.0.1", tls_port)) == 0
+
+        _wait_for(listening, 20, "openssl s_server listening")
+        yield sc
+
+
+def test_install_pulls_dependencies_and_starts_the_service(scenario: Scenario) -> None:
+    sc = scenario
+    assert sc.box.run(["dpkg", "-s", "python3-pydantic"], check=False).returncode != 0, (
+        "the cached root must not hold edge-certd's dependencies; apt has to pull them"
+    )
+    # The CA is not trusted yet: the failing case the later steps turn into a passing one.
+    assert "Verify return code: 0 (ok)" not in sc.s_client()
+
+    env = {"DEBIAN_FRONTEND": "noninteractive"}
+    sc.box.run(["apt-get", "update", "-q"], env=env)
+    deb = next(sc.box.path(WORK).glob("edge-certd_*_all.deb")).name
+    out = sc.sh(f"cd {WORK} && apt-get install -y -q ./{deb}", env=env).stdout
+    assert re.search(r"Get:\d+ \S+ bookworm/main \S+ python3-pydantic ", out), out[-3000:]
+    sc.started = time.monotonic()
+
+    _wait_for(lambda: sc.show("edge-certd", "ActiveState") == "active", 60, "edge-certd active")
+    assert sc.box.run(["systemctl", "is-active", "edge-certd"]).stdout.strip() == "active"
+    status = sc.box.run(["systemctl", "status", "--no-pager", "edge-certd"], check=False).stdout
+    assert re.search(r'^\s+Status: ".+"', status, re.M), status
+    assert sc.show("edge-certd", "WatchdogUSec") == f"{TEST_WATCHDOG_SEC}s"
+    sc.main_pid = sc.show("edge-certd", "MainPID")
+
+    assert sc.box.run(["getent", "group", "edge-certd"], check=False).returncode == 0
+    # What an admin does once per technician; the group is the package's (sysusers.d).
+    sc.box.run(["usermod", "--append", "--groups", "edge-certd", "tech"])
+    mode = sc.box.run(["stat", "-c", "%a %U %G", DROP]).stdout.split()
+    assert mode == ["2770", "root", "edge-certd"]
+    conffiles = sc.box.run(["dpkg-query", "-W", "-f=${Conffiles}", "edge-certd"]).stdout
+    assert "/etc/edge-certd/config.yaml" in conffiles
+
+
+def test_reload_rereads_the_config_and_keeps_the_process(scenario: Scenario) -> None:
+    sc = scenario
+    sc.box.path("/etc/edge-certd/config.yaml").write_text(
+        "# e2e: restart the stand-in client whenever trust changes\n"
+        "on_change:\n  restart_units:\n    - e2e-consumer.service\n"
+    )
+    sc.consumer_invocation = sc.show("e2e-consumer.service", "InvocationID")
+    assert sc.consumer_invocation
+    sc.box.run(["systemctl", "reload", "edge-certd"])
+    assert sc.box.run(["systemctl", "is-active", "edge-certd"]).stdout.strip() == "active"
+    assert sc.show("edge-certd", "MainPID") == sc.main_pid, "reload must not restart the daemon"
+
+
+def test_scp_into_drop_dir_makes_every_client_trust_the_gateway(scenario: Scenario) -> None:
+    sc = scenario
+    sc.scp_root_ca()
+    assert sc.box.run(["stat", "-c", "%U %G", f"{DROP}/gateway-root.pem"]).stdout.split() == [
+        "tech", "edge-certd"
+    ]  # fmt: skip
+
+    def installed_event() -> bool:
+        return any(
+            e.get("CERT_SHA256", "").replace(":", "").lower() == sc.root_sha256
+            for e in sc.journal("installed")
+        )
+
+    took = _wait_for(installed_event, 20, "journal shows EDGE_CERTD_EVENT=installed for the CA")
+    print(f"installed event {took:.1f}s after scp")
+    _wait_for(lambda: sc.root_sha256 in sc.bundle(), 10, f"the CA in {SYSTEM_BUNDLE}")
+
+    out = sc.s_client()
+    assert "Verify return code: 0 (ok)" in out, out[-2000:]
+
+    env_file = sc.box.path(ENV_FILE).read_text()
+    env = dict(
+        (k, v.strip('"'))
+        for k, _, v in (ln.partition("=") for ln in env_file.splitlines())
+        if k and not k.startswith("#")
+    )
+    assert "NODE_EXTRA_CA_CERTS" in env, env_file
+    without = sc.node(None)
+    assert without.returncode != 0, f"must fail without the env file: {without.stdout}"
+    node = sc.node(env["NODE_EXTRA_CA_CERTS"])
+    assert node.returncode == 0 and "handshake ok" in node.stdout, node.stdout + node.stderr
+
+    # ca-certificates-java's hook ran inside the unit's sandbox: dpkg triggers, a JVM, writes
+    # to /etc/ssl/certs/java and /var/lib/ca-certificates-java.
+    assert sc.java_has_root(), "the CA is missing from the Java system keystore"
+
+    _wait_for(
+        lambda: sc.show("e2e-consumer.service", "InvocationID") != sc.consumer_invocation,
+        20,
+        "systemctl try-restart of on_change.restart_units from inside the sandbox",
+    )
+    assert sc.show("e2e-consumer.service", "ActiveState") == "active"
+
+
+def test_deleting_the_file_removes_the_ca_from_the_system_bundle(scenario: Scenario) -> None:
+    sc = scenario
+    sc.sh(
+        f"ssh -i {WORK}/id_ed25519 -p {sc.ssh_port} -o BatchMode=yes -o StrictHostKeyChecking=no "
+        f"-o UserKnownHostsFile=/dev/null -o LogLevel=ERROR tech@127.0.0.1 "
+        f"rm {DROP}/gateway-root.pem"
+    )
+    _wait_for(lambda: sc.root_sha256 not in sc.bundle(), 30, f"the CA gone from {SYSTEM_BUNDLE}")
+    assert sc.bundle() == sc.baseline
+    assert "Verify return code: 0 (ok)" not in sc.s_client()
+
+
+def test_watchdog_never_killed_the_daemon(scenario: Scenario) -> None:
+    sc = scenario
+    # Outlive two watchdog periods so that a daemon that never pings would have been killed.
+    remaining = 2.5 * TEST_WATCHDOG_SEC - (time.monotonic() - sc.started)
+    if remaining > 0:
+        time.sleep(remaining)
+    assert sc.show("edge-certd", "NRestarts") == "0"
+    assert sc.show("edge-certd", "MainPID") == sc.main_pid
+    assert sc.box.run(["systemctl", "is-active", "edge-certd"]).stdout.strip() == "active"
+    assert sc.show("edge-certd", "Result") == "success"
+
+
+def test_remove_keeps_trust_and_purge_takes_only_edge_certds_away(scenario: Scenario) -> None:
+    sc = scenario
+    sc.scp_root_ca()
+    _wait_for(lambda: sc.root_sha256 in sc.bundle(), 30, "the CA trusted again")
+    _wait_for(sc.java_has_root, 10, "the CA in the Java system keystore again")
+    env = {"DEBIAN_FRONTEND": "noninteractive"}
+
+    sc.box.run(["apt-get", "remove", "-y", "-q", "edge-certd"], env=env)
+    assert sc.show("edge-certd", "ActiveState") != "active"
+    assert sc.root_sha256 in sc.bundle(), "apt remove must leave the CA trusted"
+    assert "Verify return code: 0 (ok)" in sc.s_client()
+    assert sc.box.path(ENV_FILE).exists()
+
+    sc.box.run(["apt-get", "purge", "-y", "-q", "edge-certd"], env=env)
+    assert sc.bundle() == sc.baseline, "purge must remove edge-certd's CAs and only those"
+    assert not sc.java_has_root(), "purge must remove the CA from the Java system keystore"
+    assert "Verify return code: 0 (ok)" not in sc.s_client()
+    links = sc.box.run(["find", "/etc/ssl/certs", "-lname", "*edge-certd*"]).stdout
+    assert links == "", f"links into edge-certd's CA directory remain:\n{links}"
+    for gone in (CA_DIR, "/var/lib/edge-certd", "/etc/edge-certd"):
+        assert not sc.box.path(gone).exists(), f"{gone} is left after purge"
+    assert sc.box.run(["dpkg", "-s", "edge-certd"], check=False).returncode != 0
