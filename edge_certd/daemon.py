@@ -28,7 +28,6 @@ from edge_certd.watcher import SourceWatcher
 MAX_SETTLE_WINDOWS = 10
 # A file written without a close (an mmap, a crashed scp) is read after this long anyway.
 BUSY_MAX_AGE = 120.0
-RETRY_INITIAL = 5.0
 
 
 class Daemon:
@@ -160,7 +159,7 @@ class Daemon:
         self._record_daemon("degraded" if self.degraded else "running")
 
     def _degrade(self, reason: str) -> None:
-        initial = min(RETRY_INITIAL, self.config.watch.retry_max_seconds)
+        initial = min(self.config.watch.retry_initial_seconds, self.config.watch.retry_max_seconds)
         self.retry_delay = min(self.retry_delay * 2 or initial, self.config.watch.retry_max_seconds)
         self.retry_at = time.monotonic() + self.retry_delay
         self.degraded = f"{reason}, retry in {self.retry_delay:.0f} s"

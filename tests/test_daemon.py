@@ -1,0 +1,207 @@
+"""`edge-certd run` with real inotify, real files, real signals and a real NOTIFY_SOCKET."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import shutil
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from certs import CA
+from conftest import Tree
+from daemonproc import DaemonProcess
+from oddcerts import pem, self_signed
+
+from edge_certd.pemutil import pem_fingerprints
+
+
+def sha(ca: CA) -> str:
+    return hashlib.sha256(ca.der).hexdigest()
+
+
+def trusted(tree: Tree) -> set[str]:
+    both = [tree.edge_roots, tree.system_bundle]
+    if not all(p.exists() for p in both):
+        return set()
+    return pem_fingerprints(both[0].read_bytes()) & pem_fingerprints(both[1].read_bytes())
+
+
+@pytest.fixture
+def start(tree: Tree) -> Iterator:  # type: ignore[type-arg]
+    started: list[DaemonProcess] = []
+
+    def _start(**kwargs: object) -> DaemonProcess:
+        daemon = DaemonProcess(tree, **kwargs)  # type: ignore[arg-type]
+        started.append(daemon)
+        daemon.wait_ready()
+        return daemon
+
+    yield _start
+    for daemon in started:
+        daemon.stop()
+
+
+def test_notify_sequence_through_start_reload_and_stop(tree: Tree, start) -> None:  # type: ignore[no-untyped-def]
+    daemon = start(watchdog_usec=400_000)
+    daemon.wait_for(lambda: "WATCHDOG=1" in daemon.fields(), 5, "WATCHDOG=1")
+    daemon.signal(signal.SIGHUP)
+    daemon.wait_for(lambda: daemon.fields().count("READY=1") == 2, 20, "second READY=1")
+    assert daemon.stop() == 0
+    fields = daemon.fields()
+    firsts = [fields.index(f) for f in ("READY=1", "WATCHDOG=1", "RELOADING=1", "STOPPING=1")]
+    assert firsts == sorted(firsts), fields
+    assert fields.index("READY=1") < fields.index("RELOADING=1") < len(fields) - 1 - \
+        fields[::-1].index("READY=1") < fields.index("STOPPING=1")
+    assert any(f.startswith("STATUS=0 CAs trusted") for f in fields)
+
+
+def test_cp_then_mv_installs_and_deletion_uninstalls(tree: Tree, start) -> None:  # type: ignore[no-untyped-def]
+    daemon = start()
+    root = CA.root("Moved In Root")
+    staging = tree.root / "staging.pem"
+    staging.write_bytes(root.cert_pem)
+    os.rename(staging, tree.drop / "moved.pem")
+    daemon.wait_for(lambda: sha(root) in trusted(tree), 20, "moved-in root trusted")
+    daemon.wait_status("1 CA trusted")
+    (tree.drop / "moved.pem").unlink()
+    daemon.wait_for(lambda: sha(root) not in trusted(tree), 20, "root removed")
+    daemon.wait_for(lambda: "removed root CA" in daemon.log(), 5, "removal logged")
+
+
+def test_half_written_file_is_not_installed_until_closed(tree: Tree, start) -> None:  # type: ignore[no-untyped-def]
+    daemon = start()
+    root, other = CA.root("Slow scp Root"), CA.root("Other Root")
+    with open(tree.drop / "slow.pem", "wb") as handle:  # scp writes in place, like this
+        handle.write(root.cert_pem[:300])
+        handle.flush()
+        time.sleep(0.8)
+        # Another file arriving meanwhile must not make the daemon read the half file.
+        shutil.copy(tree.root / "update-wrapper", tree.root / "x")  # unrelated activity
+        (tree.drop / "other.pem").write_bytes(other.cert_pem)
+        daemon.wait_for(lambda: sha(other) in trusted(tree), 20, "other root")
+        assert sha(root) not in trusted(tree)
+        assert "slow.pem" not in daemon.log()  # not even rejected as truncated
+        handle.write(root.cert_pem[300:])
+    daemon.wait_for(lambda: sha(root) in trusted(tree), 20, "slow root after close")
+
+
+def test_editor_and_rsync_temp_names_are_ignored(tree: Tree, start) -> None:  # type: ignore[no-untyped-def]
+    daemon = start()
+    root = CA.root("Temp Root")
+    for name in (".root.pem.Xy12Ab", "root.pem~", "root.pem.swp", "root.pem.part"):
+        (tree.drop / name).write_bytes(root.cert_pem)
+    real = CA.root("Real Root")
+    (tree.drop / "real.pem").write_bytes(real.cert_pem)
+    daemon.wait_for(lambda: sha(real) in trusted(tree), 20)
+    assert sha(root) not in trusted(tree)
+
+
+def test_burst_of_100_files_costs_at_most_two_updates(tree: Tree, start) -> None:  # type: ignore[no-untyped-def]
+    daemon = start()
+    roots = [CA.root(f"Burst {i}") for i in range(100)]
+    staging = tree.root / "staging"
+    staging.mkdir()
+    for i, root in enumerate(roots):
+        (staging / f"r{i}.pem").write_bytes(root.cert_pem)
+    for i in range(100):
+        os.rename(staging / f"r{i}.pem", tree.drop / f"r{i}.pem")
+    wanted = {sha(r) for r in roots}
+    daemon.wait_for(lambda: wanted <= trusted(tree), 60, "all 100 trusted")
+    assert tree.update_runs() <= 2
+
+
+def test_start_with_nothing_changed_runs_no_update(tree: Tree, start) -> None:  # type: ignore[no-untyped-def]
+    tree.drop.mkdir(parents=True)
+    (tree.drop / "root.pem").write_bytes(CA.root().cert_pem)
+    assert tree.cli("sync").returncode == 0
+    runs = tree.update_runs()
+    daemon = start()
+    daemon.wait_status("1 CA trusted")
+    assert tree.update_runs() == runs
+
+
+def test_update_failing_twice_then_succeeding_loses_nothing(tree: Tree, start) -> None:  # type: ignore[no-untyped-def]
+    counter = tree.root / "failures"
+    flaky = tree.root / "flaky-update"
+    flaky.write_text(
+        "#!/bin/sh\n"
+        f"n=$(cat '{counter}' 2>/dev/null || echo 0)\n"
+        f"if [ \"$n\" -lt 2 ]; then echo $((n+1)) > '{counter}'; echo 'E: simulated' >&2; exit 1; fi\n"
+        f"exec '{tree.root / 'update-wrapper'}' \"$@\"\n")
+    flaky.chmod(0o755)
+    tree.write_config(trust_store__update_command=[str(flaky)], watch__retry_initial_seconds=0.3)
+    daemon = start()
+    root = CA.root("Flaky Root")
+    (tree.drop / "root.pem").write_bytes(root.cert_pem)
+    daemon.wait_status("degraded: flaky-update failed (exit 1)")
+    daemon.wait_for(lambda: sha(root) in trusted(tree), 30, "root after retries")
+    daemon.wait_status("1 CA trusted")
+    assert counter.read_text().strip() == "2"
+    assert (tree.drop / "root.pem").read_bytes() == root.cert_pem
+    status = json.loads(tree.cli("status", "--json").stdout)
+    assert status["daemon"]["state"] == "running" and status["last_sync"]["result"] == "ok"
+
+
+def test_drop_dir_deleted_and_recreated_still_works(tree: Tree, start) -> None:  # type: ignore[no-untyped-def]
+    daemon = start()
+    shutil.rmtree(tree.drop)
+    time.sleep(0.5)
+    tree.drop.mkdir(exist_ok=True)
+    time.sleep(0.5)
+    root = CA.root("After Recreate")
+    staging = tree.root / "after.pem"
+    staging.write_bytes(root.cert_pem)
+    os.rename(staging, tree.drop / "after.pem")
+    daemon.wait_for(lambda: sha(root) in trusted(tree), 20, "root after recreate")
+
+
+def test_rejected_file_is_logged_once_and_listed_by_status(tree: Tree, start) -> None:  # type: ignore[no-untyped-def]
+    daemon = start()
+    leaf = CA.root().issue_server("gw", ["gw"])
+    (tree.drop / "leaf.pem").write_bytes(leaf.cert_pem)
+    daemon.wait_status("1 file rejected")
+    for i in range(3):  # more activity: the rejection must not be logged again
+        (tree.drop / f"good{i}.pem").write_bytes(CA.root(f"Good {i}").cert_pem)
+        daemon.wait_status(f"{i + 1} CA")
+    assert len([line for line in daemon.log().splitlines() if "leaf.pem" in line]) == 1
+    status = json.loads(tree.cli("status", "--json").stdout)
+    assert [r["code"] for r in status["rejected"]] == ["not_ca"]
+    assert (tree.drop / "leaf.pem").exists()
+
+
+def test_expiring_ca_is_warned_about_at_start(tree: Tree, start) -> None:  # type: ignore[no-untyped-def]
+    now = dt.datetime.now(dt.timezone.utc)
+    tree.drop.mkdir(parents=True)
+    (tree.drop / "soon.pem").write_bytes(pem(self_signed("Soon Root",
+                                                         not_after=now + dt.timedelta(days=5))))
+    daemon = start()
+    daemon.wait_status("expires in")
+    assert "EDGE_CERTD_EVENT=expiring" in daemon.log()
+
+
+def test_keyvault_dir_that_appears_later_is_watched(tree: Tree, start) -> None:  # type: ignore[no-untyped-def]
+    kv = tree.root / "kv"
+    tree.write_config(keyvault_export_dirs=[str(kv)])
+    daemon = start()
+    kv.mkdir(mode=0o700)
+    time.sleep(0.5)
+    root = CA.root("Vault Root")
+    (kv / "vault.cert").write_bytes(root.cert_pem + root.key_pem)
+    daemon.wait_for(lambda: sha(root) in trusted(tree), 20, "vault root trusted")
+
+
+def test_bad_config_at_reload_keeps_the_old_one(tree: Tree, start) -> None:  # type: ignore[no-untyped-def]
+    daemon = start()
+    tree.config_path.write_text(tree.config_path.read_text() + "\nbogus_key: 1\n")
+    daemon.signal(signal.SIGHUP)
+    daemon.wait_for(lambda: daemon.fields().count("READY=1") == 2, 20)
+    assert "reload refused" in daemon.log() and "bogus_key" in daemon.log()
+    root = CA.root("Still Working")
+    (tree.drop / "r.pem").write_bytes(root.cert_pem)
+    daemon.wait_for(lambda: sha(root) in trusted(tree), 20)
