@@ -1,0 +1,139 @@
+"""The command line: subcommands, exit codes, config errors, and the example config."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+from certs import CA
+from conftest import Tree
+
+from edge_certd import __version__
+from edge_certd.config import Config, parse_config
+
+PROJECT = Path(__file__).resolve().parent.parent
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "edge_certd", *args], capture_output=True,
+                          text=True, cwd=str(PROJECT), env={**os.environ, **(env or {})},
+                          timeout=60, check=False)
+
+
+def test_version_and_help_document_the_exit_codes() -> None:
+    assert run("--version").stdout.strip() == f"edge-certd {__version__}"
+    help_text = run("--help").stdout
+    for line in ("0  success", "1  could not apply", "2  usage or configuration error",
+                 "3  applied, but some inputs were rejected"):
+        assert line in help_text
+
+
+def test_example_config_is_valid_and_documents_every_key() -> None:
+    text = (PROJECT / "config.example.yaml").read_text()
+    parse_config(text, "config.example.yaml")
+    data = yaml.safe_load(text)
+    fields = getattr(Config, "model_fields", None) or Config.__fields__
+    assert set(data) == set(fields)
+    for section, value in data.items():
+        if isinstance(value, dict):
+            sub = getattr(Config, "model_fields", None)
+            model = (sub[section].annotation if sub else Config.__fields__[section].type_)
+            nested = getattr(model, "model_fields", None) or model.__fields__
+            assert set(value) == set(nested), section
+
+
+def test_config_errors_name_file_line_and_key(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("drop_dir: /x\ntrust_store:\n  ca_dirr: /y\npolicy:\n  min_rsa_bits: lots\n")
+    result = run("--config", str(bad), "check-config")
+    assert result.returncode == 2
+    assert str(bad) in result.stderr
+    assert "line 3: trust_store.ca_dirr: unknown key" in result.stderr
+    assert "line 5: policy.min_rsa_bits" in result.stderr
+
+
+def test_config_comes_from_the_environment_variable(tmp_path: Path) -> None:
+    good = tmp_path / "good.yaml"
+    good.write_text("drop_dir: /srv/drop\n")
+    result = run("check-config", env={"EDGE_CERTD_CONFIG": str(good)})
+    assert result.returncode == 0 and '"drop_dir": "/srv/drop"' in result.stdout
+    assert run("check-config", env={"EDGE_CERTD_CONFIG": str(tmp_path / "none.yaml")}
+               ).returncode == 2
+
+
+def test_relative_paths_and_bad_yaml_are_config_errors(tmp_path: Path) -> None:
+    for text, needle in (("drop_dir: relative/dir\n", "must be an absolute path"),
+                         ("drop_dir: [unclosed\n", "not valid YAML")):
+        path = tmp_path / "c.yaml"
+        path.write_text(text)
+        result = run("--config", str(path), "sync")
+        assert result.returncode == 2 and needle in result.stderr
+
+
+def test_list_json_has_the_documented_fields(tree: Tree) -> None:
+    tree.drop.mkdir(parents=True)
+    (tree.drop / "root.pem").write_bytes(CA.root("Listed").cert_pem)
+    tree.cli("sync")
+    (item,) = json.loads(tree.cli("list", "--json").stdout)
+    assert {"sha256", "subject", "not_after", "path", "sources"} <= set(item)
+    assert item["not_after"].endswith("Z") and "T" in item["not_after"]
+    assert "Listed" in tree.cli("list").stdout
+
+
+def test_inspect_reports_and_installs_nothing(tree: Tree, tmp_path: Path) -> None:
+    root = CA.root("Inspected")
+    good, leaf = tmp_path / "good.pem", tmp_path / "leaf.pem"
+    good.write_bytes(root.cert_pem)
+    leaf.write_bytes(root.issue_server("gw", ["gw"]).cert_pem)
+    result = tree.cli("inspect", str(good), str(leaf))
+    assert result.returncode == 3
+    assert "would trust: CN=Inspected" in result.stdout and "(not_ca)" in result.stdout
+    assert not tree.ca_dir.exists() and tree.update_runs() == 0
+    assert tree.cli("inspect", str(good)).returncode == 0
+
+
+def test_add_refuses_a_bad_file_and_copies_nothing(tree: Tree, tmp_path: Path) -> None:
+    leaf = tmp_path / "leaf.pem"
+    leaf.write_bytes(CA.root().issue_server("gw", ["gw"]).cert_pem)
+    result = tree.cli("add", str(leaf))
+    assert result.returncode == 2 and "not_ca" in result.stderr
+    assert not tree.drop.exists() or list(tree.drop.iterdir()) == []
+
+
+def test_add_places_the_file_in_the_drop_dir_and_syncs(tree: Tree, tmp_path: Path) -> None:
+    root = CA.root("Added")
+    source = tmp_path / "added root.pem"
+    source.write_bytes(root.cert_pem)
+    result = tree.cli("add", str(source))
+    assert result.returncode == 0, result.stderr
+    assert (tree.drop / "added-root.pem").read_bytes() == root.cert_pem
+    assert "installed CN=Added" in result.stdout
+    assert not [p for p in tree.drop.iterdir() if p.name.startswith(".")]
+
+
+def test_remove_keeps_the_source_and_add_brings_it_back(tree: Tree, tmp_path: Path) -> None:
+    root = CA.root("Removable")
+    tree.drop.mkdir(parents=True)
+    (tree.drop / "root.pem").write_bytes(root.cert_pem)
+    tree.cli("sync")
+    (item,) = json.loads(tree.cli("list", "--json").stdout)
+    result = tree.cli("remove", item["sha256"][:12])
+    assert result.returncode == 0, result.stderr
+    assert json.loads(tree.cli("list", "--json").stdout) == []
+    assert (tree.drop / "root.pem").exists()
+    assert tree.cli("sync").stdout.count("stays removed") == 1
+    assert tree.cli("remove", "nonexistent").returncode == 2
+    back = tree.cli("add", str(tree.drop / "root.pem"))
+    assert back.returncode == 0, back.stderr
+    assert len(json.loads(tree.cli("list", "--json").stdout)) == 1
+
+
+def test_status_works_without_a_daemon(tree: Tree) -> None:
+    result = tree.cli("status")
+    assert result.returncode == 0 and "daemon: no record" in result.stdout
+    doc = json.loads(tree.cli("status", "--json").stdout)
+    assert doc["trusted"] == [] and doc["bundles"]["env_file"] == str(tree.env_file)
