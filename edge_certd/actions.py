@@ -25,7 +25,7 @@ def sync(config: Config) -> SyncResult:
 
 def inspect(config: Config, files: Sequence[str], keyvault: bool = False) -> list[FileVerdict]:
     """Judge files the way sync would, without installing anything."""
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     rules, passwords = rules_from(config), read_passwords(config)
     kv_dirs = {os.path.realpath(d) for d in config.keyvault_export_dirs}
     verdicts = []
@@ -55,7 +55,7 @@ def add(config: Config, files: Sequence[str]) -> SyncResult:
     engine = Engine(config)
     engine.ensure_drop_dir()
     with state_lock(engine.paths):
-        for path, verdict in zip(files, verdicts, strict=True):
+        for path in files:
             data = _read_one(path, config.policy.max_file_bytes).data or b""
             write_atomic(_drop_target(config.drop_dir, path, data), data, 0o644)
         blocked = load_blocked(engine.paths)

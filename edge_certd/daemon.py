@@ -17,7 +17,7 @@ from collections import deque
 from types import FrameType
 
 from edge_certd import events, report
-from edge_certd.config import Config, load_config
+from edge_certd.config import load_config
 from edge_certd.errors import ApplyError, ConfigError, EdgeCertdError
 from edge_certd.sdnotify import Notifier
 from edge_certd.state import StatePaths, iso, update_status
@@ -189,7 +189,7 @@ class Daemon:
         return 0
 
     def _check_expiry(self) -> None:
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
         thresholds = sorted(self.config.expiry.warn_days)
         for item in report.expiring(self.config, now):
             days = item["days_left"]
@@ -207,7 +207,7 @@ class Daemon:
         try:
             update_status(StatePaths(self.config.state_dir), daemon={
                 "pid": os.getpid(), "state": state, "status_line": self._status_line(),
-                "degraded": self.degraded, "updated": iso(dt.datetime.now(dt.timezone.utc))})
+                "degraded": self.degraded, "updated": iso(dt.datetime.now(dt.UTC))})
         except EdgeCertdError:
             pass  # status.json is for people; a full disk must not stop the service
 

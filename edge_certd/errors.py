@@ -47,10 +47,7 @@ class UpdateCommandError(ApplyError):
         self.returncode = returncode
         self.output = output
         name = self.argv[0].rsplit("/", 1)[-1] if self.argv else "update command"
-        if returncode is None:
-            what = f"{name} timed out"
-        else:
-            what = f"{name} failed (exit {returncode})"
+        what = f"{name} timed out" if returncode is None else f"{name} failed (exit {returncode})"
         tail = output.strip().splitlines()[-3:]
         detail = ("; " + " | ".join(tail)) if tail else ""
         self.short = what

@@ -89,7 +89,7 @@ def fsync_directory(directory: str) -> None:
 
 def remove_stale_temp_files(directory: str) -> list[str]:
     """Delete temp files an interrupted write left in `directory`; return their names."""
-    removed = []
+    removed: list[str] = []
     try:
         names = os.listdir(directory)
     except OSError:

@@ -109,8 +109,8 @@ def validity(cert: x509.Certificate) -> tuple[dt.datetime, dt.datetime]:
     """notBefore and notAfter as aware UTC datetimes on every cryptography version."""
     if hasattr(cert, "not_valid_after_utc"):
         return cert.not_valid_before_utc, cert.not_valid_after_utc
-    return (cert.not_valid_before.replace(tzinfo=dt.timezone.utc),
-            cert.not_valid_after.replace(tzinfo=dt.timezone.utc))
+    return (cert.not_valid_before.replace(tzinfo=dt.UTC),
+            cert.not_valid_after.replace(tzinfo=dt.UTC))
 
 
 def _key_problem(cert: x509.Certificate, rules: Rules) -> tuple[str, str] | None:
@@ -173,5 +173,5 @@ def _self_signature_verifies(cert: x509.Certificate) -> bool:
 
 
 def _iso(moment: dt.datetime) -> str:
-    return moment.astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return moment.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 

@@ -28,7 +28,7 @@ def list_cas(config: Config) -> list[dict[str, Any]]:
 
 def expiring(config: Config, now: dt.datetime | None = None) -> list[dict[str, Any]]:
     """Managed CAs within the largest warning window, soonest first."""
-    now = now or dt.datetime.now(dt.timezone.utc)
+    now = now or dt.datetime.now(dt.UTC)
     window = dt.timedelta(days=max(config.expiry.warn_days or [0]))
     soon = []
     for item in list_cas(config):
@@ -87,12 +87,14 @@ def _render_status(doc: dict[str, Any]) -> str:
     for item in doc["trusted"]:
         lines.append(f"  {item['sha256'][:16]}  {item['subject']}  (expires {item['not_after']})")
     for item in doc["expiring"]:
-        lines.append(f"expiring: {item['subject']} in {item['days_left']} days ({item['not_after']})")
+        lines.append(f"expiring: {item['subject']} in {item['days_left']} days "
+                     f"({item['not_after']})")
     if doc["rejected"]:
         lines.append(f"rejected files: {len({r['source'] for r in doc['rejected']})}")
         for rej in doc["rejected"]:
             who = f" {rej['subject']}" if rej.get("subject") else ""
-            lines.append(f"  {rej['source']}:{who} {rej['code']}: {rej['message']}")
+            lines.append(f"  {rej['source']}{_format_note(rej)}:{who} {rej['code']}: "
+                         f"{rej['message']}")
     for item in doc["ignored"]:
         label = FORMAT_LABELS.get(item.get("format", ""), item.get("format", ""))
         lines.append(f"  {item['source']} ({label}): ignored: {item['what']}")
@@ -103,6 +105,13 @@ def _render_status(doc: dict[str, Any]) -> str:
         if bundles.get(key):
             lines.append(f"{key.replace('_', ' ')}: {bundles[key]}")
     return "\n".join(lines)
+
+
+def _format_note(item: dict[str, Any]) -> str:
+    """` (PKCS#12 / PFX)`: which format was detected, when one was; a technician fixing a
+    Key Vault export needs to know which `az` command or extension shape it came from."""
+    fmt = item.get("format") or "unknown"
+    return "" if fmt == "unknown" else f" ({FORMAT_LABELS.get(fmt, fmt)})"
 
 
 def inspect_text(verdicts: Sequence[FileVerdict]) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from systemd import daemon as _sd
+from systemd import daemon as _sd  # type: ignore[attr-defined]
 
 
 class Notifier:

@@ -140,7 +140,7 @@ def state_lock(paths: StatePaths, timeout: float = 600.0) -> Iterator[None]:
 
 
 def iso(moment: dt.datetime) -> str:
-    return moment.astimezone(dt.timezone.utc).isoformat().replace("+00:00", "Z")
+    return moment.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
 
 
 def parse_iso(text: str) -> dt.datetime:

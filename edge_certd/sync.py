@@ -155,7 +155,7 @@ class Engine:
             ApplyError: the trust store could not be updated; the previous state is kept,
                 and the next sync retries.
         """
-        now = now or dt.datetime.now(dt.timezone.utc)
+        now = now or dt.datetime.now(dt.UTC)
         with state_lock(self.paths):
             try:
                 self.ensure_drop_dir()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import warnings
 from collections.abc import Sequence
 
 from edge_certd.formats import FormatError, parse
@@ -36,6 +37,15 @@ def judge_file(source: str, data: bytes | None, problem: tuple[str, str] | None,
     if data is None:
         code, message = problem or ("unreadable", "cannot be read")
         return FileVerdict(source, "unknown", rejected=(Rejection(source, code, message),))
+    # cryptography >= 42 warns about names longer than X.520 allows; a hostile file must not
+    # spray warnings over stderr, and its rejection already says what is wrong.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return _judge(source, data, kind, rules, now, passwords)
+
+
+def _judge(source: str, data: bytes, kind: str, rules: Rules, now: dt.datetime,
+           passwords: Sequence[bytes]) -> FileVerdict:
     content_sha = hashlib.sha256(data).hexdigest()
     try:
         parsed = parse(data, passwords)

@@ -55,7 +55,7 @@ def v1_root(work: Path) -> bytes:
 def self_signed(name: str, *, ca: bool = True, not_before: dt.datetime | None = None,
                 not_after: dt.datetime | None = None, key: object = None) -> x509.Certificate:
     """A self-signed P-256 certificate with the given validity and CA flag."""
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     private = key or ec.generate_private_key(ec.SECP256R1())
     # _validate=False lets a test build the over-long names an attacker could send.
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name, _validate=False)])

@@ -10,7 +10,6 @@ import shutil
 import signal
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from certs import CA
@@ -176,7 +175,7 @@ def test_rejected_file_is_logged_once_and_listed_by_status(tree: Tree, start) ->
 
 
 def test_expiring_ca_is_warned_about_at_start(tree: Tree, start) -> None:  # type: ignore[no-untyped-def]
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     tree.drop.mkdir(parents=True)
     (tree.drop / "soon.pem").write_bytes(pem(self_signed("Soon Root",
                                                          not_after=now + dt.timedelta(days=5))))

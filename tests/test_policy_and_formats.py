@@ -18,11 +18,11 @@ from edge_certd.plan import OWNED_FILE, file_name
 from edge_certd.policy import Rules
 from edge_certd.verdict import DROP, KEYVAULT, judge_file
 
-NOW = dt.datetime.now(dt.timezone.utc)
+NOW = dt.datetime.now(dt.UTC)
 
 
 def verdict_of(data: bytes, kind: str = DROP, rules: Rules | None = None, passwords=()):  # type: ignore[no-untyped-def]
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     return judge_file("/drop/x.pem", data, None, kind, rules or Rules(), now, passwords)
 
 

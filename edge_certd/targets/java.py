@@ -70,7 +70,7 @@ class JavaTruststore:
 
     def apply(self, managed: Sequence[TrustedCA], plan: Plan) -> Outcome:
         """Rebuild the truststore when its set of certificates changed. Raises WriteError."""
-        if self.path is None:
+        if self.path is None or self.store_type is None:
             return Outcome(False, f"Java truststore skipped: {self.skip_reason}")
         entries = self._entries(managed)
         ours = sorted(ca.sha256 for ca in managed)

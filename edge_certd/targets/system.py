@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import os
@@ -161,10 +162,8 @@ class SystemStore:
                 pass  # read-only ca_dir: nothing was written there either
         for path, data in removed:
             if data is not None:
-                try:
+                with contextlib.suppress(WriteError):
                     write_atomic(path, data, 0o644)
-                except WriteError:
-                    pass
 
 
 def bundle_fingerprints(bundle_path: str) -> set[str]:
@@ -177,7 +176,7 @@ def bundle_fingerprints(bundle_path: str) -> set[str]:
 
 
 def _read_installed(path: str) -> InstalledCA:
-    stamp = dt.datetime.fromtimestamp(0, dt.timezone.utc)
+    stamp = dt.datetime.fromtimestamp(0, dt.UTC)
     try:
         data = read_bytes(path) or b""
         der = next(iter_pem_ders(data))
@@ -191,8 +190,6 @@ def _read_installed(path: str) -> InstalledCA:
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     proc.wait()
