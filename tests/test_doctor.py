@@ -1,0 +1,446 @@
+"""`edge-certd doctor` on a real temporary trust tree: healthy, then broken one check at a time.
+
+Every device here is the conftest `tree` (the real update-ca-certificates, run against
+the tree only) after a real sync of a root made at test time. systemd is faked with a
+directory standing in for /run/systemd/system and a systemctl script; the gateway is
+a real Python ssl server on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import io
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from certs import CA, utcnow
+from conftest import Tree
+from loopback import LoopbackServer, free_port, tls_handler
+
+from edge_certd import actions, doctor
+from edge_certd.config import load_config
+from edge_certd.doctor_judge import (
+    DirFacts,
+    ServiceFacts,
+    TargetFacts,
+    env_paths,
+    judge_clock,
+    judge_directory,
+    judge_service,
+    judge_target,
+)
+from edge_certd.model import InstalledCA
+from edge_certd.state import StatePaths, state_lock
+from edge_certd.verify_model import cert_info
+
+LINE = re.compile(r"^\[(pass|warn|fail|skip)\] ([^:]+): (.*)$")
+
+
+@dataclass
+class Device:
+    tree: Tree
+    root: CA
+    systemctl_state: Path  # what the fake `systemctl is-active` answers
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.root.der).hexdigest()
+
+    def doctor(self, now: dt.datetime | None = None) -> tuple[int, str]:
+        out = io.StringIO()
+        config, path = load_config(str(self.tree.config_path))
+        code = doctor.run_doctor(config, path, now=now, out=out)
+        return code, out.getvalue()
+
+
+def checks(output: str) -> dict[str, list[tuple[str, str]]]:
+    """Check name -> [(status, message)], from doctor's output."""
+    found: dict[str, list[tuple[str, str]]] = {}
+    for line in output.splitlines():
+        match = LINE.match(line)
+        if match:
+            found.setdefault(match[2], []).append((match[1], match[3]))
+    return found
+
+
+def status(output: str, name: str) -> str:
+    entries = checks(output).get(name)
+    assert entries, f"no {name} check in:\n{output}"
+    assert len(entries) == 1, entries
+    return entries[0][0]
+
+
+def failed(output: str) -> set[str]:
+    return {name for name, items in checks(output).items() for s, _ in items if s == "fail"}
+
+
+def install_root(tree: Tree, root: CA, name: str = "gateway-root.crt") -> None:
+    tree.drop.mkdir(parents=True, exist_ok=True)
+    tree.drop.chmod(0o755)
+    (tree.drop / name).write_bytes(root.cert_pem)
+    result = actions.sync(load_config(str(tree.config_path))[0])
+    assert not result.rejected and len(result.managed) >= 1, result
+
+
+def make_device(tree: Tree, root: CA, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Device:
+    systemd_dir = tmp_path / "run-systemd-system"
+    systemd_dir.mkdir()
+    monkeypatch.setattr(doctor, "SYSTEMD_RUN_DIR", str(systemd_dir))
+    state = tmp_path / "service-state"
+    state.write_text("active\n")
+    systemctl = tmp_path / "systemctl"
+    # Prints the state and exits 0 only for "active", as `systemctl is-active` does.
+    systemctl.write_text(
+        "#!/bin/sh\n"
+        f'[ "$1 $2" = "is-active edge-certd" ] || exit 64\n'
+        f"state=$(cat '{state}')\n"
+        'echo "$state"\n'
+        '[ "$state" = active ]\n')
+    systemctl.chmod(0o755)
+    tree.write_config(on_change__systemctl=[str(systemctl)])
+    install_root(tree, root)
+    return Device(tree, root, state)
+
+
+@pytest.fixture
+def device(tree: Tree, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Device:
+    return make_device(tree, CA.root("Doctor Gateway Root"), tmp_path, monkeypatch)
+
+
+@pytest.fixture
+def served() -> Iterator[list[LoopbackServer]]:
+    servers: list[LoopbackServer] = []
+    try:
+        yield servers
+    finally:
+        for server in servers:
+            server.close()
+
+
+def serve_gateway(root: CA, tmp_path: Path, served: list[LoopbackServer]) -> int:
+    """A TLS gateway on 127.0.0.1 presenting server + edge CA, issued under `root`."""
+    edge = root.intermediate("Edge CA doctor-gw")
+    leaf = edge.issue_server("doctor-gw", ["localhost", "127.0.0.1"])
+    cert, key = leaf.write(tmp_path / f"gateway-{len(served)}")
+    server = LoopbackServer(tls_handler(cert, key))
+    served.append(server)
+    return server.port
+
+
+# --------------------------------------------------------------------------- healthy
+
+
+def test_healthy_device_passes_every_check(device: Device) -> None:
+    code, out = device.doctor()
+    assert code == 0, out
+    assert f"[pass] config: {device.tree.config_path} is valid" in out
+    found = checks(out)
+    assert list(found) == [
+        "config", "drop dir", "service", "managed CAs", "ca_dir", "system bundle",
+        "edge-roots.pem", "java truststore", "env file", "expiry", "clock", "gateway"]
+    assert status(out, "java truststore") == "skip"  # bundles.java: off in this tree
+    assert found["gateway"] == [
+        ("skip", "no gateway configured (set gateway.host in the config)")]
+    others = {name: items[0][0] for name, items in found.items()}
+    del others["java truststore"], others["gateway"]
+    assert set(others.values()) == {"pass"}, out
+    assert out.rstrip().endswith("doctor: every check passed")
+
+
+def test_healthy_device_with_gateway_verified_over_real_tls(
+    device: Device, tmp_path: Path, served: list[LoopbackServer]
+) -> None:
+    port = serve_gateway(device.root, tmp_path, served)
+    device.tree.write_config(gateway__host=f"localhost:{port}", gateway__timeout=3)
+    code, out = device.doctor()
+    assert code == 0, out
+    (gateway,) = checks(out)["gateway"]
+    assert gateway[0] == "pass", out
+    assert f"localhost:{port} (mqtts) is reachable and trusted" in gateway[1]
+    assert "Verification: OK" in gateway[1]
+
+
+def test_cli_doctor_exits_0_on_a_healthy_device(device: Device) -> None:
+    result = device.tree.cli("doctor")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"[pass] config: {device.tree.config_path} is valid" in result.stdout
+    # A real subprocess sees the real /run/systemd/system: skip here, or the fake systemctl.
+    assert status(result.stdout, "service") in ("skip", "pass")
+
+
+def test_invalid_config_stops_doctor_with_exit_2(tree: Tree) -> None:
+    tree.config_path.write_text("drop_dir: relative/path\nno_such_key: 1\n")
+    result = tree.cli("doctor")
+    assert result.returncode == 2
+    assert "invalid configuration" in result.stderr
+    assert "no_such_key: unknown key" in result.stderr
+
+
+# --------------------------------------------------------------------------- source directories
+
+
+def test_world_writable_drop_dir_fails(device: Device) -> None:
+    device.tree.drop.chmod(0o777)
+    code, out = device.doctor()
+    assert code == 1
+    assert failed(out) == {"drop dir"}, out
+    (item,) = checks(out)["drop dir"]
+    assert "is world-writable (mode 0777)" in item[1]
+    assert f"fix: run: chmod o-w {device.tree.drop}" in out
+
+
+def test_missing_drop_dir_fails(device: Device) -> None:
+    for entry in device.tree.drop.iterdir():
+        entry.unlink()
+    device.tree.drop.rmdir()
+    code, out = device.doctor()
+    assert code == 1
+    assert failed(out) == {"drop dir"}, out
+    assert f"[fail] drop dir: {device.tree.drop} does not exist" in out
+
+
+def test_missing_keyvault_dir_passes_as_not_exported_yet(device: Device, tmp_path: Path) -> None:
+    exported = tmp_path / "kv-exported"
+    exported.mkdir(mode=0o755)
+    missing = tmp_path / "kv-not-yet"
+    device.tree.write_config(keyvault_export_dirs=[str(exported), str(missing)])
+    code, out = device.doctor()
+    assert code == 0, out
+    assert checks(out)["keyvault dir"] == [
+        ("pass", f"{exported} is safe (mode 0755, owner {_owner(exported)})"),
+        ("pass", f"{missing} does not exist: not exported yet")]
+
+
+def _owner(path: Path) -> str:
+    return f"{path.owner()}:{path.group()}"
+
+
+# --------------------------------------------------------------------------- service
+
+
+def test_inactive_service_fails(device: Device) -> None:
+    device.systemctl_state.write_text("inactive\n")
+    code, out = device.doctor()
+    assert code == 1
+    assert failed(out) == {"service"}, out
+    assert "[fail] service: edge-certd is inactive" in out
+    assert "fix: systemctl enable --now edge-certd" in out
+
+
+def test_without_systemd_the_service_is_skipped(
+    device: Device, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(doctor, "SYSTEMD_RUN_DIR", str(tmp_path / "no-such-dir"))
+    device.systemctl_state.write_text("inactive\n")  # never asked
+    code, out = device.doctor()
+    assert code == 0, out
+    assert "[skip] service: no systemd" in out
+
+
+# --------------------------------------------------------------------------- trust targets
+
+
+def test_ca_file_deleted_from_ca_dir_fails(device: Device) -> None:
+    (crt,) = device.tree.ca_dir.glob("*.crt")
+    crt.unlink()
+    code, out = device.doctor()
+    assert code == 1
+    assert failed(out) == {"ca_dir"}, out
+    assert f"sha256 {device.sha256[:16]}" in checks(out)["ca_dir"][0][1]
+
+
+def test_ca_missing_from_the_system_bundle_fails(device: Device) -> None:
+    bundle = device.tree.system_bundle
+    text = bundle.read_text()
+    kept = [block for block in PEM.findall(text) if _sha256_of(block) != device.sha256]
+    assert len(kept) == len(PEM.findall(text)) - 1
+    bundle.write_text("".join(kept))
+    code, out = device.doctor()
+    assert code == 1
+    assert failed(out) == {"system bundle"}, out
+    assert "fix: run update-ca-certificates" in out
+
+
+PEM = re.compile(r"-----BEGIN CERTIFICATE-----\n.*?-----END CERTIFICATE-----\n", re.S)
+
+
+def _sha256_of(block: str) -> str:
+    body = "".join(block.strip().splitlines()[1:-1])
+    return hashlib.sha256(base64.b64decode(body)).hexdigest()
+
+
+def test_missing_edge_roots_entry_fails(device: Device) -> None:
+    device.tree.edge_roots.write_text("")
+    code, out = device.doctor()
+    assert code == 1
+    assert failed(out) == {"edge-roots.pem"}, out
+
+
+def test_java_truststore_is_checked_when_enabled(
+    tree: Tree, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tree.write_config(bundles__java="jks")
+    dev = make_device(tree, CA.root("Doctor Java Root"), tmp_path, monkeypatch)
+    code, out = dev.doctor()
+    assert code == 0, out
+    assert status(out, "java truststore") == "pass"
+    (tree.bundles / "java-truststore.jks").unlink()
+    code, out = dev.doctor()
+    assert code == 1
+    # The env file names the truststore too, so it notices the same loss.
+    assert failed(out) == {"java truststore", "env file"}, out
+    assert "EDGE_CERTD_JAVA_TRUSTSTORE=" in checks(out)["env file"][0][1]
+
+
+def test_corrupt_manifest_fails(device: Device) -> None:
+    Path(StatePaths(str(device.tree.state)).manifest).write_text("{not json")
+    code, out = device.doctor()
+    assert code == 1
+    assert "managed CAs" in failed(out), out
+    assert "is corrupt" in checks(out)["managed CAs"][0][1]
+
+
+def test_a_sync_holding_the_lock_fails_instead_of_judging_half_applied_trust(
+    device: Device, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(doctor, "LOCK_WAIT", 0.2)
+    with state_lock(StatePaths(str(device.tree.state))):
+        code, out = device.doctor()
+    assert code == 1
+    assert failed(out) == {"trust targets"}, out
+    assert "[fail] trust targets: another edge-certd process has held" in out
+    assert status(out, "managed CAs") == "pass"  # read anyway: the manifest is atomic
+    assert "ca_dir" not in checks(out)
+
+
+# --------------------------------------------------------------------------- env file
+
+
+def test_missing_env_file_fails(device: Device) -> None:
+    device.tree.env_file.unlink()
+    code, out = device.doctor()
+    assert code == 1
+    assert failed(out) == {"env file"}, out
+    assert f"[fail] env file: {device.tree.env_file} is missing" in out
+
+
+def test_env_file_pointing_at_a_missing_file_fails(device: Device) -> None:
+    ca_bundle = device.tree.bundles / "ca-bundle.pem"
+    ca_bundle.unlink()
+    code, out = device.doctor()
+    assert code == 1
+    assert failed(out) == {"env file"}, out
+    assert f"REQUESTS_CA_BUNDLE={ca_bundle}" in checks(out)["env file"][0][1]
+
+
+def test_env_paths_reads_what_a_shell_and_systemd_read() -> None:
+    text = (
+        "# comment\n\nNODE_EXTRA_CA_CERTS=/a/edge-roots.pem\nexport B='/b c.pem'\n"
+        'JAVA="/j.p12"\nTYPE=PKCS12\nOPTS="-Djavax.net.ssl.trustStore=/j.p12"\nnot a line\n')
+    assert list(env_paths(text)) == [
+        ("NODE_EXTRA_CA_CERTS", "/a/edge-roots.pem"), ("B", "/b c.pem"), ("JAVA", "/j.p12")]
+
+
+# --------------------------------------------------------------------------- expiry and clock
+
+
+def test_ca_expiring_within_the_window_warns_but_does_not_fail(
+    tree: Tree, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    soon = CA.root("Doctor Short Root", not_after=utcnow() + dt.timedelta(days=5))
+    dev = make_device(tree, soon, tmp_path, monkeypatch)
+    code, out = dev.doctor()
+    assert code == 0, out  # a warning never fails, as in verify
+    (item,) = checks(out)["expiry"]
+    assert item[0] == "warn"
+    assert "expires on" in item[1] and "within the 30-day warning window" in item[1]
+    assert "no check failed; 1 warning" in out
+
+
+def test_expired_managed_ca_fails(device: Device) -> None:
+    later = cert_info(device.root.der).not_after + dt.timedelta(days=1)
+    code, out = device.doctor(now=later)
+    assert code == 1
+    assert failed(out) == {"expiry"}, out
+
+
+def test_clock_before_the_newest_ca_fails(device: Device) -> None:
+    start = cert_info(device.root.der).not_before
+    code, out = device.doctor(now=start - dt.timedelta(days=400))
+    assert code == 1
+    assert failed(out) == {"clock"}, out
+    assert "timedatectl set-ntp true" in out
+
+
+def test_clock_judge_uses_the_newest_not_before() -> None:
+    now = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
+
+    def ca(name: str, start: dt.datetime) -> InstalledCA:
+        return InstalledCA(name, name, start + dt.timedelta(days=3650), start, "", (), start)
+
+    old = ca("CN=Old", dt.datetime(2020, 1, 1, tzinfo=dt.UTC))
+    new = ca("CN=New", dt.datetime(2031, 1, 1, tzinfo=dt.UTC))
+    assert judge_clock([old], now).status == "pass"
+    failing = judge_clock([old, new], now)
+    assert failing.status == "fail" and "before CN=New became valid" in failing.message
+    assert judge_clock([], now).status == "skip"
+
+
+# --------------------------------------------------------------------------- gateway
+
+
+def test_gateway_on_a_closed_loopback_port_fails(device: Device) -> None:
+    port = free_port()
+    device.tree.write_config(gateway__host=f"127.0.0.1:{port}", gateway__timeout=3)
+    code, out = device.doctor()
+    assert code == 1
+    assert failed(out) == {"gateway"}, out
+    assert f"[fail] gateway: 127.0.0.1:{port} (mqtts): connection refused on port {port}" in out
+    assert "8883 (MQTTS), 5671 (AMQPS) and 443 (HTTPS)" in out
+
+
+def test_gateway_under_a_root_that_is_not_installed_fails(
+    device: Device, tmp_path: Path, served: list[LoopbackServer]
+) -> None:
+    port = serve_gateway(CA.root("Some Other Root"), tmp_path, served)
+    device.tree.write_config(gateway__host=f"localhost:{port}", gateway__timeout=3)
+    code, out = device.doctor()
+    assert code == 1
+    assert failed(out) == {"gateway"}, out
+    assert f"into the drop directory {device.tree.drop}" in out
+
+
+def test_gateway_connection_string_without_gateway_hostname_fails(
+    device: Device, tmp_path: Path
+) -> None:
+    secret = "c2VjcmV0LWtleS1ub3QtcHJpbnRlZA=="
+    cs = tmp_path / "device.connstr"
+    cs.write_text(f"HostName=hub.azure-devices.net;DeviceId=d1;SharedAccessKey={secret}\n")
+    device.tree.write_config(gateway__connection_string_file=str(cs))
+    code, out = device.doctor()
+    assert code == 1
+    assert "no GatewayHostName" in checks(out)["gateway"][0][1]
+    assert secret not in out
+
+
+# --------------------------------------------------------------------------- pure judges
+
+
+def test_judges_name_the_cause_without_touching_the_disk() -> None:
+    drop = judge_directory(DirFacts("/d", "drop", exists=True, problem=(
+        "is world-writable (mode 0777), so anyone could; run: chmod o-w /d")))
+    assert (drop.status, drop.fix) == ("fail", "run: chmod o-w /d")
+    assert judge_service(ServiceFacts(systemd=True, state="failed")).status == "fail"
+    assert judge_service(ServiceFacts(systemd=True, state="active")).status == "pass"
+    start = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
+    entry = InstalledCA("ab" * 32, "CN=R", start, start, "", (), start)
+    assert judge_target(TargetFacts("ca_dir", "/x", frozenset()), [entry]).status == "fail"
+    assert judge_target(TargetFacts("ca_dir", "/x", frozenset({"ab" * 32})), [entry]).status \
+        == "pass"
+    assert judge_target(TargetFacts("java truststore", "", None, "off"), [entry]).status == "skip"
+
