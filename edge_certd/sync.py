@@ -15,7 +15,7 @@ from cryptography import x509
 from edge_certd import events
 from edge_certd.config import Config
 from edge_certd.errors import ApplyError, EdgeCertdError, SourceError
-from edge_certd.fsutil import ensure_directory, read_bytes
+from edge_certd.fsutil import ensure_directory, read_bytes, remove_stale_temp_files
 from edge_certd.model import FileVerdict, InstalledCA, Plan, Rejection, TrustedCA
 from edge_certd.pemutil import iter_pem_ders
 from edge_certd.plan import make_plan
@@ -30,6 +30,7 @@ from edge_certd.state import (
     load_manifest,
     load_status,
     mark_pending,
+    remove_stale_state_temp_files,
     save_manifest,
     state_lock,
     update_status,
@@ -165,6 +166,12 @@ class Engine:
 
     def _sync_locked(self, now: dt.datetime, busy: frozenset[str]) -> SyncResult:
         result = SyncResult()
+        # A crash mid-write leaves a temp file; under the lock no live writer owns one.
+        # (ca_dir is cleaned by SystemStore.present, status.json by update_status.)
+        remove_stale_state_temp_files(self.paths)
+        remove_stale_temp_files(self.bundles.bundle_dir)
+        remove_stale_temp_files(os.path.dirname(self.bundles.env_file),
+                                (os.path.basename(self.bundles.env_file),))
         loaded = load_manifest(self.paths)
         if loaded.problem:
             result.notes.append(loaded.problem)
@@ -247,8 +254,10 @@ class Engine:
         for gone in plan.remove:
             events.emit("removed", f'removed root CA "{gone.subject}" (sha256 {gone.sha256[:16]}…): '
                         "no source provides it any more", sha256=gone.sha256, subject=gone.subject)
+        last = load_status(self.paths)
         previous = {(r.get("source"), r.get("content_sha256"), r.get("code"))
-                    for r in load_status(self.paths).get("rejected", [])}
+                    for r in last.get("rejected", [])}
+        known_errors = {(e.get("path"), e.get("reason")) for e in last.get("source_errors", [])}
         for verdict in result.verdicts:
             for rej in verdict.rejected:
                 if (rej.source, verdict.content_sha256, rej.code) in previous:
@@ -258,6 +267,8 @@ class Engine:
                 events.emit(event, rej.describe(), level, sha256=rej.sha256, subject=rej.subject,
                             source=rej.source, reason=rej.code)
         for error in result.source_errors:
+            if (error.path, error.reason) in known_errors:
+                continue  # still the same problem; status keeps showing it
             events.emit("source_error", str(error), logging.WARNING, source=error.path,
                         reason=error.reason)
         if result.trust_changed:
