@@ -82,6 +82,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _dispatch(args)
     except ConfigError as exc:
+        if args.command == "doctor":  # doctor's first check, in its own one-line format
+            print(f"[fail] config: {exc.path} is invalid ({len(exc.problems)} problems, below)")
         print(f"edge-certd: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except (UsageError, NotFound) as exc:

@@ -177,6 +177,7 @@ def test_invalid_config_stops_doctor_with_exit_2(tree: Tree) -> None:
     tree.config_path.write_text("drop_dir: relative/path\nno_such_key: 1\n")
     result = tree.cli("doctor")
     assert result.returncode == 2
+    assert f"[fail] config: {tree.config_path} is invalid" in result.stdout
     assert "invalid configuration" in result.stderr
     assert "no_such_key: unknown key" in result.stderr
 
