@@ -25,7 +25,9 @@ FORMAT_LABELS = {
     "pkcs7-pem": "PKCS#7 (PEM)",
     "pkcs7-der": "PKCS#7 (DER)",
     "pkcs12": "PKCS#12 / PFX",
-    "pkcs12-base64": "PKCS#12 / PFX, base64 text (az keyvault secret download -e base64)",
+    # `az keyvault secret download` writes a PFX secret's base64 value as text by default;
+    # `-e base64` decodes it, which gives the binary "pkcs12" above.
+    "pkcs12-base64": "PKCS#12 / PFX as base64 text (az keyvault secret download)",
     "keyvault-certificate-json": "Key Vault certificate JSON (az keyvault certificate show)",
     "keyvault-secret-json": "Key Vault secret JSON (az keyvault secret show)",
     "private-key": "private key",
@@ -91,10 +93,12 @@ def parse(data: bytes, passwords: Sequence[bytes] = ()) -> Parsed:
     stripped = data.lstrip()
     if not stripped:
         raise FormatError("unparseable", "the file is empty")
-    if b"-----BEGIN " in data:
-        return _parse_pem(data)
+    # JSON first: `az keyvault secret show` of a PEM secret carries "-----BEGIN " inside
+    # its "value" string (newlines escaped), which the PEM reader would misread as blocks.
     if stripped[:1] == b"{":
         return _parse_json(stripped)
+    if b"-----BEGIN " in data:
+        return _parse_pem(data)
     if data[:1] == b"\x30":
         return _parse_der(data, passwords)
     if _BASE64_TEXT.match(stripped):
@@ -127,7 +131,8 @@ def _parse_pem(data: bytes) -> Parsed:
             problems.append(f"PEM block {index} ({label.decode(errors='replace')}) is not used")
             continue
         if b":" in body:
-            problems.append(f"PEM block {index} has headers (such as Proc-Type) a certificate never has")
+            problems.append(f"PEM block {index} has headers (such as Proc-Type) "
+                            "a certificate never has")
             continue
         try:
             der = base64.b64decode(b"".join(body.split()), validate=True)
@@ -150,7 +155,8 @@ def _parse_pem(data: bytes) -> Parsed:
             certs.append(cert)
     if not certs and not keys:
         if not problems:
-            raise FormatError("unparseable", "the PEM markers are incomplete (the file looks truncated)", "pem")
+            raise FormatError("unparseable",
+                              "the PEM markers are incomplete (the file looks truncated)", "pem")
         raise FormatError("unparseable", "; ".join(problems), "pem")
     fmt = "pkcs7-pem" if pkcs7_seen and len(certs) > 0 else "pem"
     if not certs and keys:
@@ -239,7 +245,8 @@ def _parse_keyvault_secret(doc: dict[str, object]) -> Parsed:
         try:
             raw = base64.b64decode(value, validate=True)
         except (binascii.Error, ValueError):
-            raise FormatError("unparseable", "the secret 'value' is not valid base64", fmt) from None
+            raise FormatError("unparseable", "the secret 'value' is not valid base64",
+                              fmt) from None
         # Key Vault stores certificate-backed PFX secrets with an empty password.
         inner = _parse_pkcs12(raw, ())
     else:

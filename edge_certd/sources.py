@@ -9,7 +9,9 @@ from __future__ import annotations
 import grp
 import hashlib
 import os
+import re
 import stat
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from edge_certd.errors import SourceError
@@ -22,6 +24,10 @@ TEMPORARY_SUFFIXES = (
     ".filepart",  # WinSCP, which many technicians use instead of scp
     ".crdownload", ".dpkg-new", ".dpkg-tmp", ".dpkg-old", ".bak",
 )
+
+# A Key Vault object version: 32 lower-case hex digits, as in
+# https://<vault>.vault.azure.net/certificates/<name>/<version>.
+_KEYVAULT_VERSION = re.compile(r"[0-9a-f]{32}")
 
 
 @dataclass(frozen=True)
@@ -75,7 +81,8 @@ def check_directory(path: str, rules: DirectoryRules) -> None:
     trusted_gid = _group_id(rules.trusted_group)
     if info.st_uid not in (0, os.geteuid()) and info.st_gid != trusted_gid:
         raise SourceError(path, f"is owned by uid {info.st_uid}, not by root or the "
-                          f"{rules.trusted_group} group; run: chown root:{rules.trusted_group} {path}")
+                          f"{rules.trusted_group} group; run: "
+                          f"chown root:{rules.trusted_group} {path}")
     if mode & stat.S_IWGRP and info.st_gid not in (0, trusted_gid, os.getegid()):
         raise SourceError(path, f"is writable by group id {info.st_gid}, which is not "
                           f"{rules.trusted_group}; run: chmod g-w {path}")
@@ -94,14 +101,44 @@ def scan_directory(path: str, max_bytes: int) -> list[SourceFile]:
     try:
         names = sorted(os.listdir(dir_fd))
         real_dir = os.path.realpath(path)
+        versions = linked_versions(path, real_dir, names)
         files = []
         for name in names:
-            if is_temporary_name(name):
+            if is_temporary_name(name) or name in versions:
                 continue
             files.append(read_entry(path, real_dir, dir_fd, name, max_bytes))
         return files
     finally:
         os.close(dir_fd)
+
+
+def linked_versions(path: str, real_dir: str, names: Sequence[str]) -> frozenset[str]:
+    """Version files `<stem>.<version>` that a symlink in the directory points into.
+
+    The KeyVaultForLinux VM extension writes `<Vault>.<Cert>.<version>` for every version
+    it fetches, does not promise to delete the old ones, and points the symlink
+    `<Vault>.<Cert>` at the newest. Only the link is read: reading old versions would keep
+    trusting a CA that Key Vault rotated away, and reading the newest directly too would
+    name it twice. A link that leaves the directory supersedes nothing (it is refused when
+    read). The pattern is this specific, so it applies to every source directory alike.
+    """
+    stems = set()
+    for name in names:
+        link = os.path.join(path, name)
+        if not os.path.islink(link):
+            continue
+        real = os.path.realpath(link)
+        stem = _version_stem(os.path.basename(real))
+        if stem and os.path.dirname(real) == real_dir:
+            stems.add(stem)
+    return frozenset(name for name in names if _version_stem(name) in stems
+                     and not os.path.islink(os.path.join(path, name)))
+
+
+def _version_stem(name: str) -> str | None:
+    """`<stem>` of `<stem>.<Key Vault version>`, else None."""
+    stem, _, version = name.rpartition(".")
+    return stem if stem and _KEYVAULT_VERSION.fullmatch(version) else None
 
 
 def read_entry(path: str, real_dir: str, dir_fd: int, name: str, max_bytes: int) -> SourceFile:
