@@ -20,7 +20,8 @@ DEB := $(DIST_DIR)/$(PACKAGE)_$(VERSION)_all.deb
 
 # What building the .deb needs beyond a base Debian 12 system (kept in step with
 # packaging/debian/control's Build-Depends). Used by install-deb and CI.
-BUILD_DEPS := dpkg-dev debhelper dh-python pybuild-plugin-pyproject python3-all \
+# build-essential: dpkg-checkbuilddeps requires it of every package, even an arch:all one.
+BUILD_DEPS := build-essential dpkg-dev debhelper dh-python pybuild-plugin-pyproject python3-all \
 	python3-setuptools python3-wheel
 
 # The changelog entry's date is the last commit's, so two builds of one commit are identical.
@@ -29,12 +30,14 @@ MAINTAINER := $(shell sed -n 's/^Maintainer: //p' packaging/debian/control)
 
 .PHONY: deb install-deb build-deps clean-deb
 
+# The copy takes tracked and new-but-not-ignored files (so uncommitted work builds too), or,
+# outside a git checkout, everything except build products. Debian's own python3 must build
+# the package: a python3 earlier on PATH (pyenv, a venv) lacks python3-build and the Debian
+# paths dh_python3 expects, hence the fixed PATH.
 deb:
 	@test -n "$(VERSION)" || { echo "no __version__ in edge_certd/__init__.py" >&2; exit 1; }
 	rm -rf $(BUILD_DIR)
 	mkdir -p $(SRC_DIR) $(DIST_DIR)
-	# Tracked and new-but-not-ignored files (so uncommitted work builds too); outside a git
-	# checkout, everything except build products.
 	if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then \
 		git ls-files -z --cached --others --exclude-standard \
 			| xargs -0 sh -c 'for f; do [ -e "$$f" ] && printf "%s\0" "$$f"; done' sh \
@@ -48,8 +51,6 @@ deb:
 	printf '%s (%s) unstable; urgency=medium\n\n  * Release %s.\n\n -- %s  %s\n' \
 		"$(PACKAGE)" "$(VERSION)" "$(VERSION)" "$(MAINTAINER)" "$(CHANGELOG_DATE)" \
 		> $(SRC_DIR)/debian/changelog
-	# Debian's own python3 must build it: a python3 earlier on PATH (pyenv, a venv) would
-	# lack python3-build and the Debian paths dh_python3 expects.
 	cd $(SRC_DIR) && env PATH=/usr/sbin:/usr/bin:/sbin:/bin dpkg-buildpackage -us -uc -b
 	rm -f $(DIST_DIR)/$(PACKAGE)_*_all.deb
 	cp $(BUILD_DIR)/$(PACKAGE)_$(VERSION)_all.deb $(DEB)

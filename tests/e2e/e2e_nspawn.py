@@ -20,11 +20,14 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 CACHE_DIR = Path(os.environ.get("EDGE_CERTD_E2E_CACHE", "/var/cache/edge-certd-e2e"))
 MIRROR = os.environ.get("EDGE_CERTD_E2E_MIRROR", "http://deb.debian.org/debian")
 SUITE = "bookworm"
+IN_CI = os.environ.get("CI") == "true"
+# Root's tools (debootstrap, chroot) live in sbin, which a CI shell's PATH may not hold.
+SBIN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 # What the cached root holds besides minbase. Everything here makes a run faster or is a tool
 # the test drives; edge-certd's own Depends (python3-pydantic, python3-watchdog, ...) are kept
@@ -47,6 +50,15 @@ INCLUDE = (
     "openjdk-17-jre-headless",
     "procps",
 )
+
+
+def unavailable(reason: str) -> NoReturn:
+    """Outside CI a missing prerequisite skips with its reason; in CI it fails."""
+    import pytest
+
+    if IN_CI:
+        pytest.fail(f"cannot run: {reason}")
+    pytest.skip(reason)
 
 
 def cache_key() -> str:
@@ -133,9 +145,7 @@ class Container:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    def boot(
-        self, before_boot: Callable[[Path], None] | None = None, timeout: float = 120.0
-    ) -> None:
+    def boot(self, before_boot: Callable[[Path], None] | None = None, timeout: float = 120.0) -> None:
         """Mount the overlay, let before_boot(merged) edit the run's files, then boot."""
         for name in ("upper", "work", "merged"):
             (self.workdir / name).mkdir(parents=True, exist_ok=True)
@@ -146,8 +156,7 @@ class Container:
                 "overlay",
                 "overlay",
                 "-o",
-                f"lowerdir={self.lower},upperdir={self.workdir / 'upper'},"
-                f"workdir={self.workdir / 'work'}",
+                f"lowerdir={self.lower},upperdir={self.workdir / 'upper'},workdir={self.workdir / 'work'}",
                 str(self.merged),
             ]
         )
@@ -179,9 +188,7 @@ class Container:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.nspawn.poll() is not None:
-                raise RuntimeError(
-                    f"systemd-nspawn exited with {self.nspawn.returncode}:\n{self.console()}"
-                )
+                raise RuntimeError(f"systemd-nspawn exited with {self.nspawn.returncode}:\n{self.console()}")
             kids = _children(self.nspawn.pid)
             if kids:
                 self.leader = kids[0]

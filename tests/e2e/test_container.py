@@ -1,6 +1,7 @@
 """The .deb in a real booted Debian 12: install, scp a CA in, TLS handshakes, reload, purge.
 
-One scenario in ordered steps sharing one container (see conftest.py). The container is a
+One scenario in ordered steps sharing one container; once a step fails, the later ones skip
+(see `step`) instead of failing with confusing follow-on errors. The container is a
 systemd-nspawn boot of an overlay on a cached debootstrap root (e2e_nspawn.py), so nothing of
 this machine's own trust store is ever touched: every command that changes trust runs inside
 the container through nsenter.
@@ -12,6 +13,7 @@ missing piece skips with the reason; with CI=true it fails, so CI can never pass
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import os
@@ -26,14 +28,14 @@ from pathlib import Path
 
 import pytest
 from certs import CA, Issued  # tests/certs.py (tests/ is on sys.path via tests/conftest.py)
-from e2e_nspawn import Container, booted, ensure_cached_root
+from e2e_nspawn import SBIN_PATH, Container, booted, ensure_cached_root, unavailable
 
-pytestmark = [pytest.mark.e2e, pytest.mark.step]
+pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[2]
-IN_CI = os.environ.get("CI") == "true"
-SBIN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-TOOLS = ("debootstrap", "systemd-nspawn", "nsenter", "mount", "make", "dpkg-buildpackage")
+BUILD_TOOLS = ("make", "dpkg-buildpackage", "dh", "dh_python3")
+
+BOOT_TOOLS = ("debootstrap", "systemd-nspawn", "nsenter", "mount", "chroot")
 
 DROP = "/var/lib/edge-certd/drop"
 CA_DIR = "/usr/local/share/ca-certificates/edge-certd"
@@ -56,12 +58,12 @@ s.on('error', (e) => {
 """
 
 
-def _unavailable() -> str | None:
+def _missing_for_boot() -> str | None:
     if os.geteuid() != 0:
         return "needs root (debootstrap, overlay mounts, systemd-nspawn)"
-    missing = [t for t in TOOLS if not shutil.which(t, path=SBIN_PATH)]
+    missing = [t for t in BOOT_TOOLS if not shutil.which(t, path=SBIN_PATH)]
     if missing:
-        return f"missing {', '.join(missing)}; install: debootstrap systemd-container make dpkg-dev"
+        return f"missing {', '.join(missing)}; install debootstrap and systemd-container"
     return None
 
 
@@ -84,9 +86,7 @@ def _wait_for(check: Callable[[], bool], timeout: float, what: str) -> float:
 
 def _fingerprints(pem_text: str) -> set[str]:
     """SHA-256 of every certificate in a PEM bundle, lowercase hex."""
-    blocks = re.findall(
-        r"-----BEGIN CERTIFICATE-----(.*?)-----END CERTIFICATE-----", pem_text, re.S
-    )
+    blocks = re.findall(r"-----BEGIN CERTIFICATE-----(.*?)-----END CERTIFICATE-----", pem_text, re.S)
     return {hashlib.sha256(base64.b64decode("".join(b.split()))).hexdigest() for b in blocks}
 
 
@@ -94,7 +94,7 @@ def _colon_hex(hex_digest: str) -> str:
     return ":".join(hex_digest[i : i + 2] for i in range(0, len(hex_digest), 2)).upper()
 
 
-@dataclass
+@dataclass(repr=False)  # its default repr would flood every assertion message
 class Scenario:
     """What the steps share."""
 
@@ -108,6 +108,7 @@ class Scenario:
     main_pid: str = ""
     consumer_invocation: str = ""
     started: float = 0.0
+    failed_step: str = ""
 
     def sh(self, script: str, **kw: object) -> subprocess.CompletedProcess[str]:
         return self.box.run(["sh", "-c", script], **kw)  # type: ignore[arg-type]
@@ -153,6 +154,51 @@ class Scenario:
         return _colon_hex(self.root_sha256) in r.stdout
 
 
+def step(fn: Callable[[Scenario], None]) -> Callable[[Scenario], None]:
+    """An ordered step: skipped once an earlier step of the scenario has failed."""
+
+    @functools.wraps(fn)
+    def run_step(scenario: Scenario) -> None:
+        if scenario.failed_step:
+            pytest.skip(f"an earlier step failed: {scenario.failed_step}")
+        try:
+            fn(scenario)
+        except pytest.skip.Exception:
+            raise
+        except BaseException:
+            scenario.failed_step = fn.__name__
+            raise
+
+    return run_step
+
+
+@pytest.fixture(scope="module")
+def built_deb() -> Path:
+    """`make deb` once for this module; the .deb it put into dist/."""
+    missing = [t for t in BUILD_TOOLS if not shutil.which(t, path=SBIN_PATH)]
+    if missing:
+        unavailable(f"missing {', '.join(missing)}; run `make build-deps` as root")
+    build = subprocess.run(["make", "deb"], cwd=REPO, capture_output=True, text=True)
+    assert build.returncode == 0, f"make deb failed:\n{build.stdout[-3000:]}\n{build.stderr[-3000:]}"
+    debs = sorted((REPO / "dist").glob("edge-certd_*_all.deb"))
+    assert len(debs) == 1, f"expected one .deb in dist/, found {debs}"
+    return debs[0]
+
+
+def test_lintian_reports_no_errors_or_warnings(built_deb: Path) -> None:
+    # Overrides in packaging/debian/edge-certd.lintian-overrides each say why.
+    lintian = shutil.which("lintian")
+    if lintian is None:
+        unavailable("lintian is not installed")
+    r = subprocess.run(
+        [lintian, "--fail-on", "error,warning", "--pedantic", "--display-info", str(built_deb)],
+        capture_output=True,
+        text=True,
+    )
+    tags = [ln for ln in r.stdout.splitlines() if ln[:2] in ("E:", "W:")]
+    assert r.returncode == 0 and not tags, r.stdout + r.stderr
+
+
 def _before_boot(ssh_port: int, deb: Path, host_work: Path) -> Callable[[Path], None]:
     def prepare(merged: Path) -> None:
         etc = merged / "etc"
@@ -183,19 +229,10 @@ def _before_boot(ssh_port: int, deb: Path, host_work: Path) -> Callable[[Path], 
 
 
 @pytest.fixture(scope="module")
-def scenario(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
-    reason = _unavailable()
+def scenario(tmp_path_factory: pytest.TempPathFactory, built_deb: Path) -> Iterator[Scenario]:
+    reason = _missing_for_boot()
     if reason:
-        if IN_CI:
-            pytest.fail(f"e2e cannot run: {reason}")
-        pytest.skip(reason)
-
-    build = subprocess.run(["make", "deb"], cwd=REPO, capture_output=True, text=True)
-    assert build.returncode == 0, (
-        f"make deb failed:\n{build.stdout[-3000:]}\n{build.stderr[-3000:]}"
-    )
-    debs = sorted((REPO / "dist").glob("edge-certd_*_all.deb"))
-    assert len(debs) == 1, f"expected one .deb in dist/, found {debs}"
+        unavailable(reason)
 
     old_path = os.environ.get("PATH", "")
     os.environ["PATH"] = f"{SBIN_PATH}:{old_path}"  # debootstrap and chroot live in sbin
@@ -207,9 +244,7 @@ def scenario(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
     # Root -> intermediate -> server for localhost: only the root is ever dropped, so the
     # handshakes pass only if trust really leads from the served chain to the dropped root.
     root = CA.root("edge-certd e2e Gateway Root", key_type="rsa")
-    server = root.intermediate("edge-certd e2e Edge CA").issue_server(
-        "gateway", ["localhost", "127.0.0.1"]
-    )
+    server = root.intermediate("edge-certd e2e Edge CA").issue_server("gateway", ["localhost", "127.0.0.1"])
     host_work = tmp_path_factory.mktemp("work")
     (host_work / "gateway-root.pem").write_bytes(root.cert_pem)
     (host_work / "server-leaf.pem").write_bytes(server.cert_pem)
@@ -217,7 +252,7 @@ def scenario(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
     (host_work / "server.key").write_bytes(server.key_pem)
 
     ssh_port, tls_port = _free_port(), _free_port()
-    with booted(lower, _before_boot(ssh_port, debs[0], host_work)) as box:
+    with booted(lower, _before_boot(ssh_port, built_deb, host_work)) as box:
         sc = Scenario(box, ssh_port, tls_port, root, server, hashlib.sha256(root.der).hexdigest())
         sc.baseline = sc.bundle()
         sc.sh(
@@ -242,6 +277,7 @@ def scenario(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
         yield sc
 
 
+@step
 def test_install_pulls_dependencies_and_starts_the_service(scenario: Scenario) -> None:
     sc = scenario
     assert sc.box.run(["dpkg", "-s", "python3-pydantic"], check=False).returncode != 0, (
@@ -273,6 +309,7 @@ def test_install_pulls_dependencies_and_starts_the_service(scenario: Scenario) -
     assert "/etc/edge-certd/config.yaml" in conffiles
 
 
+@step
 def test_reload_rereads_the_config_and_keeps_the_process(scenario: Scenario) -> None:
     sc = scenario
     sc.box.path("/etc/edge-certd/config.yaml").write_text(
@@ -286,6 +323,7 @@ def test_reload_rereads_the_config_and_keeps_the_process(scenario: Scenario) -> 
     assert sc.show("edge-certd", "MainPID") == sc.main_pid, "reload must not restart the daemon"
 
 
+@step
 def test_scp_into_drop_dir_makes_every_client_trust_the_gateway(scenario: Scenario) -> None:
     sc = scenario
     sc.scp_root_ca()
@@ -330,6 +368,7 @@ def test_scp_into_drop_dir_makes_every_client_trust_the_gateway(scenario: Scenar
     assert sc.show("e2e-consumer.service", "ActiveState") == "active"
 
 
+@step
 def test_deleting_the_file_removes_the_ca_from_the_system_bundle(scenario: Scenario) -> None:
     sc = scenario
     sc.sh(
@@ -342,6 +381,7 @@ def test_deleting_the_file_removes_the_ca_from_the_system_bundle(scenario: Scena
     assert "Verify return code: 0 (ok)" not in sc.s_client()
 
 
+@step
 def test_watchdog_never_killed_the_daemon(scenario: Scenario) -> None:
     sc = scenario
     # Outlive two watchdog periods so that a daemon that never pings would have been killed.
@@ -354,6 +394,7 @@ def test_watchdog_never_killed_the_daemon(scenario: Scenario) -> None:
     assert sc.show("edge-certd", "Result") == "success"
 
 
+@step
 def test_remove_keeps_trust_and_purge_takes_only_edge_certds_away(scenario: Scenario) -> None:
     sc = scenario
     sc.scp_root_ca()
