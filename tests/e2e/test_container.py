@@ -199,6 +199,21 @@ def test_lintian_reports_no_errors_or_warnings(built_deb: Path) -> None:
     assert r.returncode == 0 and not tags, r.stdout + r.stderr
 
 
+def test_unit_exposure_is_at_most_2_5() -> None:
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        unavailable("systemd-analyze is not installed")
+    unit = REPO / "systemd" / "edge-certd.service"
+    r = subprocess.run(
+        [analyze, "security", "--offline=true", "--no-pager", str(unit)],
+        capture_output=True,
+        text=True,
+    )
+    m = re.search(r"Overall exposure level for edge-certd.service: (\d+\.\d+)", r.stdout)
+    assert m, r.stdout[-2000:] + r.stderr
+    assert float(m.group(1)) <= 2.5, r.stdout
+
+
 def _before_boot(ssh_port: int, deb: Path, host_work: Path) -> Callable[[Path], None]:
     def prepare(merged: Path) -> None:
         etc = merged / "etc"
