@@ -6,6 +6,7 @@ import contextlib
 import errno
 import os
 import secrets
+from collections.abc import Collection
 
 from edge_certd.errors import WriteError
 
@@ -87,15 +88,21 @@ def fsync_directory(directory: str) -> None:
         os.close(fd)
 
 
-def remove_stale_temp_files(directory: str) -> list[str]:
-    """Delete temp files an interrupted write left in `directory`; return their names."""
+def remove_stale_temp_files(directory: str, targets: Collection[str] | None = None) -> list[str]:
+    """Delete temp files an interrupted write left in `directory`; return their names.
+
+    Call it only while no live writer can be using them (under the lock that guards the
+    files). `targets`, when given, limits the cleanup to the temp files of those names.
+    """
     removed: list[str] = []
     try:
         names = os.listdir(directory)
     except OSError:
         return removed
+    prefixes = (tuple(f"{TEMP_PREFIX}{t}." for t in targets) if targets is not None
+                else (TEMP_PREFIX,))
     for name in names:
-        if name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX):
+        if name.startswith(prefixes) and name.endswith(TEMP_SUFFIX):
             with contextlib.suppress(OSError):
                 os.unlink(os.path.join(directory, name))
                 removed.append(name)

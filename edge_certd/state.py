@@ -17,15 +17,24 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edge_certd.errors import LockTimeout, WriteError
-from edge_certd.fsutil import ensure_directory, read_bytes, remove_file, write_atomic
+from edge_certd.fsutil import (
+    ensure_directory,
+    read_bytes,
+    remove_file,
+    remove_stale_temp_files,
+    write_atomic,
+)
 from edge_certd.model import InstalledCA
 
 MANIFEST_NAME = "manifest.json"
 STATUS_NAME = "status.json"
 LOCK_NAME = "lock"
+STATUS_LOCK_NAME = "status.lock"
 # Present while ca_dir may differ from what the trust store was last built from; a start
 # that finds it runs the update command even when the plan is empty (crash recovery).
 PENDING_NAME = "update-pending"
+# SHA-256s that `edge-certd remove` took away; see load_blocked.
+BLOCKED_NAME = "removed-by-operator.json"
 
 
 @dataclass(frozen=True)
@@ -43,6 +52,10 @@ class StatePaths:
     @property
     def lock(self) -> str:
         return os.path.join(self.state_dir, LOCK_NAME)
+
+    @property
+    def status_lock(self) -> str:
+        return os.path.join(self.state_dir, STATUS_LOCK_NAME)
 
     @property
     def pending(self) -> str:
@@ -91,11 +104,26 @@ def save_status(paths: StatePaths, doc: dict[str, Any]) -> None:
 
 
 def update_status(paths: StatePaths, **changes: Any) -> dict[str, Any]:
-    """Merge `changes` into status.json and return the result."""
-    doc = load_status(paths)
-    doc.update(changes)
-    save_status(paths, doc)
+    """Merge `changes` into status.json and return the result.
+
+    The daemon records itself outside the state lock, so status.json has a lock of its
+    own: without it a sync's result and the daemon's record can overwrite each other,
+    and cleaning up a crashed write could delete a live one.
+
+    Raises:
+        WriteError: status.json cannot be written. LockTimeout: the lock stayed taken.
+    """
+    with _flock(paths.status_lock, timeout=60.0):
+        remove_stale_temp_files(paths.state_dir, (STATUS_NAME,))
+        doc = load_status(paths)
+        doc.update(changes)
+        save_status(paths, doc)
     return doc
+
+
+def remove_stale_state_temp_files(paths: StatePaths) -> list[str]:
+    """Temp files a crash left for the files the state lock guards; call it under that lock."""
+    return remove_stale_temp_files(paths.state_dir, (MANIFEST_NAME, PENDING_NAME, BLOCKED_NAME))
 
 
 def mark_pending(paths: StatePaths) -> None:
@@ -118,11 +146,17 @@ def state_lock(paths: StatePaths, timeout: float = 600.0) -> Iterator[None]:
         LockTimeout: another process held it for `timeout` seconds.
         WriteError: the state directory cannot be created.
     """
-    ensure_directory(paths.state_dir, 0o755)
+    with _flock(paths.lock, timeout):
+        yield
+
+
+@contextlib.contextmanager
+def _flock(path: str, timeout: float) -> Iterator[None]:
+    ensure_directory(os.path.dirname(path), 0o755)
     try:
-        fd = os.open(paths.lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     except OSError as exc:
-        raise WriteError(paths.lock, exc.strerror or str(exc)) from None
+        raise WriteError(path, exc.strerror or str(exc)) from None
     try:
         deadline = time.monotonic() + timeout
         while True:
@@ -131,7 +165,7 @@ def state_lock(paths: StatePaths, timeout: float = 600.0) -> Iterator[None]:
                 break
             except BlockingIOError:
                 if time.monotonic() > deadline:
-                    raise LockTimeout(f"another edge-certd process has held {paths.lock} for "
+                    raise LockTimeout(f"another edge-certd process has held {path} for "
                                       f"{timeout:.0f} s") from None
                 time.sleep(0.05)
         yield
@@ -174,8 +208,6 @@ def _entry_from_json(item: dict[str, Any]) -> InstalledCA:
 def _dump(doc: Any) -> bytes:
     return (json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
 
-
-BLOCKED_NAME = "removed-by-operator.json"
 
 
 def load_blocked(paths: StatePaths) -> set[str]:
