@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import hashlib
+import logging
 import os
 import re
 import signal
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 
 from cryptography import x509
 
+from edge_certd import events
 from edge_certd.errors import UpdateCommandError, WriteError
 from edge_certd.fsutil import (
     ensure_directory,
@@ -30,6 +32,8 @@ from edge_certd.plan import OWNED_FILE, file_name
 from edge_certd.policy import display_subject, validity
 from edge_certd.targets import Outcome
 
+# ca-certificates-java's hook; present only where Java's system keystore is managed.
+JAVA_HOOK = "/etc/ca-certificates/update.d/jks-keystore"
 _SUMMARY = re.compile(r"(\d+) added, (\d+) removed")
 
 
@@ -107,6 +111,8 @@ class SystemStore:
         except (UpdateCommandError, WriteError, OSError):
             self._roll_back(written, removed)
             raise
+        if plan.remove:
+            self._refresh_java_system_keystore()
         return Outcome(True, summary.describe())
 
     def path_for(self, ca: TrustedCA) -> str:
@@ -153,6 +159,30 @@ class SystemStore:
                     self.heartbeat()
         reader.join(timeout=5)
         return b"".join(chunks)
+
+    def _refresh_java_system_keystore(self) -> None:
+        """Drop removed CAs from /etc/ssl/certs/java/cacerts too.
+
+        update-ca-certificates never tells its hooks about a deleted local CA, even with
+        --fresh, so ca-certificates-java would keep trusting it. Its own "fresh" trigger
+        rebuilds the keystore from /etc/ssl/certs. Only for the real system store: a test
+        tree's update_command (a wrapper, or one with --hooksdir) must never run dpkg.
+        """
+        command = self.update_command
+        if (len(command) != 1 or os.path.basename(command[0]) != "update-ca-certificates"
+                or not os.path.exists(JAVA_HOOK)):
+            return
+        for argv in (["dpkg-trigger", "--no-await", "update-ca-certificates-java-fresh"],
+                     ["dpkg", "--triggers-only", "--pending"]):
+            try:
+                subprocess.run(argv, capture_output=True, timeout=self.timeout, check=True,
+                               stdin=subprocess.DEVNULL)
+            except (OSError, subprocess.SubprocessError) as exc:
+                # The system store is already right; Java lags until the next removal.
+                events.emit("update_failed", f"{' '.join(argv)} failed ({exc}); Java's system "
+                            "keystore may still hold a removed CA", logging.WARNING,
+                            reason="java_keystore_refresh_failed")
+                return
 
     def _roll_back(self, written: list[str], removed: list[tuple[str, bytes | None]]) -> None:
         for path in written:

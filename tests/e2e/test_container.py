@@ -394,6 +394,30 @@ def test_deleting_the_file_removes_the_ca_from_the_system_bundle(scenario: Scena
     _wait_for(lambda: sc.root_sha256 not in sc.bundle(), 30, f"the CA gone from {SYSTEM_BUNDLE}")
     assert sc.bundle() == sc.baseline
     assert "Verify return code: 0 (ok)" not in sc.s_client()
+    # update-ca-certificates never tells its hooks about a deleted local CA; edge-certd runs
+    # ca-certificates-java's "fresh" trigger itself, from inside the sandbox.
+    _wait_for(lambda: not sc.java_has_root(), 60, "the CA gone from the Java system keystore")
+
+
+@step
+def test_file_leaking_a_private_key_is_refused_and_tightened(scenario: Scenario) -> None:
+    sc = scenario
+    # A technician's own file (owner tech, mode 0644): tightening it needs CAP_FOWNER.
+    sc.sh(f"cat {WORK}/gateway-root.pem {WORK}/server.key > {WORK}/leaky.pem && "
+          f"chmod 0644 {WORK}/leaky.pem")
+    sc.sh(
+        f"scp -p -i {WORK}/id_ed25519 -P {sc.ssh_port} -o BatchMode=yes "
+        "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR "
+        f"{WORK}/leaky.pem tech@127.0.0.1:{DROP}/leaky.pem"
+    )
+    _wait_for(lambda: bool(sc.journal("private_key")), 20, "journal shows the private_key event")
+    mode = sc.box.run(["stat", "-c", "%a %U", f"{DROP}/leaky.pem"]).stdout.split()
+    assert mode == ["600", "tech"], mode
+    assert sc.root_sha256 not in sc.bundle()
+    key_body = sc.box.path(f"{WORK}/server.key").read_text().splitlines()[1]
+    logs = sc.box.run(["journalctl", "-u", "edge-certd", "--no-pager", "-o", "verbose"]).stdout
+    assert key_body not in logs
+    sc.sh(f"rm {DROP}/leaky.pem")
 
 
 @step
