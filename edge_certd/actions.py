@@ -53,7 +53,7 @@ def add(config: Config, files: Sequence[str]) -> SyncResult:
             lines.extend(reasons)
         raise UsageError("nothing was added:\n  " + "\n  ".join(lines))
     engine = Engine(config)
-    engine.ensure_drop_dir()
+    engine.ensure_drop_dir(force=True)
     with state_lock(engine.paths):
         for path in files:
             data = _read_one(path, config.policy.max_file_bytes).data or b""

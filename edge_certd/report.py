@@ -161,6 +161,10 @@ def status_line(config: Config, degraded: str | None = None) -> str:
     rejected = len({r["source"] for r in doc.get("rejected", [])})
     if rejected:
         parts.append(f"{rejected} file{'s' if rejected != 1 else ''} rejected")
+    # A source that cannot be read safely keeps what it gave, but nothing new comes in.
+    for error in doc.get("source_errors") or []:
+        parts.insert(0, f"degraded: source directory {error['path']} {error['reason']}; "
+                        "keeping the CAs it provided")
     soon = expiring(config)
     if soon:
         parts.append(f"{soon[0]['subject']} expires in {soon[0]['days_left']} days")

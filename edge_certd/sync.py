@@ -104,10 +104,20 @@ class Engine:
         return [(self.config.drop_dir, DROP)] + [(d, KEYVAULT) for d in
                                                  self.config.keyvault_export_dirs]
 
-    def ensure_drop_dir(self) -> None:
-        """Create the drop directory when missing: root and the edge-certd group may write."""
+    def ensure_drop_dir(self, force: bool = False) -> None:
+        """Create the drop directory when missing: root and the edge-certd group may write.
+
+        A drop directory that disappears after CAs came from it is not recreated (unless
+        `force`, for `edge-certd add`): recreating it empty would remove them all at once.
+        The sync reports it missing instead and keeps what it provided until it is back.
+        """
         path = self.config.drop_dir
         if os.path.isdir(path):
+            return
+        prefix = path.rstrip("/") + "/"
+        if not force and any(source.startswith(prefix)
+                             for entry in load_manifest(self.paths).entries.values()
+                             for source in entry.sources):
             return
         ensure_directory(path, 0o755)
         import grp
