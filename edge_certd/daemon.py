@@ -40,6 +40,7 @@ class Daemon:
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.watcher = SourceWatcher(self.wake)
         self.degraded: str | None = None
+        self.config_problem: str | None = None  # a reload refused; the old config runs
         self.retry_delay = 0.0
         self.retry_at: float | None = None
         self.dirty_since: float | None = None
@@ -175,7 +176,11 @@ class Daemon:
         except ConfigError as exc:
             events.emit("config", f"reload refused, keeping the running configuration: {exc}",
                         logging.ERROR, reason="config_invalid")
+            more = f" and {len(exc.problems) - 1} more" if len(exc.problems) > 1 else ""
+            self.config_problem = (f"configuration refused at reload ({exc.problems[0]}{more}), "
+                                   "running the previous one")
         else:
+            self.config_problem = None
             self.config = config
             self.engine = Engine(config)
             events.emit("config", "configuration reloaded")
@@ -201,7 +206,8 @@ class Daemon:
                         reason=f"{days} days left")
 
     def _status_line(self) -> str:
-        return report.status_line(self.config, self.degraded)
+        problems = "; ".join(p for p in (self.degraded, self.config_problem) if p)
+        return report.status_line(self.config, problems or None)
 
     def _record_daemon(self, state: str) -> None:
         try:
