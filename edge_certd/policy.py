@@ -45,6 +45,8 @@ def display_subject(cert: x509.Certificate) -> str:
 
 def printable(text: str, limit: int = _MAX_SUBJECT) -> str:
     """Escape control characters (NUL, newlines) so a hostile name cannot forge a log line."""
+    if text.isprintable() and len(text) <= limit:
+        return text  # nearly every name: skip the per-character walk (bench/b4_restart.py)
     safe = "".join(ch if ch.isprintable() else f"\\x{ord(ch):02x}" for ch in text)
     return safe if len(safe) <= limit else safe[: limit - 1] + "…"
 
@@ -86,13 +88,19 @@ def judge(cert: x509.Certificate, rules: Rules, now: dt.datetime, source: str) -
         issuer = printable(cert.issuer.rfc4514_string())
         return reject("not_self_signed", f"an intermediate CA issued by {issuer}, not a root; copy "
                       "the root CA, or set policy.allow_intermediate: true")
-    key_problem = _key_problem(cert, rules)
+    # One public_key() per certificate: with OpenSSL 3 each call decodes the key afresh,
+    # and that decode is most of what judging a root costs (see bench/b4_restart.py).
+    try:
+        key = cert.public_key()
+    except (UnsupportedAlgorithm, ValueError):
+        return reject("unsupported_key", "its public key type is not supported")
+    key_problem = _key_problem(key, rules)
     if key_problem:
         return reject(*key_problem)
     hash_problem = _signature_hash_problem(cert, rules)
     if hash_problem:
         return reject("weak_signature", hash_problem)
-    if self_issued and not _self_signature_verifies(cert):
+    if self_issued and not _self_signature_verifies(cert, key):
         return reject("bad_signature", "the self-signature does not verify: the certificate was "
                       "altered or corrupted")
     not_before, not_after = validity(cert)
@@ -113,11 +121,7 @@ def validity(cert: x509.Certificate) -> tuple[dt.datetime, dt.datetime]:
             cert.not_valid_after.replace(tzinfo=dt.UTC))
 
 
-def _key_problem(cert: x509.Certificate, rules: Rules) -> tuple[str, str] | None:
-    try:
-        key = cert.public_key()
-    except (UnsupportedAlgorithm, ValueError):
-        return ("unsupported_key", "its public key type is not supported")
+def _key_problem(key: object, rules: Rules) -> tuple[str, str] | None:
     if isinstance(key, rsa.RSAPublicKey):
         if key.key_size < rules.min_rsa_bits:
             return ("weak_key", f"RSA key of {key.key_size} bits is below the minimum of "
@@ -144,7 +148,7 @@ def _signature_hash_problem(cert: x509.Certificate, rules: Rules) -> str | None:
     return None
 
 
-def _self_signature_verifies(cert: x509.Certificate) -> bool:
+def _self_signature_verifies(cert: x509.Certificate, key: object) -> bool:
     # Verify by hand for PKCS#1 v1.5 and ECDSA: cryptography >= 40's verify_directly_issued_by
     # refuses SHA-1, which policy.allow_sha1_signature may allow. It handles RSA-PSS, which
     # cryptography 38 (Debian 12) cannot check at all.
@@ -156,7 +160,6 @@ def _self_signature_verifies(cert: x509.Certificate) -> bool:
             return True
         except (InvalidSignature, ValueError, TypeError, UnsupportedAlgorithm):
             return False
-    key = cert.public_key()
     algorithm = cert.signature_hash_algorithm
     if algorithm is None:
         return False
