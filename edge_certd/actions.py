@@ -11,6 +11,7 @@ from edge_certd.config import Config
 from edge_certd.errors import NotFound, UsageError
 from edge_certd.fsutil import write_atomic
 from edge_certd.model import FileVerdict
+from edge_certd.policy import printable
 from edge_certd.sources import SourceFile, read_entry
 from edge_certd.state import StatePaths, load_blocked, load_manifest, save_blocked, state_lock
 from edge_certd.sync import Engine, SyncResult, read_passwords, rules_from
@@ -33,7 +34,11 @@ def inspect(config: Config, files: Sequence[str], keyvault: bool = False) -> lis
         directory = os.path.dirname(os.path.abspath(path))
         kind = KEYVAULT if keyvault or os.path.realpath(directory) in kv_dirs else DROP
         source = _read_one(path, config.policy.max_file_bytes)
-        verdicts.append(judge_file(path, source.data, source.problem, kind, rules, now, passwords))
+        # Named as sync names sources: a newline, an escape or a byte that is not UTF-8
+        # in a file name must neither forge an output line nor crash print().
+        shown = printable(path, limit=4096)
+        verdicts.append(judge_file(shown, source.data, source.problem, kind, rules, now,
+                                   passwords))
     return verdicts
 
 

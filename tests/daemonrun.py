@@ -127,7 +127,8 @@ class RunningDaemon:
         self.proc.send_signal(signum)
 
     def log(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text(errors="replace")
 
     def stop(self, timeout: float = 15.0) -> int | None:
