@@ -7,6 +7,7 @@ loop decides when and what to sync.
 from __future__ import annotations
 
 import os
+import stat
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -151,10 +152,13 @@ class SourceWatcher(FileSystemEventHandler):
 
 
 def _size(path: str) -> int | None:
+    """A regular file's size; None for anything else. A FIFO, socket or device node is
+    empty but never "being written" (no close ever comes), so it must not look busy."""
     try:
-        return os.stat(path).st_size
+        info = os.lstat(path)
     except OSError:
         return None
+    return info.st_size if stat.S_ISREG(info.st_mode) else None
 
 
 def _text(path: str | bytes) -> str:
