@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cryptography import x509
+from cryptography.exceptions import InternalError
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs7, pkcs12
 
@@ -42,6 +43,10 @@ _PKCS7_LABELS = {b"PKCS7", b"PKCS #7 SIGNED DATA", b"CMS"}
 # OID 1.2.840.113549.1.7.1 (pkcs7-data), which opens every PFX's authSafe.
 _PKCS7_DATA_OID = bytes.fromhex("06092a864886f70d010701")
 _BASE64_TEXT = re.compile(rb"^[A-Za-z0-9+/=\s]+$")
+# What cryptography's loaders raise for bad input: InvalidVersion (an X.509 version other
+# than 1-3) is not a ValueError, and cryptography 38's OpenSSL-backed PKCS#7 loader raises
+# InternalError for some malformed bundles.
+_LOAD_ERRORS = (ValueError, x509.InvalidVersion, InternalError)
 
 
 class FormatError(Exception):
@@ -142,9 +147,12 @@ def _parse_pem(data: bytes) -> Parsed:
         if label in _PKCS7_LABELS:
             pkcs7_seen = True
             try:
-                certs.extend(pkcs7.load_der_pkcs7_certificates(der))
-            except ValueError:
+                usable, broken = _usable(pkcs7.load_der_pkcs7_certificates(der))
+            except _LOAD_ERRORS:
                 problems.append(f"PEM block {index} is not a readable PKCS#7 bundle")
+                continue
+            certs.extend(usable)
+            problems.extend(f"PEM block {index}: {why}" for why in broken)
             continue
         if label == b"TRUSTED CERTIFICATE":
             der = der[: _der_length(der) or len(der)]  # drop OpenSSL's trust attributes
@@ -169,8 +177,9 @@ def _parse_der(data: bytes, passwords: Sequence[bytes]) -> Parsed:
     if cert is not None:
         return Parsed("der", (cert,))
     try:
-        return Parsed("pkcs7-der", tuple(pkcs7.load_der_pkcs7_certificates(data)))
-    except ValueError:
+        usable, broken = _usable(pkcs7.load_der_pkcs7_certificates(data))
+        return Parsed("pkcs7-der", tuple(usable), problems=tuple(broken))
+    except _LOAD_ERRORS:
         pass
     if _looks_like_pkcs12(data):
         return _parse_pkcs12(data, passwords)
@@ -183,10 +192,10 @@ def _parse_pkcs12(data: bytes, passwords: Sequence[bytes]) -> Parsed:
     for password in (None, b"", *passwords):
         try:
             key, cert, extra = pkcs12.load_key_and_certificates(data, password)
-        except ValueError:
+        except _LOAD_ERRORS:
             continue
-        certs = ([cert] if cert is not None else []) + list(extra)
-        return Parsed("pkcs12", tuple(certs), 1 if key is not None else 0)
+        usable, broken = _usable(([cert] if cert is not None else []) + list(extra))
+        return Parsed("pkcs12", tuple(usable), 1 if key is not None else 0, tuple(broken))
     raise FormatError(
         "pkcs12_password",
         "a PKCS#12/PFX file that neither the empty password nor any configured password "
@@ -268,9 +277,38 @@ def _load_der_certificate(der: bytes) -> tuple[x509.Certificate | None, str]:
     if length > len(der):
         return None, "the certificate is truncated"
     try:
-        return x509.load_der_x509_certificate(der), ""
-    except ValueError:
+        cert = x509.load_der_x509_certificate(der)
+    except _LOAD_ERRORS:
         return None, "DER data that is not an X.509 certificate"
+    why = _undecodable(cert)
+    return (None, why) if why else (cert, "")
+
+
+def _undecodable(cert: x509.Certificate) -> str | None:
+    """Why a certificate that loaded still cannot be used, or None.
+
+    cryptography decodes the subject, the issuer and the extensions only when they are
+    first read, so a certificate that loads can raise later, deep in the policy: a name
+    that is not valid UTF-8, an empty basicConstraints, the same extension twice.
+    """
+    try:
+        cert.subject, cert.issuer, cert.extensions  # noqa: B018 - read to decode
+    except (ValueError, x509.DuplicateExtension) as exc:
+        detail = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        return f"a certificate whose subject, issuer or extensions cannot be decoded ({detail})"
+    return None
+
+
+def _usable(certs: Sequence[x509.Certificate]) -> tuple[list[x509.Certificate], list[str]]:
+    """Split certificates into those that decode fully and the reasons for the others."""
+    usable, broken = [], []
+    for cert in certs:
+        why = _undecodable(cert)
+        if why:
+            broken.append(why)
+        else:
+            usable.append(cert)
+    return usable, broken
 
 
 def _der_length(der: bytes) -> int | None:

@@ -101,8 +101,24 @@ def _thousand_leaves() -> bytes:
     return b"".join(out)
 
 
-def _pem_body(data: bytes) -> bytes:
-    return b"".join(data.split(b"\n")[1:-2])
+def _with_version(der: bytes, version: int) -> bytes:
+    """The certificate with its version INTEGER set to `version` (0 is v1, 2 is v3)."""
+    at = der.index(b"\xa0\x03\x02\x01")
+    return der[: at + 4] + bytes([version]) + der[at + 5:]
+
+
+def _raw_extension_root(oid: x509.ObjectIdentifier, value: bytes) -> bytes:
+    """A self-signed root carrying `value` as the raw DER of extension `oid`."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Raw Extension Root")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(7)
+            .not_valid_before(now - dt.timedelta(days=1))
+            .not_valid_after(now + dt.timedelta(days=30))
+            .add_extension(x509.UnrecognizedExtension(oid, value), critical=True)
+            .sign(key, hashes.SHA256()))
+    return pem(cert)
 
 
 def _named(cn: str, ca: bool = True) -> x509.Certificate:
@@ -110,7 +126,7 @@ def _named(cn: str, ca: bool = True) -> x509.Certificate:
 
 
 def corpus(m: Material) -> list[Case]:
-    """Every case; 50 of them."""
+    """Every case (60)."""
     good_pem, good_der, good_sha = m.good.cert_pem, m.good.der, sha_of(m.good.der)
     now = dt.datetime.now(dt.UTC)
     rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -234,6 +250,12 @@ def corpus(m: Material) -> list[Case]:
           "unsupported_key"),
         r("bad-signature.der", "a root whose self-signature was altered",
           tampered(m.good.cert), "bad_signature"),
+        # -- loads, then fails when a field is read (these once crashed the daemon) --------
+        r("version-8.der", "X.509 version 8", _with_version(good_der, 7), "unparseable"),
+        r("bad-constraints.pem", "an empty basicConstraints, properly signed",
+          _raw_extension_root(x509.ExtensionOID.BASIC_CONSTRAINTS, b""), "unparseable"),
+        r("bad-utf8.der", "a subject that is not valid UTF-8",
+          good_der.replace(b"Hostile Good Root", b"Hostile \x85ood Root", 1), "unparseable"),
         # -- odd but valid roots ---------------------------------------------------------------
         t(b"same-1.pem", "the same CA twice, first name", good_pem, good_sha),
         t(b"same-2.der", "the same CA twice, second name (DER)", good_der, good_sha),
