@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -42,10 +43,15 @@ class RunningDaemon:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(self.socket_path)
         self.messages: list[dict[str, str]] = []
+        self._arrived = threading.Condition()
+        self._closing = threading.Event()
+        self._reading = threading.Thread(target=self._reader, daemon=True)
+        self._reading.start()
         # Beside the tree, not in it: the crash tests count every write under the tree.
         self.log_path = tree.root.parent / f"daemon-{time.monotonic_ns()}.log"
         full_env = {k: v for k, v in os.environ.items() if k not in _SYSTEMD_VARS}
         full_env.update({"NOTIFY_SOCKET": self.socket_path, "EDGE_CERTD_LOG": "stderr",
+                         "PYTHONFAULTHANDLER": "1",
                          "PYTHONDONTWRITEBYTECODE": "1", **(env or {})})
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
@@ -61,42 +67,50 @@ class RunningDaemon:
         self.stop()
 
     # -- notifications ------------------------------------------------------------------
+    # A thread reads the socket all the time, as systemd does: a unix datagram queue holds
+    # only net.unix.max_dgram_qlen (10) messages, and sd_notify blocks when it is full.
 
-    def _receive(self, timeout: float) -> bool:
-        self.sock.settimeout(max(0.001, timeout))
-        try:
-            data = self.sock.recv(65536)
-        except TimeoutError:
-            return False
-        fields = {}
-        for line in data.decode("utf-8", "replace").splitlines():
-            key, _, value = line.partition("=")
-            fields[key] = value
-        self.messages.append(fields)
-        return True
+    def _reader(self) -> None:
+        self.sock.settimeout(0.1)
+        while not self._closing.is_set():
+            try:
+                data = self.sock.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            fields = {}
+            for line in data.decode("utf-8", "replace").splitlines():
+                key, _, value = line.partition("=")
+                fields[key] = value
+            with self._arrived:
+                self.messages.append(fields)
+                self._arrived.notify_all()
 
     def drain(self) -> None:
-        while self._receive(0.001):
-            pass
+        time.sleep(0.05)  # what is in flight lands in `messages`
 
     def wait_for(self, predicate: Callable[[dict[str, str]], bool], timeout: float = 20.0,
                  what: str = "a notification", start: int = 0) -> dict[str, str]:
         """The first message from index `start` on that satisfies `predicate`."""
         deadline = time.monotonic() + timeout
         index = start
-        while True:
-            while index < len(self.messages):
-                if predicate(self.messages[index]):
-                    return self.messages[index]
-                index += 1
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AssertionError(f"no {what} within {timeout} s; got {self.messages}; "
-                                     f"daemon exit {self.proc.poll()}; log:\n{self.log()}")
-            if self.proc.poll() is not None and not self._receive(0.05):
-                raise AssertionError(f"the daemon exited ({self.proc.returncode}) before "
-                                     f"{what}; log:\n{self.log()}")
-            self._receive(min(left, 0.2))
+        with self._arrived:
+            while True:
+                while index < len(self.messages):
+                    if predicate(self.messages[index]):
+                        return self.messages[index]
+                    index += 1
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"no {what} within {timeout} s; got {self.messages}; "
+                                         f"daemon exit {self.proc.poll()}; log:\n{self.log()}")
+                if self.proc.poll() is not None:
+                    self._arrived.wait(0.2)
+                    if index >= len(self.messages):
+                        raise AssertionError(f"the daemon exited ({self.proc.returncode}) "
+                                             f"before {what}; log:\n{self.log()}")
+                self._arrived.wait(min(left, 0.2))
 
     def wait_ready(self, timeout: float = 30.0, start: int = 0) -> dict[str, str]:
         return self.wait_for(lambda m: m.get("READY") == "1", timeout, "READY=1", start)
@@ -109,13 +123,15 @@ class RunningDaemon:
 
     def last_status(self) -> str:
         self.drain()
-        statuses = [m["STATUS"] for m in self.messages if "STATUS" in m]
+        with self._arrived:
+            statuses = [m["STATUS"] for m in self.messages if "STATUS" in m]
         return statuses[-1] if statuses else ""
 
     def mark(self) -> int:
         """An index for `start=`: only messages after this call count."""
         self.drain()
-        return len(self.messages)
+        with self._arrived:
+            return len(self.messages)
 
     # -- the process ----------------------------------------------------------------------
 
@@ -138,9 +154,15 @@ class RunningDaemon:
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+                self.proc.send_signal(signal.SIGABRT)  # PYTHONFAULTHANDLER: all stacks to the log
+                try:
+                    self.proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait()
         self._log.close()
+        self._closing.set()
+        self._reading.join(5)
         self.sock.close()
         shutil.rmtree(self._sock_dir, ignore_errors=True)
         return self.proc.returncode

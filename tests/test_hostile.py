@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Tree, make_tree, require_tool
+from conftest import make_tree, require_tool
 from daemonrun import RunningDaemon, wait_until
 from hostile import Case, Growing, Material, corpus, make_material, materialise
 from invariants import check_settled, fingerprints, installed_cas
