@@ -1,0 +1,150 @@
+"""B2: a burst of distinct roots renamed into drop_dir at once.
+
+Measures the time until all are trusted (edge-roots.pem and the system bundle) and how
+many times update_command ran. Compared, on the same tree in the same run, with:
+- one bare update run that installs all of them at once (the floor: the system bundle
+  must grow by that many CAs, and update-ca-certificates forks per CA);
+- one bare update run that installs one CA;
+- the loop people write today, `inotifywait | while read; do cp; update-ca-certificates;
+  done`, timed on a sample and extrapolated. Each of its runs sees a bundle no bigger than
+  the sample left it, so the extrapolation is a lower bound for the loop.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import benchlib as bl
+
+LOOP = """\
+inotifywait -m -e moved_to -e close_write --format '%f' "$1" | while read -r f; do
+  cp "$1/$f" "$2/${f%.pem}.crt"
+  "$3" >/dev/null 2>&1
+  echo done >> "$4"
+done
+"""
+
+
+def bare_install(bt: bl.BenchTree, files: list[Path], name: str) -> float:
+    """Time one bare run that installs `files`; then put the tree back as it was."""
+    target = bt.bare_dir(name)
+    for path in files:
+        shutil.copyfile(path, target / (path.stem + ".crt"))
+    took = bt.bare_update()
+    shutil.rmtree(target)
+    bt.bare_update(fresh=True)
+    return took
+
+
+def loop_sample(bt: bl.BenchTree, files: list[Path], work: Path) -> tuple[float, str]:
+    """Seconds per file through the one-run-per-file loop, and how it was run."""
+    drop = work / "loop-drop"
+    drop.mkdir()
+    local = bt.bare_dir("loop")
+    done = work / "loop-done"
+    inotifywait = shutil.which("inotifywait")
+    if inotifywait is None:  # the same work without the watcher: still one run per file
+        start = time.monotonic()
+        for path in files:
+            shutil.copyfile(path, local / (path.stem + ".crt"))
+            subprocess.run([str(bt.update)], check=True, capture_output=True)
+        took = time.monotonic() - start
+        method = "sequential cp + update per file (inotifywait not installed)"
+    else:
+        script = work / "loop.sh"
+        script.write_text(LOOP)
+        loop = subprocess.Popen(["sh", str(script), str(drop), str(local), str(bt.update),
+                                 str(done)], stderr=subprocess.PIPE, start_new_session=True)
+        try:
+            assert loop.stderr is not None
+            while b"Watches established" not in loop.stderr.readline():
+                if loop.poll() is not None:
+                    raise RuntimeError("the inotifywait loop did not start")
+            start = time.monotonic()
+            for path in files:
+                os.rename(path, drop / path.name)
+            while _lines(done) < len(files):
+                if time.monotonic() - start > 60 * len(files):
+                    raise TimeoutError("the inotifywait loop stalled")
+                time.sleep(0.01)
+            took = time.monotonic() - start
+        finally:
+            os.killpg(loop.pid, 15)  # the group holds sh, inotifywait and the loop subshell
+            loop.wait()
+        method = "inotifywait -m | while read; do cp; update-ca-certificates; done"
+    shutil.rmtree(local)
+    bt.bare_update(fresh=True)
+    return took / len(files), method
+
+
+def _lines(path: Path) -> int:
+    try:
+        return len(path.read_text().splitlines())
+    except FileNotFoundError:
+        return 0
+
+
+def main() -> None:
+    args = bl.parse_args(__doc__ or "")
+    count, sample, floors = (10, 2, 1) if args.quick else (200, 10, 3)
+    with bl.workdir(args.keep) as work:
+        bt = bl.bench_tree(work / "device", args.quick, args.settle_ms)
+        staging = bt.root / "staging"
+        burst = bl.stage(staging, bl.roots(count, "B2 burst root"), "burst-root")
+        shas = {bl.sha256_of_file(p) for p in burst}
+        bare_batch = [bare_install(bt, burst, "bench-batch") for _ in range(floors)]
+        bare_single = [bare_install(bt, burst[i:i + 1], "bench-single") for i in range(floors)]
+        per_file, method = loop_sample(
+            bt, bl.stage(work / "loop-staging", bl.roots(sample, "B2 loop root"), "loop-root"),
+            work)
+        probe = bl.probe_for(bt.tree)
+        with bl.Daemon(bt.tree, work) as daemon:
+            daemon.start()
+            before = bl.wait_quiet(bt, 0.3)
+            marks = len(bt.timeline_entries())
+            wall0 = time.time()
+            start = time.monotonic()
+            for path in burst:
+                os.rename(path, bt.tree.drop / path.name)
+            spread = time.monotonic() - start
+            total = probe.wait(shas, timeout=600, start=start)
+            runs = bl.wait_quiet(bt, max(1.0, 3 * bt.settle_ms / 1000)) - before
+            phases = bl.phases(bt.timeline_entries()[marks:], wall0, total)
+            exit_code = daemon.stop()
+    batch, single = bl.median(bare_batch), bl.median(bare_single)
+    ratio = bl.rounded(total / batch, 3)
+    figures = {
+        "files": count,
+        "mozilla_roots": bt.mozilla,
+        "settle_ms": bt.settle_ms,
+        "rename_spread_s": bl.rounded(spread),
+        "burst_to_all_trusted_s": bl.rounded(total),
+        "update_runs": runs,
+        "bare_update_all_at_once_s": bl.rounded(batch),
+        "bare_update_one_ca_s": bl.rounded(single),
+        "ratio_to_bare_all_at_once": ratio,
+        "ratio_to_bare_one_ca": bl.rounded(total / single, 3),
+        "loop_seconds_per_file": bl.rounded(per_file),
+        "loop_sample_files": sample,
+        "loop_extrapolated_s": bl.rounded(per_file * count, 1),
+        "speedup_over_loop": bl.rounded(per_file * count / total, 1),
+        "loop_method": method,
+        "phases_s": {k: bl.rounded(v) for k, v in phases.items()} if phases else None,
+        "daemon_exit_code": exit_code,
+    }
+    targets = {
+        "update_runs": bl.target(runs, 2),
+        "ratio_to_bare_all_at_once": bl.target(ratio, 1.5),
+    }
+    bl.emit("B2", args.quick, figures, targets,
+            ["the floor for the 1.5x target is one bare run installing all the files at once; "
+             "ratio_to_bare_one_ca is shown too, but a run that adds N CAs forks per CA and "
+             "cannot cost the same as one that adds a single CA"])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""B3: the daemon's cost while it waits, which is nearly always.
+
+`edge-certd run` with managed CAs, then idle: resident memory (VmRSS, VmHWM) and CPU
+seconds (utime + stime) from /proc/<pid>/status and /proc/<pid>/stat. WATCHDOG_USEC is set
+as the shipped unit sets it (WatchdogSec=60s), so the idle figure includes the pings.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import benchlib as bl
+
+WATCHDOG_USEC = 60_000_000  # systemd/edge-certd.service: WatchdogSec=60s
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        # The command name may hold spaces, so count fields after its closing parenthesis.
+        fields = f.read().rsplit(")", 1)[1].split()
+    utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15 of proc(5)
+    return (utime + stime) / TICK
+
+
+def status_kib(pid: int) -> dict[str, int]:
+    found = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile", "Threads"):
+                found[key] = int(value.split()[0])
+    return found
+
+
+def main() -> None:
+    args = bl.parse_args(__doc__ or "", lambda p: p.add_argument(
+        "--idle", type=float, default=None, help="idle seconds (default 60, quick 3)"))
+    managed = 10 if args.quick else 100
+    idle = args.idle or (3.0 if args.quick else 60.0)
+    with bl.workdir(args.keep) as work:
+        bt = bl.bench_tree(work / "device", args.quick, args.settle_ms)
+        bl.stage(bt.tree.drop, bl.roots(managed, "B3 managed root"), "managed-root")
+        with bl.Daemon(bt.tree, work, watchdog_usec=WATCHDOG_USEC) as daemon:
+            ready = daemon.start()
+            bl.wait_quiet(bt, 1.0)  # the start-up sync and its update run are over
+            runs0, pings0 = bt.runs(), daemon.count("WATCHDOG=1")
+            cpu0, wall0 = cpu_seconds(daemon.pid), time.monotonic()
+            time.sleep(idle)
+            cpu1, wall1 = cpu_seconds(daemon.pid), time.monotonic()
+            mem = status_kib(daemon.pid)
+            runs, pings = bt.runs() - runs0, daemon.count("WATCHDOG=1") - pings0
+            exit_code = daemon.stop()
+    per_minute = round((cpu1 - cpu0) / ((wall1 - wall0) / 60), 4)
+    rss_mb = round(mem["VmRSS"] / 1024, 1)
+    figures = {
+        "managed_cas": managed,
+        "idle_s": bl.rounded(wall1 - wall0, 2),
+        "rss_mb": rss_mb,
+        "peak_rss_mb": round(mem["VmHWM"] / 1024, 1),
+        "rss_anon_mb": round(mem.get("RssAnon", 0) / 1024, 1),
+        "rss_file_mb": round(mem.get("RssFile", 0) / 1024, 1),
+        "threads": mem.get("Threads"),
+        "cpu_s_idle": round(cpu1 - cpu0, 3),
+        "cpu_s_per_idle_minute": per_minute,
+        "clock_tick_s": 1 / TICK,
+        "watchdog_pings": pings,
+        "update_runs_while_idle": runs,
+        "start_to_ready_s": bl.rounded(ready, 3),
+        "daemon_exit_code": exit_code,
+    }
+    targets = {"rss_mb": bl.target(rss_mb, 45, " MB"),
+               "cpu_s_per_idle_minute": bl.target(per_minute, 0.05)}
+    bl.emit("B3", args.quick, figures, targets,
+            ["CPU time is counted in clock ticks, so a short --idle cannot resolve the target"])
+
+
+if __name__ == "__main__":
+    main()
