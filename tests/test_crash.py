@@ -218,6 +218,8 @@ def _kill_sync_at(scene: Scene, point: KillPoint, src: int, dst: int) -> None:
 def test_sigkill_of_sync_at_every_write_fsync_rename_unlink(scene: Scene) -> None:
     forward = _dry_run_sync(scene, 2)   # state 1 → 2: adds C and D, removes B
     backward = _dry_run_sync(scene, 1)  # state 2 → 1: adds B, removes C and D
+    # 73 today; docs/RELIABILITY.md adds these to the update and daemon kills for >= 100.
+    assert len(forward) + len(backward) >= 60, "the scene no longer reaches enough points"
     families = Counter(p.family for p in forward + backward)
     for family in ("crt", "removal", "bundle", "java", "manifest", "pending", "status"):
         assert families[family], f"no kill point in {family}: {families}"
@@ -313,6 +315,7 @@ def test_sigkill_of_the_daemon_during_its_sync(scene: Scene) -> None:
     # the time budget.
     firsts = {p.family: p for p in reversed(everything)}.values()
     points = sorted(set(everything[::3]) | set(firsts), key=everything.index)
+    assert len(points) >= 15, "the daemon's start-up sync no longer reaches enough points"
     for point in points:
         scene.set_sources(2)
         with RunningDaemon(scene.tree, point.strace_prefix()) as daemon:
