@@ -64,7 +64,7 @@ class OnChangeConfig(_Section):
 
 
 class WatchConfig(_Section):
-    settle_ms: int = 200
+    settle_ms: int = 100
     rescan_interval: float = 3600.0
     retry_initial_seconds: float = 5.0
     retry_max_seconds: float = 300.0

@@ -24,8 +24,14 @@ class Notifier:
         return bool(os.environ.get("NOTIFY_SOCKET"))
 
     def send(self, *fields: str) -> None:
-        if self.enabled:
+        if not self.enabled:
+            return
+        try:
             _sd.notify("\n".join(fields))
+        except OSError:
+            # A signal interrupted a send to a stalled receiver (EINTR), or the socket is
+            # gone. A lost STATUS= is better than a daemon that dies with a traceback.
+            pass
 
     def ready(self, status: str) -> None:
         self._ready = True

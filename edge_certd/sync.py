@@ -20,7 +20,13 @@ from edge_certd.model import FileVerdict, InstalledCA, Plan, Rejection, TrustedC
 from edge_certd.pemutil import iter_pem_ders
 from edge_certd.plan import make_plan
 from edge_certd.policy import Rules, display_subject, validity
-from edge_certd.sources import DirectoryRules, check_directory, scan_directory, tighten_mode
+from edge_certd.sources import (
+    DirectoryRules,
+    SourceFile,
+    check_directory,
+    scan_directory,
+    tighten_mode,
+)
 from edge_certd.state import (
     StatePaths,
     clear_pending,
@@ -39,6 +45,7 @@ from edge_certd.targets.bundles import RuntimeBundles
 from edge_certd.targets.java import JavaTruststore
 from edge_certd.targets.system import SystemStore
 from edge_certd.verdict import DROP, KEYVAULT, judge_file
+from edge_certd.verdict_cache import VerdictCache
 
 DROP_DIR_MODE = 0o2770  # setgid: files a technician drops keep the edge-certd group
 
@@ -137,6 +144,7 @@ class Engine:
         """
         rules = rules_from(self.config)
         passwords = read_passwords(self.config)
+        cache = VerdictCache(self.config.state_dir, rules, passwords)
         verdicts: list[FileVerdict] = []
         errors: list[SourceError] = []
         for directory, kind in self.source_dirs():
@@ -151,12 +159,27 @@ class Engine:
             for source in files:
                 if source.fs_path in busy:
                     continue
-                verdict = judge_file(source.path, source.data, source.problem, kind, rules, now,
-                                     passwords)
+                verdict = self._judge_cached(cache, source, kind, rules, now, passwords)
                 if any(r.code == "private_key" for r in verdict.rejected):
                     tighten_mode(source.fs_path)
                 verdicts.append(verdict)
+        try:
+            cache.save()
+        except EdgeCertdError:
+            pass  # a full state disk costs time on the next start, nothing else
         return verdicts, errors
+
+    @staticmethod
+    def _judge_cached(cache: VerdictCache, source: SourceFile, kind: str, rules: Rules,
+                      now: dt.datetime, passwords: Sequence[bytes]) -> FileVerdict:
+        if source.data is None:
+            return judge_file(source.path, None, source.problem, kind, rules, now, passwords)
+        key = cache.key(source.content_sha256, kind)
+        verdict = cache.get(key, source.path, now)
+        if verdict is None:
+            verdict = judge_file(source.path, source.data, None, kind, rules, now, passwords)
+            cache.put(key, verdict)
+        return verdict
 
     def sync(self, now: dt.datetime | None = None, busy: frozenset[str] = frozenset()
              ) -> SyncResult:
