@@ -45,7 +45,7 @@ from edge_certd.targets.bundles import RuntimeBundles
 from edge_certd.targets.java import JavaTruststore
 from edge_certd.targets.system import SystemStore
 from edge_certd.verdict import DROP, KEYVAULT, judge_file
-from edge_certd.verdict_cache import VerdictCache
+from edge_certd.verdict_cache import CACHE_NAME, VerdictCache
 
 DROP_DIR_MODE = 0o2770  # setgid: files a technician drops keep the edge-certd group
 
@@ -202,6 +202,7 @@ class Engine:
         # A crash mid-write leaves a temp file; under the lock no live writer owns one.
         # (ca_dir is cleaned by SystemStore.present, status.json by update_status.)
         remove_stale_state_temp_files(self.paths)
+        remove_stale_temp_files(self.paths.state_dir, (CACHE_NAME,))
         remove_stale_temp_files(self.bundles.bundle_dir)
         remove_stale_temp_files(os.path.dirname(self.bundles.env_file),
                                 (os.path.basename(self.bundles.env_file),))

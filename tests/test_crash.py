@@ -159,7 +159,7 @@ def _family(name: str, path: str, tree: Tree) -> str:
         return "java"
     if path.startswith(str(tree.bundles)) or path.startswith(str(tree.env_file.parent)):
         return "bundle"
-    for family in ("manifest", "pending", "status"):
+    for family in ("manifest", "pending", "status", "verdict-cache"):
         if family in base:
             return family
     return "other"
