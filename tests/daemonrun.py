@@ -10,6 +10,7 @@ so READY=1, RELOADING=1 and STATUS= are what the service manager would see.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -37,6 +38,7 @@ class RunningDaemon:
     def __init__(self, tree: Tree, prefix: Sequence[str] = (),
                  env: dict[str, str] | None = None) -> None:
         self.tree = tree
+        self._prefixed = bool(prefix)
         # sun_path holds 108 bytes; pytest's tmp_path can be longer than that.
         self._sock_dir = tempfile.mkdtemp(prefix="ecn-")
         self.socket_path = os.path.join(self._sock_dir, "notify")
@@ -140,7 +142,26 @@ class RunningDaemon:
         return self.proc.poll() is None
 
     def signal(self, signum: int) -> None:
-        self.proc.send_signal(signum)
+        os.kill(self.pid, signum)
+
+    @property
+    def pid(self) -> int:
+        """The daemon's pid. Under a prefix (strace) it is the prefix's child: strace itself
+        ignores SIGTERM while its tracee runs, and a tracer that dies leaves it running."""
+        if not self._prefixed:
+            return self.proc.pid
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children"
+                                ).read_text().split()
+            except OSError:
+                children = []
+            if children:
+                return int(children[0])
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                return self.proc.pid
+            time.sleep(0.01)
 
     def log(self) -> str:
         if not self._log.closed:
@@ -150,14 +171,17 @@ class RunningDaemon:
     def stop(self, timeout: float = 15.0) -> int | None:
         """SIGTERM, then SIGKILL after `timeout`; returns the exit code."""
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            daemon = self.pid
+            os.kill(daemon, signal.SIGTERM)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
-                self.proc.send_signal(signal.SIGABRT)  # PYTHONFAULTHANDLER: all stacks to the log
+                os.kill(daemon, signal.SIGABRT)  # PYTHONFAULTHANDLER: all stacks to the log
                 try:
                     self.proc.wait(5)
                 except subprocess.TimeoutExpired:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(daemon, signal.SIGKILL)
                     self.proc.kill()
                     self.proc.wait()
         self._log.close()
