@@ -4,12 +4,16 @@ How the kills are placed, with no hook in the product:
 - Syscall points come from strace. A traced dry run of the same transition lists every
   write, fsync, rename and unlink edge-certd's main thread makes, with the file each one
   touches (`strace -y`). Each one under the tree becomes a kill point, and the kill run
-  is the same command under `strace -e inject=<syscall>:signal=KILL:when=<n>`: the kernel
-  kills the process as it enters that syscall. "Mid write" is the write() or fsync() of a
-  temp file, "before the rename" its rename(), "after the .crt is written and before
-  the update" the fsync of ca_dir that follows the last rename. Accounting is per syscall
-  and per tracee (strace(1), --inject), and strace follows only the main thread here, so
-  the n-th call is the same call in the dry run and the kill run.
+  is the same command with `strace -e inject=<syscall>:signal=KILL:when=<n>` attached:
+  the kernel kills the process as it enters that syscall. "Mid write" is the write() or
+  fsync() of a temp file, "before the rename" its rename(), "after the .crt is written
+  and before the update" the fsync of ca_dir that follows the last rename.
+- strace attaches (-p) while the process waits for the state lock, which the test holds:
+  imports and config loading are done by then, so they cost no ptrace stops (tracing a
+  whole start-up made each run about a second slower), and counting starts at the same
+  moment in the dry run and the kill run. Accounting is per syscall and per tracee
+  (strace(1), --inject) and -p without -f follows only the main thread, so the n-th call
+  is the same call in both runs, and the update command's processes are never traced.
 - The update command is killed from outside: a wrapper around the real
   update-ca-certificates writes its pid, then either holds (a kill before the tool does
   anything) or runs the tool (a kill at spread offsets inside it). The test then
@@ -22,6 +26,8 @@ restart (a sync, or the daemon) runs and `check_settled` proves the invariants.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import re
 import signal
@@ -54,8 +60,8 @@ class KillPoint:
     label: str  # what the process was about to do, e.g. "rename ca_dir/.edge-certd-…tmp"
     family: str  # crt, removal, bundle, java, manifest, pending, status
 
-    def strace_prefix(self) -> list[str]:
-        return ["strace", "-o", "/dev/null", "-e", f"trace={self.syscall}",
+    def strace_args(self) -> list[str]:
+        return ["-o", "/dev/null", "-e", f"trace={self.syscall}",
                 "-e", f"inject={self.syscall}:signal=KILL:when={self.nth}"]
 
 
@@ -105,11 +111,56 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "EDGE_CERTD_LOG": "stderr"}
 
 
-def _cli(scene: Scene, prefix: list[str], *args: str) -> subprocess.CompletedProcess[bytes]:
-    argv = [*prefix, sys.executable, "-m", "edge_certd", "--config",
-            str(scene.tree.config_path), *args]
-    return subprocess.run(argv, capture_output=True, env=_env(), cwd=REPO_ROOT, timeout=120,
-                          check=False)
+DRY_RUN = ["-y", "-e", "trace=" + ",".join((*TRACED, "sendmsg"))]
+
+
+@contextlib.contextmanager
+def lock_held(tree: Tree) -> Iterator[None]:
+    """Hold edge-certd's state lock: a sync started meanwhile waits for it, imports done."""
+    fd = os.open(tree.state / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def attach(tree: Tree, pid: int, args: list[str]) -> subprocess.Popen[bytes]:
+    """strace -p `pid` once it waits for the lock; returns when the trace is in place."""
+    lock = str(tree.state / "lock")
+
+    def waiting() -> bool:
+        try:
+            return any(os.readlink(f"/proc/{pid}/fd/{fd}") == lock
+                       for fd in os.listdir(f"/proc/{pid}/fd"))
+        except OSError:
+            return False
+
+    wait_until(waiting, 60, "edge-certd to wait for the state lock", interval=0.01)
+    tracer = subprocess.Popen(["strace", "-p", str(pid), *args], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    wait_until(lambda: _tracer_of(pid) == tracer.pid, 10, "strace to attach", interval=0.01)
+    return tracer
+
+
+def _tracer_of(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("TracerPid:"):
+            return int(line.split()[1])
+    return 0
+
+
+def _sync_traced(scene: Scene, args: list[str]) -> tuple[int, str]:
+    """`edge-certd sync` with strace attached at the lock: (exit code, stderr)."""
+    argv = [sys.executable, "-m", "edge_certd", "--config", str(scene.tree.config_path),
+            "sync"]
+    with lock_held(scene.tree):
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                env=_env(), cwd=REPO_ROOT)
+        tracer = attach(scene.tree, proc.pid, args)
+    _, err = proc.communicate(timeout=120)
+    tracer.wait(30)
+    return proc.returncode, err.decode(errors="replace")
 
 
 def classify(log: Path, tree: Tree, stop_at_notify: int | None = None,
@@ -168,9 +219,8 @@ def _family(name: str, path: str, tree: Tree) -> str:
 def _dry_run_sync(scene: Scene, which: int) -> list[KillPoint]:
     log = scene.tree.root / f"dry-sync-{which}.strace"
     scene.set_sources(which)
-    done = _cli(scene, ["strace", "-o", str(log), "-y", "-e", "trace=" + ",".join(TRACED)],
-                "sync")
-    assert done.returncode == 0, done.stderr.decode()
+    code, err = _sync_traced(scene, ["-o", str(log), *DRY_RUN])
+    assert code == 0, err
     check_settled(scene.tree, scene.shas(which), scene.roots)
     return classify(log, scene.tree)
 
@@ -206,10 +256,9 @@ def scene(tmp_path: Path) -> Iterator[Scene]:
 
 def _kill_sync_at(scene: Scene, point: KillPoint, src: int, dst: int) -> None:
     scene.set_sources(dst)
-    done = _cli(scene, point.strace_prefix(), "sync")
-    assert done.returncode == -signal.SIGKILL, (
-        f"{point.label} (#{point.nth}) was not reached: exit {done.returncode}\n"
-        + done.stderr.decode()[-2000:])
+    code, err = _sync_traced(scene, point.strace_args())
+    assert code == -signal.SIGKILL, (
+        f"{point.label} (#{point.nth}) was not reached: exit {code}\n{err[-2000:]}")
     check_mid_crash(scene.tree, scene.shas(src), scene.shas(dst), scene.roots)
     scene.sync_in_process()  # the restart
     check_settled(scene.tree, scene.shas(dst), scene.roots)
@@ -288,11 +337,25 @@ def _dry_run_daemon(scene: Scene, which: int) -> list[KillPoint]:
     """Points of the daemon's start-up sync (state 1 → `which`), up to READY=1."""
     log = scene.tree.root / f"dry-daemon-{which}.strace"
     scene.set_sources(which)
-    prefix = ["strace", "-o", str(log), "-y", "-e", "trace=" + ",".join((*TRACED, "sendmsg"))]
-    with RunningDaemon(scene.tree, prefix) as daemon:
+    daemon, tracer = _daemon_traced(scene, ["-o", str(log), *DRY_RUN])
+    with daemon:
         daemon.wait_ready()
+    tracer.wait(30)
     check_settled(scene.tree, scene.shas(which), scene.roots)
     return classify(log, scene.tree, stop_at_notify=1)
+
+
+def _daemon_traced(scene: Scene, args: list[str]) -> tuple[RunningDaemon,
+                                                             subprocess.Popen[bytes]]:
+    """`edge-certd run` with strace attached as its start-up sync waits for the lock."""
+    with lock_held(scene.tree):
+        daemon = RunningDaemon(scene.tree)
+        try:
+            tracer = attach(scene.tree, daemon.pid, args)
+        except BaseException:
+            daemon.stop()
+            raise
+    return daemon, tracer
 
 
 def _restart_daemon_and_check(scene: Scene, expected: int) -> None:
@@ -318,8 +381,10 @@ def test_sigkill_of_the_daemon_during_its_sync(scene: Scene) -> None:
     assert len(points) >= 15, "the daemon's start-up sync no longer reaches enough points"
     for point in points:
         scene.set_sources(2)
-        with RunningDaemon(scene.tree, point.strace_prefix()) as daemon:
+        daemon, tracer = _daemon_traced(scene, point.strace_args())
+        with daemon:
             daemon.proc.wait(60)
+            tracer.wait(30)
             assert daemon.proc.returncode == -signal.SIGKILL, (
                 f"{point.label} (#{point.nth}) was not reached\n{daemon.log()}")
         check_mid_crash(scene.tree, scene.shas(1), scene.shas(2), scene.roots)
