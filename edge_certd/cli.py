@@ -136,7 +136,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     else:  # pragma: no cover - argparse rejects unknown commands
         raise UsageError(f"unknown command {command}")
     print(report.sync_summary(result))
-    return EXIT_REJECTED if result.rejected else EXIT_OK
+    # A refused source directory is an input that was not taken, like a rejected file.
+    return EXIT_REJECTED if result.rejected or result.source_errors else EXIT_OK
 
 
 def _inspect(config: Config, files: Sequence[str], keyvault: bool) -> int:

@@ -13,6 +13,7 @@ import os
 import selectors
 import signal
 import time
+import traceback
 from collections import deque
 from types import FrameType
 
@@ -152,6 +153,12 @@ class Daemon:
             self._degrade(str(getattr(exc, "short", None) or exc))
         except EdgeCertdError as exc:  # a lock timeout or similar: same treatment
             self._degrade(str(exc))
+        except Exception as exc:  # noqa: BLE001 - a bug must not take trust management down
+            # The trust state is whatever the last good sync left; say so and keep retrying.
+            events.emit("update_failed", f"internal error during sync, previous trust kept: "
+                        f"{exc!r}\n{traceback.format_exc()}", logging.ERROR,
+                        reason="internal_error")
+            self._degrade(f"internal error ({type(exc).__name__})")
         else:
             if self.degraded:
                 events.emit("synced", f"recovered after {why}: trust is up to date again")

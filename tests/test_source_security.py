@@ -49,6 +49,7 @@ def _refused(tree: Tree, first: CA, reason: str) -> None:
     newcomer = CA.root("Newcomer")
     (tree.drop / "new.pem").write_bytes(newcomer.cert_pem)
     done = tree.cli("sync")
+    assert done.returncode == 3, "a refused source directory is a rejected input"
     assert reason in done.stdout + done.stderr, done.stdout + done.stderr
     assert trusted(tree) == {sha(first)}, "a refused directory gave a new CA, or lost the old"
     status = json.loads(tree.cli("status", "--json").stdout)
