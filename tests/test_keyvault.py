@@ -484,7 +484,7 @@ def test_world_writable_keyvault_dir_is_a_source_error(device: Device, chain: Ch
     (device.exports / "contoso-root.pem").write_bytes(kv.certificate_download(chain.root.cert))
     device.exports.chmod(0o777)
 
-    proc = device.sync()
+    proc = device.sync(expect=EXIT_REJECTED)  # a refused directory is a rejected input
 
     assert device.installed() == set()
     assert [e["path"] for e in device.status()["source_errors"]] == [str(device.exports)]
