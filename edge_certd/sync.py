@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import grp
+import hashlib
 import logging
 import os
-import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,7 +17,8 @@ from edge_certd import events
 from edge_certd.config import Config
 from edge_certd.errors import ApplyError, EdgeCertdError, SourceError
 from edge_certd.fsutil import ensure_directory, read_bytes, remove_stale_temp_files
-from edge_certd.model import FileVerdict, InstalledCA, Plan, Rejection, TrustedCA
+from edge_certd.model import FileVerdict, InstalledCA, Rejection, TrustedCA
+from edge_certd.onchange import run_on_change
 from edge_certd.pemutil import iter_pem_ders
 from edge_certd.plan import make_plan
 from edge_certd.policy import Rules, display_subject, validity
@@ -41,6 +43,7 @@ from edge_certd.state import (
     state_lock,
     update_status,
 )
+from edge_certd.sync_events import log_sync_events
 from edge_certd.targets.bundles import RuntimeBundles
 from edge_certd.targets.java import JavaTruststore
 from edge_certd.targets.system import SystemStore
@@ -127,8 +130,6 @@ class Engine:
                              for source in entry.sources):
             return
         ensure_directory(path, 0o755)
-        import grp
-
         try:
             gid = grp.getgrnam(self.config.sources.trusted_group).gr_gid
             os.chown(path, -1, gid)
@@ -243,9 +244,9 @@ class Engine:
                         logging.ERROR, reason=str(exc))
             raise
         result.added, result.removed = plan.add, plan.remove
-        self._report(result, plan)
+        log_sync_events(result, plan, load_status(self.paths))
         if result.trust_changed:
-            self._on_change()
+            run_on_change(self.config.on_change)
         self._record(result, now)
         return result
 
@@ -279,55 +280,6 @@ class Engine:
                 path=self.system.path_for(ca), sources=tuple(sorted(set(sources_of[sha]))),
                 installed_at=previous.installed_at if previous else now)
         return entries
-
-    def _report(self, result: SyncResult, plan: Plan) -> None:
-        for ca in plan.add:
-            source = ", ".join(sorted(result.managed[ca.sha256].sources))
-            events.emit("installed", f'installed root CA "{ca.subject}" (sha256 {ca.sha256[:16]}…) '
-                        f"from {source}", sha256=ca.sha256, subject=ca.subject, source=source)
-        for gone in plan.remove:
-            events.emit("removed", f'removed root CA "{gone.subject}" (sha256 {gone.sha256[:16]}…): '
-                        "no source provides it any more", sha256=gone.sha256, subject=gone.subject)
-        last = load_status(self.paths)
-        previous = {(r.get("source"), r.get("content_sha256"), r.get("code"))
-                    for r in last.get("rejected", [])}
-        known_errors = {(e.get("path"), e.get("reason")) for e in last.get("source_errors", [])}
-        for verdict in result.verdicts:
-            for rej in verdict.rejected:
-                if (rej.source, verdict.content_sha256, rej.code) in previous:
-                    continue  # logged when this content first arrived; status still lists it
-                event = "private_key" if rej.code == "private_key" else "rejected"
-                level = logging.ERROR if rej.code == "private_key" else logging.WARNING
-                events.emit(event, rej.describe(), level, sha256=rej.sha256, subject=rej.subject,
-                            source=rej.source, reason=rej.code)
-        for error in result.source_errors:
-            if (error.path, error.reason) in known_errors:
-                continue  # still the same problem; status keeps showing it
-            events.emit("source_error", str(error), logging.WARNING, source=error.path,
-                        reason=error.reason)
-        if result.trust_changed:
-            events.emit("synced", f"trust updated: {len(plan.add)} added, {len(plan.remove)} "
-                        f"removed, {len(result.managed)} CAs managed ({result.update_summary})")
-
-    def _on_change(self) -> None:
-        """Restart units that read CAs only at start, then run the configured commands."""
-        oc = self.config.on_change
-        runs = []
-        if oc.restart_units:
-            runs.append([*oc.systemctl, "try-restart", *oc.restart_units])
-        runs.extend(list(cmd) for cmd in oc.commands)
-        for argv in runs:
-            try:
-                proc = subprocess.run(argv, capture_output=True, timeout=oc.timeout, check=False,
-                                      stdin=subprocess.DEVNULL)
-                if proc.returncode != 0:
-                    tail = proc.stderr.decode(errors="replace").strip()[-300:]
-                    events.emit("update_failed", f"on_change {' '.join(argv)} failed "
-                                f"(exit {proc.returncode}): {tail}", logging.WARNING,
-                                reason="on_change_failed")
-            except (OSError, subprocess.TimeoutExpired) as exc:
-                events.emit("update_failed", f"on_change {' '.join(argv)} failed: {exc}",
-                            logging.WARNING, reason="on_change_failed")
 
     def _record(self, result: SyncResult, now: dt.datetime, error: Exception | None = None) -> None:
         """Write status.json for `edge-certd status` and the daemon's STATUS= line."""
@@ -379,8 +331,6 @@ def _trusted_from_file(path: str) -> TrustedCA | None:
             cert = x509.load_der_x509_certificate(der)
         except ValueError:
             return None
-        import hashlib
-
         not_before, not_after = validity(cert)
         return TrustedCA(hashlib.sha256(der).hexdigest(), display_subject(cert), not_before,
                          not_after, der)
