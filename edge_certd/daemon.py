@@ -41,6 +41,7 @@ class Daemon:
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.watcher = SourceWatcher(self.wake)
         self.degraded: str | None = None
+        self.status_now = ""
         self.config_problem: str | None = None  # a reload refused; the old config runs
         self.retry_delay = 0.0
         self.retry_at: float | None = None
@@ -67,8 +68,7 @@ class Daemon:
         self._start_watching()
         self._sync("start-up")
         self._check_expiry()
-        self.notifier.ready(self._status_line())
-        self._record_daemon("running")
+        self.notifier.ready(self.status_now)
         selector = selectors.DefaultSelector()
         selector.register(self._wake_r, selectors.EVENT_READ)
         now = time.monotonic()
@@ -163,7 +163,9 @@ class Daemon:
             if self.degraded:
                 events.emit("synced", f"recovered after {why}: trust is up to date again")
             self.degraded, self.retry_at, self.retry_delay = None, None, 0.0
-        self.notifier.status(self._status_line())
+        # Built once per sync: it reads the manifest and status.json, which only a sync changes.
+        self.status_now = self._status_line()
+        self.notifier.status(self.status_now)
         self._record_daemon("degraded" if self.degraded else "running")
 
     def _degrade(self, reason: str) -> None:
@@ -193,7 +195,7 @@ class Daemon:
             events.emit("config", "configuration reloaded")
         self._start_watching()
         self._sync("reload")
-        self.notifier.ready(self._status_line())
+        self.notifier.ready(self.status_now)
 
     def _stop(self) -> int:
         self.notifier.stopping()
@@ -219,7 +221,7 @@ class Daemon:
     def _record_daemon(self, state: str) -> None:
         try:
             update_status(StatePaths(self.config.state_dir), daemon={
-                "pid": os.getpid(), "state": state, "status_line": self._status_line(),
+                "pid": os.getpid(), "state": state, "status_line": self.status_now,
                 "degraded": self.degraded, "updated": iso(dt.datetime.now(dt.UTC))})
         except EdgeCertdError:
             pass  # status.json is for people; a full disk must not stop the service
