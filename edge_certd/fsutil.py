@@ -37,7 +37,7 @@ def write_atomic(path: str, data: bytes, mode: int = 0o644) -> bool:
     Raises:
         WriteError: the directory is read-only, full, or missing.
     """
-    current = _read_quietly(path)
+    current = read_bytes_quietly(path)
     if current == data and _mode_of(path) == mode:
         return False
     directory = os.path.dirname(path) or "."
@@ -117,7 +117,8 @@ def ensure_directory(path: str, mode: int = 0o755) -> None:
         raise WriteError(path, _reason(exc)) from None
 
 
-def _read_quietly(path: str) -> bytes | None:
+def read_bytes_quietly(path: str) -> bytes | None:
+    """The file's bytes, or None when it is missing or cannot be read."""
     try:
         return read_bytes(path)
     except OSError:

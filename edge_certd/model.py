@@ -16,10 +16,6 @@ class TrustedCA:
     not_after: dt.datetime
     der: bytes = field(repr=False)
 
-    @property
-    def short_id(self) -> str:
-        return self.sha256[:16]
-
 
 @dataclass(frozen=True)
 class Rejection:

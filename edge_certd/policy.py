@@ -55,6 +55,12 @@ def printable(text: str, limit: int = _MAX_SUBJECT) -> str:
     return safe if len(safe) <= limit else safe[: limit - 1] + "…"
 
 
+def is_self_issued(cert: x509.Certificate) -> bool:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # see judge(): over-long names warn when compared
+        return cert.issuer == cert.subject
+
+
 def is_ca(cert: x509.Certificate) -> bool:
     try:
         constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
@@ -96,7 +102,7 @@ def _judge(cert: x509.Certificate, rules: Rules, now: dt.datetime, source: str
             return reject("not_ca", "a version 1 certificate has no basicConstraints, so it cannot be a CA")
         return reject("not_ca", "not a CA certificate (basicConstraints CA:TRUE is missing); "
                       "this looks like a server or device certificate, copy the root CA instead")
-    self_issued = cert.issuer == cert.subject
+    self_issued = is_self_issued(cert)
     if not self_issued and not rules.allow_intermediate:
         issuer = printable(cert.issuer.rfc4514_string())
         return reject("not_self_signed", f"an intermediate CA issued by {issuer}, not a root; copy "

@@ -4,24 +4,20 @@ from __future__ import annotations
 
 import datetime as dt
 import grp
-import hashlib
 import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from cryptography import x509
-
 from edge_certd import events
 from edge_certd.config import Config
 from edge_certd.errors import ApplyError, EdgeCertdError, SourceError
-from edge_certd.fsutil import ensure_directory, read_bytes, remove_stale_temp_files
+from edge_certd.fsutil import ensure_directory, read_bytes_quietly, remove_stale_temp_files
 from edge_certd.model import FileVerdict, InstalledCA, Rejection, TrustedCA
 from edge_certd.onchange import run_on_change
-from edge_certd.pemutil import iter_pem_ders
 from edge_certd.plan import make_plan
-from edge_certd.policy import Rules, display_subject, validity
+from edge_certd.policy import Rules
 from edge_certd.sources import (
     DirectoryRules,
     SourceFile,
@@ -44,9 +40,10 @@ from edge_certd.state import (
     update_status,
 )
 from edge_certd.sync_events import log_sync_events
+from edge_certd.targets import Target
 from edge_certd.targets.bundles import RuntimeBundles
 from edge_certd.targets.java import JavaTruststore
-from edge_certd.targets.system import SystemStore
+from edge_certd.targets.system import SystemStore, load_installed
 from edge_certd.verdict import DROP, KEYVAULT, judge_file
 from edge_certd.verdict_cache import CACHE_NAME, VerdictCache
 
@@ -88,11 +85,6 @@ def read_passwords(config: Config) -> list[bytes]:
     return passwords
 
 
-def read_bytes_quietly(path: str) -> bytes | None:
-    try:
-        return read_bytes(path)
-    except OSError:
-        return None
 
 
 class Engine:
@@ -201,7 +193,8 @@ class Engine:
     def _sync_locked(self, now: dt.datetime, busy: frozenset[str]) -> SyncResult:
         result = SyncResult()
         # A crash mid-write leaves a temp file; under the lock no live writer owns one.
-        # (ca_dir is cleaned by SystemStore.present, status.json by update_status.)
+        # (status.json is cleaned by update_status, which has its own lock.)
+        remove_stale_temp_files(self.system.ca_dir)
         remove_stale_state_temp_files(self.paths)
         remove_stale_temp_files(self.paths.state_dir, (CACHE_NAME,))
         remove_stale_temp_files(self.bundles.bundle_dir)
@@ -229,7 +222,8 @@ class Engine:
                 result.update_summary = outcome.detail
             elif is_pending(self.paths):
                 result.update_summary = self.system.run_update(fresh=True).describe()
-            for target in (self.bundles, self.java):
+            followers: tuple[Target, ...] = (self.bundles, self.java)  # they copy the system bundle
+            for target in followers:
                 outcome = target.apply(managed, plan)
                 if outcome.changed:
                     result.changed_files.append(outcome.detail)
@@ -265,7 +259,7 @@ class Engine:
                         (prefix.endswith("/") and s.startswith(prefix))]
                 if not held or sha not in present:
                     continue
-                ca = _trusted_from_file(present[sha].path)
+                ca = load_installed(present[sha].path)
                 if ca is not None:
                     wanted.setdefault(sha, ca)
                     sources_of.setdefault(sha, []).extend(held)
@@ -322,16 +316,3 @@ def _wanted(verdicts: Sequence[FileVerdict]) -> tuple[dict[str, TrustedCA], dict
             wanted.setdefault(ca.sha256, ca)
             sources_of.setdefault(ca.sha256, []).append(verdict.source)
     return wanted, sources_of
-
-
-def _trusted_from_file(path: str) -> TrustedCA | None:
-    data = read_bytes_quietly(path) or b""
-    for der in iter_pem_ders(data):
-        try:
-            cert = x509.load_der_x509_certificate(der)
-        except ValueError:
-            return None
-        not_before, not_after = validity(cert)
-        return TrustedCA(hashlib.sha256(der).hexdigest(), display_subject(cert), not_before,
-                         not_after, der)
-    return None

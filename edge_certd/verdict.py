@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import warnings
 from collections.abc import Sequence
 
 from edge_certd.formats import FormatError, parse
 from edge_certd.model import FileVerdict, Ignored, Rejection, TrustedCA
-from edge_certd.policy import Rules, display_subject, fingerprint, is_ca, judge
+from edge_certd.policy import Rules, display_subject, fingerprint, is_ca, is_self_issued, judge
 
 DROP = "drop"
 KEYVAULT = "keyvault"
@@ -37,15 +36,6 @@ def judge_file(source: str, data: bytes | None, problem: tuple[str, str] | None,
     if data is None:
         code, message = problem or ("unreadable", "cannot be read")
         return FileVerdict(source, "unknown", rejected=(Rejection(source, code, message),))
-    # cryptography >= 42 warns about names longer than X.520 allows; a hostile file must not
-    # spray warnings over stderr, and its rejection already says what is wrong.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return _judge(source, data, kind, rules, now, passwords)
-
-
-def _judge(source: str, data: bytes, kind: str, rules: Rules, now: dt.datetime,
-           passwords: Sequence[bytes]) -> FileVerdict:
     content_sha = hashlib.sha256(data).hexdigest()
     try:
         parsed = parse(data, passwords)
@@ -71,7 +61,7 @@ def _judge(source: str, data: bytes, kind: str, rules: Rules, now: dt.datetime,
         if kind == KEYVAULT and not is_ca(cert):
             ignored.append(Ignored(source, f"leaf certificate {display_subject(cert)}"))
             continue
-        if kind == KEYVAULT and cert.issuer != cert.subject and not rules.allow_intermediate:
+        if kind == KEYVAULT and not is_self_issued(cert) and not rules.allow_intermediate:
             ignored.append(Ignored(source, f"intermediate CA {display_subject(cert)} "
                                    "(policy.allow_intermediate is false)"))
             continue

@@ -22,12 +22,12 @@ from edge_certd.errors import UpdateCommandError, WriteError
 from edge_certd.fsutil import (
     ensure_directory,
     read_bytes,
+    read_bytes_quietly,
     remove_file,
-    remove_stale_temp_files,
     write_atomic,
 )
 from edge_certd.model import InstalledCA, Plan, TrustedCA
-from edge_certd.pemutil import der_to_pem, iter_pem_ders
+from edge_certd.pemutil import der_to_pem, iter_pem_ders, pem_fingerprints
 from edge_certd.plan import OWNED_FILE, file_name
 from edge_certd.policy import display_subject, validity
 from edge_certd.targets import Outcome
@@ -69,7 +69,6 @@ class SystemStore:
         Owned files that cannot be read as a certificate are keyed by their name, so that
         the plan removes them.
         """
-        remove_stale_temp_files(self.ca_dir)
         found: dict[str, InstalledCA] = {}
         try:
             names = sorted(os.listdir(self.ca_dir))
@@ -198,25 +197,29 @@ class SystemStore:
 
 def bundle_fingerprints(bundle_path: str) -> set[str]:
     """SHA-256 fingerprints of every certificate in the system bundle."""
-    try:
-        data = read_bytes(bundle_path) or b""
-    except OSError:
-        return set()
-    return {hashlib.sha256(der).hexdigest() for der in iter_pem_ders(data)}
+    return pem_fingerprints(read_bytes_quietly(bundle_path) or b"")
+
+
+def load_installed(path: str) -> TrustedCA | None:
+    """The CA in one of our ca_dir files, or None when it cannot be read as one."""
+    for der in iter_pem_ders(read_bytes_quietly(path) or b""):
+        try:
+            cert = x509.load_der_x509_certificate(der)
+        except ValueError:
+            return None
+        not_before, not_after = validity(cert)
+        return TrustedCA(hashlib.sha256(der).hexdigest(), display_subject(cert), not_before,
+                         not_after, der)
+    return None
 
 
 def _read_installed(path: str) -> InstalledCA:
     stamp = dt.datetime.fromtimestamp(0, dt.UTC)
-    try:
-        data = read_bytes(path) or b""
-        der = next(iter_pem_ders(data))
-        cert = x509.load_der_x509_certificate(der)
-        not_before, not_after = validity(cert)
-        sha = hashlib.sha256(der).hexdigest()
-        return InstalledCA(sha, display_subject(cert), not_after, not_before, path, (), stamp)
-    except (OSError, StopIteration, ValueError):
+    ca = load_installed(path)
+    if ca is None:
         key = "unreadable:" + os.path.basename(path)
         return InstalledCA(key, "<unreadable>", stamp, stamp, path, (), stamp)
+    return InstalledCA(ca.sha256, ca.subject, ca.not_after, ca.not_before, path, (), stamp)
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
