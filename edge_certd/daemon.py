@@ -65,6 +65,10 @@ class Daemon:
     def run(self) -> int:
         for signum in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._on_signal)
+        # The kernel may deliver a signal to a watcher thread; then select() in this thread
+        # is not interrupted and the Python handler waits for it. The C-level handler writes
+        # to this fd from any thread, so the loop wakes and the handler runs at once.
+        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
         self._start_watching()
         self._sync("start-up")
         self._check_expiry()
@@ -117,6 +121,7 @@ class Daemon:
                     self._check_expiry()
                     next_expiry = now + self.config.expiry.check_interval
         finally:
+            signal.set_wakeup_fd(-1)
             self.watcher.stop()
             selector.close()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import datetime as dt
 import hashlib
 import json
@@ -204,3 +205,31 @@ def test_bad_config_at_reload_keeps_the_old_one(tree: Tree, start) -> None:  # t
     root = CA.root("Still Working")
     (tree.drop / "r.pem").write_bytes(root.cert_pem)
     daemon.wait_for(lambda: sha(root) in trusted(tree), 20)
+
+
+def _tgkill(pid: int, tid: int, signum: int) -> None:
+    """Send a signal to one thread of another process, as the kernel may when it picks one."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    sys_tgkill = 234  # x86_64
+    if libc.syscall(sys_tgkill, pid, tid, signum) != 0:
+        raise OSError(ctypes.get_errno(), f"tgkill {pid} {tid}")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGHUP, signal.SIGTERM])
+def test_signal_landing_on_a_watcher_thread_is_acted_on_at_once(
+        tree: Tree, start, signum: int) -> None:  # type: ignore[no-untyped-def]
+    # The kernel hands a process signal to any thread that does not block it. When it picks
+    # one of watchdog's threads, the main loop's select() is not interrupted, and without
+    # a wakeup fd the request waited for the next deadline (a rescan, minutes away).
+    daemon = start()
+    pid = daemon.proc.pid
+    main_tid = pid
+    others = [int(t) for t in os.listdir(f"/proc/{pid}/task") if int(t) != main_tid]
+    assert others, "the watcher threads are not running"
+    if signum == signal.SIGHUP:
+        _tgkill(pid, others[0], signum)
+        daemon.wait_for(lambda: daemon.fields().count("READY=1") == 2, 5, "READY=1 after SIGHUP")
+    else:
+        _tgkill(pid, others[-1], signum)
+        daemon.proc.wait(5)
+        assert daemon.proc.returncode == 0, daemon.log()
