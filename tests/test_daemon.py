@@ -228,8 +228,8 @@ def test_signal_landing_on_a_watcher_thread_is_acted_on_at_once(
     assert others, "the watcher threads are not running"
     if signum == signal.SIGHUP:
         _tgkill(pid, others[0], signum)
-        daemon.wait_for(lambda: daemon.fields().count("READY=1") == 2, 5, "READY=1 after SIGHUP")
+        daemon.wait_for(lambda: daemon.fields().count("READY=1") == 2, 10, "READY=1 after SIGHUP")
     else:
         _tgkill(pid, others[-1], signum)
-        daemon.proc.wait(5)
+        daemon.proc.wait(10)
         assert daemon.proc.returncode == 0, daemon.log()

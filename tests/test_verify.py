@@ -523,7 +523,8 @@ def test_server_that_accepts_and_hangs_hits_the_handshake_timeout(pki: Pki, serv
     report = verify_gateway(
         VerifyRequest(host="localhost", port=server.port, ca_files=(str(pki.root_pem),), timeout=1)
     )
-    assert time.monotonic() - started < 3
+    # Far below a hang, far above any scheduling noise.
+    assert time.monotonic() - started < 20
     assert statuses(report)["tcp"] == "pass"
     diag = report.diagnosis
     assert diag is not None and diag.cause == "handshake-timeout"
@@ -531,10 +532,10 @@ def test_server_that_accepts_and_hangs_hits_the_handshake_timeout(pki: Pki, serv
 
 
 def test_invalid_name_fails_at_dns_without_waiting(pki: Pki) -> None:
-    started = time.monotonic()
     report = check("gateway.invalid", 8883, pki.root_pem)
-    assert time.monotonic() - started < 0.5
     assert statuses(report)["dns"] == "fail"
+    # Answered without asking a resolver at all, rather than timed.
+    assert "RFC 6761" in render_text(report)
     assert statuses(report)["tcp"] == "skip"
     diag = report.diagnosis
     assert diag is not None and diag.cause == "dns"
