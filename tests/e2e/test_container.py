@@ -434,6 +434,33 @@ def test_watchdog_never_killed_the_daemon(scenario: Scenario) -> None:
 
 
 @step
+def test_stop_during_an_update_lets_the_update_finish(scenario: Scenario) -> None:
+    sc = scenario
+    # A slow update-ca-certificates hook, run last (run-parts order), like a JVM rewriting
+    # its keystore. Its markers live where the unit's sandbox lets hooks write.
+    marks = "/var/lib/edge-certd/e2e-slow-hook"
+    hook = "/etc/ca-certificates/update.d/zz-e2e-slow"
+    sc.box.path(hook).write_text(
+        f"#!/bin/sh\nmkdir -p {marks}\ntouch {marks}/started\nsleep 5\ntouch {marks}/finished\n"
+    )
+    sc.sh(f"chmod 0755 {hook} && rm -rf {marks}")
+    try:
+        sc.scp_root_ca()
+        _wait_for(lambda: sc.box.path(f"{marks}/started").exists(), 30, "the slow hook to start")
+        assert not sc.box.path(f"{marks}/finished").exists(), "the hook ended before the stop"
+        sc.box.run(["systemctl", "stop", "edge-certd"])
+        # KillMode=mixed: SIGTERM reached the daemon only; the update it was running ended
+        # normally, and the daemon exited cleanly after it.
+        assert sc.box.path(f"{marks}/finished").exists(), "stop killed the running update"
+        assert sc.show("edge-certd", "Result") == "success"
+        assert sc.root_sha256 in sc.bundle()
+    finally:
+        sc.sh(f"rm -rf {hook} {marks}")
+        sc.box.run(["systemctl", "start", "edge-certd"])
+    _wait_for(lambda: sc.show("edge-certd", "ActiveState") == "active", 60, "edge-certd again")
+
+
+@step
 def test_remove_keeps_trust_and_purge_takes_only_edge_certds_away(scenario: Scenario) -> None:
     sc = scenario
     sc.scp_root_ca()
