@@ -25,11 +25,12 @@ def read_bytes(path: str) -> bytes | None:
         return None
 
 
-def write_atomic(path: str, data: bytes, mode: int = 0o644) -> bool:
+def write_atomic(path: str, data: bytes, mode: int = 0o644, sync_directory: bool = True) -> bool:
     """Replace `path` with `data` unless it already holds exactly that.
 
     A temp file in the same directory is written, fsynced and renamed over `path`, so
-    readers see the old or the new content, never a mix.
+    readers see the old or the new content, never a mix. A caller writing many files to one
+    directory passes `sync_directory=False` and calls `fsync_directory` once at the end.
 
     Returns:
         True when the file was written, False when it already held `data`.
@@ -55,7 +56,8 @@ def write_atomic(path: str, data: bytes, mode: int = 0o644) -> bool:
         finally:
             os.close(fd)
         os.replace(temp, path)
-        fsync_directory(directory)
+        if sync_directory:
+            fsync_directory(directory)
     except OSError as exc:
         with contextlib.suppress(OSError):
             os.unlink(temp)
