@@ -20,7 +20,8 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
 # script -> figures its JSON line must carry
 EXPECTED = {
     "b1_drop.py": ("drop_to_trusted_median_s", "bare_update_median_s", "ratio"),
-    "b2_burst.py": ("burst_to_all_trusted_s", "update_runs", "loop_extrapolated_s"),
+    "b2_burst.py": ("burst_to_all_trusted_s", "update_runs", "loop_extrapolated_s",
+                    "fsync_calls_to_install_all"),
     "b3_idle.py": ("rss_mb", "cpu_s_per_idle_minute"),
     "b4_restart.py": ("restart_to_ready_median_s", "update_runs_per_restart"),
     "b5_verify.py": ("verify_cli_median_s", "s_client_median_s"),
