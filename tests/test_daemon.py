@@ -209,9 +209,11 @@ def test_bad_config_at_reload_keeps_the_old_one(tree: Tree, start) -> None:  # t
 
 def _tgkill(pid: int, tid: int, signum: int) -> None:
     """Send a signal to one thread of another process, as the kernel may when it picks one."""
+    numbers = {"x86_64": 234, "aarch64": 131, "riscv64": 131, "armv7l": 268}
+    machine = os.uname().machine
+    assert machine in numbers, f"no tgkill syscall number known for {machine}"
     libc = ctypes.CDLL(None, use_errno=True)
-    sys_tgkill = 234  # x86_64
-    if libc.syscall(sys_tgkill, pid, tid, signum) != 0:
+    if libc.syscall(numbers[machine], pid, tid, signum) != 0:
         raise OSError(ctypes.get_errno(), f"tgkill {pid} {tid}")
 
 
