@@ -42,7 +42,7 @@ def main() -> None:
                 runs.append(bl.wait_quiet(bt, 0.5) - before)
                 exit_code = daemon.stop()
         python_floor = spawn_time([sys.executable, "-c", "pass"], 5)
-        import_floor = spawn_time([sys.executable, "-c", "import edge_certd.daemon"], 5)
+        import_floor = spawn_time([sys.executable, "-c", "import edge_certd.daemon.loop"], 5)
     ready = bl.rounded(bl.median(ready_times), 3)
     figures = {
         "managed_cas": managed,

@@ -19,7 +19,7 @@ import benchlib as bl
 from certs import CA
 
 from edge_certd.config import Config
-from edge_certd.verify import request_for_config, verify_gateway
+from edge_certd.diagnose.verify import request_for_config, verify_gateway
 
 
 def free_port() -> int:

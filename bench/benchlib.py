@@ -36,7 +36,7 @@ from certs import CA  # noqa: E402
 from conftest import MOZILLA_DIR, Tree, make_tree  # noqa: E402
 
 from edge_certd.config import WatchConfig  # noqa: E402
-from edge_certd.pemutil import pem_fingerprints  # noqa: E402
+from edge_certd.core.pem import pem_fingerprints  # noqa: E402
 
 # A quick run uses this many Mozilla roots so update-ca-certificates takes ~0.1 s, not ~1 s.
 QUICK_MOZILLA = 5

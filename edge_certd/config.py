@@ -13,7 +13,7 @@ from typing import Any, Literal
 import pydantic
 import yaml
 
-from edge_certd.errors import ConfigError
+from edge_certd.core.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = "/etc/edge-certd/config.yaml"
 CONFIG_ENV = "EDGE_CERTD_CONFIG"

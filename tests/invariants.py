@@ -18,13 +18,14 @@ from pathlib import Path
 from conftest import Tree
 from cryptography import x509
 
-from edge_certd.fsutil import TEMP_PREFIX, TEMP_SUFFIX
-from edge_certd.model import TrustedCA
-from edge_certd.pemutil import iter_pem_ders, pem_fingerprints
-from edge_certd.policy import Rules, judge
-from edge_certd.state import PENDING_NAME
-from edge_certd.sync import Engine
-from edge_certd.targets.java import jks_truststore
+from edge_certd.core.model import TrustedCA
+from edge_certd.core.pem import iter_pem_ders, pem_fingerprints
+from edge_certd.core.policy import Rules, judge
+from edge_certd.store.fsutil import TEMP_PREFIX, TEMP_SUFFIX
+from edge_certd.store.state import PENDING_NAME
+from edge_certd.targets.envfile import EnvFile
+from edge_certd.targets.java import JavaTruststore, jks_truststore
+from edge_certd.targets.registry import followers
 
 
 def fingerprints(path: Path) -> set[str]:
@@ -96,10 +97,12 @@ def check_settled(tree: Tree, expected: set[str], system_roots: set[str]) -> Non
     assert fingerprints(tree.system_bundle) == expected | system_roots, (
         "the system bundle is not exactly the managed set plus the system's own roots")
     assert (tree.bundles / "ca-bundle.pem").read_bytes() == tree.system_bundle.read_bytes()
-    engine = Engine(tree.load())
-    assert tree.env_file.read_text() == engine.bundles.env_text()
-    if engine.java.path is not None:
+    targets = {target.name: target for target in followers(tree.load())}
+    env, java = targets["env"], targets["java"]
+    assert isinstance(env, EnvFile) and isinstance(java, JavaTruststore)
+    assert tree.env_file.read_text() == env.text()
+    if java.path is not None:
         managed = [cas[sha] for sha in sorted(cas)]
-        want = jks_truststore(engine.java._entries(managed), engine.java.password)
-        assert Path(engine.java.path).read_bytes() == want, "Java truststore and ca_dir disagree"
+        want = jks_truststore(java._entries(managed), java.password)
+        assert Path(java.path).read_bytes() == want, "Java truststore and ca_dir disagree"
     assert not (tree.state / PENDING_NAME).exists(), "update-pending left after a good sync"

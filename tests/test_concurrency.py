@@ -20,7 +20,7 @@ from conftest import Tree
 from daemonrun import RunningDaemon, wait_until
 from invariants import check_settled, fingerprints
 
-from edge_certd.state import BLOCKED_NAME
+from edge_certd.store.state import BLOCKED_NAME
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from edge_certd.connstr import (
+from edge_certd.core.errors import EdgeCertdError
+from edge_certd.diagnose.connstr import (
     KEYS,
     ConnectionString,
     ConnectionStringError,
     parse_connection_string,
 )
-from edge_certd.errors import EdgeCertdError
 
 KEY = "c2VjcmV0LWtleS13aXRoLXBhZGRpbmc="  # base64 with '=' padding inside the value
 SAS = "SharedAccessSignature sr=hub.azure-devices.net%2Fdevices%2Fdev1&sig=abc%3D&se=1700000000"

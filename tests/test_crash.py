@@ -45,7 +45,7 @@ from conftest import Tree, make_tree, require_tool
 from daemonrun import RunningDaemon, wait_until
 from invariants import check_mid_crash, check_settled, fingerprints
 
-from edge_certd.sync import Engine
+from edge_certd.sync.engine import Engine
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TRACED = ("write", "fsync", "rename", "unlink")

@@ -18,7 +18,7 @@ from conftest import Tree
 from daemonproc import DaemonProcess
 from oddcerts import pem, self_signed
 
-from edge_certd.pemutil import pem_fingerprints
+from edge_certd.core.pem import pem_fingerprints
 
 
 def sha(ca: CA) -> str:

@@ -22,9 +22,10 @@ from certs import CA, utcnow
 from conftest import Tree
 from loopback import LoopbackServer, free_port, tls_handler
 
-from edge_certd import actions, doctor
 from edge_certd.config import load_config
-from edge_certd.doctor_judge import (
+from edge_certd.core.model import InstalledCA
+from edge_certd.diagnose import doctor
+from edge_certd.diagnose.doctor.judge import (
     DirFacts,
     ServiceFacts,
     TargetFacts,
@@ -34,9 +35,9 @@ from edge_certd.doctor_judge import (
     judge_service,
     judge_target,
 )
-from edge_certd.model import InstalledCA
-from edge_certd.state import StatePaths, state_lock
-from edge_certd.verify_model import cert_info
+from edge_certd.diagnose.verify.model import cert_info
+from edge_certd.store.state import StatePaths, state_lock
+from edge_certd.sync import operations as actions
 
 LINE = re.compile(r"^\[(pass|warn|fail|skip)\] ([^:]+): (.*)$")
 
@@ -382,7 +383,9 @@ def test_clock_judge_uses_the_newest_not_before() -> None:
     now = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
 
     def ca(name: str, start: dt.datetime) -> InstalledCA:
-        return InstalledCA(name, name, start + dt.timedelta(days=3650), start, "", (), start)
+        return InstalledCA(sha256=name, subject=name, not_before=start,
+                           not_after=start + dt.timedelta(days=3650), path="", sources=(),
+                           installed_at=start)
 
     old = ca("CN=Old", dt.datetime(2020, 1, 1, tzinfo=dt.UTC))
     new = ca("CN=New", dt.datetime(2031, 1, 1, tzinfo=dt.UTC))
@@ -439,7 +442,8 @@ def test_judges_name_the_cause_without_touching_the_disk() -> None:
     assert judge_service(ServiceFacts(systemd=True, state="failed")).status == "fail"
     assert judge_service(ServiceFacts(systemd=True, state="active")).status == "pass"
     start = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
-    entry = InstalledCA("ab" * 32, "CN=R", start, start, "", (), start)
+    entry = InstalledCA(sha256="ab" * 32, subject="CN=R", not_before=start, not_after=start,
+                        path="", sources=(), installed_at=start)
     assert judge_target(TargetFacts("ca_dir", "/x", frozenset()), [entry]).status == "fail"
     assert judge_target(TargetFacts("ca_dir", "/x", frozenset({"ab" * 32})), [entry]).status \
         == "pass"

@@ -132,7 +132,7 @@ def fingerprints_of_system(tree: Tree) -> set[str]:
 
 
 def sha_of_file(path: Path) -> str:
-    from edge_certd.pemutil import iter_pem_ders
+    from edge_certd.core.pem import iter_pem_ders
 
     return hashlib.sha256(next(iter_pem_ders(path.read_bytes()))).hexdigest()
 
@@ -284,8 +284,8 @@ def test_broken_config_at_reload_keeps_the_running_one(faulty: Tree) -> None:
         log = daemon.log()
         assert "reload refused" in log and "min_rsa_bits" in log and "surprise" in log
         # `edge-certd status` itself refuses the broken file, so read what the daemon wrote.
-        recorded = json.loads((faulty.state / "status.json").read_bytes())
-        assert "configuration refused" in recorded["daemon"]["status_line"]
+        recorded = json.loads((faulty.state / "daemon.json").read_bytes())
+        assert "configuration refused" in recorded["status_line"]
         # Still working, with the old configuration.
         drop(faulty, "second.pem", second.cert_pem)
         wait_until(lambda: fingerprints(faulty.edge_roots) == {sha(first), sha(second)}, 10,

@@ -27,10 +27,10 @@ from cryptography.x509.oid import ExtensionOID, NameOID
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge_certd.formats import FormatError, parse
-from edge_certd.model import FileVerdict
-from edge_certd.policy import Rules
-from edge_certd.verdict import DROP, KEYVAULT, judge_file
+from edge_certd.core.formats import FormatError, parse
+from edge_certd.core.model import FileVerdict
+from edge_certd.core.policy import Rules
+from edge_certd.core.verdict import DROP, KEYVAULT, judge_file
 
 # The generators below build odd names on purpose; cryptography warns about each one.
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -239,8 +239,9 @@ def test_parse_built_pem_and_json_raises_only_format_error(data: bytes) -> None:
     _parse_only_format_errors(data)
 
 
-RULES = st.builds(Rules, st.booleans(), st.booleans(), st.sampled_from([1024, 2048, 4096]),
-                  st.booleans())
+RULES = st.builds(Rules, allow_intermediate=st.booleans(), allow_expired=st.booleans(),
+                  min_rsa_bits=st.sampled_from([1024, 2048, 4096]),
+                  allow_sha1_signature=st.booleans())
 
 
 @FUZZ

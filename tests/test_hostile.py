@@ -25,7 +25,7 @@ from hostile import Case, Growing, Material, corpus, make_material, materialise
 from invariants import check_settled, fingerprints, installed_cas
 
 from edge_certd import cli
-from edge_certd.policy import printable
+from edge_certd.core.text import printable
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from edge_certd.pemutil import pem_fingerprints
+from edge_certd.core.pem import pem_fingerprints
 
 EXIT_OK, EXIT_REJECTED = 0, 3
 LEAF_IGNORED = "ignored: leaf certificate CN=mygateway"

@@ -12,11 +12,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs7, pkcs12
 from oddcerts import dsa_root, ec_root, openssl_root, pem, self_signed, tampered, v1_root
 
-from edge_certd.formats import FormatError, parse
-from edge_certd.model import TrustedCA
-from edge_certd.plan import OWNED_FILE, file_name
-from edge_certd.policy import Rules
-from edge_certd.verdict import DROP, KEYVAULT, judge_file
+from edge_certd.core.formats import FormatError, parse
+from edge_certd.core.model import TrustedCA
+from edge_certd.core.plan import OWNED_FILE, file_name
+from edge_certd.core.policy import Rules
+from edge_certd.core.verdict import DROP, KEYVAULT, judge_file
 
 NOW = dt.datetime.now(dt.UTC)
 
@@ -167,6 +167,6 @@ def test_hostile_subject_cannot_forge_log_lines() -> None:
 
 def test_installed_file_names_are_safe_and_owned() -> None:
     for name in ("Contoso Root CA", "../../etc/passwd", "-rf", "ünïcødé", ""):
-        ca = TrustedCA("ab" * 32, f"CN={name}", NOW, NOW, b"")
+        ca = TrustedCA(sha256="ab" * 32, subject=f"CN={name}", not_before=NOW, not_after=NOW, der=b"")
         assert OWNED_FILE.match(file_name(ca)), file_name(ca)
         assert "/" not in file_name(ca)

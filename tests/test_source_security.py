@@ -19,8 +19,8 @@ import pytest
 from certs import CA
 from conftest import Tree
 
-from edge_certd.errors import SourceError
-from edge_certd.sources import DirectoryRules, _read_limited, check_directory, scan_directory
+from edge_certd.core.errors import SourceError
+from edge_certd.store.sources import DirectoryRules, _read_limited, check_directory, scan_directory
 
 NOBODY = 65534  # nobody / nogroup on Debian
 

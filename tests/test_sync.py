@@ -11,8 +11,8 @@ from certs import CA
 from conftest import Tree
 from oddcerts import pem, self_signed
 
-from edge_certd.pemutil import pem_fingerprints
-from edge_certd.plan import OWNED_FILE
+from edge_certd.core.pem import pem_fingerprints
+from edge_certd.core.plan import OWNED_FILE
 
 
 def fingerprints(path: Path) -> set[str]:

@@ -9,8 +9,8 @@ from certs import CA
 from conftest import Tree
 from oddcerts import pem, self_signed
 
-from edge_certd.sync import Engine
-from edge_certd.verdict_cache import CACHE_NAME
+from edge_certd.store.verdict_cache import CACHE_NAME
+from edge_certd.sync.engine import Engine
 
 
 def judged(tree: Tree, now: dt.datetime | None = None) -> list[tuple[str, list[str], list[str]]]:

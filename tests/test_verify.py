@@ -21,11 +21,12 @@ import pytest
 from certs import CA, Issued, utcnow
 from loopback import LoopbackServer, free_port, tls_handler
 
-from edge_certd import cli, verify_net
+from edge_certd import cli
+from edge_certd.diagnose.verify import net as verify_net
 from edge_certd.config import GatewayConfig
-from edge_certd.connstr import ConnectionStringError, parse_connection_string
-from edge_certd.errors import UsageError
-from edge_certd.verify import (
+from edge_certd.core.errors import UsageError
+from edge_certd.diagnose.connstr import ConnectionStringError, parse_connection_string
+from edge_certd.diagnose.verify import (
     VerifyReport,
     VerifyRequest,
     parse_host_port,

@@ -19,11 +19,11 @@ from collections.abc import Sequence
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
 
-from edge_certd.errors import WriteError
-from edge_certd.fsutil import ensure_directory, read_bytes, write_atomic
-from edge_certd.model import Plan, TrustedCA
-from edge_certd.pemutil import iter_pem_ders
-from edge_certd.targets import Outcome
+from edge_certd.core.errors import WriteError
+from edge_certd.core.model import Note, TrustedCA
+from edge_certd.core.pem import iter_pem_ders
+from edge_certd.store.fsutil import ensure_directory, read_bytes, read_bytes_quietly, write_atomic
+from edge_certd.targets.base import Change, Holding, Outcome
 
 FILE_NAMES = {"pkcs12": "java-truststore.p12", "jks": "java-truststore.jks"}
 _JKS_MAGIC = 0xFEEDFEED
@@ -33,7 +33,7 @@ _JKS_TRUSTED_CERT = 2
 class JavaTruststore:
     name = "java"
 
-    def __init__(self, mode: str, bundle_dir: str, system_bundle: str, password: str) -> None:
+    def __init__(self, *, mode: str, bundle_dir: str, system_bundle: str, password: str) -> None:
         self.mode = mode
         self.bundle_dir = bundle_dir
         self.system_bundle = system_bundle
@@ -48,30 +48,37 @@ class JavaTruststore:
 
     @property
     def digest_path(self) -> str:
+        """What the last write held: a cache that lets a sync skip an unchanged rewrite
+        (PKCS#12 output is salted, so bytes cannot be compared). Never used to report."""
         return os.path.join(self.bundle_dir, ".java-truststore.sha256")
 
-    def env(self) -> list[tuple[str, str]]:
+    def env(self) -> tuple[tuple[str, str], ...]:
         """Variables for the env file; empty when no truststore is written."""
         if self.path is None:
-            return []
+            return ()
         kind = "PKCS12" if self.store_type == "pkcs12" else "JKS"
         opts = (f"-Djavax.net.ssl.trustStore={self.path} -Djavax.net.ssl.trustStoreType={kind} "
                 f"-Djavax.net.ssl.trustStorePassword={self.password}")
-        return [("EDGE_CERTD_JAVA_TRUSTSTORE", self.path),
+        return (("EDGE_CERTD_JAVA_TRUSTSTORE", self.path),
                 ("EDGE_CERTD_JAVA_TRUSTSTORE_TYPE", kind),
-                ("EDGE_CERTD_JAVA_OPTS", opts)]
+                ("EDGE_CERTD_JAVA_OPTS", opts))
 
-    def installed(self) -> frozenset[str]:
-        """Fingerprints in the truststore (read back through the digest we record)."""
-        if self.path is None or not os.path.exists(self.path):
-            return frozenset()
-        recorded = read_bytes(self.digest_path) or b""
-        return frozenset(recorded.decode().split()[1:])
+    def holdings(self) -> tuple[Holding, ...]:
+        """The fingerprints read from the truststore itself, as Java would read it."""
+        if self.path is None or self.store_type is None:
+            return (Holding(name="java truststore", location="", installed=None,
+                            skip_reason=self.skip_reason),)
+        data = read_bytes_quietly(self.path) or b""
+        return (Holding(name="java truststore", location=self.path,
+                        installed=truststore_fingerprints(data, self.store_type, self.password),
+                        fix="run `edge-certd sync`; it rebuilds the truststore"),)
 
-    def apply(self, managed: Sequence[TrustedCA], plan: Plan) -> Outcome:
+    def apply(self, change: Change) -> Outcome:
         """Rebuild the truststore when its set of certificates changed. Raises WriteError."""
         if self.path is None or self.store_type is None:
-            return Outcome(False, f"Java truststore skipped: {self.skip_reason}")
+            note = Note(code="java_skipped", message=f"Java truststore skipped: {self.skip_reason}")
+            return Outcome(changed=False, notes=(note,))
+        managed = change.managed
         entries = self._entries(managed)
         ours = sorted(ca.sha256 for ca in managed)
         # PKCS#12 output is salted, so compare sets, not bytes, to write only on change.
@@ -80,12 +87,12 @@ class JavaTruststore:
         ).hexdigest()
         record = " ".join([set_digest, *ours]).encode()
         if read_bytes(self.digest_path) == record and os.path.exists(self.path):
-            return Outcome(False)
+            return Outcome(changed=False)
         ensure_directory(self.bundle_dir, 0o755)
         data = self._serialize(entries)
         write_atomic(self.path, data, 0o644)
         write_atomic(self.digest_path, record, 0o644)
-        return Outcome(True, os.path.basename(self.path))
+        return Outcome(changed=True, detail=os.path.basename(self.path))
 
     def _entries(self, managed: Sequence[TrustedCA]) -> list[tuple[str, bytes]]:
         ours = {ca.sha256: ca.der for ca in managed}
@@ -122,6 +129,43 @@ def jks_truststore(entries: Sequence[tuple[str, bytes]], password: str) -> bytes
     # JKS integrity check: SHA-1 over the UTF-16BE password, a fixed salt and the body.
     check = hashlib.sha1(password.encode("utf-16-be") + b"Mighty Aphrodite" + body).digest()
     return body + check
+
+
+def truststore_fingerprints(data: bytes, store_type: str, password: str) -> frozenset[str]:
+    """SHA-256 of every trusted certificate in a truststore; empty when it cannot be read."""
+    if store_type == "jks":
+        return frozenset(hashlib.sha256(der).hexdigest() for der in _jks_certificates(data))
+    try:
+        loaded = pkcs12.load_pkcs12(data, password.encode())
+    except (ValueError, TypeError):
+        return frozenset()
+    return frozenset(
+        hashlib.sha256(item.certificate.public_bytes(serialization.Encoding.DER)).hexdigest()
+        for item in loaded.additional_certs)
+
+
+def _jks_certificates(data: bytes) -> list[bytes]:
+    """The trustedCertEntry certificates of a JKS file (the subset jks_truststore writes)."""
+    found: list[bytes] = []
+    try:
+        magic, _version, count = struct.unpack_from(">III", data, 0)
+        if magic != _JKS_MAGIC:
+            return []
+        offset = 12
+        for _ in range(count):
+            tag, alias_len = struct.unpack_from(">IH", data, offset)
+            offset += 6 + alias_len + 8  # alias, then the timestamp
+            if tag != _JKS_TRUSTED_CERT:
+                return found  # a key entry: not one of ours, stop reading
+            (type_len,) = struct.unpack_from(">H", data, offset)
+            offset += 2 + type_len
+            (der_len,) = struct.unpack_from(">I", data, offset)
+            offset += 4
+            found.append(data[offset:offset + der_len])
+            offset += der_len
+    except struct.error:
+        pass  # truncated: what was read so far is what it holds
+    return found
 
 
 def _keytool_pkcs12(entries: list[tuple[str, bytes]], password: str) -> bytes:

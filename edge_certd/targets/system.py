@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import hashlib
-import logging
 import os
 import re
 import signal
@@ -17,9 +16,12 @@ from dataclasses import dataclass
 
 from cryptography import x509
 
-from edge_certd import events
-from edge_certd.errors import UpdateCommandError, WriteError
-from edge_certd.fsutil import (
+from edge_certd.core.errors import UpdateCommandError, WriteError
+from edge_certd.core.model import InstalledCA, Note, TrustedCA
+from edge_certd.core.pem import der_to_pem, iter_pem_ders, pem_fingerprints
+from edge_certd.core.plan import OWNED_FILE, file_name
+from edge_certd.core.policy import display_subject, validity
+from edge_certd.store.fsutil import (
     ensure_directory,
     fsync_directory,
     read_bytes,
@@ -27,18 +29,14 @@ from edge_certd.fsutil import (
     remove_file,
     write_atomic,
 )
-from edge_certd.model import InstalledCA, Plan, TrustedCA
-from edge_certd.pemutil import der_to_pem, iter_pem_ders, pem_fingerprints
-from edge_certd.plan import OWNED_FILE, file_name
-from edge_certd.policy import display_subject, validity
-from edge_certd.targets import Outcome
+from edge_certd.targets.base import Change, Holding, Outcome
 
 # ca-certificates-java's hook; present only where Java's system keystore is managed.
 JAVA_HOOK = "/etc/ca-certificates/update.d/jks-keystore"
 _SUMMARY = re.compile(r"(\d+) added, (\d+) removed")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class UpdateSummary:
     added: int | None
     removed: int | None
@@ -55,14 +53,15 @@ class SystemStore:
 
     name = "system"
 
-    def __init__(self, ca_dir: str, update_command: Sequence[str], timeout: float) -> None:
+    def __init__(self, *, ca_dir: str, system_bundle: str, update_command: Sequence[str],
+                 timeout: float, heartbeat: Callable[[], None] | None = None) -> None:
+        """`heartbeat` is called about once a second while the update command runs, so the
+        daemon can keep telling systemd's watchdog it is alive during a slow Java hook."""
         self.ca_dir = ca_dir
+        self.system_bundle = system_bundle
         self.update_command = list(update_command)
         self.timeout = timeout
-        self.last_update: UpdateSummary | None = None
-        # Called about once a second while the command runs, so the daemon's loop can keep
-        # telling systemd's watchdog it is alive while it waits on a slow Java hook.
-        self.heartbeat: Callable[[], None] | None = None
+        self.heartbeat = heartbeat
 
     def present(self) -> dict[str, InstalledCA]:
         """Every CA file edge-certd owns in ca_dir, keyed by SHA-256.
@@ -83,18 +82,31 @@ class SystemStore:
             found[entry.sha256] = entry
         return found
 
-    def installed(self) -> frozenset[str]:
-        return frozenset(self.present())
+    def holdings(self) -> tuple[Holding, ...]:
+        return (
+            Holding(name="ca_dir", location=self.ca_dir, installed=frozenset(self.present()),
+                    fix="run `edge-certd sync`; it writes the file again and rebuilds the "
+                        "system bundle"),
+            # With every file in ca_dir the plan is empty and sync runs no update.
+            Holding(name="system bundle", location=self.system_bundle,
+                    installed=frozenset(bundle_fingerprints(self.system_bundle)),
+                    fix="run update-ca-certificates (or trust_store.update_command) to "
+                        "rebuild the bundle from ca_dir"),
+        )
 
-    def apply(self, managed: Sequence[TrustedCA], plan: Plan) -> Outcome:
+    def env(self) -> tuple[tuple[str, str], ...]:
+        return ()
+
+    def apply(self, change: Change) -> Outcome:
         """Write added CAs, remove dropped ones, then run the update command once.
 
         Raises:
             UpdateCommandError: the command failed; ca_dir is rolled back to what it was.
             WriteError: ca_dir cannot be written; it is rolled back as far as possible.
         """
+        plan = change.plan
         if not plan.changes_trust:
-            return Outcome(False)
+            return Outcome(changed=False)
         ensure_directory(self.ca_dir, 0o755)
         written: list[str] = []
         removed: list[tuple[str, bytes | None]] = []
@@ -115,14 +127,13 @@ class SystemStore:
         except (UpdateCommandError, WriteError, OSError):
             self._roll_back(written, removed)
             raise
-        if plan.remove:
-            self._refresh_java_system_keystore()
-        return Outcome(True, summary.describe())
+        notes = self._refresh_java_system_keystore() if plan.remove else ()
+        return Outcome(changed=True, detail=summary.describe(), notes=notes)
 
     def path_for(self, ca: TrustedCA) -> str:
         return os.path.join(self.ca_dir, file_name(ca))
 
-    def run_update(self, fresh: bool) -> UpdateSummary:
+    def run_update(self, *, fresh: bool) -> UpdateSummary:
         """Run the update command with a timeout; its whole process group dies on timeout.
 
         Raises:
@@ -139,10 +150,8 @@ class SystemStore:
         if proc.returncode != 0:
             raise UpdateCommandError(argv, proc.returncode, output)
         match = _SUMMARY.search(output)
-        summary = UpdateSummary(int(match.group(1)) if match else None,
-                                int(match.group(2)) if match else None, output)
-        self.last_update = summary
-        return summary
+        return UpdateSummary(added=int(match.group(1)) if match else None,
+                             removed=int(match.group(2)) if match else None, output=output)
 
     def _wait(self, proc: subprocess.Popen[bytes], argv: list[str]) -> bytes:
         deadline = time.monotonic() + self.timeout
@@ -164,7 +173,7 @@ class SystemStore:
         reader.join(timeout=5)
         return b"".join(chunks)
 
-    def _refresh_java_system_keystore(self) -> None:
+    def _refresh_java_system_keystore(self) -> tuple[Note, ...]:
         """Drop removed CAs from /etc/ssl/certs/java/cacerts too.
 
         update-ca-certificates never tells its hooks about a deleted local CA, even with
@@ -175,7 +184,7 @@ class SystemStore:
         command = self.update_command
         if (len(command) != 1 or os.path.basename(command[0]) != "update-ca-certificates"
                 or not os.path.exists(JAVA_HOOK)):
-            return
+            return ()
         for argv in (["dpkg-trigger", "--no-await", "update-ca-certificates-java-fresh"],
                      ["dpkg", "--triggers-only", "--pending"]):
             try:
@@ -183,10 +192,10 @@ class SystemStore:
                                stdin=subprocess.DEVNULL)
             except (OSError, subprocess.SubprocessError) as exc:
                 # The system store is already right; Java lags until the next removal.
-                events.emit("update_failed", f"{' '.join(argv)} failed ({exc}); Java's system "
-                            "keystore may still hold a removed CA", logging.WARNING,
-                            reason="java_keystore_refresh_failed")
-                return
+                return (Note(code="java_keystore_refresh_failed",
+                             message=f"{' '.join(argv)} failed ({exc}); Java's system "
+                                     "keystore may still hold a removed CA"),)
+        return ()
 
     def _roll_back(self, written: list[str], removed: list[tuple[str, bytes | None]]) -> None:
         for path in written:
@@ -213,8 +222,8 @@ def load_installed(path: str) -> TrustedCA | None:
         except ValueError:
             return None
         not_before, not_after = validity(cert)
-        return TrustedCA(hashlib.sha256(der).hexdigest(), display_subject(cert), not_before,
-                         not_after, der)
+        return TrustedCA(sha256=hashlib.sha256(der).hexdigest(), subject=display_subject(cert),
+                         not_before=not_before, not_after=not_after, der=der)
     return None
 
 
@@ -223,8 +232,10 @@ def _read_installed(path: str) -> InstalledCA:
     ca = load_installed(path)
     if ca is None:
         key = "unreadable:" + os.path.basename(path)
-        return InstalledCA(key, "<unreadable>", stamp, stamp, path, (), stamp)
-    return InstalledCA(ca.sha256, ca.subject, ca.not_after, ca.not_before, path, (), stamp)
+        return InstalledCA(sha256=key, subject="<unreadable>", not_before=stamp, not_after=stamp,
+                           path=path, sources=(), installed_at=stamp)
+    return InstalledCA(sha256=ca.sha256, subject=ca.subject, not_before=ca.not_before,
+                       not_after=ca.not_after, path=path, sources=(), installed_at=stamp)
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:

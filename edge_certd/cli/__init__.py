@@ -1,0 +1,178 @@
+"""Command line. The only place that turns errors into exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from edge_certd import __version__, journal
+from edge_certd.cli import render
+from edge_certd.config import Config, load_config
+from edge_certd.core.errors import (
+    ApplyError,
+    ConfigError,
+    EdgeCertdError,
+    NotFound,
+    SourceError,
+    UsageError,
+)
+
+EXIT_OK = 0
+EXIT_APPLY_FAILED = 1
+EXIT_USAGE = 2
+EXIT_REJECTED = 3
+
+EPILOG = """\
+exit codes:
+  0  success
+  1  could not apply (the previous trust state is kept)
+  2  usage or configuration error
+  3  applied, but some inputs were rejected (see the reasons printed)
+
+configuration: --config PATH, else $EDGE_CERTD_CONFIG, else /etc/edge-certd/config.yaml
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edge-certd", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Make this device trust its Azure IoT Edge gateway's root CA: the system "
+                    "store, runtime bundles (Node, Python, Java, SDKs) and the env file.")
+    parser.add_argument("--version", action="version", version=f"edge-certd {__version__}")
+    parser.add_argument("--config", metavar="PATH", help="configuration file")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    sub.add_parser("sync", help="install and remove CAs so trust matches the sources, once")
+    p = sub.add_parser("list", help="list the CAs edge-certd manages")
+    p.add_argument("--json", action="store_true", help="print a JSON array")
+    p = sub.add_parser("status", help="what the daemon and the last sync did; works offline")
+    p.add_argument("--json", action="store_true", help="print a JSON object")
+    p = sub.add_parser("inspect", help="say what FILEs would give; installs nothing")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("--keyvault", action="store_true",
+                   help="judge as a Key Vault export (leaves and keys are ignored)")
+    p = sub.add_parser("add", help="validate FILEs, copy them into the drop directory, sync")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p = sub.add_parser("remove", help="stop trusting a CA by SHA-256 prefix or file name")
+    p.add_argument("what", metavar="SHA256-PREFIX|NAME")
+    sub.add_parser("check-config", help="validate the configuration and print it")
+    sub.add_parser("run", help="run the daemon in the foreground (systemd Type=notify)")
+    _add_verify_parser(sub)
+    sub.add_parser("doctor", help="check the whole device, then verify the gateway")
+    return parser
+
+
+def _add_verify_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("verify", help="check the TLS connection to the gateway, with a diagnosis")
+    p.add_argument("target", nargs="?", metavar="HOST[:PORT]")
+    p.add_argument("--protocol", choices=["mqtts", "amqps", "https"])
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--connection-string", metavar="STR")
+    group.add_argument("--connection-string-file", metavar="F")
+    p.add_argument("--ca", metavar="FILE", help="trust only this CA file")
+    p.add_argument("--servername", metavar="NAME", help="SNI and hostname to check")
+    p.add_argument("--timeout", type=float, metavar="SECONDS")
+    p.add_argument("--json", action="store_true")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except ConfigError as exc:
+        if args.command == "doctor":  # doctor's first check, in its own one-line format
+            print(f"[fail] config: {exc.path} is invalid ({len(exc.problems)} problems, below)")
+        print(f"edge-certd: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (UsageError, NotFound) as exc:
+        print(f"edge-certd: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (ApplyError, SourceError) as exc:
+        print(f"edge-certd: {exc}", file=sys.stderr)
+        return EXIT_APPLY_FAILED
+    except EdgeCertdError as exc:
+        print(f"edge-certd: {exc}", file=sys.stderr)
+        return EXIT_APPLY_FAILED
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    command: str = args.command
+    if command == "run":
+        from edge_certd.daemon.loop import run_daemon
+
+        return run_daemon(args.config)
+    config, path = load_config(args.config)
+    if command == "check-config":
+        print(f"{path}: valid")
+        print(json.dumps(_as_dict(config), indent=2, sort_keys=True))
+        return EXIT_OK
+    if command in ("list", "status"):
+        from edge_certd.sync import report
+
+        out = report.list_cas(config) if command == "list" else report.status(config)
+        _print(out, args.json)
+        return EXIT_OK
+    if command == "inspect":
+        return _inspect(config, args.files, args.keyvault)
+    if command == "verify":
+        from edge_certd.cli import verify as cli_verify
+
+        return cli_verify.run_verify(config, args)
+    if command == "doctor":
+        from edge_certd.diagnose import doctor
+
+        return doctor.run_doctor(config, path)
+    from edge_certd.sync import operations as actions
+
+    _setup_logging()
+    if command == "sync":
+        result = actions.sync(config)
+    elif command == "add":
+        result = actions.add(config, args.files)
+    elif command == "remove":
+        result = actions.remove(config, args.what)
+    else:  # pragma: no cover - argparse rejects unknown commands
+        raise UsageError(f"unknown command {command}")
+    print(render.sync_summary(result))
+    # A refused source directory is an input that was not taken, like a rejected file.
+    return EXIT_REJECTED if result.rejected or result.source_problems else EXIT_OK
+
+
+def _inspect(config: Config, files: Sequence[str], keyvault: bool) -> int:
+    from edge_certd.sync import operations as actions
+
+    verdicts = actions.inspect(config, files, keyvault)
+    print(render.inspect_text(verdicts))
+    return EXIT_REJECTED if any(v.rejected for v in verdicts) else EXIT_OK
+
+
+def _print(data: object, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False))
+    else:
+        print(render.render(data))
+
+
+def _setup_logging() -> None:
+    """One-shot commands print their own summary; the journal, when present, gets the events."""
+    if journal.journal_available() and os.environ.get("EDGE_CERTD_LOG") != "stderr":
+        journal.setup_logging(to_journal=True)
+    else:
+        journal.setup_logging(to_journal=False, level=logging.WARNING)
+
+
+def _as_dict(config: Config) -> dict[str, object]:
+    dump = getattr(config, "model_dump", None) or config.dict
+    result: dict[str, object] = dump()
+    return result
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""What the CLI prints for list, status, inspect and sync. Text only; reads nothing."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from edge_certd.core.formats import FORMAT_LABELS
+from edge_certd.core.model import FileVerdict, SyncResult
+from edge_certd.core.text import iso
+
+
+def render(data: Any) -> str:
+    if isinstance(data, list):
+        return _render_list(data)
+    return _render_status(data)
+
+
+def _render_list(items: Sequence[dict[str, Any]]) -> str:
+    if not items:
+        return "no CAs managed by edge-certd"
+    lines = []
+    for item in items:
+        lines.append(f"{item['sha256'][:16]}  {item['subject']}")
+        lines.append(f"    expires {item['not_after']}  file {item['path']}")
+        lines.append(f"    from {', '.join(item['sources'])}")
+    return "\n".join(lines)
+
+
+def _render_status(doc: dict[str, Any]) -> str:
+    lines = []
+    daemon = doc.get("daemon") or {}
+    if daemon:
+        lines.append(f"daemon: {daemon.get('state', 'unknown')} (pid {daemon.get('pid')}) — "
+                     f"{daemon.get('status_line', '')}")
+    else:
+        lines.append("daemon: no record (edge-certd run has not reported)")
+    last = doc.get("last_sync") or {}
+    if last:
+        result = last.get("result")
+        extra = f": {last.get('error')}" if last.get("error") else ""
+        lines.append(f"last sync: {last.get('time')} {result}{extra}")
+    lines.append(f"trusted CAs: {len(doc['trusted'])}")
+    for item in doc["trusted"]:
+        lines.append(f"  {item['sha256'][:16]}  {item['subject']}  (expires {item['not_after']})")
+    for item in doc["expiring"]:
+        lines.append(f"expiring: {item['subject']} in {item['days_left']} days "
+                     f"({item['not_after']})")
+    if doc["rejected"]:
+        lines.append(f"rejected files: {len({r['source'] for r in doc['rejected']})}")
+        for rej in doc["rejected"]:
+            who = f" {rej['subject']}" if rej.get("subject") else ""
+            lines.append(f"  {rej['source']}{_format_note(rej)}:{who} {rej['code']}: "
+                         f"{rej['message']}")
+    for item in doc["ignored"]:
+        label = FORMAT_LABELS.get(item.get("format", ""), item.get("format", ""))
+        lines.append(f"  {item['source']} ({label}): ignored: {item['what']}")
+    for err in doc["source_errors"]:
+        lines.append(f"source problem: {err['path']} {err['reason']}")
+    bundles = doc.get("bundles") or {}
+    for key in ("edge_roots", "ca_bundle", "java", "env_file"):
+        if bundles.get(key):
+            lines.append(f"{key.replace('_', ' ')}: {bundles[key]}")
+    return "\n".join(lines)
+
+
+def _format_note(item: dict[str, Any]) -> str:
+    """` (PKCS#12 / PFX)`: which format was detected, when one was; a technician fixing a
+    Key Vault export needs to know which `az` command or extension shape it came from."""
+    fmt = item.get("format") or "unknown"
+    return "" if fmt == "unknown" else f" ({FORMAT_LABELS.get(fmt, fmt)})"
+
+
+def inspect_text(verdicts: Sequence[FileVerdict]) -> str:
+    lines = []
+    for verdict in verdicts:
+        lines.append(f"{verdict.source}: {FORMAT_LABELS.get(verdict.format, verdict.format)}")
+        for ca in verdict.accepted:
+            lines.append(f"  would trust: {ca.subject} (sha256 {ca.sha256[:16]}…, "
+                         f"expires {iso(ca.not_after)})")
+        for rej in verdict.rejected:
+            who = f"{rej.subject} " if rej.subject else ""
+            lines.append(f"  rejected: {who}({rej.code}) {rej.message}")
+        for ign in verdict.ignored:
+            lines.append(f"  ignored: {ign.what}")
+        if not (verdict.accepted or verdict.rejected or verdict.ignored):
+            lines.append("  nothing to trust in this file")
+    return "\n".join(lines)
+
+
+def sync_summary(result: SyncResult) -> str:
+    lines = [f"{len(result.managed)} CAs managed; {len(result.added)} added, "
+             f"{len(result.removed)} removed"
+             + (f" ({result.update_summary})" if result.update_summary else "")]
+    for ca in result.added:
+        lines.append(f"  installed {ca.subject} (sha256 {ca.sha256[:16]}…)")
+    for gone in result.removed:
+        lines.append(f"  removed {gone.subject} (sha256 {gone.sha256[:16]}…)")
+    for rej in result.rejected:
+        lines.append(f"  {rej.describe()}")
+    for problem in result.source_problems:
+        lines.append(f"  {problem.describe()}")
+    lines.extend(f"  note: {note.message}" for note in result.notes)
+    return "\n".join(lines)

@@ -1,0 +1,182 @@
+"""Plain frozen values that flow between the pure core and the side effects.
+
+Every dataclass is keyword-only: several fields share a type (two datetimes, two strings),
+and a positional call that swaps them would still type-check.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class Reason(StrEnum):
+    """Why a file, or one certificate in it, is not trusted. Stable: scripts, the journal's
+    REASON field and the man page use these values."""
+
+    # what a file is
+    UNREADABLE = "unreadable"
+    UNPARSEABLE = "unparseable"
+    PKCS12_PASSWORD = "pkcs12_password"
+    THUMBPRINT_MISMATCH = "thumbprint_mismatch"
+    PRIVATE_KEY = "private_key"
+    TOO_LARGE = "too_large"
+    NOT_REGULAR_FILE = "not_regular_file"
+    HARD_LINK = "hard_link"
+    DANGLING_SYMLINK = "dangling_symlink"
+    SYMLINK_LOOP = "symlink_loop"
+    SYMLINK_OUTSIDE = "symlink_outside"
+    # what a certificate is (policy)
+    NOT_CA = "not_ca"
+    NOT_SELF_SIGNED = "not_self_signed"
+    BAD_SIGNATURE = "bad_signature"
+    WEAK_KEY = "weak_key"
+    UNSUPPORTED_KEY = "unsupported_key"
+    WEAK_SIGNATURE = "weak_signature"
+    EXPIRED = "expired"
+    NOT_YET_VALID = "not_yet_valid"
+
+
+class SourceKind(StrEnum):
+    """Where a file came from decides what it may hold."""
+
+    DROP = "drop"  # a technician's copy: a private key refuses the whole file
+    KEYVAULT = "keyvault"  # an export: keys, leaves and intermediates are expected
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrustedCA:
+    """A CA certificate that passed policy. Its identity is `sha256`."""
+
+    sha256: str
+    subject: str
+    not_before: dt.datetime
+    not_after: dt.datetime
+    der: bytes = field(repr=False)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Rejection:
+    """Why a file, or one certificate in it, will not be trusted.
+
+    `code` is stable (for scripts and the journal); `message` is for a technician.
+    """
+
+    source: str
+    code: Reason
+    message: str
+    subject: str | None = None
+    sha256: str | None = None
+
+    def describe(self) -> str:
+        who = f" certificate {self.subject}" if self.subject else ""
+        return f"{self.source}:{who} rejected ({self.code}): {self.message}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Ignored:
+    """Something a file held that is expected and skipped, such as a leaf next to its chain."""
+
+    source: str
+    what: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class FileVerdict:
+    """Everything learned about one source file."""
+
+    source: str
+    format: str
+    accepted: tuple[TrustedCA, ...] = ()
+    rejected: tuple[Rejection, ...] = ()
+    ignored: tuple[Ignored, ...] = ()
+    content_sha256: str = ""
+
+    @property
+    def leaks_private_key(self) -> bool:
+        return any(r.code is Reason.PRIVATE_KEY for r in self.rejected)
+
+
+@dataclass(frozen=True, kw_only=True)
+class InstalledCA:
+    """A manifest entry: a CA edge-certd has installed and where it came from."""
+
+    sha256: str
+    subject: str
+    not_before: dt.datetime
+    not_after: dt.datetime
+    path: str
+    sources: tuple[str, ...]
+    installed_at: dt.datetime
+
+
+@dataclass(frozen=True, kw_only=True)
+class Plan:
+    """The difference between what is wanted and what is installed."""
+
+    add: tuple[TrustedCA, ...] = ()
+    remove: tuple[InstalledCA, ...] = ()
+
+    @property
+    def changes_trust(self) -> bool:
+        return bool(self.add or self.remove)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SourceProblem:
+    """A source directory that cannot be read safely; what it provided before is kept."""
+
+    path: str
+    reason: str
+
+    def describe(self) -> str:
+        return f"source directory {self.path}: {self.reason}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class LastChange:
+    """When trust last changed, and by how much."""
+
+    time: dt.datetime
+    added: int
+    removed: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class Note:
+    """Something a target or the sync wants a person to know; `code` keys the journal."""
+
+    code: str
+    message: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class SyncResult:
+    """Everything one sync learned and did: the one input for status.json, the journal,
+    the daemon's STATUS= line and the CLI's summary."""
+
+    time: dt.datetime
+    verdicts: tuple[FileVerdict, ...] = ()
+    source_problems: tuple[SourceProblem, ...] = ()
+    added: tuple[TrustedCA, ...] = ()
+    removed: tuple[InstalledCA, ...] = ()
+    managed: Mapping[str, InstalledCA] = field(default_factory=dict)
+    update_summary: str = ""
+    changed_files: tuple[str, ...] = ()
+    notes: tuple[Note, ...] = ()
+    last_change: LastChange | None = None
+    error: str | None = None  # set when trust could not be applied; the old state stays
+
+    @property
+    def rejected(self) -> tuple[Rejection, ...]:
+        return tuple(r for v in self.verdicts for r in v.rejected)
+
+    @property
+    def rejected_files(self) -> int:
+        return len({r.source for r in self.rejected})
+
+    @property
+    def trust_changed(self) -> bool:
+        return bool(self.added or self.removed)

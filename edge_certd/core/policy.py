@@ -1,0 +1,191 @@
+"""Certificate in, accept or reject with a reason. Pure."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import warnings
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import SignatureAlgorithmOID
+
+from edge_certd.core.model import Reason, Rejection, TrustedCA
+from edge_certd.core.text import printable
+
+# Curves that OpenSSL, Node, Java and mbedTLS on devices all verify.
+SUPPORTED_CURVES = ("secp256r1", "secp384r1", "secp521r1")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Rules:
+    """The policy knobs from the configuration, as plain values."""
+
+    allow_intermediate: bool = False
+    allow_expired: bool = False
+    min_rsa_bits: int = 2048
+    allow_sha1_signature: bool = False
+
+
+def fingerprint(cert: x509.Certificate) -> str:
+    return hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest()
+
+
+def display_subject(cert: x509.Certificate) -> str:
+    """The subject as one safe line: control characters escaped, long names cut."""
+    try:
+        with warnings.catch_warnings():
+            # cryptography >= 42 warns about over-long names; the name is cut below anyway.
+            warnings.simplefilter("ignore")
+            text = cert.subject.rfc4514_string()
+    except ValueError:
+        text = "<unreadable subject>"
+    return printable(text) or "<empty subject>"
+
+
+def is_self_issued(cert: x509.Certificate) -> bool:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # see judge(): over-long names warn when compared
+        return cert.issuer == cert.subject
+
+
+def is_ca(cert: x509.Certificate) -> bool:
+    try:
+        constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        return False
+    return bool(constraints.ca)
+
+
+def judge(cert: x509.Certificate, rules: Rules, now: dt.datetime, source: str) -> TrustedCA | Rejection:
+    """Decide whether `cert` may become a trusted root.
+
+    Args:
+        cert: the certificate.
+        rules: the policy.
+        now: the current time (UTC, timezone-aware); passed in so tests and clocks agree.
+        source: the file it came from, for the rejection message.
+
+    Returns:
+        A TrustedCA, or a Rejection whose code is one of: not_ca, not_self_signed,
+        bad_signature, weak_key, unsupported_key, weak_signature, expired, not_yet_valid.
+    """
+    with warnings.catch_warnings():
+        # cryptography >= 42 warns about over-long names when it compares or prints them;
+        # a hostile certificate must not spray stderr, and names are cut for display anyway.
+        warnings.simplefilter("ignore")
+        return _judge(cert, rules, now, source)
+
+
+def _judge(cert: x509.Certificate, rules: Rules, now: dt.datetime, source: str
+           ) -> TrustedCA | Rejection:
+    sha = fingerprint(cert)
+    subject = display_subject(cert)
+
+    def reject(code: Reason, message: str) -> Rejection:
+        return Rejection(source=source, code=code, message=message, subject=subject, sha256=sha)
+
+    if not is_ca(cert):
+        if cert.version == x509.Version.v1:
+            return reject(Reason.NOT_CA, "a version 1 certificate has no basicConstraints, so it cannot be a CA")
+        return reject(Reason.NOT_CA, "not a CA certificate (basicConstraints CA:TRUE is missing); "
+                      "this looks like a server or device certificate, copy the root CA instead")
+    self_issued = is_self_issued(cert)
+    if not self_issued and not rules.allow_intermediate:
+        issuer = printable(cert.issuer.rfc4514_string())
+        return reject(Reason.NOT_SELF_SIGNED, f"an intermediate CA issued by {issuer}, not a root; copy "
+                      "the root CA, or set policy.allow_intermediate: true")
+    # One public_key() per certificate: with OpenSSL 3 each call decodes the key afresh,
+    # and that decode is most of what judging a root costs (see bench/b4_restart.py).
+    try:
+        key = cert.public_key()
+    except (UnsupportedAlgorithm, ValueError):
+        return reject(Reason.UNSUPPORTED_KEY, "its public key type is not supported")
+    key_problem = _key_problem(key, rules)
+    if key_problem:
+        return reject(*key_problem)
+    hash_problem = _signature_hash_problem(cert, rules)
+    if hash_problem:
+        return reject(Reason.WEAK_SIGNATURE, hash_problem)
+    if self_issued and not _self_signature_verifies(cert, key):
+        return reject(Reason.BAD_SIGNATURE, "the self-signature does not verify: the certificate was "
+                      "altered or corrupted")
+    not_before, not_after = validity(cert)
+    if now > not_after and not rules.allow_expired:
+        return reject(Reason.EXPIRED, f"expired on {_iso(not_after)}")
+    if now < not_before:
+        return reject(Reason.NOT_YET_VALID, f"not valid until {_iso(not_before)}, but the device clock "
+                      f"reads {_iso(now)}; the clock may be wrong (check NTP / timedatectl)")
+    return TrustedCA(sha256=sha, subject=subject, not_before=not_before, not_after=not_after,
+                     der=cert.public_bytes(Encoding.DER))
+
+
+def validity(cert: x509.Certificate) -> tuple[dt.datetime, dt.datetime]:
+    """notBefore and notAfter as aware UTC datetimes on every cryptography version."""
+    if hasattr(cert, "not_valid_after_utc"):
+        return cert.not_valid_before_utc, cert.not_valid_after_utc
+    return (cert.not_valid_before.replace(tzinfo=dt.UTC),
+            cert.not_valid_after.replace(tzinfo=dt.UTC))
+
+
+def _key_problem(key: object, rules: Rules) -> tuple[Reason, str] | None:
+    if isinstance(key, rsa.RSAPublicKey):
+        if key.key_size < rules.min_rsa_bits:
+            return (Reason.WEAK_KEY, f"RSA key of {key.key_size} bits is below the minimum of "
+                    f"{rules.min_rsa_bits} (policy.min_rsa_bits)")
+        return None
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        if key.curve.name not in SUPPORTED_CURVES:
+            return (Reason.UNSUPPORTED_KEY, f"elliptic curve {key.curve.name} is not supported "
+                    f"(use one of {', '.join(SUPPORTED_CURVES)})")
+        return None
+    return (Reason.UNSUPPORTED_KEY, f"{type(key).__name__.replace('PublicKey', '')} keys are not "
+            "supported; use RSA or ECDSA (P-256, P-384, P-521)")
+
+
+def _signature_hash_problem(cert: x509.Certificate, rules: Rules) -> str | None:
+    try:
+        algorithm = cert.signature_hash_algorithm
+    except UnsupportedAlgorithm:
+        return "it is signed with an obsolete or unknown hash algorithm"
+    if isinstance(algorithm, hashes.MD5):
+        return "it is signed with MD5, which is broken"
+    if isinstance(algorithm, hashes.SHA1) and not rules.allow_sha1_signature:
+        return "it is signed with SHA-1, which is broken (policy.allow_sha1_signature)"
+    return None
+
+
+def _self_signature_verifies(cert: x509.Certificate, key: object) -> bool:
+    # Verify by hand for PKCS#1 v1.5 and ECDSA: cryptography >= 40's verify_directly_issued_by
+    # refuses SHA-1, which policy.allow_sha1_signature may allow. It handles RSA-PSS, which
+    # cryptography 38 (Debian 12) cannot check at all.
+    if cert.signature_algorithm_oid == SignatureAlgorithmOID.RSASSA_PSS:
+        if not hasattr(cert, "verify_directly_issued_by"):
+            return False
+        try:
+            cert.verify_directly_issued_by(cert)
+            return True
+        except (InvalidSignature, ValueError, TypeError, UnsupportedAlgorithm):
+            return False
+    algorithm = cert.signature_hash_algorithm
+    if algorithm is None:
+        return False
+    try:
+        if isinstance(key, rsa.RSAPublicKey):
+            key.verify(cert.signature, cert.tbs_certificate_bytes, padding.PKCS1v15(), algorithm)
+        elif isinstance(key, ec.EllipticCurvePublicKey):
+            key.verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(algorithm))
+        else:
+            return False
+    except (InvalidSignature, ValueError, UnsupportedAlgorithm):
+        return False
+    return True
+
+
+def _iso(moment: dt.datetime) -> str:
+    return moment.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+

@@ -1,0 +1,248 @@
+"""`edge-certd run`: the Type=notify service.
+
+Signal handlers and the watcher thread only record what happened and write a byte to a
+self-pipe. One loop wakes up, decides, and does all the work: syncs after a settle
+window, retries with backoff, rescans, checks expiry and pings the watchdog.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import selectors
+import signal
+import time
+import traceback
+from collections import deque
+from types import FrameType
+
+from edge_certd import journal as events
+from edge_certd.config import load_config
+from edge_certd.core.errors import ApplyError, ConfigError, EdgeCertdError
+from edge_certd.core.expiry import expiring
+from edge_certd.core.model import SyncResult
+from edge_certd.core.text import iso
+from edge_certd.daemon.notify import Notifier
+from edge_certd.daemon.status import status_line
+from edge_certd.daemon.watcher import SourceWatcher
+from edge_certd.store.fsutil import remove_stale_temp_files
+from edge_certd.store.state import DAEMON_NAME, StatePaths, load_manifest, save_report
+from edge_certd.sync.engine import Engine
+
+# A burst that never pauses still gets synced after this many settle windows.
+MAX_SETTLE_WINDOWS = 10
+# A file written without a close (an mmap, a crashed scp) is read after this long anyway.
+BUSY_MAX_AGE = 120.0
+
+
+class Daemon:
+    def __init__(self, config_path: str | None) -> None:
+        self.config_path = config_path
+        self.config, _ = load_config(config_path)
+        self.engine = Engine(self.config, heartbeat=self._heartbeat)
+        self.last_result: SyncResult | None = None
+        self.notifier = Notifier()
+        self.requests: deque[str] = deque()  # "reload", "stop", "rescan" from signal handlers
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.watcher = SourceWatcher(self.wake)
+        self.degraded: str | None = None
+        self.status_now = ""
+        self.config_problem: str | None = None  # a reload refused; the old config runs
+        self.retry_delay = 0.0
+        self.retry_at: float | None = None
+        self.dirty_since: float | None = None
+        self.last_event: float = 0.0
+
+    # -- called from other threads and signal handlers: record and wake, nothing else --
+
+    def wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"x")
+        except BlockingIOError:
+            pass  # the pipe is full, so the loop is already due to wake
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        self.requests.append("reload" if signum == signal.SIGHUP else "stop")
+        self.wake()
+
+    # -- the loop ------------------------------------------------------------------------
+
+    def run(self) -> int:
+        for signum in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._on_signal)
+        # The kernel may deliver a signal to a watcher thread; then select() in this thread
+        # is not interrupted and the Python handler waits for it. The C-level handler writes
+        # to this fd from any thread, so the loop wakes and the handler runs at once.
+        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+        # Only the daemon writes daemon.json, so a temp file of it is a killed daemon's.
+        remove_stale_temp_files(self.config.state_dir, (DAEMON_NAME,))
+        self._start_watching()
+        self._sync("start-up")
+        self._check_expiry()
+        self.notifier.ready(self.status_now)
+        selector = selectors.DefaultSelector()
+        selector.register(self._wake_r, selectors.EVENT_READ)
+        now = time.monotonic()
+        next_ping = now
+        next_rescan = now + self.config.watch.rescan_interval
+        next_expiry = now + self.config.expiry.check_interval
+        try:
+            while True:
+                now = time.monotonic()
+                if self.notifier.watchdog_interval and now >= next_ping:
+                    self.notifier.watchdog()
+                    next_ping = now + self.notifier.watchdog_interval
+                deadlines = [next_rescan, next_expiry]
+                if self.notifier.watchdog_interval:
+                    deadlines.append(next_ping)
+                if self.dirty_since is not None:
+                    deadlines.append(self._settle_deadline())
+                if self.retry_at is not None:
+                    deadlines.append(self.retry_at)
+                timeout = max(0.0, min(deadlines) - time.monotonic())
+                if selector.select(timeout):
+                    self._drain_pipe()
+                while self.requests:
+                    request = self.requests.popleft()
+                    if request == "stop":
+                        return self._stop()
+                    if request == "reload":
+                        self._reload()
+                changed, rewatch = self.watcher.take()
+                now = time.monotonic()
+                if rewatch:
+                    self._start_watching()
+                    changed = True
+                if changed:
+                    self.dirty_since = self.dirty_since or now
+                    self.last_event = now
+                if self.dirty_since is not None and now >= self._settle_deadline():
+                    self._sync("change")
+                elif self.retry_at is not None and now >= self.retry_at:
+                    self._sync("retry")
+                if now >= next_rescan:
+                    self._start_watching()  # a directory may have come back
+                    self._sync("rescan")
+                    next_rescan = now + self.config.watch.rescan_interval
+                if now >= next_expiry:
+                    self._check_expiry()
+                    next_expiry = now + self.config.expiry.check_interval
+        finally:
+            signal.set_wakeup_fd(-1)
+            self.watcher.stop()
+            selector.close()
+
+    def _settle_deadline(self) -> float:
+        settle = self.config.watch.settle_ms / 1000.0
+        assert self.dirty_since is not None
+        return min(self.last_event + settle, self.dirty_since + settle * MAX_SETTLE_WINDOWS)
+
+    def _drain_pipe(self) -> None:
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _start_watching(self) -> None:
+        try:
+            self.engine.ensure_drop_dir()
+        except EdgeCertdError as exc:
+            events.emit("source_error", str(exc), logging.WARNING, source=self.config.drop_dir)
+        dirs = [self.config.drop_dir, *self.config.keyvault_export_dirs]
+        for missing in self.watcher.watch(dirs):
+            logging.getLogger(events.LOGGER_NAME).info(
+                "%s does not exist yet; watching for it to appear", missing)
+
+    def _sync(self, why: str) -> None:
+        """Run one sync. Failures leave the previous trust in place and schedule a retry."""
+        self.dirty_since = None
+        busy = self.watcher.busy_paths(BUSY_MAX_AGE)
+        try:
+            self.last_result = self.engine.sync(busy=busy)
+        except ApplyError as exc:
+            self._degrade(str(getattr(exc, "short", None) or exc))
+        except EdgeCertdError as exc:  # a lock timeout or similar: same treatment
+            self._degrade(str(exc))
+        except Exception as exc:  # noqa: BLE001 - a bug must not take trust management down
+            # The trust state is whatever the last good sync left; say so and keep retrying.
+            events.emit("update_failed", f"internal error during sync, previous trust kept: "
+                        f"{exc!r}\n{traceback.format_exc()}", logging.ERROR,
+                        reason="internal_error")
+            self._degrade(f"internal error ({type(exc).__name__})")
+        else:
+            if self.degraded:
+                events.emit("synced", f"recovered after {why}: trust is up to date again")
+            self.degraded, self.retry_at, self.retry_delay = None, None, 0.0
+        # Built once per sync, from that sync's result.
+        self.status_now = self._status_line()
+        self.notifier.status(self.status_now)
+        self._record_daemon("degraded" if self.degraded else "running")
+
+    def _degrade(self, reason: str) -> None:
+        initial = min(self.config.watch.retry_initial_seconds, self.config.watch.retry_max_seconds)
+        self.retry_delay = min(self.retry_delay * 2 or initial, self.config.watch.retry_max_seconds)
+        self.retry_at = time.monotonic() + self.retry_delay
+        self.degraded = f"{reason}, retry in {self.retry_delay:.0f} s"
+
+    def _heartbeat(self) -> None:
+        if self.notifier.watchdog_interval:
+            self.notifier.watchdog()
+
+    def _reload(self) -> None:
+        self.notifier.reloading()
+        try:
+            config, _ = load_config(self.config_path)
+        except ConfigError as exc:
+            events.emit("config", f"reload refused, keeping the running configuration: {exc}",
+                        logging.ERROR, reason="config_invalid")
+            more = f" and {len(exc.problems) - 1} more" if len(exc.problems) > 1 else ""
+            self.config_problem = (f"configuration refused at reload ({exc.problems[0]}{more}), "
+                                   "running the previous one")
+        else:
+            self.config_problem = None
+            self.config = config
+            self.engine = Engine(config, heartbeat=self._heartbeat)
+            events.emit("config", "configuration reloaded")
+        self._start_watching()
+        self._sync("reload")
+        self.notifier.ready(self.status_now)
+
+    def _stop(self) -> int:
+        self.notifier.stopping()
+        self._record_daemon("stopped")
+        return 0
+
+    def _check_expiry(self) -> None:
+        now = dt.datetime.now(dt.UTC)
+        entries = load_manifest(StatePaths(self.config.state_dir)).entries.values()
+        for item in expiring(entries, self.config.expiry.warn_days, now):
+            ca, days = item.ca, item.days_left
+            what = ("has expired" if item.expired
+                    else f"expires in {days} days (warning at {item.threshold})")
+            events.emit("expiring", f'managed root CA "{ca.subject}" {what}, on '
+                        f"{iso(ca.not_after)}; drop its successor into {self.config.drop_dir}",
+                        logging.WARNING, sha256=ca.sha256, subject=ca.subject,
+                        reason=f"{days} days left")
+
+    def _status_line(self) -> str:
+        problems = "; ".join(p for p in (self.degraded, self.config_problem) if p)
+        return status_line(self.last_result, warn_days=self.config.expiry.warn_days,
+                           now=dt.datetime.now(dt.UTC), problem=problems or None)
+
+    def _record_daemon(self, state: str) -> None:
+        """daemon.json: the daemon's own record for `edge-certd status`; only it writes it."""
+        try:
+            save_report(StatePaths(self.config.state_dir).daemon, {
+                "pid": os.getpid(), "state": state, "status_line": self.status_now,
+                "degraded": self.degraded, "updated": iso(dt.datetime.now(dt.UTC))})
+        except EdgeCertdError:
+            pass  # daemon.json is for people; a full disk must not stop the service
+
+
+def run_daemon(config_path: str | None) -> int:
+    """Entry point for `edge-certd run`. Returns the exit code."""
+    events.setup_logging(to_journal=events.running_under_systemd() and events.journal_available())
+    daemon = Daemon(config_path)
+    return daemon.run()

@@ -1,0 +1,243 @@
+"""`edge-certd doctor`: check the device end to end, one line per check, then the gateway.
+
+The checks run in a fixed order, each as a probe (reads the disk, runs systemctl,
+connects to the gateway) followed by a pure judgement in `doctor_judge`:
+
+1. the configuration is valid (it was loaded, or no file exists and defaults apply);
+2. each source directory exists with a safe owner and mode;
+3. the service is active, when systemd runs;
+4. every managed CA is in ca_dir, the system bundle, edge-roots.pem and the Java
+   truststore (when one is written);
+5. the env file exists and every path in it exists;
+6. no managed CA expires within the warning window;
+7. the clock is not before the newest managed CA's notBefore;
+8. `verify` against the configured gateway, exactly as `edge-certd verify` with no
+   arguments would run it.
+
+A check that fails makes the exit code 1; a warning does not (the same rule as
+`verify`). Doctor only reads, with one exception shared with sync: while it looks
+at the trust targets it holds the state lock, so it never sees a sync half done.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import grp
+import os
+import pwd
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import TextIO
+
+from edge_certd.config import Config
+from edge_certd.core.errors import EdgeCertdError, LockTimeout, SourceError, WriteError
+from edge_certd.diagnose.doctor.judge import (
+    Check,
+    DirFacts,
+    EnvFacts,
+    Role,
+    ServiceFacts,
+    TargetFacts,
+    env_paths,
+    judge_clock,
+    judge_config,
+    judge_directory,
+    judge_env,
+    judge_expiry,
+    judge_gateway,
+    judge_manifest,
+    judge_service,
+    judge_target,
+)
+from edge_certd.diagnose.verify import request_for_config, verify_gateway
+from edge_certd.store.sources import DirectoryRules, check_directory
+from edge_certd.store.state import LoadedManifest, StatePaths, load_manifest, state_lock
+from edge_certd.targets.registry import enabled_targets
+
+__all__ = ["run_doctor"]
+
+# sd_booted(3): systemd is the init system exactly when this directory exists.
+SYSTEMD_RUN_DIR = "/run/systemd/system"
+UNIT = "edge-certd"
+SYSTEMCTL_TIMEOUT = 15.0
+# How long to wait for a running sync before judging the targets; an update with Java
+# hooks can take minutes, and judging mid-sync would report half-applied trust as broken.
+LOCK_WAIT = 60.0
+
+_FIX_INDENT = " " * len("[fail] ")
+
+
+def run_doctor(
+    config: Config, config_path: str, *, now: dt.datetime | None = None,
+    out: TextIO | None = None,
+) -> int:
+    """Run every check, print one line each, and return 0 when none failed, else 1.
+
+    Args:
+        config: the loaded configuration (loading it is the first check; an invalid
+            file never gets here, the CLI reports it with exit code 2).
+        config_path: where it came from, for the first line.
+        now: the time to judge expiry and the clock against; the system clock if None.
+        out: where to print; stdout if None.
+    """
+    stream = out or sys.stdout
+    moment = now or dt.datetime.now(dt.UTC)
+    results: list[Check] = []
+    for check in _checks(config, config_path, moment):
+        results.append(check)
+        print(check.line(), file=stream, flush=True)
+        if check.fix and check.status in ("fail", "warn"):
+            print(f"{_FIX_INDENT}fix: {check.fix}", file=stream)
+    print(_summary(results), file=stream)
+    return 1 if any(c.status == "fail" for c in results) else 0
+
+
+def _checks(config: Config, config_path: str, now: dt.datetime) -> Iterator[Check]:
+    yield judge_config(config_path, os.path.exists(config_path))
+    rules = DirectoryRules(config.sources.trusted_group, config.sources.check_ownership)
+    yield judge_directory(probe_directory(config.drop_dir, "drop", rules))
+    for path in config.keyvault_export_dirs:
+        yield judge_directory(probe_directory(path, "keyvault", rules))
+    yield judge_service(probe_service(config.on_change.systemctl))
+    try:
+        manifest, targets = probe_trust(config)
+    except LockTimeout as exc:
+        yield Check("trust targets", "fail", f"{exc}; a sync is still running",
+                    "run edge-certd doctor again when the sync has finished")
+        # The manifest is replaced atomically, so it is safe to read for the checks below.
+        manifest, targets = load_manifest(StatePaths(config.state_dir)), []
+    entries = list(manifest.entries.values())
+    yield judge_manifest(entries, manifest.problem, config.drop_dir)
+    if entries:
+        for target in targets:
+            yield judge_target(target, entries)
+    yield judge_env(probe_env(config.bundles.env_file))
+    yield judge_expiry(entries, config.expiry.warn_days, now, config.drop_dir)
+    yield judge_clock(entries, now)
+    yield check_gateway(config)
+
+
+# --------------------------------------------------------------------------- probes (I/O)
+
+
+def probe_directory(path: str, role: Role, rules: DirectoryRules) -> DirFacts:
+    """What a source directory looks like, and whether sync would refuse it."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return DirFacts(path, role, exists=False)
+    except OSError as exc:
+        return DirFacts(path, role, exists=True, problem=f"cannot be read ({exc.strerror})")
+    try:
+        check_directory(path, rules)
+        problem = None
+    except SourceError as exc:
+        problem = exc.reason
+    return DirFacts(path, role, exists=True, problem=problem, mode=stat.S_IMODE(info.st_mode),
+                    owner=f"{_user(info.st_uid)}:{_group(info.st_gid)}")
+
+
+def _user(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def _group(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
+
+
+def probe_service(systemctl: list[str]) -> ServiceFacts:
+    """`systemctl is-active edge-certd`, when systemd is the init system.
+
+    The command is the configuration's on_change.systemctl, the same one the daemon
+    uses to restart units, so a wrapper configured there is honoured here too.
+    """
+    if not os.path.isdir(SYSTEMD_RUN_DIR):
+        return ServiceFacts(systemd=False)
+    argv = [*systemctl, "is-active", UNIT]
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=SYSTEMCTL_TIMEOUT,
+                              check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        what = "timed out" if isinstance(exc, subprocess.TimeoutExpired) else str(exc)
+        return ServiceFacts(systemd=True, error=f"{' '.join(argv)}: {what}")
+    # is-active prints the state and exits 0 only for "active" (systemctl(1)).
+    state = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
+    if proc.returncode == 0:
+        return ServiceFacts(systemd=True, state=state or "active")
+    return ServiceFacts(systemd=True, state=state or f"unknown (exit {proc.returncode})")
+
+
+def probe_trust(config: Config) -> tuple[LoadedManifest, list[TargetFacts]]:
+    """The manifest and what each trust target holds, read under the state lock.
+
+    Raises:
+        LockTimeout: a sync held the lock for LOCK_WAIT seconds.
+    """
+    paths = StatePaths(config.state_dir)
+    with _lock_if_possible(paths):
+        manifest = load_manifest(paths)
+        targets = [TargetFacts(h.name, h.location, h.installed, h.skip_reason, h.fix)
+                   for target in enabled_targets(config) for h in target.holdings()]
+    return manifest, targets
+
+
+@contextlib.contextmanager
+def _lock_if_possible(paths: StatePaths) -> Iterator[None]:
+    """Hold the state lock when this user can take it; otherwise read without it.
+
+    Without the state directory nothing was ever synced, so there is nothing to wait
+    for, and doctor must not create it.
+    """
+    with contextlib.ExitStack() as stack:
+        if os.path.isdir(paths.state_dir):
+            # WriteError: no permission to open the lock file (not root); read as is.
+            with contextlib.suppress(WriteError):
+                stack.enter_context(state_lock(paths, LOCK_WAIT))
+        yield
+
+
+def probe_env(env_file: str) -> EnvFacts:
+    try:
+        with open(env_file, encoding="utf-8") as handle:
+            text = handle.read()
+    except FileNotFoundError:
+        return EnvFacts(env_file, present=False)
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        return EnvFacts(env_file, present=True, error=f"cannot be read ({reason})")
+    found = tuple((key, value, os.path.isfile(value)) for key, value in env_paths(text))
+    return EnvFacts(env_file, present=True, paths=found)
+
+
+def check_gateway(config: Config) -> Check:
+    """Run `verify` as `edge-certd verify` with no arguments does, and judge its report."""
+    gateway = config.gateway
+    if not gateway.host and not gateway.connection_string_file:
+        return Check("gateway", "skip", "no gateway configured (set gateway.host in the config)")
+    try:
+        request = request_for_config(config)
+    except EdgeCertdError as exc:
+        return Check("gateway", "fail", f"cannot verify: {exc}",
+                     "fix the gateway section of the configuration")
+    return judge_gateway(verify_gateway(request))
+
+
+def _summary(results: list[Check]) -> str:
+    failed = [c.name for c in results if c.status == "fail"]
+    warned = [c.name for c in results if c.status == "warn"]
+    if failed:
+        names = ", ".join(dict.fromkeys(failed))
+        return f"doctor: {len(failed)} of {len(results)} checks failed ({names})"
+    if warned:
+        noun = "warning" if len(warned) == 1 else "warnings"
+        return f"doctor: no check failed; {len(warned)} {noun} (warnings do not fail doctor)"
+    return "doctor: every check passed"

@@ -1,0 +1,256 @@
+"""What `doctor` concludes from what its probes saw. Pure: no disk, no clock, no network.
+
+Each `judge_*` function takes plain facts and returns one `Check`: a status, a line
+for a person and, when something is wrong, the fix.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from edge_certd.core.expiry import expiring
+from edge_certd.core.model import InstalledCA
+from edge_certd.diagnose.verify.model import VerifyReport, when
+
+__all__ = [
+    "Check",
+    "CheckStatus",
+    "DirFacts",
+    "EnvFacts",
+    "Role",
+    "ServiceFacts",
+    "TargetFacts",
+    "env_paths",
+    "judge_clock",
+    "judge_config",
+    "judge_directory",
+    "judge_env",
+    "judge_expiry",
+    "judge_gateway",
+    "judge_manifest",
+    "judge_service",
+    "judge_target",
+]
+
+# As in verify: "warn" is printed and never changes the exit code.
+CheckStatus = Literal["pass", "warn", "fail", "skip"]
+Role = Literal["drop", "keyvault"]  # which kind of source directory
+
+_SYNC = "run `edge-certd sync`"
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    status: CheckStatus
+    message: str
+    fix: str | None = None
+
+    def line(self) -> str:
+        return f"[{self.status}] {self.name}: {self.message}"
+
+
+@dataclass(frozen=True)
+class DirFacts:
+    """A source directory. `problem` is why sync would refuse it (SourceError.reason)."""
+
+    path: str
+    role: Role
+    exists: bool
+    problem: str | None = None
+    mode: int = 0
+    owner: str = ""  # user:group
+
+
+@dataclass(frozen=True)
+class ServiceFacts:
+    systemd: bool
+    state: str = ""  # what `systemctl is-active` printed
+    error: str | None = None  # systemctl could not be run
+
+
+@dataclass(frozen=True)
+class TargetFacts:
+    """One place the managed CAs must be. `installed` is None when it is not written."""
+
+    name: str
+    location: str
+    installed: frozenset[str] | None
+    skip_reason: str = ""
+    fix: str = ""  # what to do when a CA is missing here
+
+
+@dataclass(frozen=True)
+class EnvFacts:
+    path: str
+    present: bool
+    paths: tuple[tuple[str, str, bool], ...] = ()  # (key, path, exists)
+    error: str | None = None
+
+
+def judge_config(path: str, exists: bool) -> Check:
+    # An invalid file never reaches doctor: loading it fails first, with exit code 2.
+    if exists:
+        return Check("config", "pass", f"{path} is valid")
+    return Check("config", "pass", f"{path} does not exist, so every default applies")
+
+
+def judge_directory(facts: DirFacts) -> Check:
+    name = "drop dir" if facts.role == "drop" else "keyvault dir"
+    if not facts.exists:
+        if facts.role == "keyvault":
+            return Check(name, "pass", f"{facts.path} does not exist: not exported yet")
+        return Check(name, "fail", f"{facts.path} does not exist",
+                     f"{_SYNC}, which creates it with the right owner and mode")
+    if facts.problem:
+        # SourceError reasons end with "; run: <command>" when there is one to run.
+        reason, _, command = facts.problem.partition("; run: ")
+        return Check(name, "fail", f"{facts.path} {reason}", f"run: {command}" if command else None)
+    return Check(name, "pass", f"{facts.path} is safe (mode {facts.mode:04o}, owner {facts.owner})")
+
+
+def judge_service(facts: ServiceFacts) -> Check:
+    if not facts.systemd:
+        return Check("service", "skip", "no systemd")
+    if facts.error:
+        return Check("service", "fail", facts.error, "check that systemctl works on this device")
+    if facts.state == "active":
+        return Check("service", "pass", "edge-certd is active")
+    return Check("service", "fail", f"edge-certd is {facts.state}",
+                 "systemctl enable --now edge-certd; journalctl -u edge-certd says why it stopped")
+
+
+def judge_manifest(entries: Sequence[InstalledCA], problem: str | None, drop_dir: str) -> Check:
+    if problem:
+        return Check("managed CAs", "fail", problem,
+                     f"{_SYNC}; it rebuilds the manifest from ca_dir and the sources")
+    if not entries:
+        return Check("managed CAs", "warn", "none yet",
+                     f"copy the gateway's root CA (PEM) into {drop_dir}")
+    return Check("managed CAs", "pass", f"{_count(len(entries))}: {_subjects(entries)}")
+
+
+def judge_target(facts: TargetFacts, entries: Sequence[InstalledCA]) -> Check:
+    if facts.installed is None:
+        return Check(facts.name, "skip", f"not written: {facts.skip_reason}")
+    missing = [e for e in entries if e.sha256 not in facts.installed]
+    if missing:
+        shown = ", ".join(f"{e.subject} (sha256 {e.sha256[:16]})" for e in missing)
+        return Check(facts.name, "fail",
+                     f"{len(missing)} of {_count(len(entries))} missing from {facts.location}: "
+                     f"{shown}", facts.fix or _SYNC)
+    return Check(facts.name, "pass", f"holds every managed CA ({facts.location})")
+
+
+def env_paths(text: str) -> Iterator[tuple[str, str]]:
+    """The KEY=value lines of an env file whose value is an absolute path.
+
+    Reads what both `. file` and systemd's EnvironmentFile= accept: comments, blank
+    lines, an optional `export`, and values in single or double quotes.
+    """
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        line = line.removeprefix("export ").lstrip()
+        key, sep, value = line.partition("=")
+        if not sep:
+            continue
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            value = value[1:-1]
+        if value.startswith("/"):
+            yield key.strip(), value
+
+
+def judge_env(facts: EnvFacts) -> Check:
+    if not facts.present:
+        return Check("env file", "fail", f"{facts.path} is missing", f"{_SYNC}; it writes it")
+    if facts.error:
+        return Check("env file", "fail", f"{facts.path} {facts.error}")
+    missing = [f"{key}={path}" for key, path, exists in facts.paths if not exists]
+    if missing:
+        return Check("env file", "fail",
+                     f"{facts.path} points at missing files: {', '.join(missing)}",
+                     f"{_SYNC}; it rewrites the bundles and the env file")
+    return Check("env file", "pass",
+                 f"{facts.path} points at {len(facts.paths)} files, all present")
+
+
+def judge_expiry(entries: Sequence[InstalledCA], warn_days: Sequence[int], now: dt.datetime,
+                 drop_dir: str) -> Check:
+    """Expired is a failure; expiring within the window is a warning (it still works).
+    The window is core.expiry's, the same rule `status` and the daemon use."""
+    if not entries:
+        return Check("expiry", "skip", "no managed CA")
+    window_days = max(warn_days, default=0)
+    found = expiring(entries, warn_days, now)
+    expired = [e for e in found if e.expired]
+    soon = [e for e in found if not e.expired]
+    if expired:
+        shown = "; ".join(f"{e.ca.subject} expired on {when(e.ca.not_after)}" for e in expired)
+        return Check("expiry", "fail", shown,
+                     f"copy the gateway's current root CA into {drop_dir}; expired CAs are "
+                     "removed at the next sync")
+    if soon:
+        shown = "; ".join(f"{e.ca.subject} expires on {when(e.ca.not_after)} "
+                          f"(in {e.days_left} days)" for e in soon)
+        return Check("expiry", "warn", f"{shown}, within the {window_days}-day warning window",
+                     f"copy the gateway's renewed root CA into {drop_dir} before then")
+    first = min(entries, key=lambda e: e.not_after)
+    return Check("expiry", "pass", f"no managed CA expires within {window_days} days "
+                 f"(the first is {first.subject}, on {when(first.not_after)})")
+
+
+def judge_clock(entries: Sequence[InstalledCA], now: dt.datetime) -> Check:
+    """A clock before the newest CA's notBefore is certainly wrong: that CA exists."""
+    if not entries:
+        return Check("clock", "skip", "no managed CA to compare the clock with")
+    newest = max(entries, key=lambda e: e.not_before)
+    if now < newest.not_before:
+        return Check("clock", "fail",
+                     f"the clock reads {when(now)}, before {newest.subject} became valid "
+                     f"({when(newest.not_before)}), so TLS to the gateway will fail",
+                     "set the clock: enable NTP (timedatectl set-ntp true) or fix the RTC")
+    return Check("clock", "pass", f"{when(now)} is after the newest managed CA's notBefore "
+                 f"({when(newest.not_before)})")
+
+
+def judge_gateway(report: VerifyReport) -> Check:
+    target = _target(report)
+    details = "`edge-certd verify` shows every step"
+    if not report.ok:
+        if report.diagnosis is not None:
+            return Check("gateway", "fail", f"{target}: {report.diagnosis.message}",
+                         f"{report.diagnosis.fix} ({details})")
+        failed = next((s for s in report.steps if s.status != "pass"), None)
+        reason = failed.summary if failed else "the check failed"
+        return Check("gateway", "fail", f"{target}: {reason}", details)
+    tls = report.step("tls")
+    how = f"{tls.summary}, " if tls else ""
+    if report.warnings:
+        shown = "; ".join(s.summary for s in report.warnings)
+        return Check("gateway", "warn", f"{target} is reachable and trusted ({how}"
+                     f"{report.verification or 'verified'}), but: {shown}", details)
+    return Check("gateway", "pass", f"{target} is reachable and trusted ({how}"
+                 f"{report.verification or 'verified'}, hostname matches)")
+
+
+def _target(report: VerifyReport) -> str:
+    if not report.host:
+        return "(no gateway host)"
+    host = f"[{report.host}]" if ":" in report.host else report.host
+    return f"{host}:{report.port} ({report.protocol})"
+
+
+def _count(n: int) -> str:
+    return f"{n} managed CA{'s' if n != 1 else ''}"
+
+
+def _subjects(entries: Sequence[InstalledCA], limit: int = 3) -> str:
+    names = sorted(e.subject for e in entries)
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more

@@ -1,0 +1,216 @@
+"""The values `verify` passes around: the request, the steps, the report. Pure.
+
+Also the two small conversions every other verify module needs: a presented
+certificate (DER) into a `CertInfo`, and a moment into the one timestamp format
+the reports use.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Literal
+
+from cryptography import x509
+
+from edge_certd.diagnose.connstr import ConnectionString
+
+__all__ = [
+    "DEFAULT_PROTOCOL",
+    "PROTOCOL_PORTS",
+    "STEP_TITLES",
+    "CertInfo",
+    "Diagnosis",
+    "Status",
+    "Step",
+    "VerifyReport",
+    "VerifyRequest",
+    "cert_info",
+    "is_ip_literal",
+    "when",
+]
+
+# The ports IoT Edge's edgeHub publishes, one per upstream protocol.
+PROTOCOL_PORTS: dict[str, int] = {"mqtts": 8883, "amqps": 5671, "https": 443}
+DEFAULT_PROTOCOL = "mqtts"
+
+# "warn" never fails a check: a certificate that expires within warn_days still
+# works today, and failing on it would break scripts that gate on the exit code.
+Status = Literal["pass", "fail", "warn", "skip"]
+
+# Every step in the order it is reported; the keys are stable names for --json.
+STEP_TITLES: dict[str, str] = {
+    "connection_string": "connection string",
+    "dns": "DNS resolution",
+    "tcp": "TCP connect",
+    "tls": "TLS handshake",
+    "chain": "presented chain",
+    "verification": "chain verification",
+    "hostname": "hostname check",
+    "expiry": "certificate expiry",
+}
+
+
+@dataclass(frozen=True)
+class VerifyRequest:
+    """What to check and against which trust.
+
+    Attributes:
+        host: the gateway to connect to, or None when it could not be determined
+            (a connection string without GatewayHostName); the report then says why.
+        port: TCP port.
+        protocol: "mqtts", "amqps" or "https"; only used in messages and defaults.
+        servername: the name sent as SNI and checked against the SAN; None means `host`.
+        ca_files: PEM files whose certificates are trusted (nothing else is).
+        ca_explicit: True when ca_files came from --ca rather than edge-certd's defaults.
+        drop_dir: edge-certd's drop directory, named in the "root not trusted" fix.
+        timeout: seconds allowed for each of DNS, TCP connect and the TLS handshake.
+        connection_string: the device connection string, when one was given.
+        connection_string_source: where it came from, for messages.
+        warn_days: certificates expiring within this many days get a warning.
+    """
+
+    host: str | None
+    port: int
+    protocol: str = DEFAULT_PROTOCOL
+    servername: str | None = None
+    ca_files: tuple[str, ...] = ()
+    ca_explicit: bool = False
+    drop_dir: str = "/var/lib/edge-certd/drop"
+    timeout: float = 10.0
+    connection_string: ConnectionString | None = None
+    connection_string_source: str | None = None
+    warn_days: int = 30
+
+    @property
+    def expected_name(self) -> str | None:
+        """The name the certificate must carry: what the device puts in SNI."""
+        return self.servername or self.host
+
+
+@dataclass(frozen=True)
+class CertInfo:
+    """One certificate the server presented, as a person needs to see it."""
+
+    subject: str
+    issuer: str
+    not_before: dt.datetime
+    not_after: dt.datetime
+    sha256: str
+    dns_names: tuple[str, ...] = ()
+    ip_addresses: tuple[str, ...] = ()
+    is_ca: bool = False
+
+    @property
+    def self_signed(self) -> bool:
+        return self.subject == self.issuer
+
+    @property
+    def san(self) -> tuple[str, ...]:
+        """The subjectAltName entries as OpenSSL prints them: DNS:name, IP:address."""
+        return tuple(f"DNS:{n}" for n in self.dns_names) + tuple(
+            f"IP:{a}" for a in self.ip_addresses
+        )
+
+
+@dataclass(frozen=True)
+class Step:
+    """One check. `name` is a key of STEP_TITLES."""
+
+    name: str
+    status: Status
+    summary: str
+    details: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    """The one cause reported for a failed check, and what to do about it.
+
+    `cause` is a stable code for scripts (e.g. "untrusted-root", "hostname-mismatch").
+    """
+
+    cause: str
+    message: str
+    fix: str
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    host: str | None
+    port: int
+    protocol: str
+    servername: str | None
+    steps: tuple[Step, ...]
+    chain: tuple[CertInfo, ...] = ()
+    verification: str | None = None
+    diagnosis: Diagnosis | None = None
+    checked_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
+
+    @property
+    def ok(self) -> bool:
+        """True when every step passed or only warned, and nothing was diagnosed.
+
+        A warning (a certificate expiring within warn_days) does not fail the check;
+        a skipped step does, because steps are only skipped after an earlier failure.
+        """
+        return self.diagnosis is None and all(s.status in ("pass", "warn") for s in self.steps)
+
+    @property
+    def warnings(self) -> tuple[Step, ...]:
+        return tuple(s for s in self.steps if s.status == "warn")
+
+    def step(self, name: str) -> Step | None:
+        return next((s for s in self.steps if s.name == name), None)
+
+
+def is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def cert_info(der: bytes) -> CertInfo:
+    """Describe one DER certificate. Raises ValueError when it cannot be parsed."""
+    cert = x509.load_der_x509_certificate(der)
+    dns: tuple[str, ...] = ()
+    ips: tuple[str, ...] = ()
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        dns = tuple(san.get_values_for_type(x509.DNSName))
+        ips = tuple(str(a) for a in san.get_values_for_type(x509.IPAddress))
+    except (x509.ExtensionNotFound, ValueError):
+        pass
+    try:
+        is_ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except (x509.ExtensionNotFound, ValueError):
+        is_ca = False
+    return CertInfo(
+        subject=cert.subject.rfc4514_string(),
+        issuer=cert.issuer.rfc4514_string(),
+        not_before=_utc(cert, "not_valid_before"),
+        not_after=_utc(cert, "not_valid_after"),
+        sha256=hashlib.sha256(der).hexdigest(),
+        dns_names=dns,
+        ip_addresses=ips,
+        is_ca=is_ca,
+    )
+
+
+def _utc(cert: x509.Certificate, attr: str) -> dt.datetime:
+    # cryptography 42 added the *_utc properties and deprecated the naive ones;
+    # Debian 12's cryptography 38 has only the naive (UTC) ones.
+    aware = getattr(cert, attr + "_utc", None)
+    if isinstance(aware, dt.datetime):
+        return aware
+    naive: dt.datetime = getattr(cert, attr)
+    return naive.replace(tzinfo=dt.UTC)
+
+
+def when(moment: dt.datetime) -> str:
+    """A moment as the reports print it: UTC, to the second, with a Z."""
+    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

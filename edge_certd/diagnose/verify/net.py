@@ -1,0 +1,294 @@
+"""The side effects of `verify`: DNS, TCP, reading trust files and one TLS handshake.
+
+Each probe returns what it saw as plain data and never raises for a network or
+certificate problem; `verify_judge` turns that data into steps and a diagnosis.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryptography import x509
+
+from edge_certd.diagnose.verify.model import is_ip_literal
+
+__all__ = [
+    "Connected",
+    "Handshake",
+    "Resolved",
+    "Trust",
+    "load_trust",
+    "probe_chain_unverified",
+    "probe_dns",
+    "probe_tcp",
+    "probe_tls",
+]
+
+# The first byte of every TLS record is its content type: 20-23 (RFC 8446 section 5.1).
+# Anything else in reply to a ClientHello means the peer is not speaking TLS.
+_TLS_RECORD_TYPES = frozenset({20, 21, 22, 23})
+
+
+@dataclass(frozen=True)
+class Resolved:
+    addresses: tuple[tuple[int, tuple[Any, ...]], ...] = ()  # (family, sockaddr)
+    error: str | None = None
+    literal: bool = False
+
+    def hosts(self) -> tuple[str, ...]:
+        return tuple(str(sockaddr[0]) for _family, sockaddr in self.addresses)
+
+
+@dataclass
+class Connected:
+    sock: socket.socket | None
+    address: str = ""
+    elapsed_ms: float = 0.0
+    failures: list[tuple[str, str, str]] = field(default_factory=list)  # (address, kind, text)
+
+
+@dataclass
+class Handshake:
+    chain_der: list[bytes] = field(default_factory=list)
+    verified_der: list[bytes] = field(default_factory=list)
+    version: str | None = None
+    cipher: str | None = None
+    verify_code: int | None = None
+    verify_message: str | None = None
+    # "timeout", "eof", "not-tls", "reset" or "ssl" when the handshake itself failed.
+    error: str | None = None
+    error_text: str = ""
+    first_bytes: bytes = b""
+    elapsed_ms: float = 0.0
+
+
+@dataclass(frozen=True)
+class Trust:
+    context: ssl.SSLContext
+    loaded: tuple[str, ...]
+    problems: tuple[str, ...]
+    anchors: tuple[str, ...]  # subjects of every trusted CA, RFC 4514
+
+
+def probe_dns(host: str, port: int, timeout: float) -> Resolved:
+    if is_ip_literal(host):
+        info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)
+        return Resolved(addresses=tuple((i[0], i[4]) for i in info), literal=True)
+    if _is_special_invalid(host):
+        # RFC 6761 section 6.4: .invalid never resolves. Answer at once instead of
+        # waiting for a resolver that might still try the network.
+        return Resolved(error="names under .invalid never resolve (RFC 6761)")
+    # getaddrinfo() has no timeout of its own; run it in a daemon thread so a dead
+    # resolver cannot hang the check past the user's --timeout.
+    box: list[Any] = []
+
+    def lookup() -> None:
+        try:
+            box.append(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+        except (OSError, UnicodeError) as exc:
+            box.append(exc)
+
+    worker = threading.Thread(target=lookup, name="edge-certd-dns", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if not box:
+        return Resolved(error=f"no answer from the resolver within {timeout:g} s")
+    result = box[0]
+    if isinstance(result, BaseException):
+        text = result.strerror if isinstance(result, OSError) and result.strerror else str(result)
+        return Resolved(error=text)
+    seen: dict[tuple[Any, ...], int] = {}
+    for family, _type, _proto, _name, sockaddr in result:
+        seen.setdefault(tuple(sockaddr), family)
+    return Resolved(addresses=tuple((family, addr) for addr, family in seen.items()))
+
+
+def _is_special_invalid(host: str) -> bool:
+    name = host.rstrip(".").lower()
+    return name == "invalid" or name.endswith(".invalid")
+
+
+def probe_tcp(resolved: Resolved, timeout: float) -> Connected:
+    """Connect to each address in turn; the first that answers wins.
+
+    The caller owns (and must close) the socket in the result.
+    """
+    result = Connected(sock=None)
+    for family, sockaddr in resolved.addresses:
+        address = _format_sockaddr(family, sockaddr)
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        started = time.monotonic()
+        try:
+            sock.connect(sockaddr)
+        except TimeoutError:
+            sock.close()
+            result.failures.append((address, "timeout", f"timed out after {timeout:g} s"))
+            continue
+        except ConnectionRefusedError:
+            sock.close()
+            result.failures.append((address, "refused", "connection refused"))
+            continue
+        except OSError as exc:
+            sock.close()
+            result.failures.append((address, "error", exc.strerror or str(exc)))
+            continue
+        result.sock = sock
+        result.address = address
+        result.elapsed_ms = (time.monotonic() - started) * 1000
+        break
+    return result
+
+
+def _format_sockaddr(family: int, sockaddr: tuple[Any, ...]) -> str:
+    host, port = sockaddr[0], sockaddr[1]
+    return f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}"
+
+
+def load_trust(ca_files: Sequence[str]) -> Trust:
+    """A client context trusting exactly the certificates in `ca_files`.
+
+    Files that cannot be read are listed in `problems`, not raised, so the report
+    can say why no chain verifies.
+    """
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    # The hostname is judged separately (see verify.py), so that a wrong name and an
+    # untrusted chain are both reported; CERT_REQUIRED stays on.
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_REQUIRED
+    loaded: list[str] = []
+    problems: list[str] = []
+    for path in ca_files:
+        try:
+            context.load_verify_locations(cafile=path)
+        except FileNotFoundError:
+            problems.append(f"{path}: not found")
+        except ssl.SSLError:
+            problems.append(f"{path}: no certificate could be read from it")
+        except OSError as exc:
+            problems.append(f"{path}: {exc.strerror or exc}")
+        else:
+            loaded.append(path)
+    anchors = []
+    for der in context.get_ca_certs(binary_form=True):
+        try:
+            anchors.append(x509.load_der_x509_certificate(der).subject.rfc4514_string())
+        except ValueError:
+            continue
+    return Trust(context, tuple(loaded), tuple(problems), tuple(anchors))
+
+
+def probe_tls(
+    sock: socket.socket, context: ssl.SSLContext, sni: str | None, timeout: float
+) -> Handshake:
+    """Run one TLS handshake over `sock` through memory BIOs.
+
+    Memory BIOs rather than wrap_socket() because they let us see the raw bytes
+    a non-TLS server answers with, and put one deadline on the whole handshake.
+    """
+    result = Handshake()
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    try:
+        tls = context.wrap_bio(incoming, outgoing, server_hostname=sni)
+    except ValueError as exc:  # e.g. a servername OpenSSL refuses
+        result.error, result.error_text = "ssl", str(exc)
+        return result
+    started = time.monotonic()
+    deadline = started + timeout
+    while True:
+        try:
+            tls.do_handshake()
+            _flush(sock, outgoing)
+            break
+        except ssl.SSLWantReadError:
+            try:
+                _flush(sock, outgoing)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError
+                sock.settimeout(remaining)
+                data = sock.recv(65536)
+            except TimeoutError:
+                result.error = "timeout"
+                result.error_text = f"no TLS answer within {timeout:g} s"
+                break
+            except OSError as exc:
+                result.error, result.error_text = "reset", exc.strerror or str(exc)
+                break
+            if not data:
+                incoming.write_eof()
+            else:
+                if len(result.first_bytes) < 64:
+                    result.first_bytes += data[: 64 - len(result.first_bytes)]
+                incoming.write(data)
+        except ssl.SSLCertVerificationError as exc:
+            result.verify_code = exc.verify_code
+            result.verify_message = exc.verify_message
+            _flush(sock, outgoing, quiet=True)  # deliver our alert, as a real client would
+            break
+        except ssl.SSLError as exc:
+            closed = isinstance(exc, ssl.SSLEOFError | ssl.SSLZeroReturnError)
+            result.error = "eof" if closed else "ssl"
+            result.error_text = exc.reason or str(exc)
+            break
+    result.elapsed_ms = (time.monotonic() - started) * 1000
+    if result.error and result.first_bytes and result.first_bytes[0] not in _TLS_RECORD_TYPES:
+        result.error = "not-tls"
+    cipher = tls.cipher()
+    if cipher:
+        result.cipher, result.version = cipher[0], tls.version() or cipher[1]
+    # get_unverified_chain() is public from Python 3.13; before that the same method
+    # exists on the private _sslobj (added in 3.10, bpo-18233). It still answers after
+    # a failed verification, which is exactly when the chain matters most.
+    result.chain_der = _chain(tls, "get_unverified_chain")
+    if result.verify_code is None and result.error is None:
+        result.verified_der = _chain(tls, "get_verified_chain")
+    return result
+
+
+def _flush(sock: socket.socket, outgoing: ssl.MemoryBIO, quiet: bool = False) -> None:
+    data = outgoing.read()
+    if not data:
+        return
+    try:
+        sock.sendall(data)
+    except OSError:
+        if not quiet:
+            raise
+
+
+def _chain(tls: ssl.SSLObject, method: str) -> list[bytes]:
+    getter = getattr(tls, method, None) or getattr(getattr(tls, "_sslobj", None), method, None)
+    if getter is None:
+        return []
+    try:
+        certs = getter() or []
+    except (ssl.SSLError, ValueError):
+        return []
+    out: list[bytes] = []
+    for cert in certs:
+        if isinstance(cert, bytes | bytearray):
+            out.append(bytes(cert))
+        else:  # _ssl.Certificate
+            out.append(cert.public_bytes(ssl._ssl.ENCODING_DER))  # type: ignore[attr-defined]
+    return out
+
+
+def probe_chain_unverified(resolved: Resolved, sni: str | None, timeout: float) -> list[bytes]:
+    """A second, non-verifying handshake, only to see the chain the first one lost."""
+    connected = probe_tcp(resolved, timeout)
+    if connected.sock is None:
+        return []
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    try:
+        return probe_tls(connected.sock, context, sni, timeout).chain_der
+    finally:
+        connected.sock.close()

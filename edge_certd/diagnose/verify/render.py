@@ -1,0 +1,86 @@
+"""A verify report as text for a person and as JSON for a script. Pure."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from edge_certd.diagnose.verify.model import STEP_TITLES, VerifyReport, when
+
+__all__ = ["render_text", "report_to_json"]
+
+
+def render_text(report: VerifyReport) -> str:
+    """The human-readable report: one line per step, then the diagnosis and fix.
+
+    The last line is `Result: OK` or `Result: FAILED`. Warnings (a certificate
+    expiring within warn_days) are counted on an OK result, because they do not
+    fail the check: the exit code is 0 whenever nothing failed.
+    """
+    target = f"{report.host}:{report.port}" if report.host else "(no gateway host)"
+    if report.host and ":" in report.host:
+        target = f"[{report.host}]:{report.port}"
+    sni = f", SNI {report.servername}" if report.servername else ""
+    lines = [f"Verifying {target} ({report.protocol}{sni})"]
+    for step in report.steps:
+        lines.append(f"  [{step.status}] {STEP_TITLES.get(step.name, step.name)}: {step.summary}")
+        lines.extend(f"         {detail}" for detail in step.details)
+    if report.verification:
+        lines.append(report.verification)
+    if report.diagnosis:
+        lines.append(f"Diagnosis: {report.diagnosis.message}")
+        lines.append(f"Fix: {report.diagnosis.fix}")
+    lines.append(_result_line(report))
+    return "\n".join(lines) + "\n"
+
+
+def _result_line(report: VerifyReport) -> str:
+    if not report.ok:
+        return "Result: FAILED"
+    count = len(report.warnings)
+    if not count:
+        return "Result: OK"
+    noun = "warning" if count == 1 else "warnings"
+    return f"Result: OK, with {count} {noun} (warnings do not fail the check)"
+
+
+def report_to_json(report: VerifyReport) -> dict[str, Any]:
+    """The same result as a JSON-ready dict. Holds no secrets (the connection string
+    appears only in redacted form, in the connection_string step).
+
+    `ok` is true when nothing failed; `warnings` names the steps that only warned.
+    """
+    return {
+        "ok": report.ok,
+        "warnings": [s.name for s in report.warnings],
+        "host": report.host,
+        "port": report.port,
+        "protocol": report.protocol,
+        "servername": report.servername,
+        "checked_at": when(report.checked_at),
+        "steps": [
+            {"name": s.name, "status": s.status, "summary": s.summary, "details": list(s.details)}
+            for s in report.steps
+        ],
+        "chain": [
+            {
+                "subject": c.subject,
+                "issuer": c.issuer,
+                "not_before": when(c.not_before),
+                "not_after": when(c.not_after),
+                "sha256": c.sha256,
+                "san": list(c.san),
+                "is_ca": c.is_ca,
+            }
+            for c in report.chain
+        ],
+        "verification": report.verification,
+        "diagnosis": (
+            None
+            if report.diagnosis is None
+            else {
+                "cause": report.diagnosis.cause,
+                "message": report.diagnosis.message,
+                "fix": report.diagnosis.fix,
+            }
+        ),
+    }

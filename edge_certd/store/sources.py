@@ -1,0 +1,284 @@
+"""Reading source directories safely.
+
+Regular files only, never a symlink out of the directory, never past the size limit, and
+never from a directory that someone other than root or the trusted group can write.
+"""
+
+from __future__ import annotations
+
+import grp
+import hashlib
+import os
+import re
+import stat
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from edge_certd.core.errors import SourceError
+from edge_certd.core.model import Reason
+from edge_certd.core.text import printable
+from edge_certd.store.fsutil import ensure_directory
+
+# Names that are half-written or editor leftovers; acting on them would install a partial file.
+# rsync and many tools write ".name.XXXXXX" and rename, so every dotfile is skipped.
+TEMPORARY_SUFFIXES = (
+    "~", ".swp", ".swx", ".swo", ".part", ".partial", ".tmp", ".temp",
+    ".filepart",  # WinSCP, which many technicians use instead of scp
+    ".crdownload", ".dpkg-new", ".dpkg-tmp", ".dpkg-old", ".bak",
+)
+
+# A Key Vault object version: 32 lower-case hex digits, as in
+# https://<vault>.vault.azure.net/certificates/<name>/<version>.
+_KEYVAULT_VERSION = re.compile(r"[0-9a-f]{32}")
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """One entry of a source directory.
+
+    Exactly one of `data` and `problem` is set. `problem` is a (code, message) pair.
+    """
+
+    path: str  # for people and the manifest: control characters escaped
+    data: bytes | None
+    problem: tuple[Reason, str] | None = None
+    fs_path: str = ""  # the real name on disk, for tighten_mode
+
+    @property
+    def content_sha256(self) -> str:
+        return hashlib.sha256(self.data).hexdigest() if self.data is not None else ""
+
+
+@dataclass(frozen=True)
+class DirectoryRules:
+    trusted_group: str = "edge-certd"
+    check_ownership: bool = True
+
+
+def is_temporary_name(name: str) -> bool:
+    """True for dotfiles and the temp names that scp, rsync, WinSCP and editors leave."""
+    return name.startswith(".") or name.endswith(TEMPORARY_SUFFIXES)
+
+
+def check_directory(path: str, rules: DirectoryRules) -> None:
+    """Refuse a directory anyone untrusted could write.
+
+    Raises:
+        SourceError: it is missing, not a directory, world-writable or wrongly owned.
+    """
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise SourceError(path, "does not exist") from None
+    except OSError as exc:
+        raise SourceError(path, f"cannot be read ({exc.strerror})") from None
+    if not stat.S_ISDIR(info.st_mode):
+        raise SourceError(path, "is not a directory")
+    mode = stat.S_IMODE(info.st_mode)
+    if mode & stat.S_IWOTH:
+        raise SourceError(path, f"is world-writable (mode {mode:04o}), so anyone on the device "
+                          f"could make it trust a CA; run: chmod o-w {path}")
+    if not rules.check_ownership:
+        return
+    trusted_gid = _group_id(rules.trusted_group)
+    if info.st_uid not in (0, os.geteuid()) and info.st_gid != trusted_gid:
+        raise SourceError(path, f"is owned by uid {info.st_uid}, not by root or the "
+                          f"{rules.trusted_group} group; run: "
+                          f"chown root:{rules.trusted_group} {path}")
+    if mode & stat.S_IWGRP and info.st_gid not in (0, trusted_gid, os.getegid()):
+        raise SourceError(path, f"is writable by group id {info.st_gid}, which is not "
+                          f"{rules.trusted_group}; run: chmod g-w {path}")
+
+
+def scan_directory(path: str, max_bytes: int) -> list[SourceFile]:
+    """Read every candidate file directly inside `path`, in name order.
+
+    Raises:
+        SourceError: the directory itself cannot be listed.
+    """
+    try:
+        dir_fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise SourceError(path, f"cannot be opened ({exc.strerror})") from None
+    try:
+        names = sorted(os.listdir(dir_fd))
+        real_dir = os.path.realpath(path)
+        versions = linked_versions(path, real_dir, names)
+        files = []
+        for name in names:
+            if is_temporary_name(name) or name in versions:
+                continue
+            files.append(read_entry(path, real_dir, dir_fd, name, max_bytes))
+        return files
+    finally:
+        os.close(dir_fd)
+
+
+def linked_versions(path: str, real_dir: str, names: Sequence[str]) -> frozenset[str]:
+    """Version files `<stem>.<version>` that a symlink in the directory points into.
+
+    The KeyVaultForLinux VM extension writes `<Vault>.<Cert>.<version>` for every version
+    it fetches, does not promise to delete the old ones, and points the symlink
+    `<Vault>.<Cert>` at the newest. Only the link is read: reading old versions would keep
+    trusting a CA that Key Vault rotated away, and reading the newest directly too would
+    name it twice. A link that leaves the directory supersedes nothing (it is refused when
+    read). The pattern is this specific, so it applies to every source directory alike.
+    """
+    stems = set()
+    for name in names:
+        link = os.path.join(path, name)
+        if not os.path.islink(link):
+            continue
+        real = os.path.realpath(link)
+        stem = _version_stem(os.path.basename(real))
+        if stem and os.path.dirname(real) == real_dir:
+            stems.add(stem)
+    return frozenset(name for name in names if _version_stem(name) in stems
+                     and not os.path.islink(os.path.join(path, name)))
+
+
+def _version_stem(name: str) -> str | None:
+    """`<stem>` of `<stem>.<Key Vault version>`, else None."""
+    stem, _, version = name.rpartition(".")
+    return stem if stem and _KEYVAULT_VERSION.fullmatch(version) else None
+
+
+def read_entry(path: str, real_dir: str, dir_fd: int, name: str, max_bytes: int) -> SourceFile:
+    """Read one directory entry under every rule above; never raises for a bad entry."""
+    shown = os.path.join(path, printable(name, limit=255))
+    entry = _read_entry(shown, real_dir, dir_fd, path, name, max_bytes)
+    return SourceFile(entry.path, entry.data, entry.problem, os.path.join(path, name))
+
+
+def _read_entry(shown: str, real_dir: str, dir_fd: int, path: str, name: str,
+                max_bytes: int) -> SourceFile:
+    try:
+        info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except OSError as exc:
+        return SourceFile(shown, None, (Reason.UNREADABLE, f"cannot be read ({exc.strerror})"))
+    target = name
+    if stat.S_ISLNK(info.st_mode):
+        resolved = _resolve_inside(os.path.join(path, name), real_dir)
+        if isinstance(resolved, tuple):
+            return SourceFile(shown, None, resolved)
+        target = resolved
+        try:
+            info = os.stat(target, dir_fd=dir_fd, follow_symlinks=False)
+        except OSError as exc:
+            return SourceFile(shown, None, (Reason.UNREADABLE, f"cannot be read ({exc.strerror})"))
+    kind_problem = _not_regular(info)
+    if kind_problem:
+        return SourceFile(shown, None, kind_problem)
+    if info.st_nlink > 1:
+        return SourceFile(shown, None, (Reason.HARD_LINK, f"is a hard link ({info.st_nlink} names); "
+                                        "copy the file instead of linking it"))
+    if info.st_size > max_bytes:
+        return SourceFile(shown, None, _too_large(max_bytes))
+    return _read_limited(shown, dir_fd, target, max_bytes)
+
+
+def _resolve_inside(link: str, real_dir: str) -> str | tuple[Reason, str]:
+    """The symlink's target name when it stays inside the directory, else a problem."""
+    try:
+        real = os.path.realpath(link, strict=True)
+    except FileNotFoundError:
+        return (Reason.DANGLING_SYMLINK, "is a symlink to a file that does not exist")
+    except OSError as exc:
+        return (Reason.SYMLINK_LOOP, f"is a symlink that cannot be resolved ({exc.strerror})")
+    if os.path.dirname(real) != real_dir:
+        return (Reason.SYMLINK_OUTSIDE, f"is a symlink to {printable(real)}, outside the source "
+                "directory; edge-certd only follows links that stay inside it")
+    return os.path.basename(real)
+
+
+def _not_regular(info: os.stat_result) -> tuple[Reason, str] | None:
+    if stat.S_ISREG(info.st_mode):
+        return None
+    kinds = {stat.S_IFDIR: "a directory", stat.S_IFIFO: "a FIFO (named pipe)",
+             stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a character device",
+             stat.S_IFBLK: "a block device"}
+    kind = kinds.get(stat.S_IFMT(info.st_mode), "not a regular file")
+    return (Reason.NOT_REGULAR_FILE, f"is {kind}, not a regular file")
+
+
+def _too_large(max_bytes: int) -> tuple[Reason, str]:
+    return (Reason.TOO_LARGE, f"is larger than {max_bytes} bytes (policy.max_file_bytes); "
+            "a root CA file is a few kilobytes")
+
+
+def _read_limited(shown: str, dir_fd: int, name: str, max_bytes: int) -> SourceFile:
+    # O_NOFOLLOW: the entry could be swapped for a symlink after the checks above.
+    # O_NONBLOCK: opening a FIFO swapped in must not hang the daemon.
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+    try:
+        fd = os.open(name, flags, dir_fd=dir_fd)
+    except OSError as exc:
+        return SourceFile(shown, None, (Reason.UNREADABLE, f"cannot be opened ({exc.strerror})"))
+    try:
+        info = os.fstat(fd)
+        kind_problem = _not_regular(info)
+        if kind_problem:
+            return SourceFile(shown, None, kind_problem)
+        chunks = []
+        remaining = max_bytes + 1  # one byte more tells "exactly the limit" from "over it"
+        while remaining > 0:
+            chunk = os.read(fd, min(remaining, 65536))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            remaining -= len(chunk)
+    except OSError as exc:
+        return SourceFile(shown, None, (Reason.UNREADABLE, f"cannot be read ({exc.strerror})"))
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    if len(data) > max_bytes:
+        return SourceFile(shown, None, _too_large(max_bytes))
+    return SourceFile(shown, data)
+
+
+def tighten_mode(path: str) -> bool:
+    """chmod 0600 a file that holds a private key; True when the mode changed."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or stat.S_IMODE(info.st_mode) & 0o077 == 0:
+            return False
+        os.fchmod(fd, stat.S_IMODE(info.st_mode) & 0o700 | 0o600)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def _group_id(name: str) -> int | None:
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        return None
+
+
+DROP_DIR_MODE = 0o2770  # setgid: files a technician drops keep the edge-certd group
+
+
+def ensure_drop_dir(path: str, group: str) -> None:
+    """Create the drop directory when missing: root and `group` may write, nobody else.
+
+    Raises:
+        WriteError: it cannot be created.
+    """
+    if os.path.isdir(path):
+        return
+    ensure_directory(path, 0o755)
+    gid = _group_id(group)
+    try:
+        if gid is None:
+            raise KeyError(group)
+        os.chown(path, -1, gid)
+        os.chmod(path, DROP_DIR_MODE)
+    except (KeyError, OSError):
+        os.chmod(path, 0o700)  # no such group here: only the owner may drop files

@@ -1,0 +1,268 @@
+"""scan → judge → plan → apply → record, under the state lock."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from collections.abc import Callable, Mapping, Sequence
+
+from edge_certd.config import Config
+from edge_certd.core.errors import ApplyError, EdgeCertdError, SourceError
+from edge_certd.core.model import (
+    FileVerdict,
+    InstalledCA,
+    LastChange,
+    Note,
+    SourceKind,
+    SourceProblem,
+    SyncResult,
+)
+from edge_certd.core.plan import Held, Wanted, make_plan, wanted_set
+from edge_certd.core.policy import Rules
+from edge_certd.core.verdict import judge_file
+from edge_certd.store.fsutil import read_bytes_quietly, remove_stale_temp_files
+from edge_certd.store.sources import (
+    DirectoryRules,
+    SourceFile,
+    check_directory,
+    ensure_drop_dir,
+    scan_directory,
+    tighten_mode,
+)
+from edge_certd.store.state import (
+    LoadedManifest,
+    StatePaths,
+    clear_pending,
+    is_pending,
+    load_blocked,
+    load_manifest,
+    mark_pending,
+    remove_stale_state_temp_files,
+    save_manifest,
+    state_lock,
+)
+from edge_certd.store.verdict_cache import CACHE_NAME, VerdictCache
+from edge_certd.sync import journal_events, record
+from edge_certd.sync.onchange import run_on_change
+from edge_certd.targets.base import Change
+from edge_certd.targets.registry import followers, system_store
+from edge_certd.targets.system import load_installed
+
+
+def rules_from(config: Config) -> Rules:
+    p = config.policy
+    return Rules(allow_intermediate=p.allow_intermediate, allow_expired=p.allow_expired,
+                 min_rsa_bits=p.min_rsa_bits, allow_sha1_signature=p.allow_sha1_signature)
+
+
+def read_passwords(config: Config) -> list[bytes]:
+    """PFX passwords, one per file (trailing newline dropped). Unreadable files are skipped."""
+    passwords = []
+    for path in config.pfx_password_files:
+        data = read_bytes_quietly(path)
+        if data is not None:
+            passwords.append(data.rstrip(b"\r\n"))
+    return passwords
+
+
+def source_dirs(config: Config) -> list[tuple[str, SourceKind]]:
+    return [(config.drop_dir, SourceKind.DROP)] + [
+        (d, SourceKind.KEYVAULT) for d in config.keyvault_export_dirs]
+
+
+class Engine:
+    """The sync engine for one configuration. Holds the targets; owns no long-lived state.
+
+    Args:
+        heartbeat: called about once a second while the trust-store update runs, so the
+            daemon can keep pinging systemd's watchdog.
+    """
+
+    def __init__(self, config: Config, heartbeat: Callable[[], None] | None = None) -> None:
+        self.config = config
+        self.paths = StatePaths(config.state_dir)
+        self.system = system_store(config, heartbeat)
+        self.followers = followers(config)
+        self.dir_rules = DirectoryRules(config.sources.trusted_group,
+                                        config.sources.check_ownership)
+
+    def ensure_drop_dir(self, force: bool = False) -> None:
+        """Create the drop directory when missing (see store.sources.ensure_drop_dir).
+
+        A drop directory that disappears after CAs came from it is not recreated (unless
+        `force`, for `edge-certd add`): recreating it empty would remove them all at once.
+        """
+        if os.path.isdir(self.config.drop_dir):
+            return
+        prefix = self.config.drop_dir.rstrip("/") + "/"
+        provided = any(source.startswith(prefix)
+                       for entry in load_manifest(self.paths).entries.values()
+                       for source in entry.sources)
+        if force or not provided:
+            ensure_drop_dir(self.config.drop_dir, self.config.sources.trusted_group)
+
+    def judge_sources(self, now: dt.datetime, busy: frozenset[str] = frozenset()
+                      ) -> tuple[list[FileVerdict], list[SourceProblem]]:
+        """Read and judge every source file. Bad files become verdicts, never exceptions.
+
+        Files in `busy` are still being written; they are skipped this time. Files that
+        leak a private key from the drop directory get mode 0600 afterwards.
+        """
+        rules = rules_from(self.config)
+        passwords = read_passwords(self.config)
+        cache = VerdictCache(self.config.state_dir, rules, passwords)
+        verdicts: list[FileVerdict] = []
+        problems: list[SourceProblem] = []
+        leaking: list[str] = []
+        for directory, kind in source_dirs(self.config):
+            if kind is SourceKind.KEYVAULT and not os.path.exists(directory):
+                continue  # not exported yet: nothing to trust, nothing wrong
+            try:
+                check_directory(directory, self.dir_rules)
+                files = scan_directory(directory, self.config.policy.max_file_bytes)
+            except SourceError as exc:
+                problems.append(SourceProblem(path=exc.path, reason=exc.reason))
+                continue
+            for source in files:
+                if source.fs_path in busy:
+                    continue
+                verdict = _judge_cached(cache, source, kind, rules, now, passwords)
+                if verdict.leaks_private_key:
+                    leaking.append(source.fs_path)
+                verdicts.append(verdict)
+        for path in leaking:
+            tighten_mode(path)
+        try:
+            cache.save()
+        except EdgeCertdError:
+            pass  # a full state disk costs time on the next start, nothing else
+        return verdicts, problems
+
+    def sync(self, now: dt.datetime | None = None, busy: frozenset[str] = frozenset()
+             ) -> SyncResult:
+        """Bring every target in line with the sources.
+
+        Raises:
+            ApplyError: the trust store could not be updated; the previous state is kept,
+                and the next sync retries.
+        """
+        now = now or dt.datetime.now(dt.UTC)
+        with state_lock(self.paths):
+            try:
+                self.ensure_drop_dir()
+            except EdgeCertdError:
+                pass  # reported by the sync as a source problem
+            return self._sync_locked(now, busy)
+
+    def _remove_stale_temp_files(self) -> None:
+        # A crash mid-write leaves a temp file; under the lock no live writer owns one.
+        remove_stale_temp_files(self.system.ca_dir)
+        remove_stale_state_temp_files(self.paths)
+        remove_stale_temp_files(self.paths.state_dir, (CACHE_NAME, journal_events.MEMORY_NAME))
+        remove_stale_temp_files(self.config.bundles.dir)
+        env_file = self.config.bundles.env_file
+        remove_stale_temp_files(os.path.dirname(env_file), (os.path.basename(env_file),))
+
+    def _sync_locked(self, now: dt.datetime, busy: frozenset[str]) -> SyncResult:
+        self._remove_stale_temp_files()
+        loaded = load_manifest(self.paths)
+        notes: list[Note] = []
+        if loaded.problem:
+            notes.append(Note(code="manifest_corrupt", message=loaded.problem))
+        present = self.system.present()
+        verdicts, problems = self.judge_sources(now, busy)
+        held_paths = [p.path.rstrip("/") + "/" for p in problems] + sorted(busy)
+        wanted = wanted_set(verdicts, removed_by_operator=load_blocked(self.paths),
+                            held=_held(held_paths, loaded.entries, present))
+        for sha, sources in wanted.stay_removed.items():
+            notes.append(Note(code="stays_removed", message=(
+                f"sha256 {sha[:16]}… stays removed (edge-certd remove); its source "
+                f"{', '.join(sources)} is still there")))
+        plan = make_plan(wanted.cas, present)
+        change = Change(managed=wanted.managed(), plan=plan)
+        update_summary = ""
+        changed_files: list[str] = []
+        last_change = loaded.last_change
+        if plan.changes_trust:
+            last_change = LastChange(time=now, added=len(plan.add), removed=len(plan.remove))
+        managed = self._manifest_entries(wanted, loaded.entries, now)
+        try:
+            if plan.changes_trust:
+                mark_pending(self.paths)
+                outcome = self.system.apply(change)
+                update_summary = outcome.detail
+                notes.extend(outcome.notes)
+            elif is_pending(self.paths):
+                update_summary = self.system.run_update(fresh=True).describe()
+            for target in self.followers:  # they copy the system bundle just rebuilt
+                outcome = target.apply(change)
+                notes.extend(outcome.notes)
+                if outcome.changed:
+                    changed_files.append(outcome.detail)
+            save_manifest(self.paths, managed, last_change)
+            clear_pending(self.paths)
+        except ApplyError as exc:
+            failed = SyncResult(time=now, verdicts=tuple(verdicts),
+                                source_problems=tuple(problems), managed=loaded.entries,
+                                notes=tuple(notes), last_change=loaded.last_change,
+                                error=str(exc))
+            journal_events.log_failure(failed, exc)
+            record.write_status(self.paths, failed, self.config)
+            raise
+        result = SyncResult(
+            time=now, verdicts=tuple(verdicts), source_problems=tuple(problems),
+            added=plan.add, removed=plan.remove, managed=managed, update_summary=update_summary,
+            changed_files=tuple(changed_files), notes=tuple(notes), last_change=last_change)
+        journal_events.log_sync(result, self.paths)
+        if result.trust_changed:
+            run_on_change(self.config.on_change)
+        record.write_status(self.paths, result, self.config)
+        return result
+
+    def _manifest_entries(self, wanted: Wanted, old: Mapping[str, InstalledCA],
+                          now: dt.datetime) -> dict[str, InstalledCA]:
+        entries = {}
+        for sha, ca in wanted.cas.items():
+            previous = old.get(sha)
+            entries[sha] = InstalledCA(
+                sha256=sha, subject=ca.subject, not_before=ca.not_before, not_after=ca.not_after,
+                path=self.system.path_for(ca), sources=wanted.sources[sha],
+                installed_at=previous.installed_at if previous else now)
+        return entries
+
+
+def _judge_cached(cache: VerdictCache, source: SourceFile, kind: SourceKind, rules: Rules,
+                  now: dt.datetime, passwords: Sequence[bytes]) -> FileVerdict:
+    if source.data is None:
+        return judge_file(source.path, None, source.problem, kind, rules, now, passwords)
+    key = cache.key(source.content_sha256, kind)
+    verdict = cache.get(key, source.path, now)
+    if verdict is None:
+        verdict = judge_file(source.path, source.data, None, kind, rules, now, passwords)
+        cache.put(key, verdict)
+    return verdict
+
+
+def _held(held_paths: Sequence[str], manifest: Mapping[str, InstalledCA],
+          present: Mapping[str, InstalledCA]) -> dict[str, Held]:
+    """What sources that cannot be read right now provided before, read back from ca_dir.
+
+    `held_paths` are directories ending in "/" (unsafe right now: no new files are taken
+    from them, but what they gave stays) and files being written (their old content stays
+    trusted until the new one is complete).
+    """
+    held: dict[str, Held] = {}
+    for prefix in held_paths:
+        for sha, entry in manifest.items():
+            sources = tuple(s for s in entry.sources if s == prefix or
+                            (prefix.endswith("/") and s.startswith(prefix)))
+            if not sources or sha not in present:
+                continue
+            ca = load_installed(present[sha].path)
+            if ca is not None:
+                before = held[sha].sources if sha in held else ()
+                held[sha] = Held(ca=ca, sources=before + sources)
+    return held
+
+
+__all__ = ["Engine", "LoadedManifest", "read_passwords", "rules_from", "source_dirs"]

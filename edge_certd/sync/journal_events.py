@@ -1,0 +1,95 @@
+"""What a sync tells the journal: installs, removals, notes, and each problem once.
+
+"Once" needs a memory across syncs and processes (the daemon, the CLI): the problems
+logged by the last sync are kept in `journal-memory.json` in the state directory, read and
+written under the state lock. A problem still present is not logged again; one that went
+away and came back is.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+from edge_certd import journal
+from edge_certd.core.errors import ApplyError, EdgeCertdError
+from edge_certd.core.model import Reason, SyncResult
+from edge_certd.core.text import plural
+from edge_certd.store.fsutil import read_bytes_quietly, write_atomic
+from edge_certd.store.state import StatePaths
+
+MEMORY_NAME = "journal-memory.json"
+
+# Notes that deserve a journal line, with their event kind and level; the rest are for the
+# CLI's summary only.
+_JOURNALED_NOTES = {
+    "manifest_corrupt": ("source_error", logging.WARNING),
+    "java_keystore_refresh_failed": ("update_failed", logging.WARNING),
+}
+
+
+def log_sync(result: SyncResult, paths: StatePaths) -> None:
+    """Emit one journal event per change and note, and per problem that is new."""
+    for ca in result.added:
+        source = ", ".join(result.managed[ca.sha256].sources)
+        journal.emit("installed", f'installed root CA "{ca.subject}" (sha256 {ca.sha256[:16]}…) '
+                     f"from {source}", sha256=ca.sha256, subject=ca.subject, source=source)
+    for gone in result.removed:
+        journal.emit("removed", f'removed root CA "{gone.subject}" (sha256 {gone.sha256[:16]}…): '
+                     "no source provides it any more", sha256=gone.sha256, subject=gone.subject)
+    for note in result.notes:
+        if note.code in _JOURNALED_NOTES:
+            event, level = _JOURNALED_NOTES[note.code]
+            journal.emit(event, note.message, level, reason=note.code)
+    memory_path = os.path.join(paths.state_dir, MEMORY_NAME)
+    logged = {tuple(key) for key in _load(memory_path)}
+    now_rejected = []
+    for verdict in result.verdicts:
+        for rej in verdict.rejected:
+            key = ["rejected", rej.source, verdict.content_sha256, str(rej.code)]
+            now_rejected.append(key)
+            if tuple(key) in logged:
+                continue  # logged when this content first arrived; status still lists it
+            leak = rej.code is Reason.PRIVATE_KEY
+            journal.emit("private_key" if leak else "rejected", rej.describe(),
+                         logging.ERROR if leak else logging.WARNING, sha256=rej.sha256,
+                         subject=rej.subject, source=rej.source, reason=rej.code)
+    now_problems = []
+    for problem in result.source_problems:
+        key = ["source_error", problem.path, problem.reason]
+        now_problems.append(key)
+        if tuple(key) in logged:
+            continue  # still the same problem; status keeps showing it
+        journal.emit("source_error", problem.describe(), logging.WARNING, source=problem.path,
+                     reason=problem.reason)
+    if result.trust_changed:
+        journal.emit("synced", f"trust updated: {len(result.added)} added, "
+                     f"{len(result.removed)} removed, {plural(len(result.managed), 'CA')} "
+                     f"managed ({result.update_summary})")
+    _save(memory_path, now_rejected + now_problems)
+
+
+def log_failure(result: SyncResult, error: ApplyError) -> None:
+    journal.emit("update_failed", f"trust not updated, previous state kept: {error}",
+                 logging.ERROR, reason=str(error))
+    for note in result.notes:
+        if note.code in _JOURNALED_NOTES:
+            event, level = _JOURNALED_NOTES[note.code]
+            journal.emit(event, note.message, level, reason=note.code)
+
+
+def _load(path: str) -> list[list[str]]:
+    try:
+        doc = json.loads(read_bytes_quietly(path) or b"[]")
+    except ValueError:
+        return []
+    return [item for item in doc if isinstance(item, list)] if isinstance(doc, list) else []
+
+
+def _save(path: str, keys: list[list[str]]) -> None:
+    data = (json.dumps(keys, ensure_ascii=False) + "\n").encode()
+    try:
+        write_atomic(path, data, 0o600)
+    except EdgeCertdError:
+        pass  # a full disk costs a repeated journal line at worst

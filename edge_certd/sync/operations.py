@@ -1,0 +1,125 @@
+"""What the one-shot commands do: inspect, add, remove, sync. Errors propagate to the CLI."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+from collections.abc import Sequence
+
+from edge_certd.config import Config
+from edge_certd.core.errors import NotFound, UsageError
+from edge_certd.core.model import FileVerdict, SourceKind, SyncResult
+from edge_certd.core.text import printable
+from edge_certd.core.verdict import judge_file
+from edge_certd.store.fsutil import write_atomic
+from edge_certd.store.sources import SourceFile, read_entry
+from edge_certd.store.state import StatePaths, load_blocked, load_manifest, save_blocked, state_lock
+from edge_certd.sync.engine import Engine, read_passwords, rules_from
+
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def sync(config: Config) -> SyncResult:
+    return Engine(config).sync()
+
+
+def inspect(config: Config, files: Sequence[str], keyvault: bool = False) -> list[FileVerdict]:
+    """Judge files the way sync would, without installing anything."""
+    now = dt.datetime.now(dt.UTC)
+    rules, passwords = rules_from(config), read_passwords(config)
+    kv_dirs = {os.path.realpath(d) for d in config.keyvault_export_dirs}
+    verdicts = []
+    for path in files:
+        directory = os.path.dirname(os.path.abspath(path))
+        in_keyvault = keyvault or os.path.realpath(directory) in kv_dirs
+        kind = SourceKind.KEYVAULT if in_keyvault else SourceKind.DROP
+        source = _read_one(path, config.policy.max_file_bytes)
+        # Named as sync names sources: a newline, an escape or a byte that is not UTF-8
+        # in a file name must neither forge an output line nor crash print().
+        shown = printable(path, limit=4096)
+        verdicts.append(judge_file(shown, source.data, source.problem, kind, rules, now,
+                                   passwords))
+    return verdicts
+
+
+def add(config: Config, files: Sequence[str]) -> SyncResult:
+    """Validate each file, then place it in the drop directory atomically and sync.
+
+    Raises:
+        UsageError: a file would be rejected or holds no CA; nothing is copied then.
+    """
+    verdicts = inspect(config, files)
+    refused = [v for v in verdicts if v.rejected or not v.accepted]
+    if refused:
+        lines = []
+        for verdict in refused:
+            reasons = [r.describe() for r in verdict.rejected] or [
+                f"{verdict.source}: holds no CA certificate"]
+            lines.extend(reasons)
+        raise UsageError("nothing was added:\n  " + "\n  ".join(lines))
+    engine = Engine(config)
+    engine.ensure_drop_dir(force=True)
+    with state_lock(engine.paths):
+        for path in files:
+            data = _read_one(path, config.policy.max_file_bytes).data or b""
+            write_atomic(_drop_target(config.drop_dir, path, data), data, 0o644)
+        blocked = load_blocked(engine.paths)
+        again = {ca.sha256 for v in verdicts for ca in v.accepted}
+        if blocked & again:
+            save_blocked(engine.paths, blocked - again)
+    return engine.sync()
+
+
+def remove(config: Config, what: str) -> SyncResult:
+    """Stop trusting a managed CA, named by SHA-256 prefix or by installed/source file name.
+
+    The source file is left where it is (edge-certd never deletes sources); the CA is
+    remembered as removed until `add` brings it back.
+
+    Raises:
+        NotFound: nothing managed matches. UsageError: more than one CA matches.
+    """
+    paths = StatePaths(config.state_dir)
+    entries = load_manifest(paths).entries
+    needle = what.lower()
+    matches = [e for e in entries.values()
+               if (len(needle) >= 6 and e.sha256.startswith(needle))
+               or what in (os.path.basename(e.path), *(os.path.basename(s) for s in e.sources))]
+    if not matches:
+        raise NotFound(f"no managed CA matches {what!r}; see `edge-certd list`")
+    if len(matches) > 1:
+        names = ", ".join(f"{m.sha256[:16]} ({m.subject})" for m in matches)
+        raise UsageError(f"{what!r} matches more than one CA: {names}; give more of the SHA-256")
+    engine = Engine(config)
+    with state_lock(engine.paths):
+        save_blocked(engine.paths, load_blocked(engine.paths) | {matches[0].sha256})
+    return engine.sync()
+
+
+def _read_one(path: str, max_bytes: int) -> SourceFile:
+    directory = os.path.dirname(os.path.abspath(path))
+    name = os.path.basename(path)
+    try:
+        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot open its directory ({exc.strerror})") from None
+    try:
+        return read_entry(directory, os.path.realpath(directory), dir_fd, name, max_bytes)
+    finally:
+        os.close(dir_fd)
+
+
+def _drop_target(drop_dir: str, path: str, data: bytes) -> str:
+    """A safe name in drop_dir; never overwrites a different file already there."""
+    stem = _SAFE_NAME.sub("-", os.path.basename(path)).lstrip(".-") or "ca.pem"
+    candidate = os.path.join(drop_dir, stem)
+    counter = 1
+    while os.path.exists(candidate):
+        with open(candidate, "rb") as handle:
+            if handle.read() == data:
+                return candidate
+        counter += 1
+        base, ext = os.path.splitext(stem)
+        candidate = os.path.join(drop_dir, f"{base}-{counter}{ext}")
+    return candidate
