@@ -54,6 +54,9 @@ class PolicyConfig(_Section):
     min_rsa_bits: int = 2048
     allow_sha1_signature: bool = False
     max_file_bytes: int = 1048576
+    # Each file is judged in a child process under these limits (see worker/).
+    judge_cpu_seconds: int = 5
+    judge_memory_mb: int = 256
 
 
 class OnChangeConfig(_Section):

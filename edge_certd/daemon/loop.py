@@ -28,7 +28,13 @@ from edge_certd.daemon.status import status_line
 from edge_certd.daemon.watcher import SourceWatcher
 from edge_certd.store.fsutil import remove_stale_temp_files
 from edge_certd.store.state import DAEMON_NAME, StatePaths, load_manifest, save_report
-from edge_certd.sync.engine import Engine
+from edge_certd.sync.engine import Engine, worker_limits
+from edge_certd.worker.pool import JudgeWorker
+
+
+class SyncCancelled(Exception):
+    """Raised out of a sync's judging phase when the daemon must stop."""
+
 
 # A burst that never pauses still gets synced after this many settle windows.
 MAX_SETTLE_WINDOWS = 10
@@ -40,10 +46,13 @@ class Daemon:
     def __init__(self, config_path: str | None) -> None:
         self.config_path = config_path
         self.config, _ = load_config(config_path)
-        self.engine = Engine(self.config, heartbeat=self._heartbeat)
+        self.requests: deque[str] = deque()  # "reload", "stop", "rescan" from signal handlers
+        # One warm judge process for the daemon's life; see edge_certd/worker.
+        self.worker = JudgeWorker(worker_limits(self.config), poll=self._poll_while_judging)
+        self.engine = Engine(self.config, heartbeat=self._heartbeat, worker=self.worker)
         self.last_result: SyncResult | None = None
         self.notifier = Notifier()
-        self.requests: deque[str] = deque()  # "reload", "stop", "rescan" from signal handlers
+        self._last_ping = 0.0
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.watcher = SourceWatcher(self.wake)
         self.degraded: str | None = None
@@ -131,6 +140,7 @@ class Daemon:
         finally:
             signal.set_wakeup_fd(-1)
             self.watcher.stop()
+            self.worker.close()
             selector.close()
 
     def _settle_deadline(self) -> float:
@@ -161,6 +171,8 @@ class Daemon:
         busy = self.watcher.busy_paths(BUSY_MAX_AGE)
         try:
             self.last_result = self.engine.sync(busy=busy)
+        except SyncCancelled:
+            return  # a stop arrived while files were judged; nothing was applied yet
         except ApplyError as exc:
             self._degrade(str(getattr(exc, "short", None) or exc))
         except EdgeCertdError as exc:  # a lock timeout or similar: same treatment
@@ -187,8 +199,17 @@ class Daemon:
         self.degraded = f"{reason}, retry in {self.retry_delay:.0f} s"
 
     def _heartbeat(self) -> None:
-        if self.notifier.watchdog_interval:
+        now = time.monotonic()
+        if self.notifier.watchdog_interval and now - self._last_ping >= 1.0:
+            self._last_ping = now
             self.notifier.watchdog()
+
+    def _poll_while_judging(self) -> None:
+        """Called a few times a second while the worker judges a file: keep the watchdog
+        fed, and give up the sync at once when asked to stop (nothing is applied yet)."""
+        self._heartbeat()
+        if "stop" in self.requests:
+            raise SyncCancelled
 
     def _reload(self) -> None:
         self.notifier.reloading()
@@ -203,7 +224,8 @@ class Daemon:
         else:
             self.config_problem = None
             self.config = config
-            self.engine = Engine(config, heartbeat=self._heartbeat)
+            self.worker.limits = worker_limits(config)
+            self.engine = Engine(config, heartbeat=self._heartbeat, worker=self.worker)
             events.emit("config", "configuration reloaded")
         self._start_watching()
         self._sync("reload")

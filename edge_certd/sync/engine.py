@@ -13,13 +13,13 @@ from edge_certd.core.model import (
     InstalledCA,
     LastChange,
     Note,
+    Reason,
     SourceKind,
     SourceProblem,
     SyncResult,
 )
 from edge_certd.core.plan import Held, Wanted, make_plan, wanted_set
 from edge_certd.core.policy import Rules
-from edge_certd.core.verdict import judge_file
 from edge_certd.store.fsutil import read_bytes_quietly, remove_stale_temp_files
 from edge_certd.store.sources import (
     DirectoryRules,
@@ -47,6 +47,7 @@ from edge_certd.sync.onchange import run_on_change
 from edge_certd.targets.base import Change
 from edge_certd.targets.registry import followers, system_store
 from edge_certd.targets.system import load_installed
+from edge_certd.worker.pool import JudgeWorker, Limits, judge_in_worker
 
 
 def rules_from(config: Config) -> Rules:
@@ -65,6 +66,11 @@ def read_passwords(config: Config) -> list[bytes]:
     return passwords
 
 
+def worker_limits(config: Config) -> Limits:
+    return Limits(cpu_seconds=config.policy.judge_cpu_seconds,
+                  memory_mb=config.policy.judge_memory_mb)
+
+
 def source_dirs(config: Config) -> list[tuple[str, SourceKind]]:
     return [(config.drop_dir, SourceKind.DROP)] + [
         (d, SourceKind.KEYVAULT) for d in config.keyvault_export_dirs]
@@ -76,10 +82,14 @@ class Engine:
     Args:
         heartbeat: called about once a second while the trust-store update runs, so the
             daemon can keep pinging systemd's watchdog.
+        worker: the judge worker to use (the daemon keeps one warm); without one, each
+            sync starts its own when a file needs judging and ends it afterwards.
     """
 
-    def __init__(self, config: Config, heartbeat: Callable[[], None] | None = None) -> None:
+    def __init__(self, config: Config, heartbeat: Callable[[], None] | None = None,
+                 worker: JudgeWorker | None = None) -> None:
         self.config = config
+        self.worker = worker
         self.paths = StatePaths(config.state_dir)
         self.system = system_store(config, heartbeat)
         self.followers = followers(config)
@@ -108,6 +118,15 @@ class Engine:
         Files in `busy` are still being written; they are skipped this time. Files that
         leak a private key from the drop directory get mode 0600 afterwards.
         """
+        worker = self.worker or JudgeWorker(worker_limits(self.config))
+        try:
+            return self._judge_sources(worker, now, busy)
+        finally:
+            if self.worker is None:
+                worker.close()
+
+    def _judge_sources(self, worker: JudgeWorker, now: dt.datetime, busy: frozenset[str]
+                       ) -> tuple[list[FileVerdict], list[SourceProblem]]:
         rules = rules_from(self.config)
         passwords = read_passwords(self.config)
         cache = VerdictCache(self.config.state_dir, rules, passwords)
@@ -126,7 +145,7 @@ class Engine:
             for source in files:
                 if source.fs_path in busy:
                     continue
-                verdict = _judge_cached(cache, source, kind, rules, now, passwords)
+                verdict = _judge_cached(worker, cache, source, kind, rules, now, passwords)
                 if verdict.leaks_private_key:
                     leaking.append(source.fs_path)
                 verdicts.append(verdict)
@@ -231,16 +250,24 @@ class Engine:
         return entries
 
 
-def _judge_cached(cache: VerdictCache, source: SourceFile, kind: SourceKind, rules: Rules,
-                  now: dt.datetime, passwords: Sequence[bytes]) -> FileVerdict:
+def _judge_cached(worker: JudgeWorker, cache: VerdictCache, source: SourceFile,
+                  kind: SourceKind, rules: Rules, now: dt.datetime, passwords: Sequence[bytes]
+                  ) -> FileVerdict:
     if source.data is None:
-        return judge_file(source.path, None, source.problem, kind, rules, now, passwords)
+        return judge_in_worker(None, source=source.path, data=None, problem=source.problem,
+                               kind=kind, rules=rules, now=now, passwords=passwords)
     key = cache.key(source.content_sha256, kind)
     verdict = cache.get(key, source.path, now)
     if verdict is None:
-        verdict = judge_file(source.path, source.data, None, kind, rules, now, passwords)
-        cache.put(key, verdict)
+        verdict = worker.judge(source=source.path, data=source.data, kind=kind, rules=rules,
+                               now=now, passwords=passwords)
+        if not any(r.code in _NOT_CACHED for r in verdict.rejected):
+            cache.put(key, verdict)
     return verdict
+
+
+# A verdict about the judge rather than the file: judged again by the next process.
+_NOT_CACHED = {Reason.JUDGE_LIMIT, Reason.JUDGE_FAILED}
 
 
 def _held(held_paths: Sequence[str], manifest: Mapping[str, InstalledCA],

@@ -11,11 +11,11 @@ from edge_certd.config import Config
 from edge_certd.core.errors import NotFound, UsageError
 from edge_certd.core.model import FileVerdict, SourceKind, SyncResult
 from edge_certd.core.text import printable
-from edge_certd.core.verdict import judge_file
 from edge_certd.store.fsutil import write_atomic
 from edge_certd.store.sources import SourceFile, read_entry
 from edge_certd.store.state import StatePaths, load_blocked, load_manifest, save_blocked, state_lock
-from edge_certd.sync.engine import Engine, read_passwords, rules_from
+from edge_certd.sync.engine import Engine, read_passwords, rules_from, worker_limits
+from edge_certd.worker.pool import JudgeWorker, judge_in_worker
 
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -26,21 +26,32 @@ def sync(config: Config) -> SyncResult:
 
 def inspect(config: Config, files: Sequence[str], keyvault: bool = False) -> list[FileVerdict]:
     """Judge files the way sync would, without installing anything."""
+    return [verdict for _, verdict in _judge_files(config, files, keyvault)]
+
+
+def _judge_files(config: Config, files: Sequence[str], keyvault: bool = False
+                 ) -> list[tuple[SourceFile, FileVerdict]]:
+    """Read each file once and judge those bytes in the judge worker."""
     now = dt.datetime.now(dt.UTC)
     rules, passwords = rules_from(config), read_passwords(config)
     kv_dirs = {os.path.realpath(d) for d in config.keyvault_export_dirs}
-    verdicts = []
-    for path in files:
-        directory = os.path.dirname(os.path.abspath(path))
-        in_keyvault = keyvault or os.path.realpath(directory) in kv_dirs
-        kind = SourceKind.KEYVAULT if in_keyvault else SourceKind.DROP
-        source = _read_one(path, config.policy.max_file_bytes)
-        # Named as sync names sources: a newline, an escape or a byte that is not UTF-8
-        # in a file name must neither forge an output line nor crash print().
-        shown = printable(path, limit=4096)
-        verdicts.append(judge_file(shown, source.data, source.problem, kind, rules, now,
-                                   passwords))
-    return verdicts
+    judged = []
+    worker = JudgeWorker(worker_limits(config))
+    try:
+        for path in files:
+            directory = os.path.dirname(os.path.abspath(path))
+            in_keyvault = keyvault or os.path.realpath(directory) in kv_dirs
+            kind = SourceKind.KEYVAULT if in_keyvault else SourceKind.DROP
+            source = _read_one(path, config.policy.max_file_bytes)
+            # Named as sync names sources: a newline, an escape or a byte that is not UTF-8
+            # in a file name must neither forge an output line nor crash print().
+            shown = printable(path, limit=4096)
+            judged.append((source, judge_in_worker(
+                worker, source=shown, data=source.data, problem=source.problem, kind=kind,
+                rules=rules, now=now, passwords=passwords)))
+    finally:
+        worker.close()
+    return judged
 
 
 def add(config: Config, files: Sequence[str]) -> SyncResult:
@@ -49,7 +60,8 @@ def add(config: Config, files: Sequence[str]) -> SyncResult:
     Raises:
         UsageError: a file would be rejected or holds no CA; nothing is copied then.
     """
-    verdicts = inspect(config, files)
+    judged = _judge_files(config, files)
+    verdicts = [verdict for _, verdict in judged]
     refused = [v for v in verdicts if v.rejected or not v.accepted]
     if refused:
         lines = []
@@ -61,9 +73,11 @@ def add(config: Config, files: Sequence[str]) -> SyncResult:
     engine = Engine(config)
     engine.ensure_drop_dir(force=True)
     with state_lock(engine.paths):
-        for path in files:
-            data = _read_one(path, config.policy.max_file_bytes).data or b""
-            write_atomic(_drop_target(config.drop_dir, path, data), data, 0o644)
+        for path, (source, _) in zip(files, judged, strict=True):
+            # The bytes judged above, not a second read that a swapped file could change.
+            data = source.data or b""
+            target = _drop_target(config.drop_dir, path, data, config.policy.max_file_bytes)
+            write_atomic(target, data, 0o644)
         blocked = load_blocked(engine.paths)
         again = {ca.sha256 for v in verdicts for ca in v.accepted}
         if blocked & again:
@@ -110,15 +124,18 @@ def _read_one(path: str, max_bytes: int) -> SourceFile:
         os.close(dir_fd)
 
 
-def _drop_target(drop_dir: str, path: str, data: bytes) -> str:
-    """A safe name in drop_dir; never overwrites a different file already there."""
+def _drop_target(drop_dir: str, path: str, data: bytes, max_bytes: int) -> str:
+    """A safe name in drop_dir; never overwrites a different file already there.
+
+    What is already there is read as sync reads sources (no FIFO, device or symlink out of
+    the directory is followed): a technician may plant anything in the drop directory.
+    """
     stem = _SAFE_NAME.sub("-", os.path.basename(path)).lstrip(".-") or "ca.pem"
     candidate = os.path.join(drop_dir, stem)
     counter = 1
-    while os.path.exists(candidate):
-        with open(candidate, "rb") as handle:
-            if handle.read() == data:
-                return candidate
+    while os.path.lexists(candidate):
+        if _read_one(candidate, max_bytes).data == data:
+            return candidate
         counter += 1
         base, ext = os.path.splitext(stem)
         candidate = os.path.join(drop_dir, f"{base}-{counter}{ext}")

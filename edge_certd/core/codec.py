@@ -1,0 +1,61 @@
+"""FileVerdict to and from JSON-safe dicts: for the verdict cache and the judge worker.
+
+Decoding is strict: a verdict that comes back from the worker process is untrusted until it
+decodes, and a certificate whose bytes do not hash to its fingerprint is refused.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+from typing import Any
+
+from edge_certd.core.model import FileVerdict, Ignored, Reason, Rejection, TrustedCA
+from edge_certd.core.text import iso, parse_iso
+
+
+def verdict_to_json(verdict: FileVerdict) -> dict[str, Any]:
+    return {
+        "format": verdict.format,
+        "content_sha256": verdict.content_sha256,
+        "accepted": [{"sha256": ca.sha256, "subject": ca.subject, "not_before": iso(ca.not_before),
+                      "not_after": iso(ca.not_after), "der": base64.b64encode(ca.der).decode()}
+                     for ca in verdict.accepted],
+        "rejected": [{"code": str(r.code), "message": r.message, "subject": r.subject,
+                      "sha256": r.sha256} for r in verdict.rejected],
+        "ignored": [i.what for i in verdict.ignored],
+    }
+
+
+def verdict_from_json(item: Any, source: str) -> FileVerdict:
+    """Raises ValueError for anything that is not exactly what verdict_to_json makes."""
+    try:
+        accepted = []
+        for ca in item["accepted"]:
+            der = base64.b64decode(ca["der"], validate=True)
+            if hashlib.sha256(der).hexdigest() != ca["sha256"]:
+                raise ValueError("verdict does not match its certificate")
+            accepted.append(TrustedCA(sha256=_text(ca["sha256"]), subject=_text(ca["subject"]),
+                                      not_before=parse_iso(ca["not_before"]),
+                                      not_after=parse_iso(ca["not_after"]), der=der))
+        # Reason() raises ValueError for a code this version does not know.
+        rejected = [Rejection(source=source, code=Reason(r["code"]), message=_text(r["message"]),
+                              subject=_optional(r["subject"]), sha256=_optional(r["sha256"]))
+                    for r in item["rejected"]]
+        ignored = [Ignored(source=source, what=_text(what)) for what in item["ignored"]]
+        return FileVerdict(source=source, format=_text(item["format"]), accepted=tuple(accepted),
+                           rejected=tuple(rejected), ignored=tuple(ignored),
+                           content_sha256=_text(item["content_sha256"]))
+    except (KeyError, TypeError, AttributeError, binascii.Error) as exc:
+        raise ValueError(f"malformed verdict ({type(exc).__name__})") from None
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("expected a string")
+    return value
+
+
+def _optional(value: Any) -> str | None:
+    return None if value is None else _text(value)

@@ -1,0 +1,97 @@
+"""The worker's side: run in a child process by `worker.pool`, never imported by the daemon.
+
+It applies its limits first, then reads jobs from stdin and writes verdicts to stdout. It
+never opens a file: the bytes to judge come over the pipe.
+"""
+
+from __future__ import annotations
+
+import base64
+import ctypes
+import json
+import os
+import pwd
+import resource
+import sys
+from typing import Any
+
+from edge_certd.core.codec import verdict_to_json
+from edge_certd.core.model import Reason, SourceKind
+from edge_certd.core.policy import Rules
+from edge_certd.core.text import parse_iso
+from edge_certd.core.verdict import judge_file
+from edge_certd.worker.protocol import ProtocolError, encode_json, read_frame, write_frame
+
+_PR_SET_NO_NEW_PRIVS = 38
+_PR_SET_DUMPABLE = 4
+
+
+def main() -> int:
+    limits = json.loads(sys.argv[1])
+    _apply_limits(memory_bytes=int(limits["memory_bytes"]))
+    _drop_privileges()
+    cpu_seconds = int(limits["cpu_seconds"])
+    stdin, stdout = sys.stdin.fileno(), sys.stdout.fileno()
+    while True:
+        try:
+            header = json.loads(read_frame(stdin))
+            data = read_frame(stdin)
+        except ProtocolError:
+            return 0  # the daemon closed the pipe: it is done with us
+        _allow_cpu(cpu_seconds)
+        write_frame(stdout, encode_json(_judge(header, data)))
+
+
+def _judge(header: dict[str, Any], data: bytes) -> dict[str, Any]:
+    rules = Rules(**header["rules"])
+    passwords = [base64.b64decode(p) for p in header["passwords"]]
+    now = parse_iso(header["now"])
+    problem = header.get("problem")
+    verdict = judge_file(header["source"], None if problem else data,
+                         (Reason(problem[0]), problem[1]) if problem else None,
+                         SourceKind(header["kind"]), rules, now, passwords)
+    return verdict_to_json(verdict)
+
+
+def _apply_limits(*, memory_bytes: int) -> None:
+    """Address space and file size: a bomb fails with MemoryError or is killed, and the
+    worker can write no file even if a parser bug let it try."""
+    resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # no core file of the judged bytes
+
+
+def _allow_cpu(seconds: int) -> None:
+    """A CPU budget for the next job alone: RLIMIT_CPU counts the whole process's time,
+    so the soft limit moves with it; past it the kernel sends SIGXCPU, which kills."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    used = int(usage.ru_utime + usage.ru_stime) + 1
+    _soft, hard = resource.getrlimit(resource.RLIMIT_CPU)
+    soft = used + seconds
+    if hard != resource.RLIM_INFINITY and soft > hard:
+        soft = hard
+    resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
+
+
+def _drop_privileges() -> None:
+    """Become `nobody` when root may; always forbid gaining privileges and being traced.
+
+    Under the shipped unit the seccomp filter (~@privileged) refuses setuid and capset,
+    so there the worker keeps the unit's three capabilities; it still reads no file.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+    libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)
+    if os.geteuid() != 0:
+        return
+    try:
+        nobody = pwd.getpwnam("nobody")
+        os.setgroups([])
+        os.setgid(nobody.pw_gid)
+        os.setuid(nobody.pw_uid)
+    except (KeyError, OSError):
+        pass  # no such user, or no CAP_SETUID here
+
+
+if __name__ == "__main__":
+    sys.exit(main())
