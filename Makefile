@@ -6,8 +6,9 @@
 #   make clean-deb      remove the build directory and dist/
 #
 # dpkg-buildpackage wants debian/ at the top of the source tree, but the packaging lives in
-# packaging/debian/; so the tree is copied to build/deb/, packaging/debian becomes debian/ there,
-# and debian/changelog is written from edge_certd.__version__, the one version source.
+# packaging/debian/; so the tree is copied to build/deb/ and packaging/debian becomes debian/ there.
+# The version is edge_certd.__version__; packaging/debian/changelog's top entry must carry the
+# same one (tests/test_packaging.py checks it), and dpkg-buildpackage takes it from there.
 
 SHELL := /bin/sh
 
@@ -24,10 +25,6 @@ DEB := $(DIST_DIR)/$(PACKAGE)_$(VERSION)_all.deb
 BUILD_DEPS := build-essential dpkg-dev debhelper dh-python pybuild-plugin-pyproject python3-all \
 	python3-setuptools python3-wheel
 
-# The changelog entry's date is the last commit's, so two builds of one commit are identical.
-CHANGELOG_DATE := $(shell git log -1 --format=%aD 2>/dev/null || date -R)
-MAINTAINER := $(shell sed -n 's/^Maintainer: //p' packaging/debian/control)
-
 .PHONY: deb install-deb build-deps clean-deb
 
 # The copy takes tracked and new-but-not-ignored files (so uncommitted work builds too), or,
@@ -36,6 +33,9 @@ MAINTAINER := $(shell sed -n 's/^Maintainer: //p' packaging/debian/control)
 # paths dh_python3 expects, hence the fixed PATH.
 deb:
 	@test -n "$(VERSION)" || { echo "no __version__ in edge_certd/__init__.py" >&2; exit 1; }
+	@v=$$(dpkg-parsechangelog -l packaging/debian/changelog -S Version); test "$$v" = "$(VERSION)" || { \
+		echo "packaging/debian/changelog's top entry is $$v, edge_certd/__init__.py says $(VERSION):" \
+			"add a changelog entry (cd packaging && dch -v $(VERSION))" >&2; exit 1; }
 	rm -rf $(BUILD_DIR)
 	mkdir -p $(SRC_DIR) $(DIST_DIR)
 	if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then \
@@ -48,9 +48,6 @@ deb:
 	fi
 	rm -rf $(SRC_DIR)/debian
 	cp -a packaging/debian $(SRC_DIR)/debian
-	printf '%s (%s) unstable; urgency=medium\n\n  * Release %s.\n\n -- %s  %s\n' \
-		"$(PACKAGE)" "$(VERSION)" "$(VERSION)" "$(MAINTAINER)" "$(CHANGELOG_DATE)" \
-		> $(SRC_DIR)/debian/changelog
 	cd $(SRC_DIR) && env PATH=/usr/sbin:/usr/bin:/sbin:/bin dpkg-buildpackage -us -uc -b
 	rm -f $(DIST_DIR)/$(PACKAGE)_*_all.deb
 	cp $(BUILD_DIR)/$(PACKAGE)_$(VERSION)_all.deb $(DEB)
