@@ -1,9 +1,12 @@
 # Packaging targets for edge-certd.
 #
 #   make deb            build dist/edge-certd_<version>_all.deb (needs the build deps below)
-#   sudo make install-deb
-#                       on a fresh Debian 12: install the build deps, build, install and start
+#   sudo make build-deps
+#                       install packaging/debian/control's Build-Depends (mk-build-deps)
 #   make clean-deb      remove the build directory and dist/
+#
+# To build, install and start it on a device, and take the build-only packages away again:
+#   sudo ./install
 #
 # dpkg-buildpackage wants debian/ at the top of the source tree, but the packaging lives in
 # packaging/debian/; so the tree is copied to build/deb/ and packaging/debian becomes debian/ there.
@@ -19,13 +22,14 @@ SRC_DIR := $(BUILD_DIR)/$(PACKAGE)-$(VERSION)
 DIST_DIR := dist
 DEB := $(DIST_DIR)/$(PACKAGE)_$(VERSION)_all.deb
 
-# What building the .deb needs beyond a base Debian 12 system (kept in step with
-# packaging/debian/control's Build-Depends). Used by install-deb and CI.
-# build-essential: dpkg-checkbuilddeps requires it of every package, even an arch:all one.
-BUILD_DEPS := build-essential dpkg-dev debhelper dh-python pybuild-plugin-pyproject python3-all \
-	python3-setuptools python3-wheel
+# The Build-Depends are named once, in packaging/debian/control; mk-build-deps makes them into
+# one edge-certd-build-deps package that apt installs together with all of them. These are the
+# tools that do that: devscripts (mk-build-deps) with equivs (equivs-build), and
+# build-essential, which dpkg-checkbuilddeps requires of every build and which Debian policy
+# (4.2) says a package never lists.
+BUILD_TOOLS := build-essential devscripts equivs
 
-.PHONY: deb install-deb build-deps clean-deb
+.PHONY: deb build-deps clean-deb
 
 # The copy takes tracked and new-but-not-ignored files (so uncommitted work builds too), or,
 # outside a git checkout, everything except build products. Debian's own python3 must build
@@ -53,15 +57,15 @@ deb:
 	cp $(BUILD_DIR)/$(PACKAGE)_$(VERSION)_all.deb $(DEB)
 	@echo "built $(DEB)"
 
+# mk-build-deps writes its package (and .buildinfo/.changes) into the working directory, so it
+# runs in a scratch one; --remove deletes the package file once apt has installed it.
 build-deps:
-	apt-get update
-	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(BUILD_DEPS)
-
-# One command on a fresh Debian 12 device or image: build the package and install it with its
-# dependencies from the archive; the service is enabled and started by the package.
-install-deb: build-deps deb
-	DEBIAN_FRONTEND=noninteractive apt-get install -y ./$(DEB)
-	systemctl --no-pager status $(PACKAGE) || true
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(BUILD_TOOLS)
+	scratch=$$(mktemp -d) && cd "$$scratch" && \
+		DEBIAN_FRONTEND=noninteractive mk-build-deps --install --remove \
+			--tool 'apt-get -y -q --no-install-recommends' $(CURDIR)/packaging/debian/control; \
+		rc=$$?; rm -rf "$$scratch"; exit $$rc
 
 clean-deb:
 	rm -rf $(BUILD_DIR) $(DIST_DIR)
