@@ -139,6 +139,25 @@ def test_every_catalog_entry_has_the_headers_and_a_body() -> None:
         assert len(body.split()) >= 20, f"{mid}: the body should say what happened and what to do"
 
 
+def catalog_fields(text: str) -> set[str]:
+    """The @FIELD@ names a catalog text uses, as systemd's replace_var() would see them."""
+    return set(re.findall(r"@([^@\s]+)@", text))
+
+
+def test_catalog_uses_only_fields_journalctl_can_fill_in() -> None:
+    # systemd substitutes @NAME@ only for names of capital letters and underscores; any other
+    # name (@CERT_SHA256@, with digits) is printed as it stands.
+    # Lines starting with # are comments to journalctl, wherever they are.
+    text = "\n".join(ln for ln in CATALOG.read_text().splitlines() if not ln.startswith("#"))
+    assert catalog_fields(text), "the catalog names no fields at all"
+    for name in catalog_fields(text):
+        assert re.fullmatch(r"[A-Z_]+", name), f"@{name}@ is never filled in by journalctl"
+
+
+def test_a_field_name_with_digits_is_caught() -> None:
+    assert not all(re.fullmatch(r"[A-Z_]+", n) for n in catalog_fields("SHA-256 @CERT_SHA256@"))
+
+
 def test_journalctl_compiles_the_catalog(tmp_path: Path) -> None:
     # The same compile the systemd package's dpkg trigger runs, in a scratch root.
     catalog_dir = tmp_path / "usr/lib/systemd/catalog"

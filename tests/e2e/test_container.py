@@ -399,9 +399,10 @@ def test_scp_into_drop_dir_makes_every_client_trust_the_gateway(scenario: Scenar
     # The package's journal catalog is live: systemd's dpkg trigger compiled it at install.
     explained = sc.box.run(["journalctl", "-x", "-u", "edge-certd", "--no-pager",
                             "EDGE_CERTD_EVENT=installed"]).stdout  # fmt: skip
-    sha_field = sc.journal("installed")[-1]["CERT_SHA256"]
-    assert "Subject: edge-certd now trusts the root CA" in explained, explained[-2000:]
-    assert f"(SHA-256 {sha_field})" in explained, explained[-2000:]
+    subject = sc.journal("installed")[-1]["CERT_SUBJECT"]
+    assert f"Subject: edge-certd now trusts the root CA {subject}" in explained, explained[-2000:]
+    assert f"found in {DROP}/gateway-root.pem" in explained, explained[-2000:]
+    assert "@" not in explained.split("Subject:", 1)[1], f"a field left unfilled:\n{explained[-2000:]}"
     assert "Documentation: man:edge-certd(8)" in explained, explained[-2000:]
     _wait_for(lambda: sc.root_sha256 in sc.bundle(), 10, f"the CA in {SYSTEM_BUNDLE}")
 
