@@ -1,13 +1,17 @@
 # Packaging targets for edge-certd.
 #
 #   make deb            build dist/edge-certd_<version>_all.deb (needs the build deps below)
-#   sudo make install-deb
-#                       on a fresh Debian 12: install the build deps, build, install and start
+#   sudo make build-deps
+#                       install packaging/debian/control's Build-Depends (mk-build-deps)
 #   make clean-deb      remove the build directory and dist/
 #
+# To build, install and start it on a device, and take the build-only packages away again:
+#   sudo ./install
+#
 # dpkg-buildpackage wants debian/ at the top of the source tree, but the packaging lives in
-# packaging/debian/; so the tree is copied to build/deb/, packaging/debian becomes debian/ there,
-# and debian/changelog is written from edge_certd.__version__, the one version source.
+# packaging/debian/; so the tree is copied to build/deb/ and packaging/debian becomes debian/ there.
+# The version is edge_certd.__version__; packaging/debian/changelog's top entry must carry the
+# same one (tests/test_packaging.py checks it), and dpkg-buildpackage takes it from there.
 
 SHELL := /bin/sh
 
@@ -18,17 +22,14 @@ SRC_DIR := $(BUILD_DIR)/$(PACKAGE)-$(VERSION)
 DIST_DIR := dist
 DEB := $(DIST_DIR)/$(PACKAGE)_$(VERSION)_all.deb
 
-# What building the .deb needs beyond a base Debian 12 system (kept in step with
-# packaging/debian/control's Build-Depends). Used by install-deb and CI.
-# build-essential: dpkg-checkbuilddeps requires it of every package, even an arch:all one.
-BUILD_DEPS := build-essential dpkg-dev debhelper dh-python pybuild-plugin-pyproject python3-all \
-	python3-setuptools python3-wheel
+# The Build-Depends are named once, in packaging/debian/control; mk-build-deps makes them into
+# one edge-certd-build-deps package that apt installs together with all of them. These are the
+# tools that do that: devscripts (mk-build-deps) with equivs (equivs-build), and
+# build-essential, which dpkg-checkbuilddeps requires of every build and which Debian policy
+# (4.2) says a package never lists.
+BUILD_TOOLS := build-essential devscripts equivs
 
-# The changelog entry's date is the last commit's, so two builds of one commit are identical.
-CHANGELOG_DATE := $(shell git log -1 --format=%aD 2>/dev/null || date -R)
-MAINTAINER := $(shell sed -n 's/^Maintainer: //p' packaging/debian/control)
-
-.PHONY: deb install-deb build-deps clean-deb
+.PHONY: deb build-deps clean-deb
 
 # The copy takes tracked and new-but-not-ignored files (so uncommitted work builds too), or,
 # outside a git checkout, everything except build products. Debian's own python3 must build
@@ -36,6 +37,9 @@ MAINTAINER := $(shell sed -n 's/^Maintainer: //p' packaging/debian/control)
 # paths dh_python3 expects, hence the fixed PATH.
 deb:
 	@test -n "$(VERSION)" || { echo "no __version__ in edge_certd/__init__.py" >&2; exit 1; }
+	@v=$$(dpkg-parsechangelog -l packaging/debian/changelog -S Version); test "$$v" = "$(VERSION)" || { \
+		echo "packaging/debian/changelog's top entry is $$v, edge_certd/__init__.py says $(VERSION):" \
+			"add a changelog entry (cd packaging && dch -v $(VERSION))" >&2; exit 1; }
 	rm -rf $(BUILD_DIR)
 	mkdir -p $(SRC_DIR) $(DIST_DIR)
 	if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then \
@@ -48,23 +52,20 @@ deb:
 	fi
 	rm -rf $(SRC_DIR)/debian
 	cp -a packaging/debian $(SRC_DIR)/debian
-	printf '%s (%s) unstable; urgency=medium\n\n  * Release %s.\n\n -- %s  %s\n' \
-		"$(PACKAGE)" "$(VERSION)" "$(VERSION)" "$(MAINTAINER)" "$(CHANGELOG_DATE)" \
-		> $(SRC_DIR)/debian/changelog
 	cd $(SRC_DIR) && env PATH=/usr/sbin:/usr/bin:/sbin:/bin dpkg-buildpackage -us -uc -b
 	rm -f $(DIST_DIR)/$(PACKAGE)_*_all.deb
 	cp $(BUILD_DIR)/$(PACKAGE)_$(VERSION)_all.deb $(DEB)
 	@echo "built $(DEB)"
 
+# mk-build-deps writes its package (and .buildinfo/.changes) into the working directory, so it
+# runs in a scratch one; --remove deletes the package file once apt has installed it.
 build-deps:
-	apt-get update
-	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(BUILD_DEPS)
-
-# One command on a fresh Debian 12 device or image: build the package and install it with its
-# dependencies from the archive; the service is enabled and started by the package.
-install-deb: build-deps deb
-	DEBIAN_FRONTEND=noninteractive apt-get install -y ./$(DEB)
-	systemctl --no-pager status $(PACKAGE) || true
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(BUILD_TOOLS)
+	scratch=$$(mktemp -d) && cd "$$scratch" && \
+		DEBIAN_FRONTEND=noninteractive mk-build-deps --install --remove \
+			--tool 'apt-get -y -q --no-install-recommends' $(CURDIR)/packaging/debian/control; \
+		rc=$$?; rm -rf "$$scratch"; exit $$rc
 
 clean-deb:
 	rm -rf $(BUILD_DIR) $(DIST_DIR)

@@ -13,15 +13,15 @@ from typing import Any
 LOGGER_NAME = "edge_certd"
 
 MESSAGE_IDS = {
-    "installed": "6f1a2c3e4b5d4e6f8a9b0c1d2e3f4a51",
-    "removed": "6f1a2c3e4b5d4e6f8a9b0c1d2e3f4a52",
-    "rejected": "6f1a2c3e4b5d4e6f8a9b0c1d2e3f4a53",
-    "synced": "6f1a2c3e4b5d4e6f8a9b0c1d2e3f4a54",
-    "update_failed": "6f1a2c3e4b5d4e6f8a9b0c1d2e3f4a55",
-    "expiring": "6f1a2c3e4b5d4e6f8a9b0c1d2e3f4a56",
-    "private_key": "6f1a2c3e4b5d4e6f8a9b0c1d2e3f4a57",
-    "source_error": "6f1a2c3e4b5d4e6f8a9b0c1d2e3f4a58",
-    "config": "6f1a2c3e4b5d4e6f8a9b0c1d2e3f4a59",
+    "installed": "7f392d4425cc4692af77b71f832d25e4",
+    "removed": "0d6c6e86e6f24f9792bce1edec7834fd",
+    "rejected": "988adbe67ae14a45a423722249b8d2b1",
+    "synced": "a4cca36b6d4b4c7895d11fe34a8ba7e7",
+    "update_failed": "c3aa74928b584d6ca96366e6432f5d93",
+    "expiring": "8c680637b9ce4d6594ee3f0c32836141",
+    "private_key": "b51c69361c6443ed98a1f12b2664bb83",
+    "source_error": "bd6dc1e0aefc418dac0e06f0a172db65",
+    "config": "cfabecacc0ca4843a8b55319d1fe6f55",
 }
 
 _FIELDS = ("EDGE_CERTD_EVENT", "CERT_SHA256", "CERT_SUBJECT", "SOURCE_PATH", "REASON")

@@ -61,6 +61,19 @@ def unavailable(reason: str) -> NoReturn:
     pytest.skip(reason)
 
 
+BOOT_TOOLS = ("debootstrap", "systemd-nspawn", "nsenter", "mount", "chroot")
+
+
+def missing_for_boot() -> str | None:
+    """Why this machine cannot boot the container, or None when it can."""
+    if os.geteuid() != 0:
+        return "needs root (debootstrap, overlay mounts, systemd-nspawn)"
+    missing = [t for t in BOOT_TOOLS if not shutil.which(t, path=SBIN_PATH)]
+    if missing:
+        return f"missing {', '.join(missing)}; install debootstrap and systemd-container"
+    return None
+
+
 def cache_key() -> str:
     """Name of the cached root: changes whenever what goes into it changes."""
     digest = hashlib.sha256("\n".join((SUITE, MIRROR, *INCLUDE)).encode()).hexdigest()

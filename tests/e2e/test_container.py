@@ -28,14 +28,12 @@ from pathlib import Path
 
 import pytest
 from certs import CA, Issued  # tests/certs.py (tests/ is on sys.path via tests/conftest.py)
-from e2e_nspawn import SBIN_PATH, Container, booted, ensure_cached_root, unavailable
+from e2e_nspawn import SBIN_PATH, Container, booted, ensure_cached_root, missing_for_boot, unavailable
 
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD_TOOLS = ("make", "dpkg-buildpackage", "dh", "dh_python3")
-
-BOOT_TOOLS = ("debootstrap", "systemd-nspawn", "nsenter", "mount", "chroot")
 
 DROP = "/var/lib/edge-certd/drop"
 CA_DIR = "/usr/local/share/ca-certificates/edge-certd"
@@ -56,15 +54,6 @@ s.on('error', (e) => {
   console.log('handshake failed: ' + (e.code || e.message)); process.exit(1);
 });
 """
-
-
-def _missing_for_boot() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (debootstrap, overlay mounts, systemd-nspawn)"
-    missing = [t for t in BOOT_TOOLS if not shutil.which(t, path=SBIN_PATH)]
-    if missing:
-        return f"missing {', '.join(missing)}; install debootstrap and systemd-container"
-    return None
 
 
 def _free_port() -> int:
@@ -92,6 +81,32 @@ def _fingerprints(pem_text: str) -> set[str]:
 
 def _colon_hex(hex_digest: str) -> str:
     return ":".join(hex_digest[i : i + 2] for i in range(0, len(hex_digest), 2)).upper()
+
+
+@dataclass(frozen=True)
+class Autopkgtest:
+    name: str
+    depends: tuple[str, ...]
+    restrictions: frozenset[str]
+
+
+def autopkgtests(control: str) -> list[Autopkgtest]:
+    """The tests a debian/tests/control lists (DEP-8), one per name in each Tests: field."""
+    lines = [ln for ln in control.splitlines() if not ln.startswith("#")]
+    found = []
+    for para in re.split(r"\n\s*\n", "\n".join(lines)):
+        fields: dict[str, str] = {}
+        for m in re.finditer(r"^([\w-]+):(.*(?:\n[ \t].*)*)", para, re.M):
+            fields[m.group(1).lower()] = " ".join(m.group(2).split())
+        if not fields:
+            continue
+        # Test-Command: would be run by autopkgtest too; this runner only knows Tests:.
+        assert "tests" in fields, f"a paragraph without Tests: in debian/tests/control: {para!r}"
+        depends = tuple(d.strip() for d in fields.get("depends", "@").split(",") if d.strip())
+        restrictions = frozenset(fields.get("restrictions", "").replace(",", " ").split())
+        names = fields["tests"].replace(",", " ").split()
+        found += [Autopkgtest(name, depends, restrictions) for name in names]
+    return found
 
 
 @dataclass(repr=False)  # its default repr would flood every assertion message
@@ -237,6 +252,8 @@ def _before_boot(ssh_port: int, deb: Path, host_work: Path) -> Callable[[Path], 
         work = merged / WORK.lstrip("/")
         work.mkdir(parents=True)
         shutil.copy2(deb, work / deb.name)
+        # The package's autopkgtests, where autopkgtest would find them: debian/tests/.
+        shutil.copytree(REPO / "packaging/debian/tests", work / "debian/tests")
         for f in host_work.iterdir():
             shutil.copy2(f, work / f.name)
 
@@ -245,7 +262,7 @@ def _before_boot(ssh_port: int, deb: Path, host_work: Path) -> Callable[[Path], 
 
 @pytest.fixture(scope="module")
 def scenario(tmp_path_factory: pytest.TempPathFactory, built_deb: Path) -> Iterator[Scenario]:
-    reason = _missing_for_boot()
+    reason = missing_for_boot()
     if reason:
         unavailable(reason)
 
@@ -325,6 +342,31 @@ def test_install_pulls_dependencies_and_starts_the_service(scenario: Scenario) -
 
 
 @step
+def test_autopkgtests_pass_against_the_installed_package(scenario: Scenario) -> None:
+    # What `autopkgtest` would do with debian/tests/control, without the tool: install each
+    # test's Depends (@ is edge-certd, installed already), give it a fresh $AUTOPKGTEST_TMP, run
+    # it as root only under needs-root, and fail on stderr output unless allow-stderr.
+    sc = scenario
+    tests = autopkgtests(sc.box.path(f"{WORK}/debian/tests/control").read_text())
+    assert [t.name for t in tests] == ["smoke"], tests
+    for t in tests:
+        extra = [d for d in t.depends if d != "@"]
+        if extra:
+            sc.box.run(["apt-get", "install", "-y", "-q", *extra], env={"DEBIAN_FRONTEND": "noninteractive"})
+        user = None if "needs-root" in t.restrictions else "tech"
+        tmp = sc.box.run(["mktemp", "-d", "-p", "/var/tmp", "autopkgtest.XXXXXX"]).stdout.strip()
+        if user:
+            sc.box.run(["chown", user, tmp])
+        script = f"{WORK}/debian/tests/{t.name}"
+        r = sc.box.run([script], user=user, env={"AUTOPKGTEST_TMP": tmp}, check=False, timeout=300)
+        print(f"--- autopkgtest {t.name} ({user or 'root'}):\n{r.stdout}")
+        assert r.returncode == 0, f"autopkgtest {t.name} exited {r.returncode}\n{r.stdout}\n{r.stderr}"
+        if "allow-stderr" not in t.restrictions:
+            assert r.stderr == "", f"autopkgtest {t.name} wrote to stderr:\n{r.stderr}"
+        sc.box.run(["rm", "-rf", tmp])
+
+
+@step
 def test_reload_rereads_the_config_and_keeps_the_process(scenario: Scenario) -> None:
     sc = scenario
     sc.box.path("/etc/edge-certd/config.yaml").write_text(
@@ -354,6 +396,14 @@ def test_scp_into_drop_dir_makes_every_client_trust_the_gateway(scenario: Scenar
 
     took = _wait_for(installed_event, 20, "journal shows EDGE_CERTD_EVENT=installed for the CA")
     print(f"installed event {took:.1f}s after scp")
+    # The package's journal catalog is live: systemd's dpkg trigger compiled it at install.
+    explained = sc.box.run(["journalctl", "-x", "-u", "edge-certd", "--no-pager",
+                            "EDGE_CERTD_EVENT=installed"]).stdout  # fmt: skip
+    subject = sc.journal("installed")[-1]["CERT_SUBJECT"]
+    assert f"Subject: edge-certd now trusts the root CA {subject}" in explained, explained[-2000:]
+    assert f"found in {DROP}/gateway-root.pem" in explained, explained[-2000:]
+    assert "@" not in explained.split("Subject:", 1)[1], f"a field left unfilled:\n{explained[-2000:]}"
+    assert "Documentation: man:edge-certd(8)" in explained, explained[-2000:]
     _wait_for(lambda: sc.root_sha256 in sc.bundle(), 10, f"the CA in {SYSTEM_BUNDLE}")
 
     out = sc.s_client()

@@ -1,0 +1,118 @@
+"""`sudo ./install` on a fresh Debian 12, in a booted container: it builds the package from
+packaging/debian/control's Build-Depends, installs and starts it, and leaves behind no package
+that only the build needed.
+
+It runs in its own container (e2e_nspawn.py, an overlay on the cached root), never on this
+machine: ./install would put edge-certd into the machine's own trust store. Slow: apt fetches
+build-essential, debhelper and the rest from the archive.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from e2e_nspawn import SBIN_PATH, Container, booted, ensure_cached_root, missing_for_boot, unavailable
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[2]
+SRC = "/srv/src"  # inside the container
+
+# Packages only a build needs; none may be left once ./install is done.
+BUILD_ONLY = (
+    "edge-certd-build-deps",
+    "build-essential",
+    "devscripts",
+    "equivs",
+    "make",
+    "gcc",
+    "debhelper",
+    "dh-python",
+    "pybuild-plugin-pyproject",
+    "python3-pytest",
+    "python3-hypothesis",
+)
+
+
+def _source_files() -> list[str]:
+    """What `make deb` would copy: tracked and new-but-not-ignored files of the checkout."""
+    r = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    if r.returncode != 0:
+        unavailable("the source tree is not a git checkout")
+    return [f for f in r.stdout.split("\0") if f and (REPO / f).exists()]
+
+
+def _copy_source(merged: Path) -> None:
+    dest = merged / SRC.lstrip("/")
+    for rel in _source_files():
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / rel, target, follow_symlinks=False)
+
+
+def _installed(box: Container) -> set[str]:
+    out = box.run(["dpkg-query", "-W", "-f", "${db:Status-Abbrev} ${Package}\\n"]).stdout
+    return {line.split()[1] for line in out.splitlines() if line.startswith("ii ")}
+
+
+def _listed_after(heading: str, out: str) -> set[str]:
+    """The indented package names ./install prints under one of its headings."""
+    names: set[str] = set()
+    lines = out.splitlines()
+    if heading not in lines:
+        return names
+    for line in lines[lines.index(heading) + 1 :]:
+        if not line.startswith("  "):
+            break
+        names.add(line.strip())
+    return names
+
+
+@pytest.fixture(scope="module")
+def lower(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    reason = missing_for_boot()
+    if reason:
+        unavailable(reason)
+    old_path = os.environ.get("PATH", "")
+    os.environ["PATH"] = f"{SBIN_PATH}:{old_path}"  # debootstrap and chroot live in sbin
+    try:
+        return ensure_cached_root(tmp_path_factory.mktemp("log") / "debootstrap.log")
+    finally:
+        os.environ["PATH"] = old_path
+
+
+def test_install_script_starts_the_service_and_purges_build_only_packages(lower: Path) -> None:
+    before_boot: Callable[[Path], None] = _copy_source
+    with booted(lower, before_boot) as box:
+        before = _installed(box)
+        assert not before & set(BUILD_ONLY), "the cached root must not hold build tools"
+
+        r = box.run([f"{SRC}/install"], check=False, timeout=1800)
+        assert r.returncode == 0, f"./install exited {r.returncode}\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}"
+        print(r.stdout[-3000:])
+
+        after = _installed(box)
+        assert "edge-certd" in after
+        assert box.run(["systemctl", "is-active", "edge-certd"], check=False).stdout.strip() == "active"
+        assert before <= after, f"./install removed packages it found: {sorted(before - after)}"
+        left = after & set(BUILD_ONLY)
+        assert not left, f"build-only packages left behind: {sorted(left)}"
+        # Whatever is new is needed by edge-certd: apt would remove none of it.
+        autoremove = box.run(["apt-get", "-s", "autoremove", "--purge"]).stdout
+        would_go = {ln.split()[1] for ln in autoremove.splitlines() if ln.startswith("Purg ")}
+        assert not would_go & (after - before), sorted(would_go & (after - before))
+
+        purged = _listed_after("install: installed for the build and purged again:", r.stdout)
+        kept = _listed_after("install: installed and kept (edge-certd and what it depends on):", r.stdout)
+        assert {"devscripts", "debhelper", "edge-certd-build-deps"} <= purged, purged
+        assert kept == after - before, (sorted(kept), sorted(after - before))
