@@ -12,9 +12,13 @@ import json
 import os
 import pwd
 import resource
+import stat
 import sys
 from typing import Any
 
+# Loaded before the limits and the privilege drop: cryptography imports its OpenSSL
+# backend lazily, on the first signature check.
+import cryptography.hazmat.backends.openssl.backend  # noqa: F401
 from edge_certd.core.codec import verdict_to_json
 from edge_certd.core.model import Reason, SourceKind
 from edge_certd.core.policy import Rules
@@ -82,8 +86,8 @@ def _drop_privileges() -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
     libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)
-    if os.geteuid() != 0:
-        return
+    if os.geteuid() != 0 or not all(_others_can_read(p) for p in _code_dirs()):
+        return  # e.g. a Python built under /root (0700): as nobody it could not import
     try:
         nobody = pwd.getpwnam("nobody")
         os.setgroups([])
@@ -91,6 +95,27 @@ def _drop_privileges() -> None:
         os.setuid(nobody.pw_uid)
     except (KeyError, OSError):
         pass  # no such user, or no CAP_SETUID here
+
+
+def _code_dirs() -> list[str]:
+    """Where the child still imports from lazily: the stdlib and cryptography."""
+    import cryptography
+
+    return [os.path.dirname(os.__file__), os.path.dirname(cryptography.__file__)]
+
+
+def _others_can_read(path: str) -> bool:
+    """Every directory up to / searchable by others, and `path` itself readable."""
+    try:
+        if not os.stat(path).st_mode & stat.S_IROTH:
+            return False
+        while path != "/":
+            if not os.stat(path).st_mode & stat.S_IXOTH:
+                return False
+            path = os.path.dirname(path)
+    except OSError:
+        return False
+    return True
 
 
 if __name__ == "__main__":
