@@ -7,7 +7,10 @@ from typing import Any
 
 from edge_certd.core.formats import FORMAT_LABELS
 from edge_certd.core.model import FileVerdict, SyncResult
-from edge_certd.core.text import iso
+from edge_certd.core.text import iso, plural
+
+# A sync's summary names this many rejections; a directory of junk must not flood a terminal.
+MAX_PRINTED = 50
 
 
 def render(data: Any) -> str:
@@ -47,14 +50,18 @@ def _render_status(doc: dict[str, Any]) -> str:
         lines.append(f"expiring: {item['subject']} in {item['days_left']} days "
                      f"({item['not_after']})")
     if doc["rejected"]:
-        lines.append(f"rejected files: {len({r['source'] for r in doc['rejected']})}")
+        files = doc.get("rejected_files_total") or len({r["source"] for r in doc["rejected"]})
+        lines.append(f"rejected files: {files}")
         for rej in doc["rejected"]:
             who = f" {rej['subject']}" if rej.get("subject") else ""
             lines.append(f"  {rej['source']}{_format_note(rej)}:{who} {rej['code']}: "
                          f"{rej['message']}")
+        lines.extend(_more(doc.get("rejected_total", 0), len(doc["rejected"]), "rejection",
+                           doc.get("rejected_by_reason")))
     for item in doc["ignored"]:
         label = FORMAT_LABELS.get(item.get("format", ""), item.get("format", ""))
         lines.append(f"  {item['source']} ({label}): ignored: {item['what']}")
+    lines.extend(_more(doc.get("ignored_total", 0), len(doc["ignored"]), "ignored item"))
     for err in doc["source_errors"]:
         lines.append(f"source problem: {err['path']} {err['reason']}")
     bundles = doc.get("bundles") or {}
@@ -62,6 +69,14 @@ def _render_status(doc: dict[str, Any]) -> str:
         if bundles.get(key):
             lines.append(f"{key.replace('_', ' ')}: {bundles[key]}")
     return "\n".join(lines)
+
+
+def _more(total: int, shown: int, noun: str, by_reason: dict[str, int] | None = None
+          ) -> list[str]:
+    if total <= shown:
+        return []
+    counts = ", ".join(f"{code} {count}" for code, count in (by_reason or {}).items())
+    return [f"  … and {plural(total - shown, 'more ' + noun)} ({counts or 'not listed'})"]
 
 
 def _format_note(item: dict[str, Any]) -> str:
@@ -96,8 +111,11 @@ def sync_summary(result: SyncResult) -> str:
         lines.append(f"  installed {ca.subject} (sha256 {ca.sha256[:16]}…)")
     for gone in result.removed:
         lines.append(f"  removed {gone.subject} (sha256 {gone.sha256[:16]}…)")
-    for rej in result.rejected:
-        lines.append(f"  {rej.describe()}")
+    rejected = result.rejected
+    lines.extend(f"  {rej.describe()}" for rej in rejected[:MAX_PRINTED])
+    if len(rejected) > MAX_PRINTED:
+        lines.append(f"  … and {plural(len(rejected) - MAX_PRINTED, 'more rejection')}; "
+                     "`edge-certd status --json` counts them by reason")
     for problem in result.source_problems:
         lines.append(f"  {problem.describe()}")
     lines.extend(f"  note: {note.message}" for note in result.notes)

@@ -11,7 +11,7 @@ import hashlib
 import os
 import re
 import stat
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from edge_certd.core.errors import SourceError
@@ -90,11 +90,12 @@ def check_directory(path: str, rules: DirectoryRules) -> None:
                           f"{rules.trusted_group}; run: chmod g-w {path}")
 
 
-def scan_directory(path: str, max_bytes: int) -> list[SourceFile]:
-    """Read every candidate file directly inside `path`, in name order.
+def scan_directory(path: str, max_bytes: int) -> Iterator[SourceFile]:
+    """Read every candidate file directly inside `path`, in name order, one at a time, so
+    that a directory of 50,000 files never holds more than one file's bytes in memory.
 
     Raises:
-        SourceError: the directory itself cannot be listed.
+        SourceError: the directory itself cannot be listed (raised here, not when iterating).
     """
     try:
         dir_fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -102,16 +103,29 @@ def scan_directory(path: str, max_bytes: int) -> list[SourceFile]:
         raise SourceError(path, f"cannot be opened ({exc.strerror})") from None
     try:
         names = sorted(os.listdir(dir_fd))
+    except OSError as exc:
+        os.close(dir_fd)
+        raise SourceError(path, f"cannot be listed ({exc.strerror})") from None
+    return _read_entries(path, dir_fd, names, max_bytes)
+
+
+def _read_entries(path: str, dir_fd: int, names: list[str], max_bytes: int
+                  ) -> Iterator[SourceFile]:
+    try:
         real_dir = os.path.realpath(path)
         versions = linked_versions(path, real_dir, names)
-        files = []
         for name in names:
             if is_temporary_name(name) or name in versions:
                 continue
-            files.append(read_entry(path, real_dir, dir_fd, name, max_bytes))
-        return files
+            yield read_entry(path, real_dir, dir_fd, name, max_bytes)
     finally:
         os.close(dir_fd)
+
+
+def display_path(fs_path: str) -> str:
+    """How a source file is named to people and in the manifest (see read_entry)."""
+    directory, name = os.path.split(fs_path)
+    return os.path.join(directory, printable(name, limit=255))
 
 
 def linked_versions(path: str, real_dir: str, names: Sequence[str]) -> frozenset[str]:
@@ -145,7 +159,7 @@ def _version_stem(name: str) -> str | None:
 
 def read_entry(path: str, real_dir: str, dir_fd: int, name: str, max_bytes: int) -> SourceFile:
     """Read one directory entry under every rule above; never raises for a bad entry."""
-    shown = os.path.join(path, printable(name, limit=255))
+    shown = display_path(os.path.join(path, name))
     entry = _read_entry(shown, real_dir, dir_fd, path, name, max_bytes)
     return SourceFile(entry.path, entry.data, entry.problem, os.path.join(path, name))
 

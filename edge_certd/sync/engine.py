@@ -25,6 +25,7 @@ from edge_certd.store.sources import (
     DirectoryRules,
     SourceFile,
     check_directory,
+    display_path,
     ensure_drop_dir,
     scan_directory,
     tighten_mode,
@@ -190,7 +191,10 @@ class Engine:
             notes.append(Note(code="manifest_corrupt", message=loaded.problem))
         present = self.system.present()
         verdicts, problems = self.judge_sources(now, busy)
-        held_paths = [p.path.rstrip("/") + "/" for p in problems] + sorted(busy)
+        # Busy files are named as the manifest names sources: an odd byte in a file name must
+        # not stop its old content from being held while it is rewritten.
+        held_paths = ([p.path.rstrip("/") + "/" for p in problems]
+                      + sorted(display_path(path) for path in busy))
         wanted = wanted_set(verdicts, removed_by_operator=load_blocked(self.paths),
                             held=_held(held_paths, loaded.entries, present))
         for sha, sources in wanted.stay_removed.items():

@@ -20,6 +20,9 @@ from edge_certd.store.fsutil import read_bytes_quietly, write_atomic
 from edge_certd.store.state import StatePaths
 
 MEMORY_NAME = "journal-memory.json"
+# Past this many rejections in one sync the rest are summed up in one line (a directory of
+# 50,000 junk files must not become 50,000 journal lines).
+MAX_REJECTION_EVENTS = 100
 
 # Notes that deserve a journal line, with their event kind and level; the rest are for the
 # CLI's summary only.
@@ -45,16 +48,25 @@ def log_sync(result: SyncResult, paths: StatePaths) -> None:
     memory_path = os.path.join(paths.state_dir, MEMORY_NAME)
     logged = {tuple(key) for key in _load(memory_path)}
     now_rejected = []
+    emitted = unlogged = 0
     for verdict in result.verdicts:
         for rej in verdict.rejected:
             key = ["rejected", rej.source, verdict.content_sha256, str(rej.code)]
             now_rejected.append(key)
             if tuple(key) in logged:
                 continue  # logged when this content first arrived; status still lists it
+            if emitted >= MAX_REJECTION_EVENTS:
+                unlogged += 1
+                continue
+            emitted += 1
             leak = rej.code is Reason.PRIVATE_KEY
             journal.emit("private_key" if leak else "rejected", rej.describe(),
                          logging.ERROR if leak else logging.WARNING, sha256=rej.sha256,
                          subject=rej.subject, source=rej.source, reason=rej.code)
+    if unlogged:
+        journal.emit("rejected", f"{plural(unlogged, 'more new rejection')} not logged one by "
+                     "one; `edge-certd status --json` counts them by reason", logging.WARNING,
+                     reason="many_rejections")
     now_problems = []
     for problem in result.source_problems:
         key = ["source_error", problem.path, problem.reason]

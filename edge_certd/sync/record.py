@@ -3,6 +3,7 @@ daemon runs. Output only: nothing reads it to decide anything. Written under the
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from edge_certd.config import Config
@@ -13,7 +14,15 @@ from edge_certd.store.state import StatePaths, save_report
 from edge_certd.targets.registry import bundle_paths
 
 
+# status.json lists this many rejected and ignored items and counts the rest: 50,000 junk
+# files must not make an 18 MB file that is rewritten on every sync.
+MAX_LISTED = 200
+
+
 def status_document(result: SyncResult, config: Config) -> dict[str, Any]:
+    rejected = [(v, r) for v in result.verdicts for r in v.rejected]
+    ignored = [(v, i) for v in result.verdicts for i in v.ignored]
+    by_reason = Counter(str(r.code) for _, r in rejected)
     doc: dict[str, Any] = {
         "last_sync": {
             "time": iso(result.time),
@@ -26,10 +35,14 @@ def status_document(result: SyncResult, config: Config) -> dict[str, Any]:
         "rejected": [
             {"source": r.source, "code": r.code, "message": r.message, "subject": r.subject,
              "sha256": r.sha256, "content_sha256": v.content_sha256, "format": v.format}
-            for v in result.verdicts for r in v.rejected
+            for v, r in rejected[:MAX_LISTED]
         ],
+        "rejected_total": len(rejected),
+        "rejected_files_total": result.rejected_files,
+        "rejected_by_reason": dict(sorted(by_reason.items())),
         "ignored": [{"source": i.source, "what": i.what, "format": v.format}
-                    for v in result.verdicts for i in v.ignored],
+                    for v, i in ignored[:MAX_LISTED]],
+        "ignored_total": len(ignored),
         "source_errors": [{"path": p.path, "reason": p.reason} for p in result.source_problems],
         "bundles": bundle_paths(config),
     }
