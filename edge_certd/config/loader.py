@@ -54,11 +54,9 @@ class _ConfigLoader(yaml.SafeLoader):
         self._nodes += 1
         try:
             if self._nodes > MAX_NODES:
-                raise Refused(f"more than {MAX_NODES} values in one file",
-                              self._mark())
+                raise Refused(f"more than {MAX_NODES} values in one file", self._mark())
             if self._depth > MAX_DEPTH:
-                raise Refused(f"nested deeper than {MAX_DEPTH} levels",
-                              self._mark())
+                raise Refused(f"nested deeper than {MAX_DEPTH} levels", self._mark())
             return super().compose_node(parent, index)  # type: ignore[no-any-return]
         finally:
             self._depth -= 1
@@ -81,13 +79,14 @@ class _ConfigLoader(yaml.SafeLoader):
                 if key_node.tag == _MERGE:
                     raise Refused("merge keys (<<) are not supported", key_node.start_mark)
                 if not isinstance(key_node, yaml.ScalarNode):
-                    raise Refused(f"{self._where(node)}a key must be a plain name",
-                                   key_node.start_mark)
+                    raise Refused(f"{self._where(node)}a key must be a plain name", key_node.start_mark)
                 key = str(key_node.value)
                 if key in first:
                     raise Refused(
                         f"{self._where(node)}duplicate key {key!r} (first at line {first[key]}); "
-                        "a repeated key would silently replace the first", key_node.start_mark)
+                        "a repeated key would silently replace the first",
+                        key_node.start_mark,
+                    )
                 first[key] = key_node.start_mark.line + 1
         result: dict[Any, Any] = super().construct_mapping(node, deep)
         return result
@@ -103,40 +102,40 @@ def _number(build: Callable[[Any, Any], Any], kind: str) -> Callable[[_ConfigLoa
     def construct(loader: _ConfigLoader, node: Any) -> Any:
         text = str(getattr(node, "value", ""))
         if len(text) > MAX_NUMBER:
-            raise Refused(f"{loader._where(node)}{kind} longer than {MAX_NUMBER} characters",
-                           node.start_mark)
+            raise Refused(f"{loader._where(node)}{kind} longer than {MAX_NUMBER} characters", node.start_mark)
         try:
             return build(loader, node)
         except (ValueError, OverflowError, TypeError):
-            raise Refused(f"{loader._where(node)}not a valid {kind}: {text[:40]!r}",
-                           node.start_mark) from None
+            raise Refused(
+                f"{loader._where(node)}not a valid {kind}: {text[:40]!r}", node.start_mark
+            ) from None
+
     return construct
 
 
 def _string(loader: _ConfigLoader, node: Any) -> str:
     value = loader.construct_scalar(node)  # raises ConstructorError on a collection
     if len(value) > MAX_SCALAR:
-        raise Refused(f"{loader._where(node)}value longer than {MAX_SCALAR} characters",
-                       node.start_mark)
+        raise Refused(f"{loader._where(node)}value longer than {MAX_SCALAR} characters", node.start_mark)
     return str(value)
 
 
 def _refuse(kind: str) -> Callable[[_ConfigLoader, yaml.Node], Any]:
     def construct(loader: _ConfigLoader, node: yaml.Node) -> Any:
         raise Refused(f"{loader._where(node)}{kind} values are not supported", node.start_mark)
+
     return construct
 
 
-_ConfigLoader.add_constructor("tag:yaml.org,2002:int",
-                              _number(yaml.SafeLoader.construct_yaml_int, "integer"))
-_ConfigLoader.add_constructor("tag:yaml.org,2002:float",
-                              _number(yaml.SafeLoader.construct_yaml_float, "number"))
+_ConfigLoader.add_constructor("tag:yaml.org,2002:int", _number(yaml.SafeLoader.construct_yaml_int, "integer"))
+_ConfigLoader.add_constructor(
+    "tag:yaml.org,2002:float", _number(yaml.SafeLoader.construct_yaml_float, "number")
+)
 _ConfigLoader.add_constructor("tag:yaml.org,2002:str", _string)
 # An unquoted date stays the text it is: no key takes a date, and constructing one can raise
 # ValueError (2023-02-30) outside yaml's own errors.
 _ConfigLoader.add_constructor("tag:yaml.org,2002:timestamp", _string)
-for _tag, _kind in (("binary", "!!binary"), ("set", "!!set"), ("omap", "!!omap"),
-                    ("pairs", "!!pairs")):
+for _tag, _kind in (("binary", "!!binary"), ("set", "!!set"), ("omap", "!!omap"), ("pairs", "!!pairs")):
     _ConfigLoader.add_constructor(f"tag:yaml.org,2002:{_tag}", _refuse(_kind))
 
 

@@ -127,8 +127,14 @@ def _strings(config: Config) -> Iterator[Problem]:
 
 
 def _path_keys(config: Config) -> Iterator[tuple[tuple[str, ...], str]]:
-    for key in (("drop_dir",), ("state_dir",), ("trust_store", "ca_dir"),
-                ("trust_store", "system_bundle"), ("bundles", "dir"), ("bundles", "env_file")):
+    for key in (
+        ("drop_dir",),
+        ("state_dir",),
+        ("trust_store", "ca_dir"),
+        ("trust_store", "system_bundle"),
+        ("bundles", "dir"),
+        ("bundles", "env_file"),
+    ):
         yield key, _get(config, key)
     for name in ("keyvault_export_dirs", "pfx_password_files"):
         for i, value in enumerate(getattr(config, name)):
@@ -149,11 +155,13 @@ def _paths(config: Config) -> Iterator[Problem]:
             yield key, "must not be / itself"
     ca_dir = config.trust_store.ca_dir
     if ca_dir != "/" and not posixpath.basename(ca_dir).startswith(CA_DIR_PREFIX):
-        yield (("trust_store", "ca_dir"),
-               f"must be edge-certd's own directory, named {CA_DIR_PREFIX}* (e.g. "
-               "/usr/local/share/ca-certificates/edge-certd): sync deletes the CA files in it "
-               "that it did not install and purge removes it whole, so it must never be a shared "
-               f"directory; got {ca_dir!r}")
+        yield (
+            ("trust_store", "ca_dir"),
+            f"must be edge-certd's own directory, named {CA_DIR_PREFIX}* (e.g. "
+            "/usr/local/share/ca-certificates/edge-certd): sync deletes the CA files in it "
+            "that it did not install and purge removes it whole, so it must never be a shared "
+            f"directory; got {ca_dir!r}",
+        )
 
 
 def _within(inner: str, outer: str) -> bool:
@@ -163,45 +171,75 @@ def _within(inner: str, outer: str) -> bool:
 
 def _overlaps(config: Config) -> Iterator[Problem]:
     sources = [(("drop_dir",), config.drop_dir)] + [
-        (("keyvault_export_dirs", str(i)), d) for i, d in enumerate(config.keyvault_export_dirs)]
+        (("keyvault_export_dirs", str(i)), d) for i, d in enumerate(config.keyvault_export_dirs)
+    ]
     ca_dir = (("trust_store", "ca_dir"), config.trust_store.ca_dir)
     state = (("state_dir",), config.state_dir)
     bundles = (("bundles", "dir"), config.bundles.dir)
     env_file = (("bundles", "env_file"), config.bundles.env_file)
     system_bundle = (("trust_store", "system_bundle"), config.trust_store.system_bundle)
 
-    for (key, src) in sources:
+    for key, src in sources:
         where = f"{'.'.join(key)} ({src})"
         # Each: (what, its path, why it must not be inside a source directory).
         for (other_key, other), why in (
-            (bundles, "ca-bundle.pem would be read back as a source, so every public root "
-                      "would become a CA edge-certd manages"),
-            (system_bundle, "the system bundle would be read back as a source, so every "
-                            "public root would become a CA edge-certd manages"),
-            (ca_dir, "the installed CAs would be read back as sources and could never be "
-                     "removed"),
-            (state, "whoever may write the source directory could rewrite the manifest and "
-                    "the verdict cache"),
-            (env_file, "whoever may write the source directory could replace the env file "
-                       "that services source"),
+            (
+                bundles,
+                "ca-bundle.pem would be read back as a source, so every public root "
+                "would become a CA edge-certd manages",
+            ),
+            (
+                system_bundle,
+                "the system bundle would be read back as a source, so every "
+                "public root would become a CA edge-certd manages",
+            ),
+            (ca_dir, "the installed CAs would be read back as sources and could never be removed"),
+            (
+                state,
+                "whoever may write the source directory could rewrite the manifest and the verdict cache",
+            ),
+            (
+                env_file,
+                "whoever may write the source directory could replace the env file that services source",
+            ),
         ):
             if _within(other, src):
                 yield other_key, f"must not be inside the source directory {where}: {why}"
         if _within(src, ca_dir[1]):
-            yield key, (f"must not be inside trust_store.ca_dir ({ca_dir[1]}): "
-                        "update-ca-certificates reads its subdirectories too, so files copied "
-                        "there would be trusted without any check")
+            yield (
+                key,
+                (
+                    f"must not be inside trust_store.ca_dir ({ca_dir[1]}): "
+                    "update-ca-certificates reads its subdirectories too, so files copied "
+                    "there would be trusted without any check"
+                ),
+            )
     seen: dict[str, str] = {}
     for key, src in sources:
         if src in seen:
-            yield key, (f"is the same directory as {seen[src]}; a drop directory and a Key "
-                        "Vault export are judged by different rules, so give each its own")
+            yield (
+                key,
+                (
+                    f"is the same directory as {seen[src]}; a drop directory and a Key "
+                    "Vault export are judged by different rules, so give each its own"
+                ),
+            )
         seen.setdefault(src, ".".join(key))
-    for (other_key, other) in (state, bundles):
+    for other_key, other in (state, bundles):
         if _within(other, ca_dir[1]) or _within(ca_dir[1], other):
-            yield ca_dir[0], (f"must not overlap {'.'.join(other_key)} ({other}): ca_dir holds "
-                              "only the CA files edge-certd installs")
-    for (other_key, other) in (env_file, system_bundle):
+            yield (
+                ca_dir[0],
+                (
+                    f"must not overlap {'.'.join(other_key)} ({other}): ca_dir holds "
+                    "only the CA files edge-certd installs"
+                ),
+            )
+    for other_key, other in (env_file, system_bundle):
         if _within(other, ca_dir[1]):
-            yield other_key, (f"must not be inside trust_store.ca_dir ({ca_dir[1]}): ca_dir "
-                              "holds only the CA files edge-certd installs")
+            yield (
+                other_key,
+                (
+                    f"must not be inside trust_store.ca_dir ({ca_dir[1]}): ca_dir "
+                    "holds only the CA files edge-certd installs"
+                ),
+            )
