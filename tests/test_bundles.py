@@ -95,7 +95,7 @@ def test_keytool_lists_java_entries_as_trusted_cert_entries(tree: Tree, mode: st
 
     assert f"edge-certd-{hashlib.sha256(root.der).hexdigest()[:16]}" in listing
     env = tree.env_file.read_text()
-    assert f"EDGE_CERTD_JAVA_TRUSTSTORE={store}" in env
+    assert f"EDGE_CERTD_JAVA_TRUSTSTORE='{store}'" in env
     before = store.stat().st_mtime_ns
     assert tree.cli("sync").returncode == 0
     assert store.stat().st_mtime_ns == before  # unchanged set: not rewritten

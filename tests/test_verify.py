@@ -22,7 +22,6 @@ from certs import CA, Issued, utcnow
 from loopback import LoopbackServer, free_port, tls_handler
 
 from edge_certd import cli
-from edge_certd.diagnose.verify import net as verify_net
 from edge_certd.config import GatewayConfig
 from edge_certd.core.errors import UsageError
 from edge_certd.diagnose.connstr import ConnectionStringError, parse_connection_string
@@ -35,6 +34,7 @@ from edge_certd.diagnose.verify import (
     request_from_args,
     verify_gateway,
 )
+from edge_certd.diagnose.verify import net as verify_net
 
 DROP = "/var/lib/edge-certd/drop"
 TIMEOUT = 3.0
@@ -689,3 +689,68 @@ def test_explicit_host_wins_and_a_differing_gateway_hostname_warns() -> None:
     step = report.step("connection_string")
     assert step is not None and step.status == "warn"
     assert report.diagnosis is not None and report.diagnosis.cause == "dns"
+
+
+# --------------------------------------------------------------------------- hostile gateways
+
+HOSTILE_CN = "gw01\n Result: OK\r\x1b[2K\x1b[1A"
+HOSTILE_DNS = "x\x1b[2K.example.test"
+
+
+def _control_characters(text: str) -> set[str]:
+    return {ch for ch in text if not ch.isprintable() and ch != "\n"}
+
+
+@pytest.mark.parametrize("trusted", ["root", "other"])
+def test_gateway_names_cannot_forge_or_hide_the_result_line(
+    pki: Pki, serve: Serve, tmp_path: Path, capsys: pytest.CaptureFixture[str], trusted: str
+) -> None:
+    # The subject, the issuer chain and the SAN are the gateway's to choose: a newline would
+    # print a second "Result: OK", and ESC [2K / ESC [1A would erase the real one on a terminal.
+    leaf = pki.edge.issue_server(HOSTILE_CN, [HOSTILE_DNS, "localhost"])
+    cert, key = leaf.write(tmp_path / "hostile")
+    server = serve(tls_handler(cert, key))
+    ca = pki.root_pem if trusted == "root" else pki.other_root_pem
+    config = tmp_path / "config.yaml"
+    config.write_text(f"state_dir: {tmp_path}\n")
+    argv = ["--config", str(config), "verify", f"localhost:{server.port}", "--ca", str(ca),
+            "--timeout", str(TIMEOUT)]
+
+    code = cli.main(argv)
+    text = capsys.readouterr().out
+    assert _control_characters(text) == set(), repr(text)
+    results = [line for line in text.splitlines() if line.lstrip().startswith("Result:")]
+    assert results == (["Result: OK"] if trusted == "root" else ["Result: FAILED"]), text
+    assert code == (0 if trusted == "root" else 1)
+    assert "CN=gw01\\x0a Result: OK\\x0d\\x1b[2K\\x1b[1A" in text  # shown, escaped
+    assert "DNS:x\\x1b[2K.example.test" in text
+
+    assert cli.main([*argv, "--json"]) == code
+    doc = json.loads(capsys.readouterr().out)
+    strings: list[str] = []
+
+    def collect(value: object) -> None:
+        if isinstance(value, str):
+            strings.append(value)
+        elif isinstance(value, list):
+            for item in value:
+                collect(item)
+        elif isinstance(value, dict):
+            for item in value.values():
+                collect(item)
+
+    collect(doc)
+    assert all(not _control_characters(s) and "\n" not in s for s in strings), strings
+    assert doc["chain"][0]["subject"].startswith("CN=gw01\\x0a Result: OK")
+    assert "DNS:x\\x1b[2K.example.test" in doc["chain"][0]["san"]
+
+
+def test_long_gateway_names_are_cut(pki: Pki, serve: Serve, tmp_path: Path) -> None:
+    many = [f"n{i}.{'a' * 60}.example.test" for i in range(300)]
+    leaf = pki.edge.issue_server("gw01", ["localhost", *many])
+    cert, key = leaf.write(tmp_path / "many")
+    server = serve(tls_handler(cert, key))
+    report = check("localhost", server.port, pki.root_pem)
+    assert report.ok, render_text(report)
+    assert len(report.chain[0].san) <= 32
+    assert all(len(line) <= 4000 for line in render_text(report).splitlines())

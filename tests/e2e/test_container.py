@@ -419,11 +419,17 @@ def test_scp_into_drop_dir_makes_every_client_trust_the_gateway(scenario: Scenar
 
     env_file = sc.box.path(ENV_FILE).read_text()
     env = dict(
-        (k, v.strip('"'))
+        (k, v.strip("'"))
         for k, _, v in (ln.partition("=") for ln in env_file.splitlines())
         if k and not k.startswith("#")
     )
     assert "NODE_EXTRA_CA_CERTS" in env, env_file
+    # systemd's EnvironmentFile= reads each (single-quoted) value exactly as sh does.
+    for key in ("NODE_EXTRA_CA_CERTS", "REQUESTS_CA_BUNDLE"):
+        by_systemd = sc.box.run(["systemd-run", "--quiet", "--pipe", "--wait", "-p",
+                                 f"EnvironmentFile={ENV_FILE}", "/usr/bin/printenv", key]).stdout
+        by_sh = sc.box.run(["sh", "-c", f"set -a; . {ENV_FILE}; printenv {key}"]).stdout
+        assert by_systemd == by_sh == env[key] + "\n", (key, by_systemd, by_sh)
     without = sc.node(None)
     assert without.returncode != 0, f"must fail without the env file: {without.stdout}"
     node = sc.node(env["NODE_EXTRA_CA_CERTS"])

@@ -15,6 +15,7 @@ from typing import Literal
 
 from cryptography import x509
 
+from edge_certd.core.text import printable
 from edge_certd.diagnose.connstr import ConnectionString
 
 __all__ = [
@@ -35,6 +36,9 @@ __all__ = [
 # The ports IoT Edge's edgeHub publishes, one per upstream protocol.
 PROTOCOL_PORTS: dict[str, int] = {"mqtts": 8883, "amqps": 5671, "https": 443}
 DEFAULT_PROTOCOL = "mqtts"
+
+# A gateway certificate may list thousands of names; a report needs the first few.
+MAX_SAN_ENTRIES = 32
 
 # "warn" never fails a check: a certificate that expires within warn_days still
 # works today, and failing on it would break scripts that gate on the exit code.
@@ -92,7 +96,12 @@ class VerifyRequest:
 
 @dataclass(frozen=True)
 class CertInfo:
-    """One certificate the server presented, as a person needs to see it."""
+    """One certificate the server presented, as a person needs to see it.
+
+    Every text field came from the gateway, so `cert_info` escapes control characters
+    (ESC, CR, LF: a subject must not print a forged `Result: OK` line or erase the real
+    one) and cuts each to MAX_FIELD characters, and keeps at most MAX_SAN_ENTRIES names.
+    """
 
     subject: str
     issuer: str
@@ -102,10 +111,9 @@ class CertInfo:
     dns_names: tuple[str, ...] = ()
     ip_addresses: tuple[str, ...] = ()
     is_ca: bool = False
-
-    @property
-    def self_signed(self) -> bool:
-        return self.subject == self.issuer
+    # Compared on the certificate's own names: the escaped, cut strings above could match
+    # where the names differ.
+    self_signed: bool = False
 
     @property
     def san(self) -> tuple[str, ...]:
@@ -181,8 +189,8 @@ def cert_info(der: bytes) -> CertInfo:
     ips: tuple[str, ...] = ()
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        dns = tuple(san.get_values_for_type(x509.DNSName))
-        ips = tuple(str(a) for a in san.get_values_for_type(x509.IPAddress))
+        dns = tuple(printable(n) for n in san.get_values_for_type(x509.DNSName)[:MAX_SAN_ENTRIES])
+        ips = tuple(str(a) for a in san.get_values_for_type(x509.IPAddress)[:MAX_SAN_ENTRIES])
     except (x509.ExtensionNotFound, ValueError):
         pass
     try:
@@ -190,14 +198,15 @@ def cert_info(der: bytes) -> CertInfo:
     except (x509.ExtensionNotFound, ValueError):
         is_ca = False
     return CertInfo(
-        subject=cert.subject.rfc4514_string(),
-        issuer=cert.issuer.rfc4514_string(),
+        subject=printable(cert.subject.rfc4514_string()),
+        issuer=printable(cert.issuer.rfc4514_string()),
         not_before=_utc(cert, "not_valid_before"),
         not_after=_utc(cert, "not_valid_after"),
         sha256=hashlib.sha256(der).hexdigest(),
         dns_names=dns,
         ip_addresses=ips,
         is_ca=is_ca,
+        self_signed=cert.subject == cert.issuer,
     )
 
 

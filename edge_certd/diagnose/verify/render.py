@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from edge_certd.core.text import printable
 from edge_certd.diagnose.verify.model import STEP_TITLES, VerifyReport, when
+
+# Every line and JSON string goes out escaped. cert_info already escaped what the gateway
+# sent; this catches anything else that reached a message (an error text, a host name) and is
+# long enough for every honest line.
+MAX_LINE = 4000
 
 __all__ = ["render_text", "report_to_json"]
 
@@ -29,7 +35,8 @@ def render_text(report: VerifyReport) -> str:
     if report.diagnosis:
         lines.append(f"Diagnosis: {report.diagnosis.message}")
         lines.append(f"Fix: {report.diagnosis.fix}")
-    lines.append(_result_line(report))
+    lines = [printable(line, MAX_LINE) for line in lines]
+    lines.append(_result_line(report))  # the one line no input can write
     return "\n".join(lines) + "\n"
 
 
@@ -43,12 +50,28 @@ def _result_line(report: VerifyReport) -> str:
     return f"Result: OK, with {count} {noun} (warnings do not fail the check)"
 
 
+def _clean(value: Any) -> Any:
+    if isinstance(value, str):
+        return printable(value, MAX_LINE)
+    if isinstance(value, list):
+        return [_clean(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _clean(item) for key, item in value.items()}
+    return value
+
+
 def report_to_json(report: VerifyReport) -> dict[str, Any]:
     """The same result as a JSON-ready dict. Holds no secrets (the connection string
     appears only in redacted form, in the connection_string step).
 
-    `ok` is true when nothing failed; `warnings` names the steps that only warned.
+    `ok` is true when nothing failed; `warnings` names the steps that only warned. Every
+    string is escaped as in the text report.
     """
+    result: dict[str, Any] = _clean(_as_dict(report))
+    return result
+
+
+def _as_dict(report: VerifyReport) -> dict[str, Any]:
     return {
         "ok": report.ok,
         "warnings": [s.name for s in report.warnings],

@@ -1,18 +1,20 @@
 """Configuration: YAML validated by pydantic, handed on as frozen models.
 
-This is the only module that imports pydantic or yaml. It works with pydantic 1.10
+This is the only package that imports pydantic or yaml (loader.py reads the YAML, rules.py
+checks what the types cannot say). It works with pydantic 1.10
 (Debian 12) and pydantic 2 (PyPI) by touching only the API the two share.
 """
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any, Literal
 
 import pydantic
 import yaml
 
+from edge_certd.config import rules
+from edge_certd.config.loader import MAX_BYTES, Refused, load_yaml
 from edge_certd.core.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = "/etc/edge-certd/config.yaml"
@@ -108,7 +110,8 @@ class Config(_Section):
     gateway: GatewayConfig = GatewayConfig()
 
 
-# Keys whose values must be absolute paths; relative ones would depend on the daemon's cwd.
+# Keys whose values are paths, tidied (`//`, `/./`, a trailing `/`) before validation so the
+# overlap rules compare like with like.
 _PATH_KEYS: tuple[tuple[str, ...], ...] = (
     ("drop_dir",),
     ("state_dir",),
@@ -116,7 +119,9 @@ _PATH_KEYS: tuple[tuple[str, ...], ...] = (
     ("trust_store", "system_bundle"),
     ("bundles", "dir"),
     ("bundles", "env_file"),
+    ("gateway", "connection_string_file"),
 )
+_PATH_LIST_KEYS = ("keyvault_export_dirs", "pfx_password_files")
 
 
 def config_path(explicit: str | None) -> tuple[str, bool]:
@@ -139,56 +144,80 @@ def load_config(explicit: str | None = None) -> tuple[Config, str]:
         The config and the path it came from.
 
     Raises:
-        ConfigError: the file named by the user is missing, or any file is invalid.
+        ConfigError: the file named by the user is missing, or any file is invalid. Nothing
+            else, whatever the file holds: the daemon keeps its running configuration at a
+            reload only on ConfigError.
     """
     path, named = config_path(explicit)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_BYTES + 1)
     except FileNotFoundError:
         if named:
             raise ConfigError(path, ["file not found"]) from None
         return Config(), path  # no config file: every default applies
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
         raise ConfigError(path, [f"cannot read: {exc}"]) from None
+    if len(raw) > MAX_BYTES:
+        raise ConfigError(path, [f"larger than {MAX_BYTES} bytes; this is not a configuration"])
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(path, [f"not UTF-8 text (byte {exc.start})"]) from None
     return parse_config(text, path), path
 
 
 def parse_config(text: str, path: str = "<config>") -> Config:
-    """Validate YAML text as a configuration. Raises ConfigError."""
+    """Validate YAML text as a configuration.
+
+    Raises:
+        ConfigError: every problem found, each as "line N: key: what is wrong".
+    """
     try:
-        data = yaml.safe_load(text)
-        tree = yaml.compose(text, Loader=yaml.SafeLoader)
+        data, tree = load_yaml(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}: " if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(path, [f"{where}not valid YAML: {problem}"]) from None
+        raise ConfigError(path, [_yaml_problem(exc)]) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(path, ["the top level must be a mapping of keys"])
+    _tidy_paths(data)
     try:
-        config = Config.parse_obj(data) if not _PYDANTIC_V2 else Config.model_validate(data)
+        config = Config.model_validate(data) if _PYDANTIC_V2 else Config.parse_obj(data)
     except pydantic.ValidationError as exc:
         problems = []
         for err in exc.errors():
             loc = tuple(str(part) for part in err["loc"])
             problems.append(_describe(tree, loc, _message(err)))
         raise ConfigError(path, problems) from None
-    problems = []
-    for key in _PATH_KEYS:
-        value = _get(config, key)
-        if not os.path.isabs(value):
-            problems.append(_describe(tree, key, f"must be an absolute path, got {value!r}"))
-    for i, value in enumerate(config.keyvault_export_dirs):
-        if not os.path.isabs(value):
-            loc = ("keyvault_export_dirs", str(i))
-            problems.append(_describe(tree, loc, f"must be an absolute path, got {value!r}"))
-    if not config.trust_store.update_command:
-        problems.append(_describe(tree, ("trust_store", "update_command"), "must not be empty"))
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+        # pydantic wraps a validator's ValueError itself; this is for anything it does not.
+        raise ConfigError(path, [f"cannot be validated ({type(exc).__name__}: {exc})"]) from None
+    problems = [_describe(tree, key, message) for key, message in rules.check(config)]
     if problems:
         raise ConfigError(path, problems)
     return config
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    where = f"line {mark.line + 1}: " if mark is not None else ""
+    problem = getattr(exc, "problem", None) or str(exc)
+    if isinstance(exc, Refused):
+        return f"{where}{problem}"  # valid YAML, but nothing a configuration needs
+    return f"{where}not valid YAML: {problem}"
+
+
+def _tidy_paths(data: dict[str, Any]) -> None:
+    for key in _PATH_KEYS:
+        node: Any = data
+        for part in key[:-1]:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and key[-1] in node:
+            node[key[-1]] = rules.tidy_path(node[key[-1]])
+    for name in _PATH_LIST_KEYS:
+        if isinstance(data.get(name), list):
+            data[name] = [rules.tidy_path(item) for item in data[name]]
 
 
 def _message(err: Any) -> str:
@@ -197,13 +226,6 @@ def _message(err: Any) -> str:
     if kind in ("extra_forbidden", "value_error.extra"):
         return "unknown key (check the spelling against config.example.yaml)"
     return str(err["msg"])
-
-
-def _get(config: Config, key: tuple[str, ...]) -> str:
-    value: Any = config
-    for part in key:
-        value = getattr(value, part)
-    return str(value)
 
 
 def _describe(tree: yaml.Node | None, loc: tuple[str, ...], message: str) -> str:
