@@ -35,6 +35,9 @@ _RANGES: tuple[tuple[tuple[str, str], float, float], ...] = (
     (("expiry", "check_interval"), 1, 30 * DAY),
     (("policy", "min_rsa_bits"), 1024, 16384),
     (("policy", "max_file_bytes"), 1024, 64 * 1024 * 1024),
+    (("policy", "judge_cpu_seconds"), 1, 600),
+    # Python and cryptography alone map about 40 MB in the worker.
+    (("policy", "judge_memory_mb"), 64, 4096),
     (("gateway", "timeout"), 0.1, 600),
     (("gateway", "port"), 1, 65535),
 )
