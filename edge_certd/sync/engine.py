@@ -265,13 +265,22 @@ def _judge_cached(worker: JudgeWorker, cache: VerdictCache, source: SourceFile,
     if verdict is None:
         verdict = worker.judge(source=source.path, data=source.data, kind=kind, rules=rules,
                                now=now, passwords=passwords)
-        if not any(r.code in _NOT_CACHED for r in verdict.rejected):
+        if _worth_caching(verdict):
             cache.put(key, verdict)
     return verdict
 
 
 # A verdict about the judge rather than the file: judged again by the next process.
 _NOT_CACHED = {Reason.JUDGE_LIMIT, Reason.JUDGE_FAILED}
+
+
+def _worth_caching(verdict: FileVerdict) -> bool:
+    """Only verdicts that cost a certificate's parse and signature check are remembered:
+    junk is refused in microseconds, and 50,000 junk files must not make a 20 MB cache."""
+    if any(r.code in _NOT_CACHED for r in verdict.rejected):
+        return False
+    return bool(verdict.accepted or verdict.ignored
+                or any(r.sha256 is not None for r in verdict.rejected))
 
 
 def _held(held_paths: Sequence[str], manifest: Mapping[str, InstalledCA],

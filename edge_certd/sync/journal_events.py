@@ -8,6 +8,7 @@ away and came back is.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -46,14 +47,14 @@ def log_sync(result: SyncResult, paths: StatePaths) -> None:
             event, level = _JOURNALED_NOTES[note.code]
             journal.emit(event, note.message, level, reason=note.code)
     memory_path = os.path.join(paths.state_dir, MEMORY_NAME)
-    logged = {tuple(key) for key in _load(memory_path)}
+    logged = set(_load(memory_path))
     now_rejected = []
     emitted = unlogged = 0
     for verdict in result.verdicts:
         for rej in verdict.rejected:
-            key = ["rejected", rej.source, verdict.content_sha256, str(rej.code)]
+            key = _key("rejected", rej.source, verdict.content_sha256, str(rej.code))
             now_rejected.append(key)
-            if tuple(key) in logged:
+            if key in logged:
                 continue  # logged when this content first arrived; status still lists it
             if emitted >= MAX_REJECTION_EVENTS:
                 unlogged += 1
@@ -69,9 +70,9 @@ def log_sync(result: SyncResult, paths: StatePaths) -> None:
                      reason="many_rejections")
     now_problems = []
     for problem in result.source_problems:
-        key = ["source_error", problem.path, problem.reason]
+        key = _key("source_error", problem.path, problem.reason)
         now_problems.append(key)
-        if tuple(key) in logged:
+        if key in logged:
             continue  # still the same problem; status keeps showing it
         journal.emit("source_error", problem.describe(), logging.WARNING, source=problem.path,
                      reason=problem.reason)
@@ -91,16 +92,22 @@ def log_failure(result: SyncResult, error: ApplyError) -> None:
             journal.emit(event, note.message, level, reason=note.code)
 
 
-def _load(path: str) -> list[list[str]]:
+def _key(*parts: str) -> str:
+    """A short digest per problem: the memory stays small for 50,000 junk files, and it
+    holds no file names."""
+    return hashlib.sha256("\0".join(parts).encode("utf-8", "surrogateescape")).hexdigest()[:24]
+
+
+def _load(path: str) -> list[str]:
     try:
         doc = json.loads(read_bytes_quietly(path) or b"[]")
     except ValueError:
         return []
-    return [item for item in doc if isinstance(item, list)] if isinstance(doc, list) else []
+    return [item for item in doc if isinstance(item, str)] if isinstance(doc, list) else []
 
 
-def _save(path: str, keys: list[list[str]]) -> None:
-    data = (json.dumps(keys, ensure_ascii=False) + "\n").encode()
+def _save(path: str, keys: list[str]) -> None:
+    data = (json.dumps(sorted(keys)) + "\n").encode()
     try:
         write_atomic(path, data, 0o600)
     except EdgeCertdError:

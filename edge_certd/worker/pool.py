@@ -58,6 +58,8 @@ class JudgeWorker:
         # Contents that exceeded a limit; judged once per process, not on every rescan.
         self._over_limit: dict[str, FileVerdict] = {}
         self.spawned = 0  # for tests and benchmarks: how many children were started
+        self._rules: Rules | None = None
+        self._rules_doc: dict[str, object] = {}
 
     def judge(self, *, source: str, data: bytes, kind: SourceKind, rules: Rules,
               now: dt.datetime, passwords: Sequence[bytes]) -> FileVerdict:
@@ -66,7 +68,7 @@ class JudgeWorker:
         if memo is not None:
             return dataclasses.replace(memo, source=source, rejected=tuple(
                 dataclasses.replace(r, source=source) for r in memo.rejected))
-        header = {"source": source, "kind": str(kind), "rules": dataclasses.asdict(rules),
+        header = {"source": source, "kind": str(kind), "rules": self._rules_json(rules),
                   "now": iso(now), "passwords": [base64.b64encode(p).decode() for p in passwords]}
         try:
             answer = self._ask(encode_json(header), data)
@@ -85,12 +87,16 @@ class JudgeWorker:
                             "edge-certd could not judge this file (the judge's answer was "
                             "malformed); it is not trusted")
 
+    def _rules_json(self, rules: Rules) -> dict[str, object]:
+        if self._rules != rules:
+            self._rules, self._rules_doc = rules, dataclasses.asdict(rules)
+        return self._rules_doc
+
     def _ask(self, header: bytes, data: bytes) -> bytes:
         proc = self._start()
         assert proc.stdin is not None and proc.stdout is not None
         try:
-            write_frame(proc.stdin.fileno(), header)
-            write_frame(proc.stdin.fileno(), data)
+            write_frame(proc.stdin.fileno(), header, data)
         except OSError:
             self._reap()
             raise ProtocolError("the judge process died") from None

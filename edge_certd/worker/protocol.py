@@ -19,8 +19,10 @@ class ProtocolError(Exception):
     """The other side closed the pipe or sent something that is not a frame."""
 
 
-def write_frame(fd: int, payload: bytes) -> None:
-    data = struct.pack(">I", len(payload)) + payload
+def write_frame(fd: int, *payloads: bytes) -> None:
+    """Write one or more frames with as few system calls as the pipe allows: each write
+    wakes the other side, and with 50,000 files those wake-ups are most of a sync."""
+    data = b"".join(struct.pack(">I", len(p)) + p for p in payloads)
     view = memoryview(data)
     while view:
         written = os.write(fd, view)
