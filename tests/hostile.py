@@ -188,8 +188,10 @@ def corpus(m: Material) -> list[Case]:
           "private_key"),
         r("cert-and-key.pem", "a root CA with its private key", good_pem + m.good.key_pem,
           "private_key"),
+        # Its key bag shows without the password, so it is a private key, not a password
+        # problem (was pkcs12_password before the judging was hardened).
         r("wrong-password.pfx", "PKCS#12 with a password we do not have", pfx,
-          "pkcs12_password"),
+          "private_key"),
         # -- size ---------------------------------------------------------------------------
         Case(b"huge.pem", "100 MB: a root CA followed by 100 MB", "big", good_pem,
              frozenset({"too_large"})),
