@@ -4,9 +4,10 @@ Judging a root costs a public-key decode and a signature check (about 0.4 ms wit
 with 1,000 managed CAs that was most of a restart and of every sync the daemon ran. The
 cache is keyed by the SHA-256 of the file's bytes, the source kind, the policy, the PFX
 passwords and the judge itself (core's JUDGE_VERSION and the package version, so verdicts
-an older release gave are judged again after an upgrade), and lives in state_dir (root-only), so a hit is exactly the verdict a fresh
-judgement would give, except for the clock: verdicts are re-checked against `now` and
-judged again when a date boundary was crossed.
+an older release gave are judged again after an upgrade), and lives in state_dir
+(root-only), so a hit is exactly the verdict a fresh judgement would give, except for the
+clock: verdicts are re-checked against `now` and judged again when a date boundary was
+crossed.
 """
 
 from __future__ import annotations
