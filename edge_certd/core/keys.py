@@ -60,8 +60,11 @@ def is_der_private_key(data: bytes, pos: int = 0, end: int | None = None) -> boo
     if len(tags) < 2:
         return False
     if tags[0][0] == der.SEQUENCE:  # EncryptedPrivateKeyInfo: {algorithm, encryptedData}
-        return (len(tags) == 2 and tags[1][0] == der.OCTET_STRING
-                and _algorithm_is_pbe(data, tags[0][1], tags[0][2]))
+        return (
+            len(tags) == 2
+            and tags[1][0] == der.OCTET_STRING
+            and _algorithm_is_pbe(data, tags[0][1], tags[0][2])
+        )
     if tags[0][0] != der.INTEGER or data[tags[0][1] : tags[0][2]] not in (b"\x00", b"\x01"):
         return False
     second = [t for t, _, _ in tags[1:]]

@@ -25,8 +25,10 @@ _PKCS12_PBE = der.oid_bytes("1.2.840.113549.1.12.1")
 _PBES2 = der.oid_bytes("1.2.840.113549.1.5.13")
 _PBMAC1 = der.oid_bytes("1.2.840.113549.1.5.14")
 _SCRYPT = der.oid_bytes("1.3.6.1.4.1.11591.4.11")
-_KEY_BAGS = {der.oid_bytes("1.2.840.113549.1.12.10.1.1"),  # keyBag
-             der.oid_bytes("1.2.840.113549.1.12.10.1.2")}  # pkcs8ShroudedKeyBag
+_KEY_BAGS = {
+    der.oid_bytes("1.2.840.113549.1.12.10.1.1"),  # keyBag
+    der.oid_bytes("1.2.840.113549.1.12.10.1.2"),
+}  # pkcs8ShroudedKeyBag
 _ENVELOPED = der.oid_bytes("1.2.840.113549.1.7.3")
 
 
@@ -76,11 +78,15 @@ def inspect(data: bytes) -> Facts:
     costly = bool(problems) and problems[-1].startswith("its scrypt cost")
     worst = max(counts, default=0)
     if worst > MAX_ITERATIONS:
-        problems.append(f"it asks for {worst} key-derivation iterations, above the ceiling of "
-                        f"{MAX_ITERATIONS:,}; re-export it with a normal iteration count")
+        problems.append(
+            f"it asks for {worst} key-derivation iterations, above the ceiling of "
+            f"{MAX_ITERATIONS:,}; re-export it with a normal iteration count"
+        )
     elif sum(counts) > MAX_TOTAL_ITERATIONS:
-        problems.append(f"its key derivations add up to {sum(counts)} iterations, above the "
-                        f"ceiling of {MAX_TOTAL_ITERATIONS:,}")
+        problems.append(
+            f"its key derivations add up to {sum(counts)} iterations, above the "
+            f"ceiling of {MAX_TOTAL_ITERATIONS:,}"
+        )
     costly = costly or worst > MAX_ITERATIONS or sum(counts) > MAX_TOTAL_ITERATIONS
     if used != len(data):
         problems.append(f"{len(data) - used} bytes of trailing data after the PFX")

@@ -18,10 +18,13 @@ from edge_certd.core import der
 _REJECT = 0xA0
 _SERVER_AUTH = der.oid_bytes("1.3.6.1.5.5.7.3.1")
 _ANY_EKU = der.oid_bytes("2.5.29.37.0")
-_NAMES = {_SERVER_AUTH: "serverAuth", _ANY_EKU: "anyExtendedKeyUsage",
-          der.oid_bytes("1.3.6.1.5.5.7.3.2"): "clientAuth",
-          der.oid_bytes("1.3.6.1.5.5.7.3.4"): "emailProtection",
-          der.oid_bytes("1.3.6.1.5.5.7.3.3"): "codeSigning"}
+_NAMES = {
+    _SERVER_AUTH: "serverAuth",
+    _ANY_EKU: "anyExtendedKeyUsage",
+    der.oid_bytes("1.3.6.1.5.5.7.3.2"): "clientAuth",
+    der.oid_bytes("1.3.6.1.5.5.7.3.4"): "emailProtection",
+    der.oid_bytes("1.3.6.1.5.5.7.3.3"): "codeSigning",
+}
 
 
 def refusal(aux: bytes) -> str | None:
@@ -41,11 +44,15 @@ def refusal(aux: bytes) -> str | None:
         elif child.tag == _REJECT:
             rejected = [o.content for o in child.children if o.tag == der.OID]
             if rejected or child.children:
-                return (f"its OpenSSL trust settings reject it for {_names(rejected)}, which "
-                        "the system store cannot express; it would be trusted for everything")
+                return (
+                    f"its OpenSSL trust settings reject it for {_names(rejected)}, which "
+                    "the system store cannot express; it would be trusted for everything"
+                )
     if trust is not None and not {_SERVER_AUTH, _ANY_EKU} & set(trust):
-        return (f"its OpenSSL trust settings allow only {_names(trust) or 'nothing'}, not "
-                "serverAuth; it would be trusted for everything once installed")
+        return (
+            f"its OpenSSL trust settings allow only {_names(trust) or 'nothing'}, not "
+            "serverAuth; it would be trusted for everything once installed"
+        )
     return None
 
 
