@@ -22,7 +22,6 @@ from certs import CA, Issued, utcnow
 from loopback import LoopbackServer, free_port, tls_handler
 
 from edge_certd import cli
-from edge_certd.diagnose.verify import net as verify_net
 from edge_certd.config import GatewayConfig
 from edge_certd.core.errors import UsageError
 from edge_certd.diagnose.connstr import ConnectionStringError, parse_connection_string
@@ -35,6 +34,7 @@ from edge_certd.diagnose.verify import (
     request_from_args,
     verify_gateway,
 )
+from edge_certd.diagnose.verify import net as verify_net
 
 DROP = "/var/lib/edge-certd/drop"
 TIMEOUT = 3.0
