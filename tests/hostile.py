@@ -21,6 +21,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import derbuild as d
 from certs import CA
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -107,18 +108,72 @@ def _with_version(der: bytes, version: int) -> bytes:
     return der[: at + 4] + bytes([version]) + der[at + 5:]
 
 
-def _raw_extension_root(oid: x509.ObjectIdentifier, value: bytes) -> bytes:
-    """A self-signed root carrying `value` as the raw DER of extension `oid`."""
+def _raw_extension_root(oid: x509.ObjectIdentifier, value: bytes, ca: bool = False) -> bytes:
+    """A self-signed root carrying `value` as the raw DER of extension `oid` (critical),
+    and with `ca`, a basicConstraints CA:TRUE beside it."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Raw Extension Root")])
     now = dt.datetime.now(dt.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(7)
-            .not_valid_before(now - dt.timedelta(days=1))
-            .not_valid_after(now + dt.timedelta(days=30))
-            .add_extension(x509.UnrecognizedExtension(oid, value), critical=True)
-            .sign(key, hashes.SHA256()))
-    return pem(cert)
+    builder = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+               .public_key(key.public_key()).serial_number(7)
+               .not_valid_before(now - dt.timedelta(days=1))
+               .not_valid_after(now + dt.timedelta(days=30))
+               .add_extension(x509.UnrecognizedExtension(oid, value), critical=True))
+    if ca:
+        builder = builder.add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+    return pem(builder.sign(key, hashes.SHA256()))
+
+
+def _hardened_cases(m: Material) -> list[tuple[str, str, bytes, str]]:
+    """Cases from the judging hardening (issue: exceptions, CPU bombs, OpenSSL's anchor
+    rules, keys that slipped through): (name, note, content, the one expected code)."""
+    good_pem, good_der = m.good.cert_pem, m.good.der
+    key_body = b"".join(m.good.key_pem.splitlines(keepends=True)[1:-1])
+    key_der = m.good.key.private_bytes(serialization.Encoding.DER,
+                                       serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption())
+    sealed = pkcs12.serialize_key_and_certificates(
+        None, None, None, [m.other.cert], serialization.BestAvailableEncryption(b"unknown"))
+    data_oid = d.oid("1.2.840.113549.1.7.1")
+    mac = d.seq(d.seq(d.seq(d.oid("1.3.14.3.2.26"), b"\x05\x00"), d.octets(b"\x00" * 20)),
+                d.octets(b"macsalt!"), d.integer(2**31 - 1))
+    pfx_bomb = d.seq(d.integer(3), d.seq(data_oid, d.explicit(0, d.octets(d.seq()))), mac)
+    reject = bytes.fromhex("300ca00a06082b06010505070301")  # X509_AUX: reject serverAuth
+    fields = d.tbs_fields(m.good.cert)
+    fields[4] = d.seq(d.tlv(0x18, b"00000101000000Z"), d.split(fields[4])[1])
+    line = b"-----BEGIN A-----\n"
+    return [
+        ("key-no-end.pem", "a root, then a key block with no END line",
+         good_pem + b"-----BEGIN PRIVATE KEY-----\n" + key_body, "private_key"),
+        ("key-mismatched.pem", "a root, then BEGIN PRIVATE KEY ... END RSA PRIVATE KEY",
+         good_pem + b"-----BEGIN PRIVATE KEY-----\n" + key_body
+         + b"-----END RSA PRIVATE KEY-----\n", "private_key"),
+        ("der-key-appended.pem", "a PEM root with a DER key appended", good_pem + key_der,
+         "private_key"),
+        ("sealed.pfx", "a PKCS#12 (certificates only) no password opens", sealed,
+         "pkcs12_sealed"),
+        ("pfx-iterations.pfx", "a PKCS#12 asking for 2^31-1 MAC iterations", pfx_bomb,
+         "pkcs12_sealed"),
+        ("kv-text-plain.json", "a Key Vault secret, contentType text/plain, holding a key",
+         json.dumps({"contentType": "text/plain", "value": m.good.key_pem.decode()}).encode(),
+         "private_key"),
+        ("deep.json", "JSON nested 50,000 deep", b"[" * 50_000 + b"]" * 50_000, "unparseable"),
+        ("deep-kv.json", "Key Vault-like JSON nested 50,000 deep",
+         b'{"cer": ' + b"[" * 50_000 + b"]" * 50_000 + b"}", "too_costly"),
+        ("begin-bomb.pem", "1 MB of -----BEGIN A----- lines", line * (1_000_000 // len(line)),
+         "unparseable"),
+        ("p7-data.p7b", "a PKCS#7 that is not signed-data",
+         d.seq(data_oid, d.explicit(0, d.octets(b"hello"))), "unparseable"),
+        ("year-zero.der", "a validly self-signed root with notBefore in year 0000",
+         d.resign(m.good.cert, m.good.key, d.seq(*fields)), "unparseable"),  # type: ignore[arg-type]
+        ("critical-ext.pem", "a root with a critical extension OpenSSL does not handle",
+         _raw_extension_root(x509.ObjectIdentifier("1.3.6.1.4.1.99999.1"), b"\x05\x00",
+                             ca=True),
+         "critical_extension"),
+        ("trusted-reject.pem", "a TRUSTED CERTIFICATE rejected for serverAuth",
+         b"-----BEGIN TRUSTED CERTIFICATE-----\n" + base64.encodebytes(good_der + reject)
+         + b"-----END TRUSTED CERTIFICATE-----\n", "trust_settings"),
+    ]
 
 
 def _named(cn: str, ca: bool = True) -> x509.Certificate:
@@ -126,7 +181,7 @@ def _named(cn: str, ca: bool = True) -> x509.Certificate:
 
 
 def corpus(m: Material) -> list[Case]:
-    """Every case (60)."""
+    """Every case (73)."""
     good_pem, good_der, good_sha = m.good.cert_pem, m.good.der, sha_of(m.good.der)
     now = dt.datetime.now(dt.UTC)
     rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -188,8 +243,10 @@ def corpus(m: Material) -> list[Case]:
           "private_key"),
         r("cert-and-key.pem", "a root CA with its private key", good_pem + m.good.key_pem,
           "private_key"),
+        # Its key bag shows without the password, so it is a private key, not a password
+        # problem (was pkcs12_password before the judging was hardened).
         r("wrong-password.pfx", "PKCS#12 with a password we do not have", pfx,
-          "pkcs12_password"),
+          "private_key"),
         # -- size ---------------------------------------------------------------------------
         Case(b"huge.pem", "100 MB: a root CA followed by 100 MB", "big", good_pem,
              frozenset({"too_large"})),
@@ -266,6 +323,7 @@ def corpus(m: Material) -> list[Case]:
         Case(b"long-subject.pem", "a root with a 10,000-character CN", "file", pem(long_cert),
              trusted=frozenset({sha_of(long_cert.public_bytes(serialization.Encoding.DER))})),
     ]
+    cases += [r(name, note, data, code) for name, note, data, code in _hardened_cases(m)]
     assert len({c.name for c in cases}) == len(cases)
     return cases
 

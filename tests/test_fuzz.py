@@ -66,10 +66,22 @@ def _seeds() -> Seeds:
                          "value": (leaf.key_pem + leaf.chain_pem(True)).decode()})
     kv_pfx = json.dumps({"contentType": "application/x-pkcs12",
                          "value": base64.b64encode(pfx_open).decode()})
+    trusted = (b"-----BEGIN TRUSTED CERTIFICATE-----\n"
+               + base64.encodebytes(der + _REJECT_SERVER_AUTH)
+               + b"-----END TRUSTED CERTIFICATE-----\n")
+    key_der = root.key.private_bytes(serialization.Encoding.DER,
+                                     serialization.PrivateFormat.PKCS8,
+                                     serialization.NoEncryption())
+    kv_text = json.dumps({"contentType": "text/plain", "value": root.key_pem.decode()})
     files = (root.cert_pem, der, rsa_root.cert_pem, rsa_root.der, leaf.chain_pem(True),
              p7, p7_pem, pfx_open, pfx_pw, base64.b64encode(pfx_open), kv_cert.encode(),
-             kv_pem.encode(), kv_pfx.encode(), root.key_pem, root.cert_pem + root.key_pem)
+             kv_pem.encode(), kv_pfx.encode(), root.key_pem, root.cert_pem + root.key_pem,
+             trusted, root.cert_pem + key_der, kv_text.encode())
     return Seeds(files, (b"s3cret",))
+
+
+# OpenSSL's X509_CERT_AUX with one reject entry (serverAuth), as `-addreject` writes it.
+_REJECT_SERVER_AUTH = bytes.fromhex("300ca00a06082b06010505070301")
 
 
 SEEDS = _seeds()
@@ -86,7 +98,7 @@ def mutated(draw: st.DrawFn) -> bytes:
                                    "version"]))
         at = draw(st.integers(0, len(data) - 1))
         version = data.find(b"\xa0\x03\x02\x01")  # [0] EXPLICIT INTEGER: the X.509 version
-        if op == "version" and version >= 0:
+        if op == "version" and 0 <= version < len(data) - 4:
             data[version + 4] = draw(st.integers(0, 255))
         elif op == "flip":
             data[at] ^= 1 << draw(st.integers(0, 7))
@@ -256,3 +268,59 @@ def test_judge_file_turns_every_input_into_a_verdict(data: bytes, kind: str,
 def test_judge_file_survives_signed_certificates_with_odd_contents(data: bytes, kind: str,
                                                                   rules: Rules) -> None:
     _judge_never_raises(data, kind, rules)
+
+
+# -- each format on its own, mutated, and arbitrary bytes: judge_file is total and every
+# failure is one it expected (judge_failed would mean an exception reached the safety net).
+
+FORMAT_SEEDS = {
+    "pem": (0, 2, 4, 15),
+    "der": (1, 3),
+    "pkcs7": (5, 6),
+    "pkcs12": (7, 8, 9),
+    "keyvault-json": (10, 11, 12, 17),
+}
+PER_FORMAT = settings(FUZZ, max_examples=200)
+
+
+@st.composite
+def mutated_format(draw: st.DrawFn, name: str) -> bytes:
+    data = bytearray(SEEDS.files[draw(st.sampled_from(FORMAT_SEEDS[name]))])
+    for _ in range(draw(st.integers(1, 4))):
+        at = draw(st.integers(0, len(data) - 1))
+        op = draw(st.sampled_from(["flip", "set", "cut", "insert", "length"]))
+        if op == "flip":
+            data[at] ^= 1 << draw(st.integers(0, 7))
+        elif op == "set":
+            data[at] = draw(st.integers(0, 255))
+        elif op == "cut":
+            del data[at: at + draw(st.integers(1, 16))]
+        elif op == "insert":
+            data[at:at] = draw(st.binary(min_size=1, max_size=16))
+        else:  # a DER length byte turned into something large or indefinite
+            data[at] = draw(st.sampled_from([0x80, 0x81, 0x84, 0xFF, 0x7F]))
+        if not data:
+            data = bytearray(b"0")
+    return bytes(data)
+
+
+def _total_and_expected(data: bytes, kind: str) -> None:
+    _judge_never_raises(data, kind, Rules())
+    verdict = judge_file("fuzz.pem", data, None, kind, Rules(), NOW, SEEDS.passwords)
+    assert all(r.code != "judge_failed" for r in verdict.rejected), verdict.rejected
+
+
+@pytest.mark.parametrize("name", sorted(FORMAT_SEEDS))
+def test_judge_file_is_total_on_each_mutated_format(name: str) -> None:
+    @PER_FORMAT
+    @given(mutated_format(name), st.sampled_from([DROP, KEYVAULT]))
+    def check(data: bytes, kind: str) -> None:
+        _total_and_expected(data, kind)
+
+    check()
+
+
+@PER_FORMAT
+@given(st.binary(max_size=4096), st.sampled_from([DROP, KEYVAULT]))
+def test_judge_file_is_total_on_arbitrary_bytes(data: bytes, kind: str) -> None:
+    _total_and_expected(data, kind)

@@ -140,6 +140,10 @@ def test_sync_trusts_exactly_the_real_roots_and_says_why_for_the_rest(
         assert _clean(item["subject"]) and len(item["subject"]) <= 200, item["subject"]
     # A file holding a private key was tightened to 0600, never copied anywhere.
     assert (tree.drop / "cert-and-key.pem").stat().st_mode & 0o077 == 0
+    # So was every file that may hold one: a key block with no END line, a PFX no
+    # password opens.
+    for name in ("key-no-end.pem", "der-key-appended.pem", "sealed.pfx", "pfx-iterations.pfx"):
+        assert (tree.drop / name).stat().st_mode & 0o077 == 0, name
 
 
 def test_daemon_stays_up_and_trusts_nothing_wrong(cases: list[Case], tmp_path: Path) -> None:

@@ -65,3 +65,35 @@ def test_a_tampered_cache_entry_is_ignored(tree: Tree) -> None:
     import hashlib
 
     assert judged(tree)[0][1] == [hashlib.sha256(root.der).hexdigest()]
+
+
+def test_a_new_judge_does_not_reuse_an_old_judges_verdicts(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from edge_certd.core.policy import Rules
+    from edge_certd.store import verdict_cache
+
+    def key() -> str:
+        return verdict_cache.VerdictCache(str(tmp_path), Rules(), ()).key("ab" * 32, "drop")
+
+    same = key()
+    assert key() == same  # works: the same judge answers from its own cache
+    monkeypatch.setattr(verdict_cache, "JUDGE_VERSION", verdict_cache.JUDGE_VERSION + 1)
+    bumped = key()
+    assert bumped != same
+    monkeypatch.setattr(verdict_cache, "__version__", "999.0")
+    assert key() not in (same, bumped)
+
+
+def test_an_internal_judging_error_is_never_cached(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from edge_certd.core.model import FileVerdict, Reason, Rejection
+    from edge_certd.core.policy import Rules
+    from edge_certd.store.verdict_cache import VerdictCache
+
+    cache = VerdictCache(str(tmp_path), Rules(), ())
+    failed = FileVerdict(source="x", format="unknown", content_sha256="cd" * 32, rejected=(
+        Rejection(source="x", code=Reason.JUDGE_FAILED, message="internal error MemoryError"),))
+    fine = FileVerdict(source="y", format="pem", content_sha256="ef" * 32)
+    cache.put(cache.key("cd" * 32, "drop"), failed)
+    cache.put(cache.key("ef" * 32, "drop"), fine)
+    cache.save()
+    entries = json.loads((tmp_path / CACHE_NAME).read_text())["entries"]
+    assert list(entries) == [cache.key("ef" * 32, "drop")]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import hashlib
 import json
 import re
@@ -16,11 +17,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cryptography import x509
-from cryptography.exceptions import InternalError
+from cryptography.exceptions import InternalError, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs7, pkcs12
 
+from edge_certd.core import keys, pem, pfx, trust_settings
 from edge_certd.core.model import Reason
+from edge_certd.core.text import printable
 
 # Human names for what `detect` found, as `inspect` and `status` print them.
 FORMAT_LABELS = {
@@ -38,32 +41,45 @@ FORMAT_LABELS = {
     "unknown": "unrecognised",
 }
 
-_PEM_BLOCK = re.compile(
-    rb"-----BEGIN ([A-Z0-9 ]+)-----(.*?)-----END \1-----", re.DOTALL
-)
 _CERT_LABELS = {b"CERTIFICATE", b"X509 CERTIFICATE", b"TRUSTED CERTIFICATE"}
 _PKCS7_LABELS = {b"PKCS7", b"PKCS #7 SIGNED DATA", b"CMS"}
 # OID 1.2.840.113549.1.7.1 (pkcs7-data), which opens every PFX's authSafe.
 _PKCS7_DATA_OID = bytes.fromhex("06092a864886f70d010701")
 _BASE64_TEXT = re.compile(rb"^[A-Za-z0-9+/=\s]+$")
 # What cryptography's loaders raise for bad input: InvalidVersion (an X.509 version other
-# than 1-3) is not a ValueError, and cryptography 38's OpenSSL-backed PKCS#7 loader raises
-# InternalError for some malformed bundles.
-_LOAD_ERRORS = (ValueError, x509.InvalidVersion, InternalError)
+# than 1-3) is not a ValueError, cryptography 38's OpenSSL-backed PKCS#7 loader raises
+# InternalError for some malformed bundles, and both raise UnsupportedAlgorithm for a
+# PKCS#7 that is not signed-data.
+_LOAD_ERRORS = (ValueError, x509.InvalidVersion, InternalError, UnsupportedAlgorithm)
+# Past this many unusable parts, one file's report is summarised: a file of 50,000 empty
+# blocks must not make a status.json of 50,000 lines.
+MAX_PROBLEMS = 20
+# `az keyvault ... show` nests four levels deep; json.loads recurses once per level.
+MAX_JSON_DEPTH = 32
+# A possessive string body (Python >= 3.11): linear, never backtracks.
+_JSON_STRING_REST = re.compile(rb'(?:[^"\\]++|\\.)*+"', re.DOTALL)
+_JSON_STRUCTURE = re.compile(rb'["\[\]{}]')
 
 
 class FormatError(Exception):
     """The content cannot be read as any supported format.
 
     Attributes:
-        code: a stable reason code (`unparseable`, `pkcs12_password`, `thumbprint_mismatch`).
+        code: a stable reason code (`unparseable`, `pkcs12_password`, `thumbprint_mismatch`,
+            `too_costly`).
         message: a sentence for a technician; never contains key material.
+        private_keys: private keys seen anyway (a key marker, a visible PKCS#12 key bag).
+        sealed: the content could not be looked inside (a PKCS#12 no password opens), so
+            it may hold a private key nobody can see.
     """
 
-    def __init__(self, code: Reason, message: str, fmt: str = "unknown") -> None:
+    def __init__(self, code: Reason, message: str, fmt: str = "unknown", *,
+                 private_keys: int = 0, sealed: bool = False) -> None:
         self.code = code
         self.message = message
         self.format = fmt
+        self.private_keys = private_keys
+        self.sealed = sealed
         super().__init__(message)
 
 
@@ -76,12 +92,15 @@ class Parsed:
         certificates: every certificate found, in file order.
         private_keys: how many private keys were found (their bytes are dropped).
         problems: parts that could not be read, e.g. a PEM block with bad base64.
+        distrusted: certificates whose own OpenSSL trust settings forbid a TLS root, each
+            with the reason.
     """
 
     format: str
     certificates: tuple[x509.Certificate, ...]
     private_keys: int = 0
     problems: tuple[str, ...] = ()
+    distrusted: tuple[tuple[x509.Certificate, str], ...] = ()
 
     @property
     def label(self) -> str:
@@ -101,12 +120,27 @@ def parse(data: bytes, passwords: Sequence[bytes] = ()) -> Parsed:
     stripped = data.lstrip()
     if not stripped:
         raise FormatError(Reason.UNPARSEABLE, "the file is empty")
+    # A key marker anywhere counts, whatever else the file is or fails to be: a key block
+    # with no END line, under a mismatched label, or inside a JSON string.
+    markers = keys.pem_key_markers(data)
+    try:
+        parsed = _parse_by_content(data, stripped, passwords, markers)
+    except FormatError as exc:
+        exc.private_keys = max(exc.private_keys, markers)
+        raise
+    if markers > parsed.private_keys:
+        return dataclasses.replace(parsed, private_keys=markers)
+    return parsed
+
+
+def _parse_by_content(data: bytes, stripped: bytes, passwords: Sequence[bytes],
+                      markers: int) -> Parsed:
     # JSON first: `az keyvault secret show` of a PEM secret carries "-----BEGIN " inside
     # its "value" string (newlines escaped), which the PEM reader would misread as blocks.
     if stripped[:1] == b"{":
         return _parse_json(stripped)
     if b"-----BEGIN " in data:
-        return _parse_pem(data)
+        return _parse_pem(data, markers)
     if data[:1] == b"\x30":
         return _parse_der(data, passwords)
     if _BASE64_TEXT.match(stripped):
@@ -117,7 +151,7 @@ def parse(data: bytes, passwords: Sequence[bytes] = ()) -> Parsed:
         if decoded[:1] == b"\x30":
             inner = _parse_der(decoded, passwords)
             if inner.format == "pkcs12":
-                return Parsed("pkcs12-base64", inner.certificates, inner.private_keys)
+                return dataclasses.replace(inner, format="pkcs12-base64")
             return inner
     raise FormatError(
         Reason.UNPARSEABLE,
@@ -125,18 +159,26 @@ def parse(data: bytes, passwords: Sequence[bytes] = ()) -> Parsed:
     )
 
 
-def _parse_pem(data: bytes) -> Parsed:
+def _parse_pem(data: bytes, markers: int = 0) -> Parsed:
     certs: list[x509.Certificate] = []
-    keys = 0
+    distrusted: list[tuple[x509.Certificate, str]] = []
+    found = markers
     problems: list[str] = []
     pkcs7_seen = False
-    for index, match in enumerate(_PEM_BLOCK.finditer(data), start=1):
-        label, body = match.group(1), match.group(2)
+    blocks = pem.scan(data)
+    for index, block in enumerate(blocks, start=1):
+        label, body = block.label, block.body
+        name = printable(label.decode("ascii", errors="replace"), 64)
         if b"PRIVATE KEY" in label:
-            keys += 1  # counted only; the block is never decoded or kept
+            continue  # counted by its marker; the block is never decoded or kept
+        if block.end_label is not None and b"PRIVATE KEY" in block.end_label:
+            found += 1  # BEGIN CERTIFICATE ... END PRIVATE KEY: what lies between is a key
+            continue
+        if not block.complete:
+            problems.append(f"PEM block {index} ({name}) has no matching END line")
             continue
         if label not in _CERT_LABELS and label not in _PKCS7_LABELS:
-            problems.append(f"PEM block {index} ({label.decode(errors='replace')}) is not used")
+            problems.append(f"PEM block {index} ({name}) is not used")
             continue
         if b":" in body:
             problems.append(f"PEM block {index} has headers (such as Proc-Type) "
@@ -152,33 +194,51 @@ def _parse_pem(data: bytes) -> Parsed:
             try:
                 usable, broken = _usable(pkcs7.load_der_pkcs7_certificates(der))
             except _LOAD_ERRORS:
-                problems.append(f"PEM block {index} is not a readable PKCS#7 bundle")
+                problems.append(f"PEM block {index} is not a readable PKCS#7 signed-data bundle")
                 continue
             certs.extend(usable)
             problems.extend(f"PEM block {index}: {why}" for why in broken)
             continue
+        aux = b""
         if label == b"TRUSTED CERTIFICATE":
-            der = der[: _der_length(der) or len(der)]  # drop OpenSSL's trust attributes
+            length = _der_length(der) or len(der)
+            der, aux = der[:length], der[length:]  # OpenSSL's trust settings follow
         cert, why = _load_der_certificate(der)
         if cert is None:
             problems.append(f"PEM block {index}: {why}")
+            continue
+        refusal = trust_settings.refusal(aux)
+        if refusal:
+            distrusted.append((cert, refusal))
         else:
             certs.append(cert)
-    if not certs and not keys:
+    # A DER key pasted after a PEM block (`cat root.pem key.der`) is binary between blocks.
+    found += keys.der_keys_in(data, list(pem.gaps(data, [b for b in blocks if b.complete])))
+    problems = _summarised(problems)
+    if not certs and not found and not distrusted:
         if not problems:
             raise FormatError(Reason.UNPARSEABLE,
                               "the PEM markers are incomplete (the file looks truncated)", "pem")
         raise FormatError(Reason.UNPARSEABLE, "; ".join(problems), "pem")
     fmt = "pkcs7-pem" if pkcs7_seen and len(certs) > 0 else "pem"
-    if not certs and keys:
+    if not certs and not distrusted and found:
         fmt = "private-key"
-    return Parsed(fmt, tuple(certs), keys, tuple(problems))
+    return Parsed(fmt, tuple(certs), found, tuple(problems), tuple(distrusted))
+
+
+def _summarised(problems: list[str]) -> list[str]:
+    if len(problems) <= MAX_PROBLEMS:
+        return problems
+    rest = len(problems) - MAX_PROBLEMS
+    return [*problems[:MAX_PROBLEMS], f"and {rest} more unusable parts"]
 
 
 def _parse_der(data: bytes, passwords: Sequence[bytes]) -> Parsed:
-    cert, _ = _load_der_certificate(data)
+    cert, why = _load_der_certificate(data)
     if cert is not None:
         return Parsed("der", (cert,))
+    if why.startswith("a certificate whose"):  # it is a certificate, one that cannot be read
+        raise FormatError(Reason.UNPARSEABLE, why, "der")
     try:
         usable, broken = _usable(pkcs7.load_der_pkcs7_certificates(data))
         return Parsed("pkcs7-der", tuple(usable), problems=tuple(broken))
@@ -186,31 +246,76 @@ def _parse_der(data: bytes, passwords: Sequence[bytes]) -> Parsed:
         pass
     if _looks_like_pkcs12(data):
         return _parse_pkcs12(data, passwords)
-    if _is_der_private_key(data):
+    if keys.is_der_private_key(data) or _loads_as_private_key(data):
         return Parsed("private-key", (), 1)
-    raise FormatError(Reason.UNPARSEABLE, "binary data that is not a DER certificate, PKCS#7 or PKCS#12")
+    # `cat root.der key.der`: a key after the first element.
+    hidden = keys.der_keys_in(data, [(_der_length(data) or 1, len(data))])
+    raise FormatError(Reason.UNPARSEABLE,
+                      "binary data that is not a DER certificate, PKCS#7 or PKCS#12",
+                      private_keys=hidden)
 
 
 def _parse_pkcs12(data: bytes, passwords: Sequence[bytes]) -> Parsed:
+    # The costs are read from the DER first: OpenSSL pays them before it can fail.
+    facts = pfx.inspect(data)
+    if facts.refusal:
+        raise FormatError(Reason.TOO_COSTLY if facts.too_costly else Reason.UNPARSEABLE,
+                          f"a PKCS#12/PFX file that is not opened: {facts.refusal}", "pkcs12",
+                          private_keys=facts.visible_keys, sealed=True)
     for password in (None, b"", *passwords):
         try:
             key, cert, extra = pkcs12.load_key_and_certificates(data, password)
+        except UnsupportedAlgorithm:
+            # The password was right, but a key (SM2, say) or certificate inside has a type
+            # cryptography cannot represent: whatever it is, nothing in it can be shown.
+            raise FormatError(
+                Reason.UNPARSEABLE,
+                "a PKCS#12/PFX file holding a key or certificate of a type edge-certd cannot "
+                "read (such as SM2); export the root CA certificate on its own",
+                "pkcs12", private_keys=facts.visible_keys, sealed=True) from None
         except _LOAD_ERRORS:
             continue
         usable, broken = _usable(([cert] if cert is not None else []) + list(extra))
-        return Parsed("pkcs12", tuple(usable), 1 if key is not None else 0, tuple(broken))
+        found = max(1 if key is not None else 0, facts.visible_keys)
+        return Parsed("pkcs12", tuple(usable), found, tuple(broken))
     raise FormatError(
         Reason.PKCS12_PASSWORD,
         "a PKCS#12/PFX file that neither the empty password nor any configured password "
         "file (pfx_password_files) opens",
-        "pkcs12",
+        "pkcs12", private_keys=facts.visible_keys, sealed=True,
     )
 
 
+def _json_too_deep(data: bytes) -> bool:
+    """Whether JSON nests deeper than MAX_JSON_DEPTH, in one pass that skips strings."""
+    if data.count(b"[") + data.count(b"{") <= MAX_JSON_DEPTH:
+        return False  # every Key Vault export: no need to walk
+    depth, at = 0, 0
+    while True:
+        match = _JSON_STRUCTURE.search(data, at)
+        if match is None:
+            return False
+        char, at = match.group(), match.end()
+        if char == b'"':
+            rest = _JSON_STRING_REST.match(data, at)
+            if rest is None:
+                return False  # an unterminated string: json.loads refuses it, cheaply
+            at = rest.end()
+        elif char in b"[{":
+            depth += 1
+            if depth > MAX_JSON_DEPTH:
+                return True
+        else:
+            depth -= 1
+
+
 def _parse_json(data: bytes) -> Parsed:
+    if _json_too_deep(data):
+        raise FormatError(Reason.TOO_COSTLY, f"JSON nested more than {MAX_JSON_DEPTH} levels "
+                          "deep; a Key Vault export never is")
     try:
         doc = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise FormatError(Reason.UNPARSEABLE, "starts like JSON but is not valid JSON") from None
     if not isinstance(doc, dict):
         raise FormatError(Reason.UNPARSEABLE, "JSON that is not a Key Vault certificate or secret")
@@ -238,9 +343,11 @@ def _parse_keyvault_certificate(doc: dict[str, object]) -> Parsed:
     if claimed is not None:
         actual = hashlib.sha1(der).hexdigest()  # Key Vault's thumbprint is SHA-1 by definition
         if str(claimed).lower() != actual:
+            # Escaped and cut: the value is the file's, and could be 900 KB of anything.
+            shown = printable(str(claimed), 64)
             raise FormatError(
                 Reason.THUMBPRINT_MISMATCH,
-                f"x509ThumbprintHex {claimed} does not match the certificate in 'cer' "
+                f"x509ThumbprintHex {shown} does not match the certificate in 'cer' "
                 f"(its SHA-1 is {actual.upper()}); the export is corrupt or was edited",
                 fmt,
             )
@@ -251,8 +358,9 @@ def _parse_keyvault_secret(doc: dict[str, object]) -> Parsed:
     fmt = "keyvault-secret-json"
     content_type = str(doc.get("contentType") or "")
     value = str(doc.get("value") or "")
+    raw_value = value.encode("utf-8", errors="replace")
     if content_type == "application/x-pem-file":
-        inner = _parse_pem(value.encode())
+        inner = _parse_pem(raw_value, keys.pem_key_markers(raw_value))
     elif content_type == "application/x-pkcs12":
         try:
             raw = base64.b64decode(value, validate=True)
@@ -264,11 +372,25 @@ def _parse_keyvault_secret(doc: dict[str, object]) -> Parsed:
     else:
         raise FormatError(
             Reason.UNPARSEABLE,
-            f"secret contentType {content_type!r} is neither application/x-pem-file "
-            "nor application/x-pkcs12",
-            fmt,
+            f"secret contentType {printable(repr(content_type), 64)} is neither "
+            "application/x-pem-file nor application/x-pkcs12",
+            fmt, private_keys=_keys_in_secret(raw_value),
         )
-    return Parsed(fmt, inner.certificates, inner.private_keys, inner.problems)
+    return dataclasses.replace(inner, format=fmt)
+
+
+def _keys_in_secret(value: bytes) -> int:
+    """Keys in a secret whose contentType says nothing useful (`text/plain`, or none)."""
+    found = keys.pem_key_markers(value)
+    try:
+        decoded = base64.b64decode(b"".join(value.split()), validate=True)
+    except (binascii.Error, ValueError):
+        return found
+    if keys.is_der_private_key(decoded):
+        return found + 1
+    if _looks_like_pkcs12(decoded):
+        return found + max(pfx.inspect(decoded).visible_keys, 0)
+    return found
 
 
 def _load_der_certificate(der: bytes) -> tuple[x509.Certificate | None, str]:
@@ -290,18 +412,28 @@ def _load_der_certificate(der: bytes) -> tuple[x509.Certificate | None, str]:
 def _undecodable(cert: x509.Certificate) -> str | None:
     """Why a certificate that loaded still cannot be used, or None.
 
-    cryptography decodes the subject, the issuer and the extensions only when they are
-    first read, so a certificate that loads can raise later, deep in the policy: a name
-    that is not valid UTF-8, an empty basicConstraints, the same extension twice.
+    cryptography decodes the subject, the issuer, the extensions and the dates only when
+    they are first read, so a certificate that loads can raise later, deep in the policy:
+    a name that is not valid UTF-8, an empty basicConstraints, the same extension twice, a
+    notBefore in year 0000, or (cryptography 38) a CN encoded as an INTEGER, which raises
+    KeyError. Everything is read here, once, and any failure refuses the certificate.
     """
     try:
         with warnings.catch_warnings():
             # Over-long names warn on cryptography >= 42; policy cuts them for display.
             warnings.simplefilter("ignore")
-            cert.subject, cert.issuer, cert.extensions  # noqa: B018 - read to decode
+            cert.subject.rfc4514_string(), cert.issuer.rfc4514_string(), cert.extensions  # noqa: B018
+            if hasattr(cert, "not_valid_after_utc"):
+                cert.not_valid_before_utc, cert.not_valid_after_utc  # noqa: B018
+            else:
+                cert.not_valid_before, cert.not_valid_after  # noqa: B018
     except (ValueError, x509.DuplicateExtension) as exc:
-        detail = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
-        return f"a certificate whose subject, issuer or extensions cannot be decoded ({detail})"
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return ("a certificate whose subject, issuer, extensions or dates cannot be decoded "
+                f"({printable(text, 160)})")
+    except Exception as exc:  # noqa: BLE001 - any other decoder failure means the same
+        return ("a certificate whose subject, issuer, extensions or dates cannot be decoded "
+                f"({type(exc).__name__})")
     return None
 
 
@@ -336,7 +468,8 @@ def _looks_like_pkcs12(data: bytes) -> bool:
     return b"\x02\x01\x03" in head and _PKCS7_DATA_OID in head
 
 
-def _is_der_private_key(data: bytes) -> bool:
+def _loads_as_private_key(data: bytes) -> bool:
+    """cryptography's opinion, for key shapes keys.is_der_private_key does not know."""
     try:
         serialization.load_der_private_key(data, password=None)
         return True

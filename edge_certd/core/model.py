@@ -23,6 +23,9 @@ class Reason(StrEnum):
     PKCS12_PASSWORD = "pkcs12_password"
     THUMBPRINT_MISMATCH = "thumbprint_mismatch"
     PRIVATE_KEY = "private_key"
+    PKCS12_SEALED = "pkcs12_sealed"  # a PFX no password opens, in the drop directory
+    TOO_COSTLY = "too_costly"  # a PFX iteration count or a JSON depth over its ceiling
+    JUDGE_FAILED = "judge_failed"  # an internal error while judging this one file
     TOO_LARGE = "too_large"
     NOT_REGULAR_FILE = "not_regular_file"
     HARD_LINK = "hard_link"
@@ -41,6 +44,12 @@ class Reason(StrEnum):
     WEAK_SIGNATURE = "weak_signature"
     EXPIRED = "expired"
     NOT_YET_VALID = "not_yet_valid"
+    CRITICAL_EXTENSION = "critical_extension"  # OpenSSL refuses a critical one it cannot read
+    NO_CERT_SIGN = "no_cert_sign"  # keyUsage present without keyCertSign
+    TRUST_SETTINGS = "trust_settings"  # a TRUSTED CERTIFICATE whose settings forbid TLS servers
+
+
+_KEY_CODES = frozenset({Reason.PRIVATE_KEY, Reason.PKCS12_SEALED})
 
 
 class SourceKind(StrEnum):
@@ -100,7 +109,11 @@ class FileVerdict:
 
     @property
     def leaks_private_key(self) -> bool:
-        return any(r.code is Reason.PRIVATE_KEY for r in self.rejected)
+        """The file holds, or may hold, a private key: the sync tightens its mode to 0600.
+
+        A PKCS#12 that no password opens counts: nobody can tell that it holds no key.
+        """
+        return any(r.code in _KEY_CODES for r in self.rejected)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -12,13 +12,34 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
-from cryptography.x509.oid import SignatureAlgorithmOID
+from cryptography.x509.oid import ExtensionOID, SignatureAlgorithmOID
 
 from edge_certd.core.model import Reason, Rejection, TrustedCA
 from edge_certd.core.text import printable
 
 # Curves that OpenSSL, Node, Java and mbedTLS on devices all verify.
 SUPPORTED_CURVES = ("secp256r1", "secp384r1", "secp521r1")
+
+# The extensions OpenSSL's verifier understands (X509_supported_extension(), in
+# crypto/x509/v3_purp.c), as of every release from 1.1.1 to 3.x: a critical extension not
+# in this list makes OpenSSL refuse the certificate as part of any chain, the root included
+# (X509_V_ERR_UNHANDLED_CRITICAL_EXTENSION). 3.x also knows cRLDistributionPoints and
+# 3.0 ocspNoCheck; devices on 1.1.1 do not, so they stay out.
+OPENSSL_HANDLED_EXTENSIONS = frozenset({
+    x509.ObjectIdentifier("2.16.840.1.113730.1.1"),  # nsCertType
+    ExtensionOID.KEY_USAGE,
+    ExtensionOID.SUBJECT_ALTERNATIVE_NAME,
+    ExtensionOID.BASIC_CONSTRAINTS,
+    ExtensionOID.CERTIFICATE_POLICIES,
+    ExtensionOID.EXTENDED_KEY_USAGE,
+    x509.ObjectIdentifier("1.3.6.1.5.5.7.1.7"),  # sbgp-ipAddrBlock (RFC 3779)
+    x509.ObjectIdentifier("1.3.6.1.5.5.7.1.8"),  # sbgp-autonomousSysNum (RFC 3779)
+    ExtensionOID.POLICY_CONSTRAINTS,
+    x509.ObjectIdentifier("1.3.6.1.5.5.7.1.14"),  # proxyCertInfo
+    ExtensionOID.NAME_CONSTRAINTS,
+    ExtensionOID.POLICY_MAPPINGS,
+    ExtensionOID.INHIBIT_ANY_POLICY,
+})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -72,7 +93,8 @@ def judge(cert: x509.Certificate, rules: Rules, now: dt.datetime, source: str) -
 
     Returns:
         A TrustedCA, or a Rejection whose code is one of: not_ca, not_self_signed,
-        bad_signature, weak_key, unsupported_key, weak_signature, expired, not_yet_valid.
+        critical_extension, no_cert_sign, bad_signature, weak_key, unsupported_key,
+        weak_signature, expired, not_yet_valid.
     """
     with warnings.catch_warnings():
         # cryptography >= 42 warns about over-long names when it compares or prints them;
@@ -91,7 +113,8 @@ def _judge(cert: x509.Certificate, rules: Rules, now: dt.datetime, source: str
 
     if not is_ca(cert):
         if cert.version == x509.Version.v1:
-            return reject(Reason.NOT_CA, "a version 1 certificate has no basicConstraints, so it cannot be a CA")
+            return reject(Reason.NOT_CA, "a version 1 certificate has no basicConstraints, "
+                          "so it cannot be a CA")
         return reject(Reason.NOT_CA, "not a CA certificate (basicConstraints CA:TRUE is missing); "
                       "this looks like a server or device certificate, copy the root CA instead")
     self_issued = is_self_issued(cert)
@@ -99,6 +122,20 @@ def _judge(cert: x509.Certificate, rules: Rules, now: dt.datetime, source: str
         issuer = printable(cert.issuer.rfc4514_string())
         return reject(Reason.NOT_SELF_SIGNED, f"an intermediate CA issued by {issuer}, not a root; copy "
                       "the root CA, or set policy.allow_intermediate: true")
+    # What OpenSSL 3 refuses in a trust anchor, this refuses too: a root installed but not
+    # used would look fine in `edge-certd list` while every TLS connection fails.
+    unknown = [ext.oid.dotted_string for ext in cert.extensions
+               if ext.critical and ext.oid not in OPENSSL_HANDLED_EXTENSIONS]
+    if unknown:
+        return reject(Reason.CRITICAL_EXTENSION, f"it has a critical extension OpenSSL does not "
+                      f"handle ({printable(', '.join(unknown), 120)}), so OpenSSL refuses it")
+    try:
+        usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        usage = None
+    if usage is not None and not usage.key_cert_sign:
+        return reject(Reason.NO_CERT_SIGN, "its keyUsage does not include keyCertSign, so it may "
+                      "not sign certificates and OpenSSL refuses it as a CA")
     # One public_key() per certificate: with OpenSSL 3 each call decodes the key afresh,
     # and that decode is most of what judging a root costs (see bench/b4_restart.py).
     try:

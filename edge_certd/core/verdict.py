@@ -13,10 +13,19 @@ from edge_certd.core.policy import Rules, display_subject, fingerprint, is_ca, i
 DROP = SourceKind.DROP
 KEYVAULT = SourceKind.KEYVAULT
 
+# Bump whenever judging changes what any input gives: the verdict cache is keyed by it, so
+# verdicts an older judge gave are not answered from the cache after an upgrade.
+JUDGE_VERSION = 2
+
 PRIVATE_KEY_MESSAGE = (
     "the file contains a private key, so the whole file is refused and nothing in it is "
     "trusted. A private key does not belong on this device: delete the file, copy only the "
     "root CA certificate, and treat the key as exposed"
+)
+SEALED_MESSAGE = (
+    "a PKCS#12/PFX file edge-certd cannot look inside ({why}), so it may hold a private key: "
+    "the whole file is refused and made readable by root only. Copy only the root CA "
+    "certificate, or add the PFX password to pfx_password_files"
 )
 
 
@@ -33,7 +42,38 @@ def judge_file(source: str, data: bytes | None, problem: tuple[Reason, str] | No
         rules: the policy.
         now: the current time, aware UTC.
         passwords: PKCS#12 passwords to try.
+
+    Never raises. An unexpected failure while judging (a decoder bug, RecursionError,
+    MemoryError) refuses this file alone, with the code `judge_failed`.
     """
+    try:
+        return _judge_file(source, data, problem, kind, rules, now, passwords)
+    except Exception as exc:  # noqa: BLE001 - the contract: every input becomes a verdict
+        return _failed(source, data, type(exc).__name__)
+    except BaseException as exc:
+        # pyo3's PanicException (a Rust panic inside cryptography) derives from
+        # BaseException; an interrupt or an exit does not belong to judging.
+        if isinstance(exc, (KeyboardInterrupt, SystemExit, GeneratorExit)):
+            raise
+        return _failed(source, data, type(exc).__name__)
+
+
+def _failed(source: str, data: bytes | None, kind_of_error: str) -> FileVerdict:
+    # The exception's type only: its text could quote the file's bytes, a key among them.
+    message = (f"edge-certd could not judge this file (internal error {kind_of_error}); "
+               "it is not trusted")
+    try:
+        content_sha = hashlib.sha256(data).hexdigest() if data is not None else ""
+    except Exception:  # noqa: BLE001 - MemoryError again, most likely
+        content_sha = ""
+    return FileVerdict(source=source, format="unknown", content_sha256=content_sha,
+                       rejected=(Rejection(source=source, code=Reason.JUDGE_FAILED,
+                                           message=message),))
+
+
+def _judge_file(source: str, data: bytes | None, problem: tuple[Reason, str] | None,
+                kind: SourceKind, rules: Rules, now: dt.datetime,
+                passwords: Sequence[bytes]) -> FileVerdict:
     if data is None:
         code, message = problem or (Reason.UNREADABLE, "cannot be read")
         return FileVerdict(source=source, format="unknown",
@@ -42,7 +82,12 @@ def judge_file(source: str, data: bytes | None, problem: tuple[Reason, str] | No
     try:
         parsed = parse(data, passwords)
     except FormatError as exc:
-        rejection = Rejection(source=source, code=exc.code, message=exc.message)
+        code, message = exc.code, exc.message
+        if kind == DROP and exc.private_keys:
+            code, message = Reason.PRIVATE_KEY, PRIVATE_KEY_MESSAGE
+        elif kind == DROP and exc.sealed:
+            code, message = Reason.PKCS12_SEALED, SEALED_MESSAGE.format(why=_why(exc))
+        rejection = Rejection(source=source, code=code, message=message)
         return FileVerdict(source=source, format=exc.format, rejected=(rejection,),
                            content_sha256=content_sha)
     if parsed.private_keys and kind == DROP:
@@ -59,6 +104,11 @@ def judge_file(source: str, data: bytes | None, problem: tuple[Reason, str] | No
         ignored.append(Ignored(source=source,
                                what="private key" if count == 1 else f"{count} private keys"))
     seen: set[str] = set()
+    for cert, why in parsed.distrusted:
+        sha = fingerprint(cert)
+        seen.add(sha)
+        rejected.append(Rejection(source=source, code=Reason.TRUST_SETTINGS, message=why,
+                                  subject=display_subject(cert), sha256=sha))
     for cert in parsed.certificates:
         sha = fingerprint(cert)
         if sha in seen:
@@ -78,3 +128,9 @@ def judge_file(source: str, data: bytes | None, problem: tuple[Reason, str] | No
             rejected.append(outcome)
     return FileVerdict(source=source, format=parsed.format, accepted=tuple(accepted),
                        rejected=tuple(rejected), ignored=tuple(ignored), content_sha256=content_sha)
+
+
+def _why(exc: FormatError) -> str:
+    if exc.code is Reason.PKCS12_PASSWORD:
+        return "no configured password opens it"
+    return exc.message.removeprefix("a PKCS#12/PFX file that is not opened: ")

@@ -2,10 +2,12 @@
 
 Judging a root costs a public-key decode and a signature check (about 0.4 ms with OpenSSL 3);
 with 1,000 managed CAs that was most of a restart and of every sync the daemon ran. The
-cache is keyed by the SHA-256 of the file's bytes, the source kind, the policy and the PFX
-passwords, and lives in state_dir (root-only), so a hit is exactly the verdict a fresh
-judgement would give, except for the clock: verdicts are re-checked against `now` and
-judged again when a date boundary was crossed.
+cache is keyed by the SHA-256 of the file's bytes, the source kind, the policy, the PFX
+passwords and the judge itself (core's JUDGE_VERSION and the package version, so verdicts
+an older release gave are judged again after an upgrade), and lives in state_dir
+(root-only), so a hit is exactly the verdict a fresh judgement would give, except for the
+clock: verdicts are re-checked against `now` and judged again when a date boundary was
+crossed.
 """
 
 from __future__ import annotations
@@ -19,21 +21,25 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
+from edge_certd import __version__
 from edge_certd.core.model import FileVerdict, Ignored, Reason, Rejection, TrustedCA
 from edge_certd.core.policy import Rules
 from edge_certd.core.text import iso, parse_iso
+from edge_certd.core.verdict import JUDGE_VERSION
 from edge_certd.store.fsutil import read_bytes, write_atomic
 
 CACHE_NAME = "verdict-cache.json"
-# Rejections that depend on the clock; such verdicts are never cached.
-_TIME_CODES = {Reason.EXPIRED, Reason.NOT_YET_VALID}
+# Rejections that depend on the clock, or on this run (an internal error may be a MemoryError
+# that will not recur); such verdicts are never cached.
+_UNCACHED_CODES = {Reason.EXPIRED, Reason.NOT_YET_VALID, Reason.JUDGE_FAILED}
 _VERSION = 1
 
 
 class VerdictCache:
     def __init__(self, state_dir: str, rules: Rules, passwords: Sequence[bytes]) -> None:
         self.path = os.path.join(state_dir, CACHE_NAME)
-        digest = hashlib.sha256(json.dumps(asdict(rules), sort_keys=True).encode())
+        judge = {"judge_version": JUDGE_VERSION, "edge_certd": __version__}
+        digest = hashlib.sha256(json.dumps([judge, asdict(rules)], sort_keys=True).encode())
         for password in passwords:
             digest.update(hashlib.sha256(password).digest())
         self._context = digest.hexdigest()[:32]
@@ -59,7 +65,7 @@ class VerdictCache:
         return verdict
 
     def put(self, key: str, verdict: FileVerdict) -> None:
-        if any(r.code in _TIME_CODES for r in verdict.rejected):
+        if any(r.code in _UNCACHED_CODES for r in verdict.rejected):
             return
         self._new[key] = _to_json(verdict)
 
