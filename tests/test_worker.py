@@ -82,7 +82,7 @@ def test_a_child_that_never_answers_is_killed_at_the_deadline_and_the_next_file_
         worker.poll = stop_the_child_once
         hung = judge(worker, CA.root("Hung Root").cert_pem, "/drop/hung.pem")
         assert [r.code for r in hung.rejected] == [Reason.JUDGE_LIMIT]
-        assert "/drop/hung.pem" == hung.rejected[0].source
+        assert hung.rejected[0].source == "/drop/hung.pem"
         assert "more than 5 s" in hung.rejected[0].message
         # The daemon's loop was called throughout the wait (watchdog pings, SIGTERM checks).
         assert len(polls) >= 10

@@ -33,7 +33,6 @@ class Reason(StrEnum):
     SYMLINK_LOOP = "symlink_loop"
     SYMLINK_OUTSIDE = "symlink_outside"
     # judging itself
-    JUDGE_FAILED = "judge_failed"  # an unexpected error while judging this file
     JUDGE_LIMIT = "judge_limit"  # judging exceeded its CPU, memory or time budget
     # what a certificate is (policy)
     NOT_CA = "not_ca"

@@ -15,7 +15,7 @@ import os
 
 from edge_certd import journal
 from edge_certd.core.errors import ApplyError, EdgeCertdError
-from edge_certd.core.model import Reason, SyncResult
+from edge_certd.core.model import SyncResult
 from edge_certd.core.text import plural
 from edge_certd.store.fsutil import read_bytes_quietly, write_atomic
 from edge_certd.store.state import StatePaths
@@ -60,7 +60,7 @@ def log_sync(result: SyncResult, paths: StatePaths) -> None:
                 unlogged += 1
                 continue
             emitted += 1
-            leak = rej.code is Reason.PRIVATE_KEY
+            leak = verdict.leaks_private_key
             journal.emit("private_key" if leak else "rejected", rej.describe(),
                          logging.ERROR if leak else logging.WARNING, sha256=rej.sha256,
                          subject=rej.subject, source=rej.source, reason=rej.code)

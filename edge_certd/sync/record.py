@@ -13,7 +13,6 @@ from edge_certd.core.text import iso
 from edge_certd.store.state import StatePaths, save_report
 from edge_certd.targets.registry import bundle_paths
 
-
 # status.json lists this many rejected and ignored items and counts the rest: 50,000 junk
 # files must not make an 18 MB file that is rewritten on every sync.
 MAX_LISTED = 200

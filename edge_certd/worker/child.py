@@ -19,6 +19,7 @@ from typing import Any
 # Loaded before the limits and the privilege drop: cryptography imports its OpenSSL
 # backend lazily, on the first signature check.
 import cryptography.hazmat.backends.openssl.backend  # noqa: F401
+
 from edge_certd.core.codec import verdict_to_json
 from edge_certd.core.model import Reason, SourceKind
 from edge_certd.core.policy import Rules
