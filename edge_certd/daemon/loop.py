@@ -23,6 +23,7 @@ from edge_certd.core.errors import ApplyError, ConfigError, EdgeCertdError
 from edge_certd.core.expiry import expiring
 from edge_certd.core.model import SyncResult
 from edge_certd.core.text import iso
+from edge_certd.daemon.clock import ClockWatch
 from edge_certd.daemon.notify import Notifier
 from edge_certd.daemon.status import status_line
 from edge_certd.daemon.watcher import SourceWatcher
@@ -92,6 +93,9 @@ class Daemon:
         self.notifier.ready(self.status_now)
         selector = selectors.DefaultSelector()
         selector.register(self._wake_r, selectors.EVENT_READ)
+        clock = ClockWatch()
+        if clock.fd is not None:
+            selector.register(clock.fd, selectors.EVENT_READ)
         now = time.monotonic()
         next_ping = now
         next_rescan = now + self.config.watch.rescan_interval
@@ -112,6 +116,12 @@ class Daemon:
                 timeout = max(0.0, min(deadlines) - time.monotonic())
                 if selector.select(timeout):
                     self._drain_pipe()
+                clock_set = clock.acknowledge()
+                if clock_set:
+                    # NTP stepped the clock: roots refused as not yet valid (or expired)
+                    # are judged again now, and the expiry warnings follow the new time.
+                    events.emit("config", "the system clock was set; judging every source "
+                                "again", reason="clock_set")
                 while self.requests:
                     request = self.requests.popleft()
                     if request == "stop":
@@ -119,7 +129,10 @@ class Daemon:
                     if request == "reload":
                         self._reload()
                 changed, rewatch = self.watcher.take()
+                changed = changed or clock_set
                 now = time.monotonic()
+                if clock_set:
+                    next_expiry = now
                 if rewatch:
                     self._start_watching()
                     changed = True
@@ -142,6 +155,7 @@ class Daemon:
             self.watcher.stop()
             self.worker.close()
             selector.close()
+            clock.close()
 
     def _settle_deadline(self) -> float:
         settle = self.config.watch.settle_ms / 1000.0

@@ -20,6 +20,7 @@ from edge_certd.core.model import (
 )
 from edge_certd.core.plan import Held, Wanted, make_plan, wanted_set
 from edge_certd.core.policy import Rules
+from edge_certd.core.text import iso
 from edge_certd.store.fsutil import read_bytes_quietly, remove_stale_temp_files
 from edge_certd.store.sources import (
     DirectoryRules,
@@ -195,8 +196,15 @@ class Engine:
         # not stop its old content from being held while it is rewritten.
         held_paths = ([p.path.rstrip("/") + "/" for p in problems]
                       + sorted(display_path(path) for path in busy))
-        wanted = wanted_set(verdicts, removed_by_operator=load_blocked(self.paths),
-                            held=_held(held_paths, loaded.entries, present))
+        held = _held(held_paths, loaded.entries, present)
+        early = _not_yet_valid_but_installed(verdicts, present)
+        for sha, kept in early.items():
+            held.setdefault(sha, kept)
+            notes.append(Note(code="clock_behind", message=(
+                f'"{kept.ca.subject}" (sha256 {sha[:16]}…) is not valid until '
+                f"{iso(kept.ca.not_before)} by this device's clock, but it is installed: it "
+                "stays trusted; check the clock (timedatectl, NTP)")))
+        wanted = wanted_set(verdicts, removed_by_operator=load_blocked(self.paths), held=held)
         for sha, sources in wanted.stay_removed.items():
             notes.append(Note(code="stays_removed", message=(
                 f"sha256 {sha[:16]}… stays removed (edge-certd remove); its source "
@@ -281,6 +289,24 @@ def _worth_caching(verdict: FileVerdict) -> bool:
         return False
     return bool(verdict.accepted or verdict.ignored
                 or any(r.sha256 is not None for r in verdict.rejected))
+
+
+def _not_yet_valid_but_installed(verdicts: Sequence[FileVerdict],
+                                 present: Mapping[str, InstalledCA]) -> dict[str, Held]:
+    """Installed roots that are refused now only because the clock reads a time before
+    their notBefore: a board without an RTC boots in the past, and removing its gateway's
+    root until NTP answers would cut it off from the network that brings NTP."""
+    held: dict[str, Held] = {}
+    for verdict in verdicts:
+        for rejection in verdict.rejected:
+            sha = rejection.sha256
+            if rejection.code is not Reason.NOT_YET_VALID or sha is None or sha not in present:
+                continue
+            ca = load_installed(present[sha].path)
+            if ca is not None:
+                before = held[sha].sources if sha in held else ()
+                held[sha] = Held(ca=ca, sources=(*before, verdict.source))
+    return held
 
 
 def _held(held_paths: Sequence[str], manifest: Mapping[str, InstalledCA],

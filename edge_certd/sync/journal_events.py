@@ -30,6 +30,7 @@ MAX_REJECTION_EVENTS = 100
 _JOURNALED_NOTES = {
     "manifest_corrupt": ("source_error", logging.WARNING),
     "java_keystore_refresh_failed": ("update_failed", logging.WARNING),
+    "clock_behind": ("expiring", logging.WARNING),
 }
 
 
@@ -42,12 +43,17 @@ def log_sync(result: SyncResult, paths: StatePaths) -> None:
     for gone in result.removed:
         journal.emit("removed", f'removed root CA "{gone.subject}" (sha256 {gone.sha256[:16]}…): '
                      "no source provides it any more", sha256=gone.sha256, subject=gone.subject)
-    for note in result.notes:
-        if note.code in _JOURNALED_NOTES:
-            event, level = _JOURNALED_NOTES[note.code]
-            journal.emit(event, note.message, level, reason=note.code)
     memory_path = os.path.join(paths.state_dir, MEMORY_NAME)
     logged = set(_load(memory_path))
+    now_notes = []
+    for note in result.notes:
+        if note.code in _JOURNALED_NOTES:
+            key = _key("note", note.code, note.message)
+            now_notes.append(key)
+            if key in logged:
+                continue  # still true, already said
+            event, level = _JOURNALED_NOTES[note.code]
+            journal.emit(event, note.message, level, reason=note.code)
     now_rejected = []
     emitted = unlogged = 0
     for verdict in result.verdicts:
@@ -80,7 +86,7 @@ def log_sync(result: SyncResult, paths: StatePaths) -> None:
         journal.emit("synced", f"trust updated: {len(result.added)} added, "
                      f"{len(result.removed)} removed, {plural(len(result.managed), 'CA')} "
                      f"managed ({result.update_summary})")
-    _save(memory_path, now_rejected + now_problems)
+    _save(memory_path, now_rejected + now_problems + now_notes)
 
 
 def log_failure(result: SyncResult, error: ApplyError) -> None:
