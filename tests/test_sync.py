@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import stat
@@ -195,3 +196,37 @@ def test_corrupt_manifest_is_rebuilt(tree: Tree) -> None:
     assert result.returncode == 0 and "corrupt" in result.stdout + result.stderr
     assert json.loads(tree.cli("list", "--json").stdout)[0]["sha256"] == sha(root)
     assert tree.update_runs() == 1
+
+
+def test_a_target_that_cannot_be_written_holds_back_nothing_else(tree: Tree) -> None:
+    """The Java truststore's path is taken by a directory: Java fails, every other target,
+    the manifest and the status move on, and Java catches up once it can be written."""
+    from edge_certd.targets.java import truststore_fingerprints
+
+    tree.write_config(bundles__java="jks")
+    root = CA.root("Isolated Root")
+    sha = hashlib.sha256(root.der).hexdigest()
+    tree.drop.mkdir(parents=True, exist_ok=True)
+    (tree.drop / "root.pem").write_bytes(root.cert_pem)
+    blocker = tree.bundles / "java-truststore.jks"
+    blocker.mkdir(parents=True)
+    (blocker / "keep").write_text("not a truststore")
+    done = tree.cli("sync")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "java not updated (the rest is)" in done.stdout
+    assert sha in pem_fingerprints(tree.edge_roots.read_bytes())
+    assert sha in pem_fingerprints(tree.system_bundle.read_bytes())
+    assert "NODE_EXTRA_CA_CERTS" in tree.env_file.read_text()
+    manifest = json.loads((tree.state / "manifest.json").read_bytes())
+    assert [item["sha256"] for item in manifest["cas"]] == [sha]
+    status = json.loads(tree.cli("status", "--json").stdout)
+    assert status["last_sync"]["result"] == "partial"
+    assert [f["target"] for f in status["target_failures"]] == ["java"]
+    # Fixed: the next sync writes Java, and only Java.
+    (blocker / "keep").unlink()
+    blocker.rmdir()
+    runs = tree.update_runs
+    again = tree.cli("sync")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert tree.update_runs == runs, "the system store was already right"
+    assert sha in truststore_fingerprints(blocker.read_bytes(), "jks", "changeit")

@@ -141,6 +141,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     else:  # pragma: no cover - argparse rejects unknown commands
         raise UsageError(f"unknown command {command}")
     print(render.sync_summary(result))
+    if result.target_failures:
+        return EXIT_APPLY_FAILED  # the rest is applied; this target is retried next sync
     # A refused source directory is an input that was not taken, like a rejected file.
     return EXIT_REJECTED if result.rejected or result.source_problems else EXIT_OK
 

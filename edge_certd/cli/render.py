@@ -64,6 +64,8 @@ def _render_status(doc: dict[str, Any]) -> str:
     lines.extend(_more(doc.get("ignored_total", 0), len(doc["ignored"]), "ignored item"))
     for err in doc["source_errors"]:
         lines.append(f"source problem: {err['path']} {err['reason']}")
+    for failure in doc.get("target_failures") or []:
+        lines.append(f"not updated: {failure['target']}: {failure['message']}")
     bundles = doc.get("bundles") or {}
     for key in ("edge_roots", "ca_bundle", "java", "env_file"):
         if bundles.get(key):
@@ -118,5 +120,7 @@ def sync_summary(result: SyncResult) -> str:
                      "`edge-certd status --json` counts them by reason")
     for problem in result.source_problems:
         lines.append(f"  {problem.describe()}")
+    for failure in result.target_failures:
+        lines.append(f"  {failure.target} not updated (the rest is): {failure.message}")
     lines.extend(f"  note: {note.message}" for note in result.notes)
     return "\n".join(lines)

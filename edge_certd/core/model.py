@@ -169,6 +169,14 @@ class Note:
 
 
 @dataclass(frozen=True, kw_only=True)
+class TargetFailure:
+    """A target that could not take this sync's change; the others did. Retried next sync."""
+
+    target: str
+    message: str
+
+
+@dataclass(frozen=True, kw_only=True)
 class SyncResult:
     """Everything one sync learned and did: the one input for status.json, the journal,
     the daemon's STATUS= line and the CLI's summary."""
@@ -182,6 +190,7 @@ class SyncResult:
     update_summary: str = ""
     changed_files: tuple[str, ...] = ()
     notes: tuple[Note, ...] = ()
+    target_failures: tuple[TargetFailure, ...] = ()
     last_change: LastChange | None = None
     error: str | None = None  # set when trust could not be applied; the old state stays
 

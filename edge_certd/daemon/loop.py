@@ -198,9 +198,15 @@ class Daemon:
                         reason="internal_error")
             self._degrade(f"internal error ({type(exc).__name__})")
         else:
-            if self.degraded:
-                events.emit("synced", f"recovered after {why}: trust is up to date again")
-            self.degraded, self.retry_at, self.retry_delay = None, None, 0.0
+            failures = self.last_result.target_failures
+            if failures:
+                # The rest is applied; retry the target that failed, with the same backoff.
+                self._degrade("; ".join(f"{f.target} not updated: {f.message}"
+                                        for f in failures))
+            else:
+                if self.degraded:
+                    events.emit("synced", f"recovered after {why}: trust is up to date again")
+                self.degraded, self.retry_at, self.retry_delay = None, None, 0.0
         # Built once per sync, from that sync's result.
         self.status_now = self._status_line()
         self.notifier.status(self.status_now)

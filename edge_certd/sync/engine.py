@@ -17,6 +17,7 @@ from edge_certd.core.model import (
     SourceKind,
     SourceProblem,
     SyncResult,
+    TargetFailure,
 )
 from edge_certd.core.plan import Held, Wanted, make_plan, wanted_set
 from edge_certd.core.policy import Rules
@@ -213,6 +214,7 @@ class Engine:
         change = Change(managed=wanted.managed(), plan=plan)
         update_summary = ""
         changed_files: list[str] = []
+        failures: list[TargetFailure] = []
         last_change = loaded.last_change
         if plan.changes_trust:
             last_change = LastChange(time=now, added=len(plan.add), removed=len(plan.remove))
@@ -226,7 +228,14 @@ class Engine:
             elif is_pending(self.paths):
                 update_summary = self.system.run_update(fresh=True).describe()
             for target in self.followers:  # they copy the system bundle just rebuilt
-                outcome = target.apply(change)
+                try:
+                    outcome = target.apply(change)
+                except ApplyError as exc:
+                    # One target's trouble (a full disk under the Java truststore, a CA
+                    # keytool refuses) must not hold back the others, the manifest or
+                    # on_change; this target is tried again at the next sync.
+                    failures.append(TargetFailure(target=target.name, message=str(exc)))
+                    continue
                 notes.extend(outcome.notes)
                 if outcome.changed:
                     changed_files.append(outcome.detail)
@@ -243,7 +252,8 @@ class Engine:
         result = SyncResult(
             time=now, verdicts=tuple(verdicts), source_problems=tuple(problems),
             added=plan.add, removed=plan.remove, managed=managed, update_summary=update_summary,
-            changed_files=tuple(changed_files), notes=tuple(notes), last_change=last_change)
+            changed_files=tuple(changed_files), notes=tuple(notes),
+            target_failures=tuple(failures), last_change=last_change)
         journal_events.log_sync(result, self.paths)
         if result.trust_changed:
             run_on_change(self.config.on_change)

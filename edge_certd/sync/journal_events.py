@@ -31,6 +31,7 @@ _JOURNALED_NOTES = {
     "manifest_corrupt": ("source_error", logging.WARNING),
     "java_keystore_refresh_failed": ("update_failed", logging.WARNING),
     "clock_behind": ("expiring", logging.WARNING),
+    "java_refused": ("update_failed", logging.WARNING),
 }
 
 
@@ -82,6 +83,9 @@ def log_sync(result: SyncResult, paths: StatePaths) -> None:
             continue  # still the same problem; status keeps showing it
         journal.emit("source_error", problem.describe(), logging.WARNING, source=problem.path,
                      reason=problem.reason)
+    for failure in result.target_failures:
+        journal.emit("update_failed", f"{failure.target} not updated, retried at the next "
+                     f"sync: {failure.message}", logging.ERROR, reason=f"{failure.target}_failed")
     if result.trust_changed:
         journal.emit("synced", f"trust updated: {len(result.added)} added, "
                      f"{len(result.removed)} removed, {plural(len(result.managed), 'CA')} "

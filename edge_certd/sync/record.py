@@ -25,7 +25,8 @@ def status_document(result: SyncResult, config: Config) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "last_sync": {
             "time": iso(result.time),
-            "result": "failed" if result.error else "ok",
+            "result": "failed" if result.error else (
+                "partial" if result.target_failures else "ok"),
             "error": result.error,
             "added": len(result.added),
             "removed": len(result.removed),
@@ -43,6 +44,8 @@ def status_document(result: SyncResult, config: Config) -> dict[str, Any]:
                     for v, i in ignored[:MAX_LISTED]],
         "ignored_total": len(ignored),
         "source_errors": [{"path": p.path, "reason": p.reason} for p in result.source_problems],
+        "target_failures": [{"target": f.target, "message": f.message}
+                            for f in result.target_failures],
         "bundles": bundle_paths(config),
     }
     if result.last_change is not None:

@@ -45,6 +45,7 @@ def status(config: Config) -> dict[str, Any]:
         "ignored": doc.get("ignored", []),
         "ignored_total": doc.get("ignored_total", len(doc.get("ignored", []))),
         "source_errors": doc.get("source_errors", []),
+        "target_failures": doc.get("target_failures", []),
         "expiring": expiring(config),
         "daemon": load_report(paths.daemon) or None,
         "bundles": doc.get("bundles") or {"env_file": config.bundles.env_file},

@@ -22,12 +22,15 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from edge_certd.core.errors import WriteError
 from edge_certd.core.model import Note, TrustedCA
 from edge_certd.core.pem import iter_pem_ders
+from edge_certd.core.text import printable
 from edge_certd.store.fsutil import ensure_directory, read_bytes, read_bytes_quietly, write_atomic
 from edge_certd.targets.base import Change, Holding, Outcome
 
 FILE_NAMES = {"pkcs12": "java-truststore.p12", "jks": "java-truststore.jks"}
 _JKS_MAGIC = 0xFEEDFEED
 _JKS_TRUSTED_CERT = 2
+# keytool runs allowed to find the certificates it refuses (about 2 log2(n) per bad one).
+_MAX_ISOLATION_RUNS = 40
 
 
 class JavaTruststore:
@@ -86,13 +89,56 @@ class JavaTruststore:
             b"".join(der for _, der in entries) + self.password.encode() + self.store_type.encode()
         ).hexdigest()
         record = " ".join([set_digest, *ours]).encode()
-        if read_bytes(self.digest_path) == record and os.path.exists(self.path):
-            return Outcome(changed=False)
+        previous = read_bytes(self.digest_path) or b""
+        if previous.split(b"\n")[0] == record and os.path.exists(self.path):
+            # Still the same set: say again which CAs the truststore could not take.
+            return Outcome(changed=False, notes=_refusal_notes(previous.split(b"\n")[1:]))
         ensure_directory(self.bundle_dir, 0o755)
-        data = self._serialize(entries)
+        try:
+            data, refused = self._serialize(entries), list[tuple[str, str]]()
+        except WriteError:
+            # One CA the serializer (or keytool) refuses must not keep every other CA out
+            # of Java: find it, leave it out, and say so. Raises when it is not one CA.
+            kept, refused = self._isolate(entries)
+            data = self._serialize(kept)
+        lines = [record] + [f"{alias} {why}".encode() for alias, why in refused]
         write_atomic(self.path, data, 0o644)
-        write_atomic(self.digest_path, record, 0o644)
-        return Outcome(changed=True, detail=os.path.basename(self.path))
+        write_atomic(self.digest_path, b"\n".join(lines), 0o644)
+        return Outcome(changed=True, detail=os.path.basename(self.path),
+                       notes=_refusal_notes(lines[1:]))
+
+    def _isolate(self, entries: list[tuple[str, bytes]]
+                 ) -> tuple[list[tuple[str, bytes]], list[tuple[str, str]]]:
+        """Split the entries into those the serializer takes and those it refuses, by
+        halving (a few runs of keytool for one bad CA among hundreds).
+
+        Raises:
+            WriteError: even an empty truststore fails, or too many entries are refused:
+                the trouble is not a certificate (keytool missing, a full disk).
+        """
+        self._serialize([])  # raises when nothing could be written at all
+        refused: list[tuple[str, str]] = []
+        budget = [_MAX_ISOLATION_RUNS]
+
+        def split(group: list[tuple[str, bytes]]) -> None:
+            budget[0] -= 1
+            if budget[0] < 0:
+                raise WriteError(self.path or "java truststore", "too many certificates "
+                                 "refused to tell which; the truststore was not rewritten")
+            try:
+                self._serialize(group)
+                return
+            except WriteError as exc:
+                if len(group) == 1:
+                    refused.append((group[0][0], exc.reason))
+                    return
+            middle = len(group) // 2
+            split(group[:middle])
+            split(group[middle:])
+
+        split(entries)
+        bad = {alias for alias, _ in refused}
+        return [e for e in entries if e[0] not in bad], refused
 
     def _entries(self, managed: Sequence[TrustedCA]) -> list[tuple[str, bytes]]:
         ours = {ca.sha256: ca.der for ca in managed}
@@ -106,6 +152,14 @@ class JavaTruststore:
         return entries
 
     def _serialize(self, entries: list[tuple[str, bytes]]) -> bytes:
+        """Raises WriteError for anything the serializer refuses."""
+        try:
+            return self._serialize_unchecked(entries)
+        except (ValueError, TypeError) as exc:  # cryptography refusing a certificate
+            raise WriteError(self.path or "java truststore",
+                             f"{type(exc).__name__}: {exc}"[:300]) from None
+
+    def _serialize_unchecked(self, entries: list[tuple[str, bytes]]) -> bytes:
         if self.store_type == "jks":
             return jks_truststore(entries, self.password)
         if hasattr(pkcs12, "serialize_java_truststore"):
@@ -129,6 +183,17 @@ def jks_truststore(entries: Sequence[tuple[str, bytes]], password: str) -> bytes
     # JKS integrity check: SHA-1 over the UTF-16BE password, a fixed salt and the body.
     check = hashlib.sha1(password.encode("utf-16-be") + b"Mighty Aphrodite" + body).digest()
     return body + check
+
+
+def _refusal_notes(lines: Sequence[bytes]) -> tuple[Note, ...]:
+    notes = []
+    for line in lines:
+        alias, _, why = line.decode("utf-8", "replace").partition(" ")
+        if alias.startswith("edge-certd-"):
+            notes.append(Note(code="java_refused", message=(
+                f"the Java truststore left out the CA with sha256 {alias[11:]}…, which Java's "
+                f"tools refused ({printable(why)}); every other target trusts it")))
+    return tuple(notes)
 
 
 def truststore_fingerprints(data: bytes, store_type: str, password: str) -> frozenset[str]:
