@@ -29,8 +29,16 @@ _FIELDS = ("EDGE_CERTD_EVENT", "CERT_SHA256", "CERT_SUBJECT", "SOURCE_PATH", "RE
 log = logging.getLogger(LOGGER_NAME)
 
 
-def emit(event: str, message: str, level: int = logging.INFO, *, sha256: str | None = None,
-         subject: str | None = None, source: str | None = None, reason: str | None = None) -> None:
+def emit(
+    event: str,
+    message: str,
+    level: int = logging.INFO,
+    *,
+    sha256: str | None = None,
+    subject: str | None = None,
+    source: str | None = None,
+    reason: str | None = None,
+) -> None:
     """Log one event with its journal fields. Never pass key material here."""
     fields: dict[str, Any] = {"EDGE_CERTD_EVENT": event, "MESSAGE_ID": MESSAGE_IDS[event]}
     if sha256:
@@ -63,8 +71,7 @@ def running_under_systemd() -> bool:
     return bool(os.environ.get("JOURNAL_STREAM") or os.environ.get("INVOCATION_ID"))
 
 
-def setup_logging(to_journal: bool, level: int = logging.INFO,
-                  stream: Any = None) -> logging.Handler:
+def setup_logging(to_journal: bool, level: int = logging.INFO, stream: Any = None) -> logging.Handler:
     """Send edge-certd's log to the journal or to a stream (stderr by default)."""
     handler: logging.Handler
     if to_journal:

@@ -39,9 +39,12 @@ configuration: --config PATH, else $EDGE_CERTD_CONFIG, else /etc/edge-certd/conf
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="edge-certd", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="edge-certd",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Make this device trust its Azure IoT Edge gateway's root CA: the system "
-                    "store, runtime bundles (Node, Python, Java, SDKs) and the env file.")
+        "store, runtime bundles (Node, Python, Java, SDKs) and the env file.",
+    )
     parser.add_argument("--version", action="version", version=f"edge-certd {__version__}")
     parser.add_argument("--config", metavar="PATH", help="configuration file")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -54,8 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print a JSON object")
     p = sub.add_parser("inspect", help="say what FILEs would give; installs nothing")
     p.add_argument("files", nargs="+", metavar="FILE")
-    p.add_argument("--keyvault", action="store_true",
-                   help="judge as a Key Vault export (leaves and keys are ignored)")
+    p.add_argument(
+        "--keyvault", action="store_true", help="judge as a Key Vault export (leaves and keys are ignored)"
+    )
     p = sub.add_parser("add", help="validate FILEs, copy them into the drop directory, sync")
     p.add_argument("files", nargs="+", metavar="FILE")
     p = sub.add_parser("remove", help="stop trusting a CA by SHA-256 prefix or file name")

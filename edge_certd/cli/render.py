@@ -34,8 +34,10 @@ def _render_status(doc: dict[str, Any]) -> str:
     lines = []
     daemon = doc.get("daemon") or {}
     if daemon:
-        lines.append(f"daemon: {daemon.get('state', 'unknown')} (pid {daemon.get('pid')}) — "
-                     f"{daemon.get('status_line', '')}")
+        lines.append(
+            f"daemon: {daemon.get('state', 'unknown')} (pid {daemon.get('pid')}) — "
+            f"{daemon.get('status_line', '')}"
+        )
     else:
         lines.append("daemon: no record (edge-certd run has not reported)")
     last = doc.get("last_sync") or {}
@@ -47,17 +49,18 @@ def _render_status(doc: dict[str, Any]) -> str:
     for item in doc["trusted"]:
         lines.append(f"  {item['sha256'][:16]}  {item['subject']}  (expires {item['not_after']})")
     for item in doc["expiring"]:
-        lines.append(f"expiring: {item['subject']} in {item['days_left']} days "
-                     f"({item['not_after']})")
+        lines.append(f"expiring: {item['subject']} in {item['days_left']} days ({item['not_after']})")
     if doc["rejected"]:
         files = doc.get("rejected_files_total") or len({r["source"] for r in doc["rejected"]})
         lines.append(f"rejected files: {files}")
         for rej in doc["rejected"]:
             who = f" {rej['subject']}" if rej.get("subject") else ""
-            lines.append(f"  {rej['source']}{_format_note(rej)}:{who} {rej['code']}: "
-                         f"{rej['message']}")
-        lines.extend(_more(doc.get("rejected_total", 0), len(doc["rejected"]), "rejection",
-                           doc.get("rejected_by_reason")))
+            lines.append(f"  {rej['source']}{_format_note(rej)}:{who} {rej['code']}: {rej['message']}")
+        lines.extend(
+            _more(
+                doc.get("rejected_total", 0), len(doc["rejected"]), "rejection", doc.get("rejected_by_reason")
+            )
+        )
     for item in doc["ignored"]:
         label = FORMAT_LABELS.get(item.get("format", ""), item.get("format", ""))
         lines.append(f"  {item['source']} ({label}): ignored: {item['what']}")
@@ -73,8 +76,7 @@ def _render_status(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _more(total: int, shown: int, noun: str, by_reason: dict[str, int] | None = None
-          ) -> list[str]:
+def _more(total: int, shown: int, noun: str, by_reason: dict[str, int] | None = None) -> list[str]:
     if total <= shown:
         return []
     counts = ", ".join(f"{code} {count}" for code, count in (by_reason or {}).items())
@@ -93,8 +95,9 @@ def inspect_text(verdicts: Sequence[FileVerdict]) -> str:
     for verdict in verdicts:
         lines.append(f"{verdict.source}: {FORMAT_LABELS.get(verdict.format, verdict.format)}")
         for ca in verdict.accepted:
-            lines.append(f"  would trust: {ca.subject} (sha256 {ca.sha256[:16]}…, "
-                         f"expires {iso(ca.not_after)})")
+            lines.append(
+                f"  would trust: {ca.subject} (sha256 {ca.sha256[:16]}…, expires {iso(ca.not_after)})"
+            )
         for rej in verdict.rejected:
             who = f"{rej.subject} " if rej.subject else ""
             lines.append(f"  rejected: {who}({rej.code}) {rej.message}")
@@ -106,9 +109,10 @@ def inspect_text(verdicts: Sequence[FileVerdict]) -> str:
 
 
 def sync_summary(result: SyncResult) -> str:
-    lines = [f"{len(result.managed)} CAs managed; {len(result.added)} added, "
-             f"{len(result.removed)} removed"
-             + (f" ({result.update_summary})" if result.update_summary else "")]
+    lines = [
+        f"{len(result.managed)} CAs managed; {len(result.added)} added, "
+        f"{len(result.removed)} removed" + (f" ({result.update_summary})" if result.update_summary else "")
+    ]
     for ca in result.added:
         lines.append(f"  installed {ca.subject} (sha256 {ca.sha256[:16]}…)")
     for gone in result.removed:
@@ -116,8 +120,10 @@ def sync_summary(result: SyncResult) -> str:
     rejected = result.rejected
     lines.extend(f"  {rej.describe()}" for rej in rejected[:MAX_PRINTED])
     if len(rejected) > MAX_PRINTED:
-        lines.append(f"  … and {plural(len(rejected) - MAX_PRINTED, 'more rejection')}; "
-                     "`edge-certd status --json` counts them by reason")
+        lines.append(
+            f"  … and {plural(len(rejected) - MAX_PRINTED, 'more rejection')}; "
+            "`edge-certd status --json` counts them by reason"
+        )
     for problem in result.source_problems:
         lines.append(f"  {problem.describe()}")
     for failure in result.target_failures:

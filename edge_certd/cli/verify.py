@@ -17,10 +17,15 @@ def run_verify(config: Config, args: argparse.Namespace) -> int:
         ConnectionStringError: a malformed or unreadable connection string.
     """
     request = request_for_config(
-        config, target=args.target, protocol=args.protocol,
+        config,
+        target=args.target,
+        protocol=args.protocol,
         connection_string=args.connection_string,
-        connection_string_file=args.connection_string_file, ca=args.ca,
-        servername=args.servername, timeout=args.timeout)
+        connection_string_file=args.connection_string_file,
+        ca=args.ca,
+        servername=args.servername,
+        timeout=args.timeout,
+    )
     report = verify_gateway(request)
     if args.json:
         print(json.dumps(report_to_json(report), indent=2, ensure_ascii=False))

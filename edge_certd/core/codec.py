@@ -20,11 +20,20 @@ def verdict_to_json(verdict: FileVerdict) -> dict[str, Any]:
     return {
         "format": verdict.format,
         "content_sha256": verdict.content_sha256,
-        "accepted": [{"sha256": ca.sha256, "subject": ca.subject, "not_before": iso(ca.not_before),
-                      "not_after": iso(ca.not_after), "der": base64.b64encode(ca.der).decode()}
-                     for ca in verdict.accepted],
-        "rejected": [{"code": str(r.code), "message": r.message, "subject": r.subject,
-                      "sha256": r.sha256} for r in verdict.rejected],
+        "accepted": [
+            {
+                "sha256": ca.sha256,
+                "subject": ca.subject,
+                "not_before": iso(ca.not_before),
+                "not_after": iso(ca.not_after),
+                "der": base64.b64encode(ca.der).decode(),
+            }
+            for ca in verdict.accepted
+        ],
+        "rejected": [
+            {"code": str(r.code), "message": r.message, "subject": r.subject, "sha256": r.sha256}
+            for r in verdict.rejected
+        ],
         "ignored": [i.what for i in verdict.ignored],
     }
 
@@ -37,20 +46,36 @@ def verdict_from_json(item: Any, source: str) -> FileVerdict:
             der = base64.b64decode(ca["der"], validate=True)
             if hashlib.sha256(der).hexdigest() != ca["sha256"]:
                 raise ValueError("verdict does not match its certificate")
-            accepted.append(TrustedCA(sha256=_text(ca["sha256"]), subject=_text(ca["subject"]),
-                                      not_before=parse_iso(ca["not_before"]),
-                                      not_after=parse_iso(ca["not_after"]), der=der))
+            accepted.append(
+                TrustedCA(
+                    sha256=_text(ca["sha256"]),
+                    subject=_text(ca["subject"]),
+                    not_before=parse_iso(ca["not_before"]),
+                    not_after=parse_iso(ca["not_after"]),
+                    der=der,
+                )
+            )
         # Reason() raises ValueError for a code this version does not know.
         # Interned: 50,000 junk files share a handful of distinct messages.
-        rejected = [Rejection(source=source, code=Reason(r["code"]),
-                              message=sys.intern(_text(r["message"])),
-                              subject=_optional(r["subject"]), sha256=_optional(r["sha256"]))
-                    for r in item["rejected"]]
+        rejected = [
+            Rejection(
+                source=source,
+                code=Reason(r["code"]),
+                message=sys.intern(_text(r["message"])),
+                subject=_optional(r["subject"]),
+                sha256=_optional(r["sha256"]),
+            )
+            for r in item["rejected"]
+        ]
         ignored = [Ignored(source=source, what=_text(what)) for what in item["ignored"]]
-        return FileVerdict(source=source, format=sys.intern(_text(item["format"])),
-                           accepted=tuple(accepted),
-                           rejected=tuple(rejected), ignored=tuple(ignored),
-                           content_sha256=_text(item["content_sha256"]))
+        return FileVerdict(
+            source=source,
+            format=sys.intern(_text(item["format"])),
+            accepted=tuple(accepted),
+            rejected=tuple(rejected),
+            ignored=tuple(ignored),
+            content_sha256=_text(item["content_sha256"]),
+        )
     except (KeyError, TypeError, AttributeError, binascii.Error) as exc:
         raise ValueError(f"malformed verdict ({type(exc).__name__})") from None
 

@@ -29,8 +29,7 @@ def days_left(not_after: dt.datetime, now: dt.datetime) -> int:
     return (not_after - now).days
 
 
-def expiring(cas: Iterable[InstalledCA], warn_days: Sequence[int], now: dt.datetime
-             ) -> tuple[Expiring, ...]:
+def expiring(cas: Iterable[InstalledCA], warn_days: Sequence[int], now: dt.datetime) -> tuple[Expiring, ...]:
     """The CAs inside the warning window (expired ones included), soonest first."""
     thresholds = sorted(warn_days) or [0]
     window = dt.timedelta(days=thresholds[-1])

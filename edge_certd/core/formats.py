@@ -73,8 +73,9 @@ class FormatError(Exception):
             it may hold a private key nobody can see.
     """
 
-    def __init__(self, code: Reason, message: str, fmt: str = "unknown", *,
-                 private_keys: int = 0, sealed: bool = False) -> None:
+    def __init__(
+        self, code: Reason, message: str, fmt: str = "unknown", *, private_keys: int = 0, sealed: bool = False
+    ) -> None:
         self.code = code
         self.message = message
         self.format = fmt
@@ -133,8 +134,7 @@ def parse(data: bytes, passwords: Sequence[bytes] = ()) -> Parsed:
     return parsed
 
 
-def _parse_by_content(data: bytes, stripped: bytes, passwords: Sequence[bytes],
-                      markers: int) -> Parsed:
+def _parse_by_content(data: bytes, stripped: bytes, passwords: Sequence[bytes], markers: int) -> Parsed:
     # JSON first: `az keyvault secret show` of a PEM secret carries "-----BEGIN " inside
     # its "value" string (newlines escaped), which the PEM reader would misread as blocks.
     if stripped[:1] == b"{":
@@ -181,8 +181,7 @@ def _parse_pem(data: bytes, markers: int = 0) -> Parsed:
             problems.append(f"PEM block {index} ({name}) is not used")
             continue
         if b":" in body:
-            problems.append(f"PEM block {index} has headers (such as Proc-Type) "
-                            "a certificate never has")
+            problems.append(f"PEM block {index} has headers (such as Proc-Type) a certificate never has")
             continue
         try:
             der = base64.b64decode(b"".join(body.split()), validate=True)
@@ -217,8 +216,9 @@ def _parse_pem(data: bytes, markers: int = 0) -> Parsed:
     problems = _summarised(problems)
     if not certs and not found and not distrusted:
         if not problems:
-            raise FormatError(Reason.UNPARSEABLE,
-                              "the PEM markers are incomplete (the file looks truncated)", "pem")
+            raise FormatError(
+                Reason.UNPARSEABLE, "the PEM markers are incomplete (the file looks truncated)", "pem"
+            )
         raise FormatError(Reason.UNPARSEABLE, "; ".join(problems), "pem")
     fmt = "pkcs7-pem" if pkcs7_seen and len(certs) > 0 else "pem"
     if not certs and not distrusted and found:
@@ -250,18 +250,24 @@ def _parse_der(data: bytes, passwords: Sequence[bytes]) -> Parsed:
         return Parsed("private-key", (), 1)
     # `cat root.der key.der`: a key after the first element.
     hidden = keys.der_keys_in(data, [(_der_length(data) or 1, len(data))])
-    raise FormatError(Reason.UNPARSEABLE,
-                      "binary data that is not a DER certificate, PKCS#7 or PKCS#12",
-                      private_keys=hidden)
+    raise FormatError(
+        Reason.UNPARSEABLE,
+        "binary data that is not a DER certificate, PKCS#7 or PKCS#12",
+        private_keys=hidden,
+    )
 
 
 def _parse_pkcs12(data: bytes, passwords: Sequence[bytes]) -> Parsed:
     # The costs are read from the DER first: OpenSSL pays them before it can fail.
     facts = pfx.inspect(data)
     if facts.refusal:
-        raise FormatError(Reason.TOO_COSTLY if facts.too_costly else Reason.UNPARSEABLE,
-                          f"a PKCS#12/PFX file that is not opened: {facts.refusal}", "pkcs12",
-                          private_keys=facts.visible_keys, sealed=True)
+        raise FormatError(
+            Reason.TOO_COSTLY if facts.too_costly else Reason.UNPARSEABLE,
+            f"a PKCS#12/PFX file that is not opened: {facts.refusal}",
+            "pkcs12",
+            private_keys=facts.visible_keys,
+            sealed=True,
+        )
     for password in (None, b"", *passwords):
         try:
             key, cert, extra = pkcs12.load_key_and_certificates(data, password)
@@ -272,7 +278,10 @@ def _parse_pkcs12(data: bytes, passwords: Sequence[bytes]) -> Parsed:
                 Reason.UNPARSEABLE,
                 "a PKCS#12/PFX file holding a key or certificate of a type edge-certd cannot "
                 "read (such as SM2); export the root CA certificate on its own",
-                "pkcs12", private_keys=facts.visible_keys, sealed=True) from None
+                "pkcs12",
+                private_keys=facts.visible_keys,
+                sealed=True,
+            ) from None
         except _LOAD_ERRORS:
             continue
         usable, broken = _usable(([cert] if cert is not None else []) + list(extra))
@@ -282,7 +291,9 @@ def _parse_pkcs12(data: bytes, passwords: Sequence[bytes]) -> Parsed:
         Reason.PKCS12_PASSWORD,
         "a PKCS#12/PFX file that neither the empty password nor any configured password "
         "file (pfx_password_files) opens",
-        "pkcs12", private_keys=facts.visible_keys, sealed=True,
+        "pkcs12",
+        private_keys=facts.visible_keys,
+        sealed=True,
     )
 
 
@@ -311,8 +322,10 @@ def _json_too_deep(data: bytes) -> bool:
 
 def _parse_json(data: bytes) -> Parsed:
     if _json_too_deep(data):
-        raise FormatError(Reason.TOO_COSTLY, f"JSON nested more than {MAX_JSON_DEPTH} levels "
-                          "deep; a Key Vault export never is")
+        raise FormatError(
+            Reason.TOO_COSTLY,
+            f"JSON nested more than {MAX_JSON_DEPTH} levels deep; a Key Vault export never is",
+        )
     try:
         doc = json.loads(data)
     except (ValueError, UnicodeDecodeError, RecursionError):
@@ -365,8 +378,7 @@ def _parse_keyvault_secret(doc: dict[str, object]) -> Parsed:
         try:
             raw = base64.b64decode(value, validate=True)
         except (binascii.Error, ValueError):
-            raise FormatError(Reason.UNPARSEABLE, "the secret 'value' is not valid base64",
-                              fmt) from None
+            raise FormatError(Reason.UNPARSEABLE, "the secret 'value' is not valid base64", fmt) from None
         # Key Vault stores certificate-backed PFX secrets with an empty password.
         inner = _parse_pkcs12(raw, ())
     else:
@@ -374,7 +386,8 @@ def _parse_keyvault_secret(doc: dict[str, object]) -> Parsed:
             Reason.UNPARSEABLE,
             f"secret contentType {printable(repr(content_type), 64)} is neither "
             "application/x-pem-file nor application/x-pkcs12",
-            fmt, private_keys=_keys_in_secret(raw_value),
+            fmt,
+            private_keys=_keys_in_secret(raw_value),
         )
     return dataclasses.replace(inner, format=fmt)
 
@@ -429,11 +442,15 @@ def _undecodable(cert: x509.Certificate) -> str | None:
                 cert.not_valid_before, cert.not_valid_after  # noqa: B018
     except (ValueError, x509.DuplicateExtension) as exc:
         text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        return ("a certificate whose subject, issuer, extensions or dates cannot be decoded "
-                f"({printable(text, 160)})")
+        return (
+            "a certificate whose subject, issuer, extensions or dates cannot be decoded "
+            f"({printable(text, 160)})"
+        )
     except Exception as exc:  # noqa: BLE001 - any other decoder failure means the same
-        return ("a certificate whose subject, issuer, extensions or dates cannot be decoded "
-                f"({type(exc).__name__})")
+        return (
+            "a certificate whose subject, issuer, extensions or dates cannot be decoded "
+            f"({type(exc).__name__})"
+        )
     return None
 
 

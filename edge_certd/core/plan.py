@@ -43,8 +43,9 @@ class Wanted:
         return [self.cas[sha] for sha in sorted(self.cas)]
 
 
-def wanted_set(verdicts: Sequence[FileVerdict], *, removed_by_operator: frozenset[str],
-               held: Mapping[str, Held]) -> Wanted:
+def wanted_set(
+    verdicts: Sequence[FileVerdict], *, removed_by_operator: frozenset[str], held: Mapping[str, Held]
+) -> Wanted:
     """Every accepted CA, less those an operator removed, plus those held for sources that
     cannot be read right now (an unsafe directory, a file being rewritten)."""
     cas: dict[str, TrustedCA] = {}
@@ -59,8 +60,9 @@ def wanted_set(verdicts: Sequence[FileVerdict], *, removed_by_operator: frozense
     for sha, kept in held.items():
         cas.setdefault(sha, kept.ca)
         sources.setdefault(sha, []).extend(kept.sources)
-    return Wanted(cas=cas, sources={sha: tuple(sorted(set(s))) for sha, s in sources.items()},
-                  stay_removed=stay_removed)
+    return Wanted(
+        cas=cas, sources={sha: tuple(sorted(set(s))) for sha, s in sources.items()}, stay_removed=stay_removed
+    )
 
 
 def make_plan(wanted: Mapping[str, TrustedCA], present: Mapping[str, InstalledCA]) -> Plan:

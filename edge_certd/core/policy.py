@@ -25,21 +25,23 @@ SUPPORTED_CURVES = ("secp256r1", "secp384r1", "secp521r1")
 # in this list makes OpenSSL refuse the certificate as part of any chain, the root included
 # (X509_V_ERR_UNHANDLED_CRITICAL_EXTENSION). 3.x also knows cRLDistributionPoints and
 # 3.0 ocspNoCheck; devices on 1.1.1 do not, so they stay out.
-OPENSSL_HANDLED_EXTENSIONS = frozenset({
-    x509.ObjectIdentifier("2.16.840.1.113730.1.1"),  # nsCertType
-    ExtensionOID.KEY_USAGE,
-    ExtensionOID.SUBJECT_ALTERNATIVE_NAME,
-    ExtensionOID.BASIC_CONSTRAINTS,
-    ExtensionOID.CERTIFICATE_POLICIES,
-    ExtensionOID.EXTENDED_KEY_USAGE,
-    x509.ObjectIdentifier("1.3.6.1.5.5.7.1.7"),  # sbgp-ipAddrBlock (RFC 3779)
-    x509.ObjectIdentifier("1.3.6.1.5.5.7.1.8"),  # sbgp-autonomousSysNum (RFC 3779)
-    ExtensionOID.POLICY_CONSTRAINTS,
-    x509.ObjectIdentifier("1.3.6.1.5.5.7.1.14"),  # proxyCertInfo
-    ExtensionOID.NAME_CONSTRAINTS,
-    ExtensionOID.POLICY_MAPPINGS,
-    ExtensionOID.INHIBIT_ANY_POLICY,
-})
+OPENSSL_HANDLED_EXTENSIONS = frozenset(
+    {
+        x509.ObjectIdentifier("2.16.840.1.113730.1.1"),  # nsCertType
+        ExtensionOID.KEY_USAGE,
+        ExtensionOID.SUBJECT_ALTERNATIVE_NAME,
+        ExtensionOID.BASIC_CONSTRAINTS,
+        ExtensionOID.CERTIFICATE_POLICIES,
+        ExtensionOID.EXTENDED_KEY_USAGE,
+        x509.ObjectIdentifier("1.3.6.1.5.5.7.1.7"),  # sbgp-ipAddrBlock (RFC 3779)
+        x509.ObjectIdentifier("1.3.6.1.5.5.7.1.8"),  # sbgp-autonomousSysNum (RFC 3779)
+        ExtensionOID.POLICY_CONSTRAINTS,
+        x509.ObjectIdentifier("1.3.6.1.5.5.7.1.14"),  # proxyCertInfo
+        ExtensionOID.NAME_CONSTRAINTS,
+        ExtensionOID.POLICY_MAPPINGS,
+        ExtensionOID.INHIBIT_ANY_POLICY,
+    }
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -103,8 +105,7 @@ def judge(cert: x509.Certificate, rules: Rules, now: dt.datetime, source: str) -
         return _judge(cert, rules, now, source)
 
 
-def _judge(cert: x509.Certificate, rules: Rules, now: dt.datetime, source: str
-           ) -> TrustedCA | Rejection:
+def _judge(cert: x509.Certificate, rules: Rules, now: dt.datetime, source: str) -> TrustedCA | Rejection:
     sha = fingerprint(cert)
     subject = display_subject(cert)
 
@@ -113,29 +114,45 @@ def _judge(cert: x509.Certificate, rules: Rules, now: dt.datetime, source: str
 
     if not is_ca(cert):
         if cert.version == x509.Version.v1:
-            return reject(Reason.NOT_CA, "a version 1 certificate has no basicConstraints, "
-                          "so it cannot be a CA")
-        return reject(Reason.NOT_CA, "not a CA certificate (basicConstraints CA:TRUE is missing); "
-                      "this looks like a server or device certificate, copy the root CA instead")
+            return reject(
+                Reason.NOT_CA, "a version 1 certificate has no basicConstraints, so it cannot be a CA"
+            )
+        return reject(
+            Reason.NOT_CA,
+            "not a CA certificate (basicConstraints CA:TRUE is missing); "
+            "this looks like a server or device certificate, copy the root CA instead",
+        )
     self_issued = is_self_issued(cert)
     if not self_issued and not rules.allow_intermediate:
         issuer = printable(cert.issuer.rfc4514_string())
-        return reject(Reason.NOT_SELF_SIGNED, f"an intermediate CA issued by {issuer}, not a root; copy "
-                      "the root CA, or set policy.allow_intermediate: true")
+        return reject(
+            Reason.NOT_SELF_SIGNED,
+            f"an intermediate CA issued by {issuer}, not a root; copy "
+            "the root CA, or set policy.allow_intermediate: true",
+        )
     # What OpenSSL 3 refuses in a trust anchor, this refuses too: a root installed but not
     # used would look fine in `edge-certd list` while every TLS connection fails.
-    unknown = [ext.oid.dotted_string for ext in cert.extensions
-               if ext.critical and ext.oid not in OPENSSL_HANDLED_EXTENSIONS]
+    unknown = [
+        ext.oid.dotted_string
+        for ext in cert.extensions
+        if ext.critical and ext.oid not in OPENSSL_HANDLED_EXTENSIONS
+    ]
     if unknown:
-        return reject(Reason.CRITICAL_EXTENSION, f"it has a critical extension OpenSSL does not "
-                      f"handle ({printable(', '.join(unknown), 120)}), so OpenSSL refuses it")
+        return reject(
+            Reason.CRITICAL_EXTENSION,
+            f"it has a critical extension OpenSSL does not "
+            f"handle ({printable(', '.join(unknown), 120)}), so OpenSSL refuses it",
+        )
     try:
         usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
     except x509.ExtensionNotFound:
         usage = None
     if usage is not None and not usage.key_cert_sign:
-        return reject(Reason.NO_CERT_SIGN, "its keyUsage does not include keyCertSign, so it may "
-                      "not sign certificates and OpenSSL refuses it as a CA")
+        return reject(
+            Reason.NO_CERT_SIGN,
+            "its keyUsage does not include keyCertSign, so it may "
+            "not sign certificates and OpenSSL refuses it as a CA",
+        )
     # One public_key() per certificate: with OpenSSL 3 each call decodes the key afresh,
     # and that decode is most of what judging a root costs (see bench/b4_restart.py).
     try:
@@ -149,39 +166,57 @@ def _judge(cert: x509.Certificate, rules: Rules, now: dt.datetime, source: str
     if hash_problem:
         return reject(Reason.WEAK_SIGNATURE, hash_problem)
     if self_issued and not _self_signature_verifies(cert, key):
-        return reject(Reason.BAD_SIGNATURE, "the self-signature does not verify: the certificate was "
-                      "altered or corrupted")
+        return reject(
+            Reason.BAD_SIGNATURE,
+            "the self-signature does not verify: the certificate was altered or corrupted",
+        )
     not_before, not_after = validity(cert)
     if now > not_after and not rules.allow_expired:
         return reject(Reason.EXPIRED, f"expired on {_iso(not_after)}")
     if now < not_before:
-        return reject(Reason.NOT_YET_VALID, f"not valid until {_iso(not_before)}, but the device clock "
-                      f"reads {_iso(now)}; the clock may be wrong (check NTP / timedatectl)")
-    return TrustedCA(sha256=sha, subject=subject, not_before=not_before, not_after=not_after,
-                     der=cert.public_bytes(Encoding.DER))
+        return reject(
+            Reason.NOT_YET_VALID,
+            f"not valid until {_iso(not_before)}, but the device clock "
+            f"reads {_iso(now)}; the clock may be wrong (check NTP / timedatectl)",
+        )
+    return TrustedCA(
+        sha256=sha,
+        subject=subject,
+        not_before=not_before,
+        not_after=not_after,
+        der=cert.public_bytes(Encoding.DER),
+    )
 
 
 def validity(cert: x509.Certificate) -> tuple[dt.datetime, dt.datetime]:
     """notBefore and notAfter as aware UTC datetimes on every cryptography version."""
     if hasattr(cert, "not_valid_after_utc"):
         return cert.not_valid_before_utc, cert.not_valid_after_utc
-    return (cert.not_valid_before.replace(tzinfo=dt.UTC),
-            cert.not_valid_after.replace(tzinfo=dt.UTC))
+    return (cert.not_valid_before.replace(tzinfo=dt.UTC), cert.not_valid_after.replace(tzinfo=dt.UTC))
 
 
 def _key_problem(key: object, rules: Rules) -> tuple[Reason, str] | None:
     if isinstance(key, rsa.RSAPublicKey):
         if key.key_size < rules.min_rsa_bits:
-            return (Reason.WEAK_KEY, f"RSA key of {key.key_size} bits is below the minimum of "
-                    f"{rules.min_rsa_bits} (policy.min_rsa_bits)")
+            return (
+                Reason.WEAK_KEY,
+                f"RSA key of {key.key_size} bits is below the minimum of "
+                f"{rules.min_rsa_bits} (policy.min_rsa_bits)",
+            )
         return None
     if isinstance(key, ec.EllipticCurvePublicKey):
         if key.curve.name not in SUPPORTED_CURVES:
-            return (Reason.UNSUPPORTED_KEY, f"elliptic curve {key.curve.name} is not supported "
-                    f"(use one of {', '.join(SUPPORTED_CURVES)})")
+            return (
+                Reason.UNSUPPORTED_KEY,
+                f"elliptic curve {key.curve.name} is not supported "
+                f"(use one of {', '.join(SUPPORTED_CURVES)})",
+            )
         return None
-    return (Reason.UNSUPPORTED_KEY, f"{type(key).__name__.replace('PublicKey', '')} keys are not "
-            "supported; use RSA or ECDSA (P-256, P-384, P-521)")
+    return (
+        Reason.UNSUPPORTED_KEY,
+        f"{type(key).__name__.replace('PublicKey', '')} keys are not "
+        "supported; use RSA or ECDSA (P-256, P-384, P-521)",
+    )
 
 
 def _signature_hash_problem(cert: x509.Certificate, rules: Rules) -> str | None:
@@ -225,4 +260,3 @@ def _self_signature_verifies(cert: x509.Certificate, key: object) -> bool:
 
 def _iso(moment: dt.datetime) -> str:
     return moment.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-

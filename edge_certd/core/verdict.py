@@ -29,9 +29,15 @@ SEALED_MESSAGE = (
 )
 
 
-def judge_file(source: str, data: bytes | None, problem: tuple[Reason, str] | None,
-               kind: SourceKind, rules: Rules, now: dt.datetime,
-               passwords: Sequence[bytes] = ()) -> FileVerdict:
+def judge_file(
+    source: str,
+    data: bytes | None,
+    problem: tuple[Reason, str] | None,
+    kind: SourceKind,
+    rules: Rules,
+    now: dt.datetime,
+    passwords: Sequence[bytes] = (),
+) -> FileVerdict:
     """Judge everything in one file.
 
     Args:
@@ -60,24 +66,33 @@ def judge_file(source: str, data: bytes | None, problem: tuple[Reason, str] | No
 
 def _failed(source: str, data: bytes | None, kind_of_error: str) -> FileVerdict:
     # The exception's type only: its text could quote the file's bytes, a key among them.
-    message = (f"edge-certd could not judge this file (internal error {kind_of_error}); "
-               "it is not trusted")
+    message = f"edge-certd could not judge this file (internal error {kind_of_error}); it is not trusted"
     try:
         content_sha = hashlib.sha256(data).hexdigest() if data is not None else ""
     except Exception:  # noqa: BLE001 - MemoryError again, most likely
         content_sha = ""
-    return FileVerdict(source=source, format="unknown", content_sha256=content_sha,
-                       rejected=(Rejection(source=source, code=Reason.JUDGE_FAILED,
-                                           message=message),))
+    return FileVerdict(
+        source=source,
+        format="unknown",
+        content_sha256=content_sha,
+        rejected=(Rejection(source=source, code=Reason.JUDGE_FAILED, message=message),),
+    )
 
 
-def _judge_file(source: str, data: bytes | None, problem: tuple[Reason, str] | None,
-                kind: SourceKind, rules: Rules, now: dt.datetime,
-                passwords: Sequence[bytes]) -> FileVerdict:
+def _judge_file(
+    source: str,
+    data: bytes | None,
+    problem: tuple[Reason, str] | None,
+    kind: SourceKind,
+    rules: Rules,
+    now: dt.datetime,
+    passwords: Sequence[bytes],
+) -> FileVerdict:
     if data is None:
         code, message = problem or (Reason.UNREADABLE, "cannot be read")
-        return FileVerdict(source=source, format="unknown",
-                           rejected=(Rejection(source=source, code=code, message=message),))
+        return FileVerdict(
+            source=source, format="unknown", rejected=(Rejection(source=source, code=code, message=message),)
+        )
     content_sha = hashlib.sha256(data).hexdigest()
     try:
         parsed = parse(data, passwords)
@@ -88,27 +103,34 @@ def _judge_file(source: str, data: bytes | None, problem: tuple[Reason, str] | N
         elif kind == DROP and exc.sealed:
             code, message = Reason.PKCS12_SEALED, SEALED_MESSAGE.format(why=_why(exc))
         rejection = Rejection(source=source, code=code, message=message)
-        return FileVerdict(source=source, format=exc.format, rejected=(rejection,),
-                           content_sha256=content_sha)
+        return FileVerdict(
+            source=source, format=exc.format, rejected=(rejection,), content_sha256=content_sha
+        )
     if parsed.private_keys and kind == DROP:
         rejection = Rejection(source=source, code=Reason.PRIVATE_KEY, message=PRIVATE_KEY_MESSAGE)
-        return FileVerdict(source=source, format=parsed.format, rejected=(rejection,),
-                           content_sha256=content_sha)
+        return FileVerdict(
+            source=source, format=parsed.format, rejected=(rejection,), content_sha256=content_sha
+        )
 
     accepted: list[TrustedCA] = []
-    rejected = [Rejection(source=source, code=Reason.UNPARSEABLE, message=text)
-                for text in parsed.problems]
+    rejected = [Rejection(source=source, code=Reason.UNPARSEABLE, message=text) for text in parsed.problems]
     ignored = []
     if parsed.private_keys:
         count = parsed.private_keys
-        ignored.append(Ignored(source=source,
-                               what="private key" if count == 1 else f"{count} private keys"))
+        ignored.append(Ignored(source=source, what="private key" if count == 1 else f"{count} private keys"))
     seen: set[str] = set()
     for cert, why in parsed.distrusted:
         sha = fingerprint(cert)
         seen.add(sha)
-        rejected.append(Rejection(source=source, code=Reason.TRUST_SETTINGS, message=why,
-                                  subject=display_subject(cert), sha256=sha))
+        rejected.append(
+            Rejection(
+                source=source,
+                code=Reason.TRUST_SETTINGS,
+                message=why,
+                subject=display_subject(cert),
+                sha256=sha,
+            )
+        )
     for cert in parsed.certificates:
         sha = fingerprint(cert)
         if sha in seen:
@@ -118,16 +140,26 @@ def _judge_file(source: str, data: bytes | None, problem: tuple[Reason, str] | N
             ignored.append(Ignored(source=source, what=f"leaf certificate {display_subject(cert)}"))
             continue
         if kind == KEYVAULT and not is_self_issued(cert) and not rules.allow_intermediate:
-            ignored.append(Ignored(source=source, what=f"intermediate CA {display_subject(cert)} "
-                                   "(policy.allow_intermediate is false)"))
+            ignored.append(
+                Ignored(
+                    source=source,
+                    what=f"intermediate CA {display_subject(cert)} (policy.allow_intermediate is false)",
+                )
+            )
             continue
         outcome = judge(cert, rules, now, source)
         if isinstance(outcome, TrustedCA):
             accepted.append(outcome)
         else:
             rejected.append(outcome)
-    return FileVerdict(source=source, format=parsed.format, accepted=tuple(accepted),
-                       rejected=tuple(rejected), ignored=tuple(ignored), content_sha256=content_sha)
+    return FileVerdict(
+        source=source,
+        format=parsed.format,
+        accepted=tuple(accepted),
+        rejected=tuple(rejected),
+        ignored=tuple(ignored),
+        content_sha256=content_sha,
+    )
 
 
 def _why(exc: FormatError) -> str:

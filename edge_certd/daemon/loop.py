@@ -120,8 +120,9 @@ class Daemon:
                 if clock_set:
                     # NTP stepped the clock: roots refused as not yet valid (or expired)
                     # are judged again now, and the expiry warnings follow the new time.
-                    events.emit("config", "the system clock was set; judging every source "
-                                "again", reason="clock_set")
+                    events.emit(
+                        "config", "the system clock was set; judging every source again", reason="clock_set"
+                    )
                 while self.requests:
                     request = self.requests.popleft()
                     if request == "stop":
@@ -177,7 +178,8 @@ class Daemon:
         dirs = [self.config.drop_dir, *self.config.keyvault_export_dirs]
         for missing in self.watcher.watch(dirs):
             logging.getLogger(events.LOGGER_NAME).info(
-                "%s does not exist yet; watching for it to appear", missing)
+                "%s does not exist yet; watching for it to appear", missing
+            )
 
     def _sync(self, why: str) -> None:
         """Run one sync. Failures leave the previous trust in place and schedule a retry."""
@@ -193,16 +195,18 @@ class Daemon:
             self._degrade(str(exc))
         except Exception as exc:  # noqa: BLE001 - a bug must not take trust management down
             # The trust state is whatever the last good sync left; say so and keep retrying.
-            events.emit("update_failed", f"internal error during sync, previous trust kept: "
-                        f"{exc!r}\n{traceback.format_exc()}", logging.ERROR,
-                        reason="internal_error")
+            events.emit(
+                "update_failed",
+                f"internal error during sync, previous trust kept: {exc!r}\n{traceback.format_exc()}",
+                logging.ERROR,
+                reason="internal_error",
+            )
             self._degrade(f"internal error ({type(exc).__name__})")
         else:
             failures = self.last_result.target_failures
             if failures:
                 # The rest is applied; retry the target that failed, with the same backoff.
-                self._degrade("; ".join(f"{f.target} not updated: {f.message}"
-                                        for f in failures))
+                self._degrade("; ".join(f"{f.target} not updated: {f.message}" for f in failures))
             else:
                 if self.degraded:
                     events.emit("synced", f"recovered after {why}: trust is up to date again")
@@ -236,11 +240,16 @@ class Daemon:
         try:
             config, _ = load_config(self.config_path)
         except ConfigError as exc:
-            events.emit("config", f"reload refused, keeping the running configuration: {exc}",
-                        logging.ERROR, reason="config_invalid")
+            events.emit(
+                "config",
+                f"reload refused, keeping the running configuration: {exc}",
+                logging.ERROR,
+                reason="config_invalid",
+            )
             more = f" and {len(exc.problems) - 1} more" if len(exc.problems) > 1 else ""
-            self.config_problem = (f"configuration refused at reload ({exc.problems[0]}{more}), "
-                                   "running the previous one")
+            self.config_problem = (
+                f"configuration refused at reload ({exc.problems[0]}{more}), running the previous one"
+            )
         else:
             self.config_problem = None
             self.config = config
@@ -261,24 +270,39 @@ class Daemon:
         entries = load_manifest(StatePaths(self.config.state_dir)).entries.values()
         for item in expiring(entries, self.config.expiry.warn_days, now):
             ca, days = item.ca, item.days_left
-            what = ("has expired" if item.expired
-                    else f"expires in {days} days (warning at {item.threshold})")
-            events.emit("expiring", f'managed root CA "{ca.subject}" {what}, on '
-                        f"{iso(ca.not_after)}; drop its successor into {self.config.drop_dir}",
-                        logging.WARNING, sha256=ca.sha256, subject=ca.subject,
-                        reason=f"{days} days left")
+            what = "has expired" if item.expired else f"expires in {days} days (warning at {item.threshold})"
+            events.emit(
+                "expiring",
+                f'managed root CA "{ca.subject}" {what}, on '
+                f"{iso(ca.not_after)}; drop its successor into {self.config.drop_dir}",
+                logging.WARNING,
+                sha256=ca.sha256,
+                subject=ca.subject,
+                reason=f"{days} days left",
+            )
 
     def _status_line(self) -> str:
         problems = "; ".join(p for p in (self.degraded, self.config_problem) if p)
-        return status_line(self.last_result, warn_days=self.config.expiry.warn_days,
-                           now=dt.datetime.now(dt.UTC), problem=problems or None)
+        return status_line(
+            self.last_result,
+            warn_days=self.config.expiry.warn_days,
+            now=dt.datetime.now(dt.UTC),
+            problem=problems or None,
+        )
 
     def _record_daemon(self, state: str) -> None:
         """daemon.json: the daemon's own record for `edge-certd status`; only it writes it."""
         try:
-            save_report(StatePaths(self.config.state_dir).daemon, {
-                "pid": os.getpid(), "state": state, "status_line": self.status_now,
-                "degraded": self.degraded, "updated": iso(dt.datetime.now(dt.UTC))})
+            save_report(
+                StatePaths(self.config.state_dir).daemon,
+                {
+                    "pid": os.getpid(),
+                    "state": state,
+                    "status_line": self.status_now,
+                    "degraded": self.degraded,
+                    "updated": iso(dt.datetime.now(dt.UTC)),
+                },
+            )
         except EdgeCertdError:
             pass  # daemon.json is for people; a full disk must not stop the service
 

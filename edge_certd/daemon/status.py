@@ -10,8 +10,9 @@ from edge_certd.core.model import SyncResult
 from edge_certd.core.text import plural
 
 
-def status_line(result: SyncResult | None, *, warn_days: Sequence[int], now: dt.datetime,
-                problem: str | None = None) -> str:
+def status_line(
+    result: SyncResult | None, *, warn_days: Sequence[int], now: dt.datetime, problem: str | None = None
+) -> str:
     """`3 CAs trusted · last change 12:03:04 (+1 −0) · 1 file rejected`, or
     `degraded: …` when the daemon could not apply trust or refused a reload."""
     if problem or result is None:
@@ -19,14 +20,14 @@ def status_line(result: SyncResult | None, *, warn_days: Sequence[int], now: dt.
     parts = [f"{plural(len(result.managed), 'CA')} trusted"]
     if result.last_change is not None:
         stamp = result.last_change.time.astimezone().strftime("%H:%M:%S")
-        parts.append(f"last change {stamp} (+{result.last_change.added} "
-                     f"−{result.last_change.removed})")
+        parts.append(f"last change {stamp} (+{result.last_change.added} −{result.last_change.removed})")
     if result.rejected_files:
         parts.append(f"{plural(result.rejected_files, 'file')} rejected")
     # A source that cannot be read safely keeps what it gave, but nothing new comes in.
     for source in result.source_problems:
-        parts.insert(0, f"degraded: source directory {source.path} {source.reason}; "
-                        "keeping the CAs it provided")
+        parts.insert(
+            0, f"degraded: source directory {source.path} {source.reason}; keeping the CAs it provided"
+        )
     soon = expiring(result.managed.values(), warn_days, now)
     if soon:
         parts.append(f"{soon[0].ca.subject} expires in {soon[0].days_left} days")

@@ -133,8 +133,9 @@ class SourceWatcher(FileSystemEventHandler):
             self._finish(src)
             if inside_dest and not is_temporary_name(os.path.basename(dest)):
                 self._finish(dest)
-        elif isinstance(event, (FileDeletedEvent, FileCreatedEvent, DirCreatedEvent,
-                                DirDeletedEvent, DirMovedEvent)):
+        elif isinstance(
+            event, (FileDeletedEvent, FileCreatedEvent, DirCreatedEvent, DirDeletedEvent, DirMovedEvent)
+        ):
             self._finish(src)
 
     def _finish(self, path: str) -> None:

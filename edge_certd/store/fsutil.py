@@ -51,7 +51,7 @@ def write_atomic(path: str, data: bytes, mode: int = 0o644, sync_directory: bool
             os.fchmod(fd, mode)  # O_CREAT's mode is filtered by the umask; this is not
             view = memoryview(data)
             while view:
-                view = view[os.write(fd, view):]
+                view = view[os.write(fd, view) :]
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -101,8 +101,7 @@ def remove_stale_temp_files(directory: str, targets: Collection[str] | None = No
         names = os.listdir(directory)
     except OSError:
         return removed
-    prefixes = (tuple(f"{TEMP_PREFIX}{t}." for t in targets) if targets is not None
-                else (TEMP_PREFIX,))
+    prefixes = tuple(f"{TEMP_PREFIX}{t}." for t in targets) if targets is not None else (TEMP_PREFIX,)
     for name in names:
         if name.startswith(prefixes) and name.endswith(TEMP_SUFFIX):
             with contextlib.suppress(OSError):

@@ -22,9 +22,20 @@ from edge_certd.store.fsutil import ensure_directory
 # Names that are half-written or editor leftovers; acting on them would install a partial file.
 # rsync and many tools write ".name.XXXXXX" and rename, so every dotfile is skipped.
 TEMPORARY_SUFFIXES = (
-    "~", ".swp", ".swx", ".swo", ".part", ".partial", ".tmp", ".temp",
+    "~",
+    ".swp",
+    ".swx",
+    ".swo",
+    ".part",
+    ".partial",
+    ".tmp",
+    ".temp",
     ".filepart",  # WinSCP, which many technicians use instead of scp
-    ".crdownload", ".dpkg-new", ".dpkg-tmp", ".dpkg-old", ".bak",
+    ".crdownload",
+    ".dpkg-new",
+    ".dpkg-tmp",
+    ".dpkg-old",
+    ".bak",
 )
 
 # A Key Vault object version: 32 lower-case hex digits, as in
@@ -76,18 +87,27 @@ def check_directory(path: str, rules: DirectoryRules) -> None:
         raise SourceError(path, "is not a directory")
     mode = stat.S_IMODE(info.st_mode)
     if mode & stat.S_IWOTH:
-        raise SourceError(path, f"is world-writable (mode {mode:04o}), so anyone on the device "
-                          f"could make it trust a CA; run: chmod o-w {path}")
+        raise SourceError(
+            path,
+            f"is world-writable (mode {mode:04o}), so anyone on the device "
+            f"could make it trust a CA; run: chmod o-w {path}",
+        )
     if not rules.check_ownership:
         return
     trusted_gid = _group_id(rules.trusted_group)
     if info.st_uid not in (0, os.geteuid()) and info.st_gid != trusted_gid:
-        raise SourceError(path, f"is owned by uid {info.st_uid}, not by root or the "
-                          f"{rules.trusted_group} group; run: "
-                          f"chown root:{rules.trusted_group} {path}")
+        raise SourceError(
+            path,
+            f"is owned by uid {info.st_uid}, not by root or the "
+            f"{rules.trusted_group} group; run: "
+            f"chown root:{rules.trusted_group} {path}",
+        )
     if mode & stat.S_IWGRP and info.st_gid not in (0, trusted_gid, os.getegid()):
-        raise SourceError(path, f"is writable by group id {info.st_gid}, which is not "
-                          f"{rules.trusted_group}; run: chmod g-w {path}")
+        raise SourceError(
+            path,
+            f"is writable by group id {info.st_gid}, which is not "
+            f"{rules.trusted_group}; run: chmod g-w {path}",
+        )
 
 
 def scan_directory(path: str, max_bytes: int) -> Iterator[SourceFile]:
@@ -109,8 +129,7 @@ def scan_directory(path: str, max_bytes: int) -> Iterator[SourceFile]:
     return _read_entries(path, dir_fd, names, max_bytes)
 
 
-def _read_entries(path: str, dir_fd: int, names: list[str], max_bytes: int
-                  ) -> Iterator[SourceFile]:
+def _read_entries(path: str, dir_fd: int, names: list[str], max_bytes: int) -> Iterator[SourceFile]:
     try:
         real_dir = os.path.realpath(path)
         versions = linked_versions(path, real_dir, names)
@@ -147,8 +166,11 @@ def linked_versions(path: str, real_dir: str, names: Sequence[str]) -> frozenset
         stem = _version_stem(os.path.basename(real))
         if stem and os.path.dirname(real) == real_dir:
             stems.add(stem)
-    return frozenset(name for name in names if _version_stem(name) in stems
-                     and not os.path.islink(os.path.join(path, name)))
+    return frozenset(
+        name
+        for name in names
+        if _version_stem(name) in stems and not os.path.islink(os.path.join(path, name))
+    )
 
 
 def _version_stem(name: str) -> str | None:
@@ -164,8 +186,7 @@ def read_entry(path: str, real_dir: str, dir_fd: int, name: str, max_bytes: int)
     return SourceFile(entry.path, entry.data, entry.problem, os.path.join(path, name))
 
 
-def _read_entry(shown: str, real_dir: str, dir_fd: int, path: str, name: str,
-                max_bytes: int) -> SourceFile:
+def _read_entry(shown: str, real_dir: str, dir_fd: int, path: str, name: str, max_bytes: int) -> SourceFile:
     try:
         info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
     except OSError as exc:
@@ -184,8 +205,14 @@ def _read_entry(shown: str, real_dir: str, dir_fd: int, path: str, name: str,
     if kind_problem:
         return SourceFile(shown, None, kind_problem)
     if info.st_nlink > 1:
-        return SourceFile(shown, None, (Reason.HARD_LINK, f"is a hard link ({info.st_nlink} names); "
-                                        "copy the file instead of linking it"))
+        return SourceFile(
+            shown,
+            None,
+            (
+                Reason.HARD_LINK,
+                f"is a hard link ({info.st_nlink} names); copy the file instead of linking it",
+            ),
+        )
     if info.st_size > max_bytes:
         return SourceFile(shown, None, _too_large(max_bytes))
     return _read_limited(shown, dir_fd, target, max_bytes)
@@ -200,24 +227,33 @@ def _resolve_inside(link: str, real_dir: str) -> str | tuple[Reason, str]:
     except OSError as exc:
         return (Reason.SYMLINK_LOOP, f"is a symlink that cannot be resolved ({exc.strerror})")
     if os.path.dirname(real) != real_dir:
-        return (Reason.SYMLINK_OUTSIDE, f"is a symlink to {printable(real)}, outside the source "
-                "directory; edge-certd only follows links that stay inside it")
+        return (
+            Reason.SYMLINK_OUTSIDE,
+            f"is a symlink to {printable(real)}, outside the source "
+            "directory; edge-certd only follows links that stay inside it",
+        )
     return os.path.basename(real)
 
 
 def _not_regular(info: os.stat_result) -> tuple[Reason, str] | None:
     if stat.S_ISREG(info.st_mode):
         return None
-    kinds = {stat.S_IFDIR: "a directory", stat.S_IFIFO: "a FIFO (named pipe)",
-             stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a character device",
-             stat.S_IFBLK: "a block device"}
+    kinds = {
+        stat.S_IFDIR: "a directory",
+        stat.S_IFIFO: "a FIFO (named pipe)",
+        stat.S_IFSOCK: "a socket",
+        stat.S_IFCHR: "a character device",
+        stat.S_IFBLK: "a block device",
+    }
     kind = kinds.get(stat.S_IFMT(info.st_mode), "not a regular file")
     return (Reason.NOT_REGULAR_FILE, f"is {kind}, not a regular file")
 
 
 def _too_large(max_bytes: int) -> tuple[Reason, str]:
-    return (Reason.TOO_LARGE, f"is larger than {max_bytes} bytes (policy.max_file_bytes); "
-            "a root CA file is a few kilobytes")
+    return (
+        Reason.TOO_LARGE,
+        f"is larger than {max_bytes} bytes (policy.max_file_bytes); a root CA file is a few kilobytes",
+    )
 
 
 def _read_limited(shown: str, dir_fd: int, name: str, max_bytes: int) -> SourceFile:

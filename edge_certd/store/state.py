@@ -82,22 +82,31 @@ def load_manifest(paths: StatePaths) -> LoadedManifest:
         doc = json.loads(raw)
         entries = {item["sha256"]: _entry_from_json(item) for item in doc["cas"]}
         change = doc.get("last_change")
-        last_change = None if change is None else LastChange(
-            time=parse_iso(change["time"]), added=int(change["added"]),
-            removed=int(change["removed"]))
+        last_change = (
+            None
+            if change is None
+            else LastChange(
+                time=parse_iso(change["time"]), added=int(change["added"]), removed=int(change["removed"])
+            )
+        )
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        return LoadedManifest(problem=f"{paths.manifest} is corrupt ({type(exc).__name__}); "
-                              "rebuilding it from the CA directory and the sources")
+        return LoadedManifest(
+            problem=f"{paths.manifest} is corrupt ({type(exc).__name__}); "
+            "rebuilding it from the CA directory and the sources"
+        )
     return LoadedManifest(entries=entries, last_change=last_change)
 
 
-def save_manifest(paths: StatePaths, entries: Mapping[str, InstalledCA],
-                  last_change: LastChange | None) -> bool:
-    doc: dict[str, Any] = {"version": 1,
-                           "cas": [_entry_to_json(entries[sha]) for sha in sorted(entries)]}
+def save_manifest(
+    paths: StatePaths, entries: Mapping[str, InstalledCA], last_change: LastChange | None
+) -> bool:
+    doc: dict[str, Any] = {"version": 1, "cas": [_entry_to_json(entries[sha]) for sha in sorted(entries)]}
     if last_change is not None:
-        doc["last_change"] = {"time": iso(last_change.time), "added": last_change.added,
-                              "removed": last_change.removed}
+        doc["last_change"] = {
+            "time": iso(last_change.time),
+            "added": last_change.added,
+            "removed": last_change.removed,
+        }
     return write_atomic(paths.manifest, _dump(doc))
 
 
@@ -122,8 +131,7 @@ def save_report(path: str, doc: Mapping[str, Any]) -> None:
 
 def remove_stale_state_temp_files(paths: StatePaths) -> list[str]:
     """Temp files a crash left for the files the state lock guards; call it under that lock."""
-    return remove_stale_temp_files(
-        paths.state_dir, (MANIFEST_NAME, PENDING_NAME, BLOCKED_NAME, STATUS_NAME))
+    return remove_stale_temp_files(paths.state_dir, (MANIFEST_NAME, PENDING_NAME, BLOCKED_NAME, STATUS_NAME))
 
 
 def mark_pending(paths: StatePaths) -> None:
@@ -165,8 +173,9 @@ def _flock(path: str, timeout: float) -> Iterator[None]:
                 break
             except BlockingIOError:
                 if time.monotonic() > deadline:
-                    raise LockTimeout(f"another edge-certd process has held {path} for "
-                                      f"{timeout:.0f} s") from None
+                    raise LockTimeout(
+                        f"another edge-certd process has held {path} for {timeout:.0f} s"
+                    ) from None
                 time.sleep(0.05)
         yield
     finally:
@@ -199,7 +208,6 @@ def _entry_from_json(item: dict[str, Any]) -> InstalledCA:
 
 def _dump(doc: Any) -> bytes:
     return (json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
-
 
 
 def load_blocked(paths: StatePaths) -> frozenset[str]:

@@ -92,11 +92,20 @@ def _to_json(verdict: FileVerdict) -> dict[str, Any]:
     return {
         "format": verdict.format,
         "content_sha256": verdict.content_sha256,
-        "accepted": [{"sha256": ca.sha256, "subject": ca.subject, "not_before": iso(ca.not_before),
-                      "not_after": iso(ca.not_after), "der": base64.b64encode(ca.der).decode()}
-                     for ca in verdict.accepted],
-        "rejected": [{"code": r.code, "message": r.message, "subject": r.subject,
-                      "sha256": r.sha256} for r in verdict.rejected],
+        "accepted": [
+            {
+                "sha256": ca.sha256,
+                "subject": ca.subject,
+                "not_before": iso(ca.not_before),
+                "not_after": iso(ca.not_after),
+                "der": base64.b64encode(ca.der).decode(),
+            }
+            for ca in verdict.accepted
+        ],
+        "rejected": [
+            {"code": r.code, "message": r.message, "subject": r.subject, "sha256": r.sha256}
+            for r in verdict.rejected
+        ],
         "ignored": [i.what for i in verdict.ignored],
     }
 
@@ -107,13 +116,32 @@ def _from_json(item: dict[str, Any], source: str) -> FileVerdict:
         der = base64.b64decode(ca["der"])
         if hashlib.sha256(der).hexdigest() != ca["sha256"]:
             raise ValueError("cache entry does not match its certificate")
-        accepted.append(TrustedCA(sha256=ca["sha256"], subject=ca["subject"],
-                                  not_before=parse_iso(ca["not_before"]),
-                                  not_after=parse_iso(ca["not_after"]), der=der))
+        accepted.append(
+            TrustedCA(
+                sha256=ca["sha256"],
+                subject=ca["subject"],
+                not_before=parse_iso(ca["not_before"]),
+                not_after=parse_iso(ca["not_after"]),
+                der=der,
+            )
+        )
     # Reason() raises ValueError for a code this version does not know: judge again.
-    rejected = [Rejection(source=source, code=Reason(r["code"]), message=r["message"],
-                          subject=r["subject"], sha256=r["sha256"]) for r in item["rejected"]]
+    rejected = [
+        Rejection(
+            source=source,
+            code=Reason(r["code"]),
+            message=r["message"],
+            subject=r["subject"],
+            sha256=r["sha256"],
+        )
+        for r in item["rejected"]
+    ]
     ignored = [Ignored(source=source, what=what) for what in item["ignored"]]
-    return FileVerdict(source=source, format=item["format"], accepted=tuple(accepted),
-                       rejected=tuple(rejected), ignored=tuple(ignored),
-                       content_sha256=item["content_sha256"])
+    return FileVerdict(
+        source=source,
+        format=item["format"],
+        accepted=tuple(accepted),
+        rejected=tuple(rejected),
+        ignored=tuple(ignored),
+        content_sha256=item["content_sha256"],
+    )

@@ -55,8 +55,12 @@ from edge_certd.worker.pool import JudgeWorker, Limits, judge_in_worker
 
 def rules_from(config: Config) -> Rules:
     p = config.policy
-    return Rules(allow_intermediate=p.allow_intermediate, allow_expired=p.allow_expired,
-                 min_rsa_bits=p.min_rsa_bits, allow_sha1_signature=p.allow_sha1_signature)
+    return Rules(
+        allow_intermediate=p.allow_intermediate,
+        allow_expired=p.allow_expired,
+        min_rsa_bits=p.min_rsa_bits,
+        allow_sha1_signature=p.allow_sha1_signature,
+    )
 
 
 def read_passwords(config: Config) -> list[bytes]:
@@ -70,13 +74,13 @@ def read_passwords(config: Config) -> list[bytes]:
 
 
 def worker_limits(config: Config) -> Limits:
-    return Limits(cpu_seconds=config.policy.judge_cpu_seconds,
-                  memory_mb=config.policy.judge_memory_mb)
+    return Limits(cpu_seconds=config.policy.judge_cpu_seconds, memory_mb=config.policy.judge_memory_mb)
 
 
 def source_dirs(config: Config) -> list[tuple[str, SourceKind]]:
     return [(config.drop_dir, SourceKind.DROP)] + [
-        (d, SourceKind.KEYVAULT) for d in config.keyvault_export_dirs]
+        (d, SourceKind.KEYVAULT) for d in config.keyvault_export_dirs
+    ]
 
 
 class Engine:
@@ -89,15 +93,15 @@ class Engine:
             sync starts its own when a file needs judging and ends it afterwards.
     """
 
-    def __init__(self, config: Config, heartbeat: Callable[[], None] | None = None,
-                 worker: JudgeWorker | None = None) -> None:
+    def __init__(
+        self, config: Config, heartbeat: Callable[[], None] | None = None, worker: JudgeWorker | None = None
+    ) -> None:
         self.config = config
         self.worker = worker
         self.paths = StatePaths(config.state_dir)
         self.system = system_store(config, heartbeat)
         self.followers = followers(config)
-        self.dir_rules = DirectoryRules(config.sources.trusted_group,
-                                        config.sources.check_ownership)
+        self.dir_rules = DirectoryRules(config.sources.trusted_group, config.sources.check_ownership)
 
     def ensure_drop_dir(self, force: bool = False) -> None:
         """Create the drop directory when missing (see store.sources.ensure_drop_dir).
@@ -108,14 +112,17 @@ class Engine:
         if os.path.isdir(self.config.drop_dir):
             return
         prefix = self.config.drop_dir.rstrip("/") + "/"
-        provided = any(source.startswith(prefix)
-                       for entry in load_manifest(self.paths).entries.values()
-                       for source in entry.sources)
+        provided = any(
+            source.startswith(prefix)
+            for entry in load_manifest(self.paths).entries.values()
+            for source in entry.sources
+        )
         if force or not provided:
             ensure_drop_dir(self.config.drop_dir, self.config.sources.trusted_group)
 
-    def judge_sources(self, now: dt.datetime, busy: frozenset[str] = frozenset()
-                      ) -> tuple[list[FileVerdict], list[SourceProblem]]:
+    def judge_sources(
+        self, now: dt.datetime, busy: frozenset[str] = frozenset()
+    ) -> tuple[list[FileVerdict], list[SourceProblem]]:
         """Read and judge every source file. Bad files become verdicts, never exceptions.
 
         Files in `busy` are still being written; they are skipped this time. Files that
@@ -128,8 +135,9 @@ class Engine:
             if self.worker is None:
                 worker.close()
 
-    def _judge_sources(self, worker: JudgeWorker, now: dt.datetime, busy: frozenset[str]
-                       ) -> tuple[list[FileVerdict], list[SourceProblem]]:
+    def _judge_sources(
+        self, worker: JudgeWorker, now: dt.datetime, busy: frozenset[str]
+    ) -> tuple[list[FileVerdict], list[SourceProblem]]:
         rules = rules_from(self.config)
         passwords = read_passwords(self.config)
         cache = VerdictCache(self.config.state_dir, rules, passwords)
@@ -160,8 +168,7 @@ class Engine:
             pass  # a full state disk costs time on the next start, nothing else
         return verdicts, problems
 
-    def sync(self, now: dt.datetime | None = None, busy: frozenset[str] = frozenset()
-             ) -> SyncResult:
+    def sync(self, now: dt.datetime | None = None, busy: frozenset[str] = frozenset()) -> SyncResult:
         """Bring every target in line with the sources.
 
         Raises:
@@ -195,21 +202,34 @@ class Engine:
         verdicts, problems = self.judge_sources(now, busy)
         # Busy files are named as the manifest names sources: an odd byte in a file name must
         # not stop its old content from being held while it is rewritten.
-        held_paths = ([p.path.rstrip("/") + "/" for p in problems]
-                      + sorted(display_path(path) for path in busy))
+        held_paths = [p.path.rstrip("/") + "/" for p in problems] + sorted(
+            display_path(path) for path in busy
+        )
         held = _held(held_paths, loaded.entries, present)
         early = _not_yet_valid_but_installed(verdicts, present)
         for sha, kept in early.items():
             held.setdefault(sha, kept)
-            notes.append(Note(code="clock_behind", message=(
-                f'"{kept.ca.subject}" (sha256 {sha[:16]}…) is not valid until '
-                f"{iso(kept.ca.not_before)} by this device's clock, but it is installed: it "
-                "stays trusted; check the clock (timedatectl, NTP)")))
+            notes.append(
+                Note(
+                    code="clock_behind",
+                    message=(
+                        f'"{kept.ca.subject}" (sha256 {sha[:16]}…) is not valid until '
+                        f"{iso(kept.ca.not_before)} by this device's clock, but it is installed: it "
+                        "stays trusted; check the clock (timedatectl, NTP)"
+                    ),
+                )
+            )
         wanted = wanted_set(verdicts, removed_by_operator=load_blocked(self.paths), held=held)
         for sha, sources in wanted.stay_removed.items():
-            notes.append(Note(code="stays_removed", message=(
-                f"sha256 {sha[:16]}… stays removed (edge-certd remove); its source "
-                f"{', '.join(sources)} is still there")))
+            notes.append(
+                Note(
+                    code="stays_removed",
+                    message=(
+                        f"sha256 {sha[:16]}… stays removed (edge-certd remove); its source "
+                        f"{', '.join(sources)} is still there"
+                    ),
+                )
+            )
         plan = make_plan(wanted.cas, present)
         change = Change(managed=wanted.managed(), plan=plan)
         update_summary = ""
@@ -242,47 +262,81 @@ class Engine:
             save_manifest(self.paths, managed, last_change)
             clear_pending(self.paths)
         except ApplyError as exc:
-            failed = SyncResult(time=now, verdicts=tuple(verdicts),
-                                source_problems=tuple(problems), managed=loaded.entries,
-                                notes=tuple(notes), last_change=loaded.last_change,
-                                error=str(exc))
+            failed = SyncResult(
+                time=now,
+                verdicts=tuple(verdicts),
+                source_problems=tuple(problems),
+                managed=loaded.entries,
+                notes=tuple(notes),
+                last_change=loaded.last_change,
+                error=str(exc),
+            )
             journal_events.log_failure(failed, exc)
             record.write_status(self.paths, failed, self.config)
             raise
         result = SyncResult(
-            time=now, verdicts=tuple(verdicts), source_problems=tuple(problems),
-            added=plan.add, removed=plan.remove, managed=managed, update_summary=update_summary,
-            changed_files=tuple(changed_files), notes=tuple(notes),
-            target_failures=tuple(failures), last_change=last_change)
+            time=now,
+            verdicts=tuple(verdicts),
+            source_problems=tuple(problems),
+            added=plan.add,
+            removed=plan.remove,
+            managed=managed,
+            update_summary=update_summary,
+            changed_files=tuple(changed_files),
+            notes=tuple(notes),
+            target_failures=tuple(failures),
+            last_change=last_change,
+        )
         journal_events.log_sync(result, self.paths)
         if result.trust_changed:
             run_on_change(self.config.on_change)
         record.write_status(self.paths, result, self.config)
         return result
 
-    def _manifest_entries(self, wanted: Wanted, old: Mapping[str, InstalledCA],
-                          now: dt.datetime) -> dict[str, InstalledCA]:
+    def _manifest_entries(
+        self, wanted: Wanted, old: Mapping[str, InstalledCA], now: dt.datetime
+    ) -> dict[str, InstalledCA]:
         entries = {}
         for sha, ca in wanted.cas.items():
             previous = old.get(sha)
             entries[sha] = InstalledCA(
-                sha256=sha, subject=ca.subject, not_before=ca.not_before, not_after=ca.not_after,
-                path=self.system.path_for(ca), sources=wanted.sources[sha],
-                installed_at=previous.installed_at if previous else now)
+                sha256=sha,
+                subject=ca.subject,
+                not_before=ca.not_before,
+                not_after=ca.not_after,
+                path=self.system.path_for(ca),
+                sources=wanted.sources[sha],
+                installed_at=previous.installed_at if previous else now,
+            )
         return entries
 
 
-def _judge_cached(worker: JudgeWorker, cache: VerdictCache, source: SourceFile,
-                  kind: SourceKind, rules: Rules, now: dt.datetime, passwords: Sequence[bytes]
-                  ) -> FileVerdict:
+def _judge_cached(
+    worker: JudgeWorker,
+    cache: VerdictCache,
+    source: SourceFile,
+    kind: SourceKind,
+    rules: Rules,
+    now: dt.datetime,
+    passwords: Sequence[bytes],
+) -> FileVerdict:
     if source.data is None:
-        return judge_in_worker(None, source=source.path, data=None, problem=source.problem,
-                               kind=kind, rules=rules, now=now, passwords=passwords)
+        return judge_in_worker(
+            None,
+            source=source.path,
+            data=None,
+            problem=source.problem,
+            kind=kind,
+            rules=rules,
+            now=now,
+            passwords=passwords,
+        )
     key = cache.key(source.content_sha256, kind)
     verdict = cache.get(key, source.path, now)
     if verdict is None:
-        verdict = worker.judge(source=source.path, data=source.data, kind=kind, rules=rules,
-                               now=now, passwords=passwords)
+        verdict = worker.judge(
+            source=source.path, data=source.data, kind=kind, rules=rules, now=now, passwords=passwords
+        )
         if _worth_caching(verdict):
             cache.put(key, verdict)
     return verdict
@@ -297,12 +351,12 @@ def _worth_caching(verdict: FileVerdict) -> bool:
     junk is refused in microseconds, and 50,000 junk files must not make a 20 MB cache."""
     if any(r.code in _NOT_CACHED for r in verdict.rejected):
         return False
-    return bool(verdict.accepted or verdict.ignored
-                or any(r.sha256 is not None for r in verdict.rejected))
+    return bool(verdict.accepted or verdict.ignored or any(r.sha256 is not None for r in verdict.rejected))
 
 
-def _not_yet_valid_but_installed(verdicts: Sequence[FileVerdict],
-                                 present: Mapping[str, InstalledCA]) -> dict[str, Held]:
+def _not_yet_valid_but_installed(
+    verdicts: Sequence[FileVerdict], present: Mapping[str, InstalledCA]
+) -> dict[str, Held]:
     """Installed roots that are refused now only because the clock reads a time before
     their notBefore: a board without an RTC boots in the past, and removing its gateway's
     root until NTP answers would cut it off from the network that brings NTP."""
@@ -319,8 +373,9 @@ def _not_yet_valid_but_installed(verdicts: Sequence[FileVerdict],
     return held
 
 
-def _held(held_paths: Sequence[str], manifest: Mapping[str, InstalledCA],
-          present: Mapping[str, InstalledCA]) -> dict[str, Held]:
+def _held(
+    held_paths: Sequence[str], manifest: Mapping[str, InstalledCA], present: Mapping[str, InstalledCA]
+) -> dict[str, Held]:
     """What sources that cannot be read right now provided before, read back from ca_dir.
 
     `held_paths` are directories ending in "/" (unsafe right now: no new files are taken
@@ -330,8 +385,9 @@ def _held(held_paths: Sequence[str], manifest: Mapping[str, InstalledCA],
     held: dict[str, Held] = {}
     for prefix in held_paths:
         for sha, entry in manifest.items():
-            sources = tuple(s for s in entry.sources if s == prefix or
-                            (prefix.endswith("/") and s.startswith(prefix)))
+            sources = tuple(
+                s for s in entry.sources if s == prefix or (prefix.endswith("/") and s.startswith(prefix))
+            )
             if not sources or sha not in present:
                 continue
             ca = load_installed(present[sha].path)

@@ -39,11 +39,20 @@ def log_sync(result: SyncResult, paths: StatePaths) -> None:
     """Emit one journal event per change and note, and per problem that is new."""
     for ca in result.added:
         source = ", ".join(result.managed[ca.sha256].sources)
-        journal.emit("installed", f'installed root CA "{ca.subject}" (sha256 {ca.sha256[:16]}…) '
-                     f"from {source}", sha256=ca.sha256, subject=ca.subject, source=source)
+        journal.emit(
+            "installed",
+            f'installed root CA "{ca.subject}" (sha256 {ca.sha256[:16]}…) from {source}',
+            sha256=ca.sha256,
+            subject=ca.subject,
+            source=source,
+        )
     for gone in result.removed:
-        journal.emit("removed", f'removed root CA "{gone.subject}" (sha256 {gone.sha256[:16]}…): '
-                     "no source provides it any more", sha256=gone.sha256, subject=gone.subject)
+        journal.emit(
+            "removed",
+            f'removed root CA "{gone.subject}" (sha256 {gone.sha256[:16]}…): no source provides it any more',
+            sha256=gone.sha256,
+            subject=gone.subject,
+        )
     memory_path = os.path.join(paths.state_dir, MEMORY_NAME)
     logged = set(_load(memory_path))
     now_notes = []
@@ -68,34 +77,53 @@ def log_sync(result: SyncResult, paths: StatePaths) -> None:
                 continue
             emitted += 1
             leak = verdict.leaks_private_key
-            journal.emit("private_key" if leak else "rejected", rej.describe(),
-                         logging.ERROR if leak else logging.WARNING, sha256=rej.sha256,
-                         subject=rej.subject, source=rej.source, reason=rej.code)
+            journal.emit(
+                "private_key" if leak else "rejected",
+                rej.describe(),
+                logging.ERROR if leak else logging.WARNING,
+                sha256=rej.sha256,
+                subject=rej.subject,
+                source=rej.source,
+                reason=rej.code,
+            )
     if unlogged:
-        journal.emit("rejected", f"{plural(unlogged, 'more new rejection')} not logged one by "
-                     "one; `edge-certd status --json` counts them by reason", logging.WARNING,
-                     reason="many_rejections")
+        journal.emit(
+            "rejected",
+            f"{plural(unlogged, 'more new rejection')} not logged one by "
+            "one; `edge-certd status --json` counts them by reason",
+            logging.WARNING,
+            reason="many_rejections",
+        )
     now_problems = []
     for problem in result.source_problems:
         key = _key("source_error", problem.path, problem.reason)
         now_problems.append(key)
         if key in logged:
             continue  # still the same problem; status keeps showing it
-        journal.emit("source_error", problem.describe(), logging.WARNING, source=problem.path,
-                     reason=problem.reason)
+        journal.emit(
+            "source_error", problem.describe(), logging.WARNING, source=problem.path, reason=problem.reason
+        )
     for failure in result.target_failures:
-        journal.emit("update_failed", f"{failure.target} not updated, retried at the next "
-                     f"sync: {failure.message}", logging.ERROR, reason=f"{failure.target}_failed")
+        journal.emit(
+            "update_failed",
+            f"{failure.target} not updated, retried at the next sync: {failure.message}",
+            logging.ERROR,
+            reason=f"{failure.target}_failed",
+        )
     if result.trust_changed:
-        journal.emit("synced", f"trust updated: {len(result.added)} added, "
-                     f"{len(result.removed)} removed, {plural(len(result.managed), 'CA')} "
-                     f"managed ({result.update_summary})")
+        journal.emit(
+            "synced",
+            f"trust updated: {len(result.added)} added, "
+            f"{len(result.removed)} removed, {plural(len(result.managed), 'CA')} "
+            f"managed ({result.update_summary})",
+        )
     _save(memory_path, now_rejected + now_problems + now_notes)
 
 
 def log_failure(result: SyncResult, error: ApplyError) -> None:
-    journal.emit("update_failed", f"trust not updated, previous state kept: {error}",
-                 logging.ERROR, reason=str(error))
+    journal.emit(
+        "update_failed", f"trust not updated, previous state kept: {error}", logging.ERROR, reason=str(error)
+    )
     for note in result.notes:
         if note.code in _JOURNALED_NOTES:
             event, level = _JOURNALED_NOTES[note.code]

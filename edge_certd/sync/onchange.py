@@ -21,13 +21,21 @@ def run_on_change(on_change: OnChangeConfig) -> None:
     runs.extend(list(cmd) for cmd in on_change.commands)
     for argv in runs:
         try:
-            proc = subprocess.run(argv, capture_output=True, timeout=on_change.timeout,
-                                  check=False, stdin=subprocess.DEVNULL)
+            proc = subprocess.run(
+                argv, capture_output=True, timeout=on_change.timeout, check=False, stdin=subprocess.DEVNULL
+            )
             if proc.returncode != 0:
                 tail = proc.stderr.decode(errors="replace").strip()[-300:]
-                events.emit("update_failed", f"on_change {' '.join(argv)} failed "
-                            f"(exit {proc.returncode}): {tail}", logging.WARNING,
-                            reason="on_change_failed")
+                events.emit(
+                    "update_failed",
+                    f"on_change {' '.join(argv)} failed (exit {proc.returncode}): {tail}",
+                    logging.WARNING,
+                    reason="on_change_failed",
+                )
         except (OSError, subprocess.TimeoutExpired) as exc:
-            events.emit("update_failed", f"on_change {' '.join(argv)} failed: {exc}",
-                        logging.WARNING, reason="on_change_failed")
+            events.emit(
+                "update_failed",
+                f"on_change {' '.join(argv)} failed: {exc}",
+                logging.WARNING,
+                reason="on_change_failed",
+            )

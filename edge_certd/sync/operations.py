@@ -29,8 +29,9 @@ def inspect(config: Config, files: Sequence[str], keyvault: bool = False) -> lis
     return [verdict for _, verdict in _judge_files(config, files, keyvault)]
 
 
-def _judge_files(config: Config, files: Sequence[str], keyvault: bool = False
-                 ) -> list[tuple[SourceFile, FileVerdict]]:
+def _judge_files(
+    config: Config, files: Sequence[str], keyvault: bool = False
+) -> list[tuple[SourceFile, FileVerdict]]:
     """Read each file once and judge those bytes in the judge worker."""
     now = dt.datetime.now(dt.UTC)
     rules, passwords = rules_from(config), read_passwords(config)
@@ -46,9 +47,21 @@ def _judge_files(config: Config, files: Sequence[str], keyvault: bool = False
             # Named as sync names sources: a newline, an escape or a byte that is not UTF-8
             # in a file name must neither forge an output line nor crash print().
             shown = printable(path, limit=4096)
-            judged.append((source, judge_in_worker(
-                worker, source=shown, data=source.data, problem=source.problem, kind=kind,
-                rules=rules, now=now, passwords=passwords)))
+            judged.append(
+                (
+                    source,
+                    judge_in_worker(
+                        worker,
+                        source=shown,
+                        data=source.data,
+                        problem=source.problem,
+                        kind=kind,
+                        rules=rules,
+                        now=now,
+                        passwords=passwords,
+                    ),
+                )
+            )
     finally:
         worker.close()
     return judged
@@ -67,7 +80,8 @@ def add(config: Config, files: Sequence[str]) -> SyncResult:
         lines = []
         for verdict in refused:
             reasons = [r.describe() for r in verdict.rejected] or [
-                f"{verdict.source}: holds no CA certificate"]
+                f"{verdict.source}: holds no CA certificate"
+            ]
             lines.extend(reasons)
         raise UsageError("nothing was added:\n  " + "\n  ".join(lines))
     engine = Engine(config)
@@ -97,9 +111,12 @@ def remove(config: Config, what: str) -> SyncResult:
     paths = StatePaths(config.state_dir)
     entries = load_manifest(paths).entries
     needle = what.lower()
-    matches = [e for e in entries.values()
-               if (len(needle) >= 6 and e.sha256.startswith(needle))
-               or what in (os.path.basename(e.path), *(os.path.basename(s) for s in e.sources))]
+    matches = [
+        e
+        for e in entries.values()
+        if (len(needle) >= 6 and e.sha256.startswith(needle))
+        or what in (os.path.basename(e.path), *(os.path.basename(s) for s in e.sources))
+    ]
     if not matches:
         raise NotFound(f"no managed CA matches {what!r}; see `edge-certd list`")
     if len(matches) > 1:

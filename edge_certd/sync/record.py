@@ -25,27 +25,33 @@ def status_document(result: SyncResult, config: Config) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "last_sync": {
             "time": iso(result.time),
-            "result": "failed" if result.error else (
-                "partial" if result.target_failures else "ok"),
+            "result": "failed" if result.error else ("partial" if result.target_failures else "ok"),
             "error": result.error,
             "added": len(result.added),
             "removed": len(result.removed),
             "update": result.update_summary,
         },
         "rejected": [
-            {"source": r.source, "code": r.code, "message": r.message, "subject": r.subject,
-             "sha256": r.sha256, "content_sha256": v.content_sha256, "format": v.format}
+            {
+                "source": r.source,
+                "code": r.code,
+                "message": r.message,
+                "subject": r.subject,
+                "sha256": r.sha256,
+                "content_sha256": v.content_sha256,
+                "format": v.format,
+            }
             for v, r in rejected[:MAX_LISTED]
         ],
         "rejected_total": len(rejected),
         "rejected_files_total": result.rejected_files,
         "rejected_by_reason": dict(sorted(by_reason.items())),
-        "ignored": [{"source": i.source, "what": i.what, "format": v.format}
-                    for v, i in ignored[:MAX_LISTED]],
+        "ignored": [
+            {"source": i.source, "what": i.what, "format": v.format} for v, i in ignored[:MAX_LISTED]
+        ],
         "ignored_total": len(ignored),
         "source_errors": [{"path": p.path, "reason": p.reason} for p in result.source_problems],
-        "target_failures": [{"target": f.target, "message": f.message}
-                            for f in result.target_failures],
+        "target_failures": [{"target": f.target, "message": f.message} for f in result.target_failures],
         "bundles": bundle_paths(config),
     }
     if result.last_change is not None:

@@ -18,10 +18,15 @@ def list_cas(config: Config) -> list[dict[str, Any]]:
 
 
 def _ca_json(e: InstalledCA) -> dict[str, Any]:
-    return (
-        {"sha256": e.sha256, "subject": e.subject, "not_before": iso(e.not_before),
-         "not_after": iso(e.not_after), "path": e.path, "sources": list(e.sources),
-         "installed_at": iso(e.installed_at)})
+    return {
+        "sha256": e.sha256,
+        "subject": e.subject,
+        "not_before": iso(e.not_before),
+        "not_after": iso(e.not_after),
+        "path": e.path,
+        "sources": list(e.sources),
+        "installed_at": iso(e.installed_at),
+    }
 
 
 def expiring(config: Config, now: dt.datetime | None = None) -> list[dict[str, Any]]:

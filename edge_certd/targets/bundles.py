@@ -36,14 +36,22 @@ class RuntimeBundles:
 
     def holdings(self) -> tuple[Holding, ...]:
         held = frozenset(pem_fingerprints(read_bytes_quietly(self.edge_roots) or b""))
-        return (Holding(name="edge-roots.pem", location=self.edge_roots, installed=held,
-                        fix="run `edge-certd sync`; it rewrites edge-roots.pem"),)
+        return (
+            Holding(
+                name="edge-roots.pem",
+                location=self.edge_roots,
+                installed=held,
+                fix="run `edge-certd sync`; it rewrites edge-roots.pem",
+            ),
+        )
 
     def env(self) -> tuple[tuple[str, str], ...]:
-        return (("NODE_EXTRA_CA_CERTS", self.edge_roots),
-                ("REQUESTS_CA_BUNDLE", self.ca_bundle),
-                ("EDGE_CERTD_ROOTS", self.edge_roots),
-                ("EDGE_CERTD_CA_BUNDLE", self.ca_bundle))
+        return (
+            ("NODE_EXTRA_CA_CERTS", self.edge_roots),
+            ("REQUESTS_CA_BUNDLE", self.ca_bundle),
+            ("EDGE_CERTD_ROOTS", self.edge_roots),
+            ("EDGE_CERTD_CA_BUNDLE", self.ca_bundle),
+        )
 
     def apply(self, change: Change) -> Outcome:
         """Rewrite each file whose content differs. Raises WriteError."""

@@ -60,21 +60,31 @@ class JavaTruststore:
         if self.path is None:
             return ()
         kind = "PKCS12" if self.store_type == "pkcs12" else "JKS"
-        opts = (f"-Djavax.net.ssl.trustStore={self.path} -Djavax.net.ssl.trustStoreType={kind} "
-                f"-Djavax.net.ssl.trustStorePassword={self.password}")
-        return (("EDGE_CERTD_JAVA_TRUSTSTORE", self.path),
-                ("EDGE_CERTD_JAVA_TRUSTSTORE_TYPE", kind),
-                ("EDGE_CERTD_JAVA_OPTS", opts))
+        opts = (
+            f"-Djavax.net.ssl.trustStore={self.path} -Djavax.net.ssl.trustStoreType={kind} "
+            f"-Djavax.net.ssl.trustStorePassword={self.password}"
+        )
+        return (
+            ("EDGE_CERTD_JAVA_TRUSTSTORE", self.path),
+            ("EDGE_CERTD_JAVA_TRUSTSTORE_TYPE", kind),
+            ("EDGE_CERTD_JAVA_OPTS", opts),
+        )
 
     def holdings(self) -> tuple[Holding, ...]:
         """The fingerprints read from the truststore itself, as Java would read it."""
         if self.path is None or self.store_type is None:
-            return (Holding(name="java truststore", location="", installed=None,
-                            skip_reason=self.skip_reason),)
+            return (
+                Holding(name="java truststore", location="", installed=None, skip_reason=self.skip_reason),
+            )
         data = read_bytes_quietly(self.path) or b""
-        return (Holding(name="java truststore", location=self.path,
-                        installed=truststore_fingerprints(data, self.store_type, self.password),
-                        fix="run `edge-certd sync`; it rebuilds the truststore"),)
+        return (
+            Holding(
+                name="java truststore",
+                location=self.path,
+                installed=truststore_fingerprints(data, self.store_type, self.password),
+                fix="run `edge-certd sync`; it rebuilds the truststore",
+            ),
+        )
 
     def apply(self, change: Change) -> Outcome:
         """Rebuild the truststore when its set of certificates changed. Raises WriteError."""
@@ -104,11 +114,11 @@ class JavaTruststore:
         lines = [record] + [f"{alias} {why}".encode() for alias, why in refused]
         write_atomic(self.path, data, 0o644)
         write_atomic(self.digest_path, b"\n".join(lines), 0o644)
-        return Outcome(changed=True, detail=os.path.basename(self.path),
-                       notes=_refusal_notes(lines[1:]))
+        return Outcome(changed=True, detail=os.path.basename(self.path), notes=_refusal_notes(lines[1:]))
 
-    def _isolate(self, entries: list[tuple[str, bytes]]
-                 ) -> tuple[list[tuple[str, bytes]], list[tuple[str, str]]]:
+    def _isolate(
+        self, entries: list[tuple[str, bytes]]
+    ) -> tuple[list[tuple[str, bytes]], list[tuple[str, str]]]:
         """Split the entries into those the serializer takes and those it refuses, by
         halving (a few runs of keytool for one bad CA among hundreds).
 
@@ -123,8 +133,10 @@ class JavaTruststore:
         def split(group: list[tuple[str, bytes]]) -> None:
             budget[0] -= 1
             if budget[0] < 0:
-                raise WriteError(self.path or "java truststore", "too many certificates "
-                                 "refused to tell which; the truststore was not rewritten")
+                raise WriteError(
+                    self.path or "java truststore",
+                    "too many certificates refused to tell which; the truststore was not rewritten",
+                )
             try:
                 self._serialize(group)
                 return
@@ -156,8 +168,7 @@ class JavaTruststore:
         try:
             return self._serialize_unchecked(entries)
         except (ValueError, TypeError) as exc:  # cryptography refusing a certificate
-            raise WriteError(self.path or "java truststore",
-                             f"{type(exc).__name__}: {exc}"[:300]) from None
+            raise WriteError(self.path or "java truststore", f"{type(exc).__name__}: {exc}"[:300]) from None
 
     def _serialize_unchecked(self, entries: list[tuple[str, bytes]]) -> bytes:
         if self.store_type == "jks":
@@ -165,8 +176,10 @@ class JavaTruststore:
         if hasattr(pkcs12, "serialize_java_truststore"):
             from cryptography import x509
 
-            certs = [pkcs12.PKCS12Certificate(x509.load_der_x509_certificate(der), alias.encode())
-                     for alias, der in entries]
+            certs = [
+                pkcs12.PKCS12Certificate(x509.load_der_x509_certificate(der), alias.encode())
+                for alias, der in entries
+            ]
             encryption = serialization.BestAvailableEncryption(self.password.encode())
             return bytes(pkcs12.serialize_java_truststore(certs, encryption))
         return _keytool_pkcs12(entries, self.password)
@@ -190,9 +203,15 @@ def _refusal_notes(lines: Sequence[bytes]) -> tuple[Note, ...]:
     for line in lines:
         alias, _, why = line.decode("utf-8", "replace").partition(" ")
         if alias.startswith("edge-certd-"):
-            notes.append(Note(code="java_refused", message=(
-                f"the Java truststore left out the CA with sha256 {alias[11:]}…, which Java's "
-                f"tools refused ({printable(why)}); every other target trusts it")))
+            notes.append(
+                Note(
+                    code="java_refused",
+                    message=(
+                        f"the Java truststore left out the CA with sha256 {alias[11:]}…, which Java's "
+                        f"tools refused ({printable(why)}); every other target trusts it"
+                    ),
+                )
+            )
     return tuple(notes)
 
 
@@ -206,7 +225,8 @@ def truststore_fingerprints(data: bytes, store_type: str, password: str) -> froz
         return frozenset()
     return frozenset(
         hashlib.sha256(item.certificate.public_bytes(serialization.Encoding.DER)).hexdigest()
-        for item in loaded.additional_certs)
+        for item in loaded.additional_certs
+    )
 
 
 def _jks_certificates(data: bytes) -> list[bytes]:
@@ -226,7 +246,7 @@ def _jks_certificates(data: bytes) -> list[bytes]:
             offset += 2 + type_len
             (der_len,) = struct.unpack_from(">I", data, offset)
             offset += 4
-            found.append(data[offset:offset + der_len])
+            found.append(data[offset : offset + der_len])
             offset += der_len
     except struct.error:
         pass  # truncated: what was read so far is what it holds
@@ -242,9 +262,23 @@ def _keytool_pkcs12(entries: list[tuple[str, bytes]], password: str) -> bytes:
         target = os.path.join(work, "out.p12")
         with open(source, "wb") as handle:
             handle.write(jks_truststore(entries, password))
-        argv = [keytool, "-importkeystore", "-noprompt", "-srckeystore", source,
-                "-srcstoretype", "JKS", "-srcstorepass", password, "-destkeystore", target,
-                "-deststoretype", "PKCS12", "-deststorepass", password]
+        argv = [
+            keytool,
+            "-importkeystore",
+            "-noprompt",
+            "-srckeystore",
+            source,
+            "-srcstoretype",
+            "JKS",
+            "-srcstorepass",
+            password,
+            "-destkeystore",
+            target,
+            "-deststoretype",
+            "PKCS12",
+            "-deststorepass",
+            password,
+        ]
         proc = subprocess.run(argv, capture_output=True, timeout=300, check=False)
         if proc.returncode != 0:
             tail = proc.stdout.decode(errors="replace").strip().splitlines()[-1:]
@@ -261,8 +295,7 @@ def _choose(mode: str) -> tuple[str | None, str]:
         return "jks", ""
     if hasattr(pkcs12, "serialize_java_truststore") or shutil.which("keytool"):
         return "pkcs12", ""
-    why = ("neither cryptography's serialize_java_truststore (cryptography >= 45) nor keytool "
-           "is available")
+    why = "neither cryptography's serialize_java_truststore (cryptography >= 45) nor keytool is available"
     if mode == "pkcs12":
         return None, why
     return None, why + " (bundles.java: auto)"

@@ -18,33 +18,44 @@ from edge_certd.targets.system import SystemStore
 
 def system_store(config: Config, heartbeat: Callable[[], None] | None = None) -> SystemStore:
     ts = config.trust_store
-    return SystemStore(ca_dir=ts.ca_dir, system_bundle=ts.system_bundle,
-                       update_command=ts.update_command, timeout=ts.update_timeout,
-                       heartbeat=heartbeat)
+    return SystemStore(
+        ca_dir=ts.ca_dir,
+        system_bundle=ts.system_bundle,
+        update_command=ts.update_command,
+        timeout=ts.update_timeout,
+        heartbeat=heartbeat,
+    )
 
 
 def followers(config: Config) -> tuple[Target, ...]:
     """The targets after the system store, each enabled by the configuration."""
-    bundles = RuntimeBundles(bundle_dir=config.bundles.dir,
-                             system_bundle=config.trust_store.system_bundle)
-    java = JavaTruststore(mode=config.bundles.java, bundle_dir=config.bundles.dir,
-                          system_bundle=config.trust_store.system_bundle,
-                          password=config.bundles.java_password)
+    bundles = RuntimeBundles(bundle_dir=config.bundles.dir, system_bundle=config.trust_store.system_bundle)
+    java = JavaTruststore(
+        mode=config.bundles.java,
+        bundle_dir=config.bundles.dir,
+        system_bundle=config.trust_store.system_bundle,
+        password=config.bundles.java_password,
+    )
     env = EnvFile(path=config.bundles.env_file, contributors=(bundles, java))
     return (bundles, java, env)
 
 
-def enabled_targets(config: Config, heartbeat: Callable[[], None] | None = None
-                    ) -> tuple[Target, ...]:
+def enabled_targets(config: Config, heartbeat: Callable[[], None] | None = None) -> tuple[Target, ...]:
     return (system_store(config, heartbeat), *followers(config))
 
 
 def bundle_paths(config: Config) -> dict[str, str | None]:
     """Where runtimes find the files, for `status` (None: not written here)."""
-    bundles = RuntimeBundles(bundle_dir=config.bundles.dir,
-                             system_bundle=config.trust_store.system_bundle)
-    java = JavaTruststore(mode=config.bundles.java, bundle_dir=config.bundles.dir,
-                          system_bundle=config.trust_store.system_bundle,
-                          password=config.bundles.java_password)
-    return {"edge_roots": bundles.edge_roots, "ca_bundle": bundles.ca_bundle,
-            "env_file": config.bundles.env_file, "java": java.path}
+    bundles = RuntimeBundles(bundle_dir=config.bundles.dir, system_bundle=config.trust_store.system_bundle)
+    java = JavaTruststore(
+        mode=config.bundles.java,
+        bundle_dir=config.bundles.dir,
+        system_bundle=config.trust_store.system_bundle,
+        password=config.bundles.java_password,
+    )
+    return {
+        "edge_roots": bundles.edge_roots,
+        "ca_bundle": bundles.ca_bundle,
+        "env_file": config.bundles.env_file,
+        "java": java.path,
+    }

@@ -53,8 +53,15 @@ class SystemStore:
 
     name = "system"
 
-    def __init__(self, *, ca_dir: str, system_bundle: str, update_command: Sequence[str],
-                 timeout: float, heartbeat: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        ca_dir: str,
+        system_bundle: str,
+        update_command: Sequence[str],
+        timeout: float,
+        heartbeat: Callable[[], None] | None = None,
+    ) -> None:
         """`heartbeat` is called about once a second while the update command runs, so the
         daemon can keep telling systemd's watchdog it is alive during a slow Java hook."""
         self.ca_dir = ca_dir
@@ -84,14 +91,20 @@ class SystemStore:
 
     def holdings(self) -> tuple[Holding, ...]:
         return (
-            Holding(name="ca_dir", location=self.ca_dir, installed=frozenset(self.present()),
-                    fix="run `edge-certd sync`; it writes the file again and rebuilds the "
-                        "system bundle"),
+            Holding(
+                name="ca_dir",
+                location=self.ca_dir,
+                installed=frozenset(self.present()),
+                fix="run `edge-certd sync`; it writes the file again and rebuilds the system bundle",
+            ),
             # With every file in ca_dir the plan is empty and sync runs no update.
-            Holding(name="system bundle", location=self.system_bundle,
-                    installed=frozenset(bundle_fingerprints(self.system_bundle)),
-                    fix="run update-ca-certificates (or trust_store.update_command) to "
-                        "rebuild the bundle from ca_dir"),
+            Holding(
+                name="system bundle",
+                location=self.system_bundle,
+                installed=frozenset(bundle_fingerprints(self.system_bundle)),
+                fix="run update-ca-certificates (or trust_store.update_command) to "
+                "rebuild the bundle from ca_dir",
+            ),
         )
 
     def env(self) -> tuple[tuple[str, str], ...]:
@@ -141,8 +154,13 @@ class SystemStore:
         """
         argv = self.update_command + (["--fresh"] if fresh else [])
         try:
-            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, start_new_session=True)
+            proc = subprocess.Popen(
+                argv,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         except OSError as exc:
             raise UpdateCommandError(argv, 127, f"cannot run: {exc.strerror}") from None
         raw = self._wait(proc, argv)
@@ -150,14 +168,18 @@ class SystemStore:
         if proc.returncode != 0:
             raise UpdateCommandError(argv, proc.returncode, output)
         match = _SUMMARY.search(output)
-        return UpdateSummary(added=int(match.group(1)) if match else None,
-                             removed=int(match.group(2)) if match else None, output=output)
+        return UpdateSummary(
+            added=int(match.group(1)) if match else None,
+            removed=int(match.group(2)) if match else None,
+            output=output,
+        )
 
     def _wait(self, proc: subprocess.Popen[bytes], argv: list[str]) -> bytes:
         deadline = time.monotonic() + self.timeout
         chunks: list[bytes] = []
-        reader = threading.Thread(target=lambda: chunks.append(proc.stdout.read() if proc.stdout
-                                                               else b""), daemon=True)
+        reader = threading.Thread(
+            target=lambda: chunks.append(proc.stdout.read() if proc.stdout else b""), daemon=True
+        )
         reader.start()
         while True:
             try:
@@ -166,8 +188,7 @@ class SystemStore:
             except subprocess.TimeoutExpired:
                 if time.monotonic() >= deadline:
                     _kill_group(proc)
-                    raise UpdateCommandError(argv, None,
-                                             f"no result after {self.timeout:.0f} s") from None
+                    raise UpdateCommandError(argv, None, f"no result after {self.timeout:.0f} s") from None
                 if self.heartbeat:
                     self.heartbeat()
         reader.join(timeout=5)
@@ -182,19 +203,29 @@ class SystemStore:
         tree's update_command (a wrapper, or one with --hooksdir) must never run dpkg.
         """
         command = self.update_command
-        if (len(command) != 1 or os.path.basename(command[0]) != "update-ca-certificates"
-                or not os.path.exists(JAVA_HOOK)):
+        if (
+            len(command) != 1
+            or os.path.basename(command[0]) != "update-ca-certificates"
+            or not os.path.exists(JAVA_HOOK)
+        ):
             return ()
-        for argv in (["dpkg-trigger", "--no-await", "update-ca-certificates-java-fresh"],
-                     ["dpkg", "--triggers-only", "--pending"]):
+        for argv in (
+            ["dpkg-trigger", "--no-await", "update-ca-certificates-java-fresh"],
+            ["dpkg", "--triggers-only", "--pending"],
+        ):
             try:
-                subprocess.run(argv, capture_output=True, timeout=self.timeout, check=True,
-                               stdin=subprocess.DEVNULL)
+                subprocess.run(
+                    argv, capture_output=True, timeout=self.timeout, check=True, stdin=subprocess.DEVNULL
+                )
             except (OSError, subprocess.SubprocessError) as exc:
                 # The system store is already right; Java lags until the next removal.
-                return (Note(code="java_keystore_refresh_failed",
-                             message=f"{' '.join(argv)} failed ({exc}); Java's system "
-                                     "keystore may still hold a removed CA"),)
+                return (
+                    Note(
+                        code="java_keystore_refresh_failed",
+                        message=f"{' '.join(argv)} failed ({exc}); Java's system "
+                        "keystore may still hold a removed CA",
+                    ),
+                )
         return ()
 
     def _roll_back(self, written: list[str], removed: list[tuple[str, bytes | None]]) -> None:
@@ -222,8 +253,13 @@ def load_installed(path: str) -> TrustedCA | None:
         except ValueError:
             return None
         not_before, not_after = validity(cert)
-        return TrustedCA(sha256=hashlib.sha256(der).hexdigest(), subject=display_subject(cert),
-                         not_before=not_before, not_after=not_after, der=der)
+        return TrustedCA(
+            sha256=hashlib.sha256(der).hexdigest(),
+            subject=display_subject(cert),
+            not_before=not_before,
+            not_after=not_after,
+            der=der,
+        )
     return None
 
 
@@ -232,10 +268,24 @@ def _read_installed(path: str) -> InstalledCA:
     ca = load_installed(path)
     if ca is None:
         key = "unreadable:" + os.path.basename(path)
-        return InstalledCA(sha256=key, subject="<unreadable>", not_before=stamp, not_after=stamp,
-                           path=path, sources=(), installed_at=stamp)
-    return InstalledCA(sha256=ca.sha256, subject=ca.subject, not_before=ca.not_before,
-                       not_after=ca.not_after, path=path, sources=(), installed_at=stamp)
+        return InstalledCA(
+            sha256=key,
+            subject="<unreadable>",
+            not_before=stamp,
+            not_after=stamp,
+            path=path,
+            sources=(),
+            installed_at=stamp,
+        )
+    return InstalledCA(
+        sha256=ca.sha256,
+        subject=ca.subject,
+        not_before=ca.not_before,
+        not_after=ca.not_after,
+        path=path,
+        sources=(),
+        installed_at=stamp,
+    )
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:

@@ -52,9 +52,15 @@ def _judge(header: dict[str, Any], data: bytes) -> dict[str, Any]:
     passwords = [base64.b64decode(p) for p in header["passwords"]]
     now = parse_iso(header["now"])
     problem = header.get("problem")
-    verdict = judge_file(header["source"], None if problem else data,
-                         (Reason(problem[0]), problem[1]) if problem else None,
-                         SourceKind(header["kind"]), rules, now, passwords)
+    verdict = judge_file(
+        header["source"],
+        None if problem else data,
+        (Reason(problem[0]), problem[1]) if problem else None,
+        SourceKind(header["kind"]),
+        rules,
+        now,
+        passwords,
+    )
     return verdict_to_json(verdict)
 
 

@@ -31,8 +31,10 @@ from edge_certd.worker.protocol import ProtocolError, encode_json, read_frame, w
 
 _POLL_INTERVAL = 0.25
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-_CHILD = ("import sys; sys.path.insert(0, sys.argv.pop(1)); "
-          "from edge_certd.worker.child import main; sys.exit(main())")
+_CHILD = (
+    "import sys; sys.path.insert(0, sys.argv.pop(1)); "
+    "from edge_certd.worker.child import main; sys.exit(main())"
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -50,8 +52,7 @@ class Limits:
 class JudgeWorker:
     """Judges files in a child process. `judge` never raises except what `poll` raises."""
 
-    def __init__(self, limits: Limits | None = None,
-                 poll: Callable[[], None] | None = None) -> None:
+    def __init__(self, limits: Limits | None = None, poll: Callable[[], None] | None = None) -> None:
         self.limits = limits or Limits()
         self.poll = poll
         self._proc: subprocess.Popen[bytes] | None = None
@@ -61,15 +62,31 @@ class JudgeWorker:
         self._rules: Rules | None = None
         self._rules_doc: dict[str, object] = {}
 
-    def judge(self, *, source: str, data: bytes, kind: SourceKind, rules: Rules,
-              now: dt.datetime, passwords: Sequence[bytes]) -> FileVerdict:
+    def judge(
+        self,
+        *,
+        source: str,
+        data: bytes,
+        kind: SourceKind,
+        rules: Rules,
+        now: dt.datetime,
+        passwords: Sequence[bytes],
+    ) -> FileVerdict:
         content_sha = hashlib.sha256(data).hexdigest()
         memo = self._over_limit.get(f"{content_sha}:{kind}")
         if memo is not None:
-            return dataclasses.replace(memo, source=source, rejected=tuple(
-                dataclasses.replace(r, source=source) for r in memo.rejected))
-        header = {"source": source, "kind": str(kind), "rules": self._rules_json(rules),
-                  "now": iso(now), "passwords": [base64.b64encode(p).decode() for p in passwords]}
+            return dataclasses.replace(
+                memo,
+                source=source,
+                rejected=tuple(dataclasses.replace(r, source=source) for r in memo.rejected),
+            )
+        header = {
+            "source": source,
+            "kind": str(kind),
+            "rules": self._rules_json(rules),
+            "now": iso(now),
+            "passwords": [base64.b64encode(p).decode() for p in passwords],
+        }
         try:
             answer = self._ask(encode_json(header), data)
         except _OverLimit as exc:
@@ -77,15 +94,22 @@ class JudgeWorker:
             self._over_limit[f"{content_sha}:{kind}"] = verdict
             return verdict
         except (ProtocolError, OSError) as exc:
-            return _refused(source, content_sha, Reason.JUDGE_FAILED,
-                            f"edge-certd could not judge this file ({exc}); it is not trusted")
+            return _refused(
+                source,
+                content_sha,
+                Reason.JUDGE_FAILED,
+                f"edge-certd could not judge this file ({exc}); it is not trusted",
+            )
         try:
             return verdict_from_json(json.loads(answer), source)
         except ValueError:
             self.close()  # a worker that answers nonsense is not used again
-            return _refused(source, content_sha, Reason.JUDGE_FAILED,
-                            "edge-certd could not judge this file (the judge's answer was "
-                            "malformed); it is not trusted")
+            return _refused(
+                source,
+                content_sha,
+                Reason.JUDGE_FAILED,
+                "edge-certd could not judge this file (the judge's answer was malformed); it is not trusted",
+            )
 
     def _rules_json(self, rules: Rules) -> dict[str, object]:
         if self._rules != rules:
@@ -117,8 +141,9 @@ class JudgeWorker:
         except ProtocolError:
             code = self._reap()
             if code in (-signal.SIGXCPU, -signal.SIGKILL):
-                raise _OverLimit(f"judging it used more than {self.limits.cpu_seconds} s of "
-                                 "CPU time") from None
+                raise _OverLimit(
+                    f"judging it used more than {self.limits.cpu_seconds} s of CPU time"
+                ) from None
             raise ProtocolError(f"the judge process ended ({_describe_exit(code)})") from None
         except BaseException:
             self._kill()
@@ -127,12 +152,18 @@ class JudgeWorker:
     def _start(self) -> subprocess.Popen[bytes]:
         if self._proc is not None and self._proc.poll() is None:
             return self._proc
-        limits = json.dumps({"cpu_seconds": self.limits.cpu_seconds,
-                             "memory_bytes": self.limits.memory_mb * 1024 * 1024})
+        limits = json.dumps(
+            {"cpu_seconds": self.limits.cpu_seconds, "memory_bytes": self.limits.memory_mb * 1024 * 1024}
+        )
         self._proc = subprocess.Popen(
             [sys.executable, "-s", "-E", "-c", _CHILD, _PACKAGE_ROOT, limits],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-            close_fds=True, cwd="/", env={"PATH": "/usr/bin:/bin", "LC_ALL": "C.UTF-8"})
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            close_fds=True,
+            cwd="/",
+            env={"PATH": "/usr/bin:/bin", "LC_ALL": "C.UTF-8"},
+        )
         self.spawned += 1
         return self._proc
 
@@ -161,14 +192,21 @@ class JudgeWorker:
         self._reap()
 
 
-def judge_in_worker(worker: JudgeWorker | None, *, source: str, data: bytes | None,
-                    problem: tuple[Reason, str] | None, kind: SourceKind, rules: Rules,
-                    now: dt.datetime, passwords: Sequence[bytes]) -> FileVerdict:
+def judge_in_worker(
+    worker: JudgeWorker | None,
+    *,
+    source: str,
+    data: bytes | None,
+    problem: tuple[Reason, str] | None,
+    kind: SourceKind,
+    rules: Rules,
+    now: dt.datetime,
+    passwords: Sequence[bytes],
+) -> FileVerdict:
     """A file that could not be read needs no parsing: its verdict is made here."""
     if data is None or worker is None:
         return judge_file(source, data, problem, kind, rules, now, passwords)
-    return worker.judge(source=source, data=data, kind=kind, rules=rules, now=now,
-                        passwords=passwords)
+    return worker.judge(source=source, data=data, kind=kind, rules=rules, now=now, passwords=passwords)
 
 
 class _OverLimit(Exception):
@@ -179,10 +217,16 @@ class _OverLimit(Exception):
 
 def _refused(source: str, content_sha: str, code: Reason, message: str) -> FileVerdict:
     if code is Reason.JUDGE_LIMIT:
-        message = (f"{message}, so it is not trusted; a root CA file is judged in "
-                   "milliseconds, so this file is malformed or built to exhaust the device")
-    return FileVerdict(source=source, format="unknown", content_sha256=content_sha,
-                       rejected=(Rejection(source=source, code=code, message=message),))
+        message = (
+            f"{message}, so it is not trusted; a root CA file is judged in "
+            "milliseconds, so this file is malformed or built to exhaust the device"
+        )
+    return FileVerdict(
+        source=source,
+        format="unknown",
+        content_sha256=content_sha,
+        rejected=(Rejection(source=source, code=code, message=message),),
+    )
 
 
 def _describe_exit(code: int | None) -> str:

@@ -71,7 +71,10 @@ _FIX_INDENT = " " * len("[fail] ")
 
 
 def run_doctor(
-    config: Config, config_path: str, *, now: dt.datetime | None = None,
+    config: Config,
+    config_path: str,
+    *,
+    now: dt.datetime | None = None,
     out: TextIO | None = None,
 ) -> int:
     """Run every check, print one line each, and return 0 when none failed, else 1.
@@ -105,8 +108,12 @@ def _checks(config: Config, config_path: str, now: dt.datetime) -> Iterator[Chec
     try:
         manifest, targets = probe_trust(config)
     except LockTimeout as exc:
-        yield Check("trust targets", "fail", f"{exc}; a sync is still running",
-                    "run edge-certd doctor again when the sync has finished")
+        yield Check(
+            "trust targets",
+            "fail",
+            f"{exc}; a sync is still running",
+            "run edge-certd doctor again when the sync has finished",
+        )
         # The manifest is replaced atomically, so it is safe to read for the checks below.
         manifest, targets = load_manifest(StatePaths(config.state_dir)), []
     entries = list(manifest.entries.values())
@@ -136,8 +143,14 @@ def probe_directory(path: str, role: Role, rules: DirectoryRules) -> DirFacts:
         problem = None
     except SourceError as exc:
         problem = exc.reason
-    return DirFacts(path, role, exists=True, problem=problem, mode=stat.S_IMODE(info.st_mode),
-                    owner=f"{_user(info.st_uid)}:{_group(info.st_gid)}")
+    return DirFacts(
+        path,
+        role,
+        exists=True,
+        problem=problem,
+        mode=stat.S_IMODE(info.st_mode),
+        owner=f"{_user(info.st_uid)}:{_group(info.st_gid)}",
+    )
 
 
 def _user(uid: int) -> str:
@@ -164,8 +177,7 @@ def probe_service(systemctl: list[str]) -> ServiceFacts:
         return ServiceFacts(systemd=False)
     argv = [*systemctl, "is-active", UNIT]
     try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=SYSTEMCTL_TIMEOUT,
-                              check=False)
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=SYSTEMCTL_TIMEOUT, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
         what = "timed out" if isinstance(exc, subprocess.TimeoutExpired) else str(exc)
         return ServiceFacts(systemd=True, error=f"{' '.join(argv)}: {what}")
@@ -185,8 +197,11 @@ def probe_trust(config: Config) -> tuple[LoadedManifest, list[TargetFacts]]:
     paths = StatePaths(config.state_dir)
     with _lock_if_possible(paths):
         manifest = load_manifest(paths)
-        targets = [TargetFacts(h.name, h.location, h.installed, h.skip_reason, h.fix)
-                   for target in enabled_targets(config) for h in target.holdings()]
+        targets = [
+            TargetFacts(h.name, h.location, h.installed, h.skip_reason, h.fix)
+            for target in enabled_targets(config)
+            for h in target.holdings()
+        ]
     return manifest, targets
 
 
@@ -226,8 +241,9 @@ def check_gateway(config: Config) -> Check:
     try:
         request = request_for_config(config)
     except EdgeCertdError as exc:
-        return Check("gateway", "fail", f"cannot verify: {exc}",
-                     "fix the gateway section of the configuration")
+        return Check(
+            "gateway", "fail", f"cannot verify: {exc}", "fix the gateway section of the configuration"
+        )
     return judge_gateway(verify_gateway(request))
 
 

@@ -103,8 +103,12 @@ def judge_directory(facts: DirFacts) -> Check:
     if not facts.exists:
         if facts.role == "keyvault":
             return Check(name, "pass", f"{facts.path} does not exist: not exported yet")
-        return Check(name, "fail", f"{facts.path} does not exist",
-                     f"{_SYNC}, which creates it with the right owner and mode")
+        return Check(
+            name,
+            "fail",
+            f"{facts.path} does not exist",
+            f"{_SYNC}, which creates it with the right owner and mode",
+        )
     if facts.problem:
         # SourceError reasons end with "; run: <command>" when there is one to run.
         reason, _, command = facts.problem.partition("; run: ")
@@ -119,17 +123,21 @@ def judge_service(facts: ServiceFacts) -> Check:
         return Check("service", "fail", facts.error, "check that systemctl works on this device")
     if facts.state == "active":
         return Check("service", "pass", "edge-certd is active")
-    return Check("service", "fail", f"edge-certd is {facts.state}",
-                 "systemctl enable --now edge-certd; journalctl -u edge-certd says why it stopped")
+    return Check(
+        "service",
+        "fail",
+        f"edge-certd is {facts.state}",
+        "systemctl enable --now edge-certd; journalctl -u edge-certd says why it stopped",
+    )
 
 
 def judge_manifest(entries: Sequence[InstalledCA], problem: str | None, drop_dir: str) -> Check:
     if problem:
-        return Check("managed CAs", "fail", problem,
-                     f"{_SYNC}; it rebuilds the manifest from ca_dir and the sources")
+        return Check(
+            "managed CAs", "fail", problem, f"{_SYNC}; it rebuilds the manifest from ca_dir and the sources"
+        )
     if not entries:
-        return Check("managed CAs", "warn", "none yet",
-                     f"copy the gateway's root CA (PEM) into {drop_dir}")
+        return Check("managed CAs", "warn", "none yet", f"copy the gateway's root CA (PEM) into {drop_dir}")
     return Check("managed CAs", "pass", f"{_count(len(entries))}: {_subjects(entries)}")
 
 
@@ -139,9 +147,12 @@ def judge_target(facts: TargetFacts, entries: Sequence[InstalledCA]) -> Check:
     missing = [e for e in entries if e.sha256 not in facts.installed]
     if missing:
         shown = ", ".join(f"{e.subject} (sha256 {e.sha256[:16]})" for e in missing)
-        return Check(facts.name, "fail",
-                     f"{len(missing)} of {_count(len(entries))} missing from {facts.location}: "
-                     f"{shown}", facts.fix or _SYNC)
+        return Check(
+            facts.name,
+            "fail",
+            f"{len(missing)} of {_count(len(entries))} missing from {facts.location}: {shown}",
+            facts.fix or _SYNC,
+        )
     return Check(facts.name, "pass", f"holds every managed CA ({facts.location})")
 
 
@@ -173,15 +184,18 @@ def judge_env(facts: EnvFacts) -> Check:
         return Check("env file", "fail", f"{facts.path} {facts.error}")
     missing = [f"{key}={path}" for key, path, exists in facts.paths if not exists]
     if missing:
-        return Check("env file", "fail",
-                     f"{facts.path} points at missing files: {', '.join(missing)}",
-                     f"{_SYNC}; it rewrites the bundles and the env file")
-    return Check("env file", "pass",
-                 f"{facts.path} points at {len(facts.paths)} files, all present")
+        return Check(
+            "env file",
+            "fail",
+            f"{facts.path} points at missing files: {', '.join(missing)}",
+            f"{_SYNC}; it rewrites the bundles and the env file",
+        )
+    return Check("env file", "pass", f"{facts.path} points at {len(facts.paths)} files, all present")
 
 
-def judge_expiry(entries: Sequence[InstalledCA], warn_days: Sequence[int], now: dt.datetime,
-                 drop_dir: str) -> Check:
+def judge_expiry(
+    entries: Sequence[InstalledCA], warn_days: Sequence[int], now: dt.datetime, drop_dir: str
+) -> Check:
     """Expired is a failure; expiring within the window is a warning (it still works).
     The window is core.expiry's, the same rule `status` and the daemon use."""
     if not entries:
@@ -192,17 +206,29 @@ def judge_expiry(entries: Sequence[InstalledCA], warn_days: Sequence[int], now: 
     soon = [e for e in found if not e.expired]
     if expired:
         shown = "; ".join(f"{e.ca.subject} expired on {when(e.ca.not_after)}" for e in expired)
-        return Check("expiry", "fail", shown,
-                     f"copy the gateway's current root CA into {drop_dir}; expired CAs are "
-                     "removed at the next sync")
+        return Check(
+            "expiry",
+            "fail",
+            shown,
+            f"copy the gateway's current root CA into {drop_dir}; expired CAs are removed at the next sync",
+        )
     if soon:
-        shown = "; ".join(f"{e.ca.subject} expires on {when(e.ca.not_after)} "
-                          f"(in {e.days_left} days)" for e in soon)
-        return Check("expiry", "warn", f"{shown}, within the {window_days}-day warning window",
-                     f"copy the gateway's renewed root CA into {drop_dir} before then")
+        shown = "; ".join(
+            f"{e.ca.subject} expires on {when(e.ca.not_after)} (in {e.days_left} days)" for e in soon
+        )
+        return Check(
+            "expiry",
+            "warn",
+            f"{shown}, within the {window_days}-day warning window",
+            f"copy the gateway's renewed root CA into {drop_dir} before then",
+        )
     first = min(entries, key=lambda e: e.not_after)
-    return Check("expiry", "pass", f"no managed CA expires within {window_days} days "
-                 f"(the first is {first.subject}, on {when(first.not_after)})")
+    return Check(
+        "expiry",
+        "pass",
+        f"no managed CA expires within {window_days} days "
+        f"(the first is {first.subject}, on {when(first.not_after)})",
+    )
 
 
 def judge_clock(entries: Sequence[InstalledCA], now: dt.datetime) -> Check:
@@ -211,12 +237,16 @@ def judge_clock(entries: Sequence[InstalledCA], now: dt.datetime) -> Check:
         return Check("clock", "skip", "no managed CA to compare the clock with")
     newest = max(entries, key=lambda e: e.not_before)
     if now < newest.not_before:
-        return Check("clock", "fail",
-                     f"the clock reads {when(now)}, before {newest.subject} became valid "
-                     f"({when(newest.not_before)}), so TLS to the gateway will fail",
-                     "set the clock: enable NTP (timedatectl set-ntp true) or fix the RTC")
-    return Check("clock", "pass", f"{when(now)} is after the newest managed CA's notBefore "
-                 f"({when(newest.not_before)})")
+        return Check(
+            "clock",
+            "fail",
+            f"the clock reads {when(now)}, before {newest.subject} became valid "
+            f"({when(newest.not_before)}), so TLS to the gateway will fail",
+            "set the clock: enable NTP (timedatectl set-ntp true) or fix the RTC",
+        )
+    return Check(
+        "clock", "pass", f"{when(now)} is after the newest managed CA's notBefore ({when(newest.not_before)})"
+    )
 
 
 def judge_gateway(report: VerifyReport) -> Check:
@@ -224,8 +254,12 @@ def judge_gateway(report: VerifyReport) -> Check:
     details = "`edge-certd verify` shows every step"
     if not report.ok:
         if report.diagnosis is not None:
-            return Check("gateway", "fail", f"{target}: {report.diagnosis.message}",
-                         f"{report.diagnosis.fix} ({details})")
+            return Check(
+                "gateway",
+                "fail",
+                f"{target}: {report.diagnosis.message}",
+                f"{report.diagnosis.fix} ({details})",
+            )
         failed = next((s for s in report.steps if s.status != "pass"), None)
         reason = failed.summary if failed else "the check failed"
         return Check("gateway", "fail", f"{target}: {reason}", details)
@@ -233,10 +267,17 @@ def judge_gateway(report: VerifyReport) -> Check:
     how = f"{tls.summary}, " if tls else ""
     if report.warnings:
         shown = "; ".join(s.summary for s in report.warnings)
-        return Check("gateway", "warn", f"{target} is reachable and trusted ({how}"
-                     f"{report.verification or 'verified'}), but: {shown}", details)
-    return Check("gateway", "pass", f"{target} is reachable and trusted ({how}"
-                 f"{report.verification or 'verified'}, hostname matches)")
+        return Check(
+            "gateway",
+            "warn",
+            f"{target} is reachable and trusted ({how}{report.verification or 'verified'}), but: {shown}",
+            details,
+        )
+    return Check(
+        "gateway",
+        "pass",
+        f"{target} is reachable and trusted ({how}{report.verification or 'verified'}, hostname matches)",
+    )
 
 
 def _target(report: VerifyReport) -> str:

@@ -239,10 +239,18 @@ def request_for_config(
         ConnectionStringError: the connection string is malformed or unreadable.
     """
     return request_from_args(
-        target, protocol, connection_string, ca, servername, timeout, config.gateway,
-        default_trust_files(config), config.drop_dir,
+        target,
+        protocol,
+        connection_string,
+        ca,
+        servername,
+        timeout,
+        config.gateway,
+        default_trust_files(config),
+        config.drop_dir,
         connection_string_file=connection_string_file,
-        warn_days=max(config.expiry.warn_days, default=30))
+        warn_days=max(config.expiry.warn_days, default=30),
+    )
 
 
 # --------------------------------------------------------------------------- the check

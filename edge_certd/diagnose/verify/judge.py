@@ -69,8 +69,7 @@ def judge_dns(request: VerifyRequest, resolved: Resolved) -> Judged:
             Diagnosis(
                 "dns",
                 f"the name {host} does not resolve: {resolved.error}",
-                f"add a DNS record for {host}, or a line '<gateway IP> {host}' to /etc/hosts "
-                "on this device",
+                f"add a DNS record for {host}, or a line '<gateway IP> {host}' to /etc/hosts on this device",
             )
         ]
     shown = ", ".join(resolved.hosts())
@@ -193,8 +192,7 @@ def judge_verification(
             [
                 Diagnosis(
                     "no-trust",
-                    "no trusted CA could be loaded, so no chain can verify: "
-                    + "; ".join(trust.problems),
+                    "no trusted CA could be loaded, so no chain can verify: " + "; ".join(trust.problems),
                     "run `edge-certd sync` so edge-certd writes its roots, or pass --ca FILE",
                 )
             ],
@@ -214,9 +212,7 @@ def judge_verification(
     )
 
 
-def _untrusted_root(
-    request: VerifyRequest, chain: tuple[CertInfo, ...], trust: Trust
-) -> Diagnosis:
+def _untrusted_root(request: VerifyRequest, chain: tuple[CertInfo, ...], trust: Trust) -> Diagnosis:
     top = chain[-1]
     needed = top.subject if top.self_signed else top.issuer
     if top.self_signed:
@@ -334,5 +330,3 @@ def _preview(data: bytes) -> str:
     text = data[:40].decode("ascii", "replace")
     printable = "".join(ch if ch.isprintable() else "." for ch in text).strip()
     return repr(printable) if printable else f"{len(data)} non-text bytes"
-
-

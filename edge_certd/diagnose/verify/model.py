@@ -118,9 +118,7 @@ class CertInfo:
     @property
     def san(self) -> tuple[str, ...]:
         """The subjectAltName entries as OpenSSL prints them: DNS:name, IP:address."""
-        return tuple(f"DNS:{n}" for n in self.dns_names) + tuple(
-            f"IP:{a}" for a in self.ip_addresses
-        )
+        return tuple(f"DNS:{n}" for n in self.dns_names) + tuple(f"IP:{a}" for a in self.ip_addresses)
 
 
 @dataclass(frozen=True)

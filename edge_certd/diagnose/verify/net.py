@@ -184,9 +184,7 @@ def load_trust(ca_files: Sequence[str]) -> Trust:
     return Trust(context, tuple(loaded), tuple(problems), tuple(anchors))
 
 
-def probe_tls(
-    sock: socket.socket, context: ssl.SSLContext, sni: str | None, timeout: float
-) -> Handshake:
+def probe_tls(sock: socket.socket, context: ssl.SSLContext, sni: str | None, timeout: float) -> Handshake:
     """Run one TLS handshake over `sock` through memory BIOs.
 
     Memory BIOs rather than wrap_socket() because they let us see the raw bytes
