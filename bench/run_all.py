@@ -30,6 +30,7 @@ SCRIPTS = {
     "B3": "b3_idle.py",
     "B4": "b4_restart.py",
     "B5": "b5_verify.py",
+    "B6": "b6_junk.py",
 }
 
 

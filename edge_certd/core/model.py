@@ -200,7 +200,7 @@ class SyncResult:
 
     @property
     def rejected_files(self) -> int:
-        return len({r.source for r in self.rejected})
+        return sum(1 for v in self.verdicts if v.rejected)
 
     @property
     def trust_changed(self) -> bool:

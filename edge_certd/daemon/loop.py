@@ -88,6 +88,7 @@ class Daemon:
         # Only the daemon writes daemon.json, so a temp file of it is a killed daemon's.
         remove_stale_temp_files(self.config.state_dir, (DAEMON_NAME,))
         self._start_watching()
+        self.worker.warm_up()
         self._sync("start-up")
         self._check_expiry()
         self.notifier.ready(self.status_now)

@@ -130,21 +130,22 @@ def log_failure(result: SyncResult, error: ApplyError) -> None:
             journal.emit(event, note.message, level, reason=note.code)
 
 
-def _key(*parts: str) -> str:
-    """A short digest per problem: the memory stays small for 50,000 junk files, and it
+def _key(*parts: str) -> int:
+    """A 64-bit digest per problem: the memory stays small for 50,000 junk files, and it
     holds no file names."""
-    return hashlib.sha256("\0".join(parts).encode("utf-8", "surrogateescape")).hexdigest()[:24]
+    digest = hashlib.sha256("\0".join(parts).encode("utf-8", "surrogateescape")).digest()
+    return int.from_bytes(digest[:8], "big")
 
 
-def _load(path: str) -> list[str]:
+def _load(path: str) -> list[int]:
     try:
         doc = json.loads(read_bytes_quietly(path) or b"[]")
     except ValueError:
         return []
-    return [item for item in doc if isinstance(item, str)] if isinstance(doc, list) else []
+    return [item for item in doc if isinstance(item, int)] if isinstance(doc, list) else []
 
 
-def _save(path: str, keys: list[str]) -> None:
+def _save(path: str, keys: list[int]) -> None:
     data = (json.dumps(sorted(keys)) + "\n").encode()
     try:
         write_atomic(path, data, 0o600)

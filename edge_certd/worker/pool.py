@@ -149,6 +149,11 @@ class JudgeWorker:
             self._kill()
             raise
 
+    def warm_up(self) -> None:
+        """Start the child now, so the first file dropped later does not wait for Python
+        and cryptography to load (it imports them while the parent carries on)."""
+        self._start()
+
     def _start(self) -> subprocess.Popen[bytes]:
         if self._proc is not None and self._proc.poll() is None:
             return self._proc
