@@ -29,7 +29,8 @@ EXIT_REJECTED = 3
 EPILOG = """\
 exit codes:
   0  success
-  1  could not apply (the previous trust state is kept)
+  1  could not apply, or one target could not be written while the rest was
+     (what was not applied keeps its previous state; the next sync retries)
   2  usage or configuration error
   3  applied, but some inputs were rejected (see the reasons printed)
 
