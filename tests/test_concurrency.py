@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 from certs import CA
 from conftest import Tree
-from daemonrun import RunningDaemon, wait_until
+from daemonrun import RunningDaemon
 from invariants import check_settled, fingerprints
 
 from edge_certd.state import BLOCKED_NAME
@@ -96,7 +96,10 @@ def test_add_and_remove_during_daemon_syncs_lose_nothing(tree: Tree) -> None:
                 expected |= {sha(ca) for ca in added}
                 expected -= {sha(ca) for ca in going}
                 removed |= {sha(ca) for ca in going}
-                time.sleep(0.3)  # let the churn make the daemon sync in between rounds
+                # The churn makes the daemon sync in between rounds: each such sync moves
+                # the CA count, so it sends STATUS=.
+                mark = daemon.mark()
+                daemon.wait_status(lambda _line: True, mark, what="a daemon sync between rounds")
         assert churn.toggles >= 5, "the daemon was not kept busy"
         final = expected | ({sha(churner)} if churn.present else set())
 
@@ -105,18 +108,11 @@ def test_add_and_remove_during_daemon_syncs_lose_nothing(tree: Tree) -> None:
             return (fingerprints(tree.edge_roots) == final
                     and {item["sha256"] for item in manifest["cas"]} == final)
 
-        # The churn's last toggles may still be in the daemon's queue: wait until the state
-        # is final and stays final for a second (a few settle windows and syncs).
-        stable_since = [0.0]
-
-        def settled() -> bool:
-            if not agreed():
-                stable_since[0] = 0.0
-                return False
-            stable_since[0] = stable_since[0] or time.monotonic()
-            return time.monotonic() - stable_since[0] > 1.0
-
-        wait_until(settled, 30, "the daemon to settle on every add and remove")
+        # The churn's last toggles may or may not have had their sync yet. A reload syncs
+        # after all of them, so the end of its sync is a point where the state is final.
+        mark = daemon.mark()
+        daemon.signal(signal.SIGHUP)
+        daemon.wait_synced(mark, check=agreed, what="the daemon to settle on every add and remove")
         listed = {item["sha256"] for item in json.loads(tree.cli("list", "--json").stdout)}
         assert listed == final
         blocked = set(json.loads((tree.state / BLOCKED_NAME).read_text()))

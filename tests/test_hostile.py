@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from conftest import make_tree, require_tool
-from daemonrun import RunningDaemon, wait_until
+from daemonrun import RunningDaemon
 from hostile import Case, Growing, Material, corpus, make_material, materialise
 from invariants import check_settled, fingerprints, installed_cas
 
@@ -149,6 +149,7 @@ def test_daemon_stays_up_and_trusts_nothing_wrong(cases: list[Case], tmp_path: P
     tree.drop.mkdir(parents=True)
     with RunningDaemon(tree) as daemon:
         daemon.wait_ready()
+        mark = daemon.mark()
         with populated(tree.drop, cases):
             def settled() -> bool:
                 if set(installed_cas(tree)) != want:
@@ -160,7 +161,8 @@ def test_daemon_stays_up_and_trusts_nothing_wrong(cases: list[Case], tmp_path: P
                 return needed <= got
 
             try:
-                wait_until(settled, 60, "the daemon to judge every case")
+                # Checked at the end of each sync, never half-way through one.
+                daemon.wait_synced(mark, check=settled, what="the daemon to judge every case")
             except AssertionError:
                 doc = json.loads((tree.state / "status.json").read_bytes())
                 got = {r["source"] for r in doc.get("rejected", [])}
@@ -175,7 +177,7 @@ def test_daemon_stays_up_and_trusts_nothing_wrong(cases: list[Case], tmp_path: P
             # Still answering: a reload goes through RELOADING=1 and back to READY=1.
             mark = daemon.mark()
             daemon.signal(signal.SIGHUP)
-            daemon.wait_ready(start=mark)
+            daemon.wait_ready(mark)
             assert daemon.alive
     assert daemon.proc.returncode == 0, daemon.log()
     assert "Traceback" not in daemon.log()
