@@ -227,27 +227,33 @@ def test_read_only_ca_dir_rolls_back_and_heals_when_writable(faulty: Tree) -> No
 def test_deleted_and_recreated_drop_dir_keeps_trust_until_it_is_back(faulty: Tree) -> None:
     first, second = CA.root("Dir First"), CA.root("Dir Second")
     with started(faulty, first) as daemon:
+        mark = daemon.mark()
         drop(faulty, "second.pem", second.cert_pem)
-        wait_until(lambda: fingerprints(faulty.edge_roots) == {sha(first), sha(second)}, 10,
-                   "the second CA")
+        # The whole sync, not its first file: edge-roots.pem is written before ca-bundle.pem.
+        daemon.wait_synced(mark, "2 CAs trusted")
+        assert fingerprints(faulty.edge_roots) == {sha(first), sha(second)}
         before, runs = trust_snapshot(faulty), faulty.update_runs()
         saved = {p.name: p.read_bytes() for p in faulty.drop.iterdir()}
         mark = daemon.mark()
         shutil.rmtree(faulty.drop)
-        line = daemon.wait_status(lambda s: "does not exist" in s, mark,
-                                  what="STATUS= naming the missing drop directory")
+        line = daemon.wait_synced(mark, "does not exist",
+                                  what="the end of a sync naming the missing drop directory")
         assert str(faulty.drop) in line
         assert trust_snapshot(faulty) == before
         errors = status_json(faulty)["source_errors"]
         assert [e["reason"] for e in errors] == ["does not exist"], errors
-        # Back with the same files: nothing changes, nothing was removed on the way.
-        mark = daemon.mark()
-        faulty.drop.mkdir()
+        # Back with the same files, whole, the way a restore renames a directory into place
+        # (filled in place, a sync between mkdir and the last file would rightly drop CAs).
+        restored = faulty.root / "drop-restored"  # same file system: rename() is atomic
+        restored.mkdir()
         for name, data in saved.items():
-            drop(faulty, name, data)
-        daemon.wait_status(lambda s: "does not exist" not in s, mark,
-                           what="STATUS= without the source error")
-        wait_until(lambda: status_json(faulty)["source_errors"] == [], 10, "a clean status")
+            (restored / name).write_bytes(data)
+        mark = daemon.mark()
+        restored.rename(faulty.drop)
+        daemon.wait_synced(mark, lambda s: "does not exist" not in s,
+                           what="the end of a sync without the source error")
+        assert status_json(faulty)["source_errors"] == []
+        # Nothing changes, nothing was removed on the way.
         assert trust_snapshot(faulty) == before
         assert faulty.update_runs() == runs, "trust was removed and re-added"
 
