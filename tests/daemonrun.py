@@ -46,8 +46,15 @@ from conftest import Tree
 
 REPO = Path(__file__).resolve().parent.parent
 # Variables that would make the daemon log to the journal, or ping a watchdog nobody reads.
-_SYSTEMD_VARS = ("JOURNAL_STREAM", "INVOCATION_ID", "WATCHDOG_USEC", "WATCHDOG_PID",
-                 "NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID")
+_SYSTEMD_VARS = (
+    "JOURNAL_STREAM",
+    "INVOCATION_ID",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+    "NOTIFY_SOCKET",
+    "LISTEN_FDS",
+    "LISTEN_PID",
+)
 TIMEOUT = 60.0  # the bound on every wait; a wait that runs out raises with the log
 POLL = 0.02  # seconds between looks at status.json and the lock while waiting
 
@@ -81,9 +88,16 @@ class RunningDaemon:
     under another command (strace). Use as a context manager: it is always stopped.
     """
 
-    def __init__(self, tree: Tree, *, env: dict[str, str] | None = None,
-                 watchdog_usec: int | None = None, prefix: Sequence[str] = (),
-                 python: str = sys.executable, start: bool = True) -> None:
+    def __init__(
+        self,
+        tree: Tree,
+        *,
+        env: dict[str, str] | None = None,
+        watchdog_usec: int | None = None,
+        prefix: Sequence[str] = (),
+        python: str = sys.executable,
+        start: bool = True,
+    ) -> None:
         self.tree = tree
         self.prefix = list(prefix)
         self.python = python
@@ -92,9 +106,15 @@ class RunningDaemon:
         # sun_path holds 108 bytes; pytest's tmp_path can be longer than that.
         self._sock_dir = tempfile.mkdtemp(prefix="ecn-")
         self.socket_path = os.path.join(self._sock_dir, "notify")
-        self.env.update({"NOTIFY_SOCKET": self.socket_path, "EDGE_CERTD_LOG": "stderr",
-                         "PYTHONFAULTHANDLER": "1", "PYTHONDONTWRITEBYTECODE": "1",
-                         **(env or {})})
+        self.env.update(
+            {
+                "NOTIFY_SOCKET": self.socket_path,
+                "EDGE_CERTD_LOG": "stderr",
+                "PYTHONFAULTHANDLER": "1",
+                "PYTHONDONTWRITEBYTECODE": "1",
+                **(env or {}),
+            }
+        )
         if watchdog_usec:
             self.env["WATCHDOG_USEC"] = str(watchdog_usec)
         # Beside the tree, not in it: the crash tests count every write under the tree.
@@ -116,8 +136,9 @@ class RunningDaemon:
     def __enter__(self) -> RunningDaemon:
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
     # -- the process -----------------------------------------------------------------------
@@ -126,12 +147,17 @@ class RunningDaemon:
         """Spawn the daemon; `spawned_at` is the monotonic time just before the spawn."""
         if self.alive:
             raise RuntimeError("the daemon is already running")
-        argv = [*self.prefix, self.python, "-m", "edge_certd", "--config",
-                str(self.tree.config_path), "run"]
+        argv = [*self.prefix, self.python, "-m", "edge_certd", "--config", str(self.tree.config_path), "run"]
         with open(self.log_path, "ab") as log:
             self.spawned_at = time.monotonic()
-            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, cwd=str(REPO), env=self.env)
+            self.proc = subprocess.Popen(
+                argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=str(REPO),
+                env=self.env,
+            )
 
     @property
     def alive(self) -> bool:
@@ -147,8 +173,7 @@ class RunningDaemon:
         deadline = time.monotonic() + 10
         while True:
             try:
-                children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children"
-                                ).read_text().split()
+                children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
             except OSError:
                 children = []
             if children:
@@ -293,8 +318,9 @@ class RunningDaemon:
                 found = probe()
                 if found is not None:
                     return found
-                raise AssertionError(f"the daemon exited ({self.proc.returncode}) before "
-                                     f"{what}\n{self.report()}")
+                raise AssertionError(
+                    f"the daemon exited ({self.proc.returncode}) before {what}\n{self.report()}"
+                )
             left = deadline - time.monotonic()
             if left <= 0:
                 raise AssertionError(f"no {what} within {timeout:.0f} s\n{self.report()}")
@@ -304,11 +330,18 @@ class RunningDaemon:
     def report(self) -> str:
         with self._arrived:
             notices = [(round(n.at - self.spawned_at, 3), n.raw) for n in self.notices]
-        return (f"notifications (s since spawn, datagram): {notices}\n"
-                f"daemon record: {self.record()}\nlog:\n{self.log()[-6000:]}")
+        return (
+            f"notifications (s since spawn, datagram): {notices}\n"
+            f"daemon record: {self.record()}\nlog:\n{self.log()[-6000:]}"
+        )
 
-    def wait_for(self, predicate: Callable[[dict[str, str]], bool], mark: Mark | None = None,
-                 timeout: float = TIMEOUT, what: str = "matching notification") -> Notice:
+    def wait_for(
+        self,
+        predicate: Callable[[dict[str, str]], bool],
+        mark: Mark | None = None,
+        timeout: float = TIMEOUT,
+        what: str = "matching notification",
+    ) -> Notice:
         """The first datagram after `mark` (or ever) whose fields satisfy `predicate`."""
         start = mark.index if mark else 0
 
@@ -323,8 +356,9 @@ class RunningDaemon:
         """READY=1 after `mark`: start-up or a reload is over, its sync included."""
         return self.wait_for(lambda f: f.get("READY") == "1", mark, timeout, "READY=1")
 
-    def wait_status(self, status: StatusMatch, mark: Mark | None = None,
-                    timeout: float = TIMEOUT, what: str = "") -> str:
+    def wait_status(
+        self, status: StatusMatch, mark: Mark | None = None, timeout: float = TIMEOUT, what: str = ""
+    ) -> str:
         """The first STATUS= datagram after `mark` that matches: for a state that may pass
         again at once (a failure the next retry heals). Where things stand at the end of a
         sync is `wait_synced`'s."""
@@ -357,9 +391,14 @@ class RunningDaemon:
         finally:
             os.close(fd)
 
-    def wait_synced(self, mark: Mark, status: StatusMatch | None = None,
-                    check: Callable[[], bool] | None = None, timeout: float = TIMEOUT,
-                    what: str = "") -> str:
+    def wait_synced(
+        self,
+        mark: Mark,
+        status: StatusMatch | None = None,
+        check: Callable[[], bool] | None = None,
+        timeout: float = TIMEOUT,
+        what: str = "",
+    ) -> str:
         """Wait for the end of a sync that ended after `mark`; return its STATUS= line.
 
         `status` (a substring, or a test of the line) and `check` (anything on disk) must
@@ -388,14 +427,16 @@ class RunningDaemon:
                 return None
             return str(line)
 
-        wanted = what or ("the end of a sync" + (f" with STATUS~{status!r}"
-                                                  if isinstance(status, str) else ""))
+        wanted = what or (
+            "the end of a sync" + (f" with STATUS~{status!r}" if isinstance(status, str) else "")
+        )
         result: str = self._wait(probe, timeout, wanted)
         return result
 
 
-def wait_until(check: Callable[[], bool], timeout: float = TIMEOUT, what: str = "condition",
-               interval: float = 0.05) -> None:
+def wait_until(
+    check: Callable[[], bool], timeout: float = TIMEOUT, what: str = "condition", interval: float = 0.05
+) -> None:
     """For conditions outside the daemon (a process gone, a tool run counted)."""
     deadline = time.monotonic() + timeout
     while not check():

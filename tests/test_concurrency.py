@@ -61,10 +61,14 @@ class Churn:
 
 
 def _start(tree: Tree, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "edge_certd", "--config",
-                             str(tree.config_path), *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=REPO,
-                            env={"EDGE_CERTD_LOG": "stderr", "PATH": "/usr/bin:/bin:/usr/sbin"})
+    return subprocess.Popen(
+        [sys.executable, "-m", "edge_certd", "--config", str(tree.config_path), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        env={"EDGE_CERTD_LOG": "stderr", "PATH": "/usr/bin:/bin:/usr/sbin"},
+    )
 
 
 def test_add_and_remove_during_daemon_syncs_lose_nothing(tree: Tree) -> None:
@@ -86,9 +90,10 @@ def test_add_and_remove_during_daemon_syncs_lose_nothing(tree: Tree) -> None:
                 added = [CA.root(f"Added {round_}.{i}") for i in range(5)]
                 for i, ca in enumerate(added):
                     (incoming / f"added-{round_}-{i}.pem").write_bytes(ca.cert_pem)
-                going = kept[2 * round_: 2 * round_ + 2]
-                procs = [_start(tree, "add", str(incoming / f"added-{round_}-{i}.pem"))
-                         for i in range(len(added))]
+                going = kept[2 * round_ : 2 * round_ + 2]
+                procs = [
+                    _start(tree, "add", str(incoming / f"added-{round_}-{i}.pem")) for i in range(len(added))
+                ]
                 procs += [_start(tree, "remove", sha(ca)[:16]) for ca in going]
                 for proc in procs:
                     out, err = proc.communicate(timeout=120)
@@ -105,8 +110,10 @@ def test_add_and_remove_during_daemon_syncs_lose_nothing(tree: Tree) -> None:
 
         def agreed() -> bool:
             manifest = json.loads((tree.state / "manifest.json").read_bytes())
-            return (fingerprints(tree.edge_roots) == final
-                    and {item["sha256"] for item in manifest["cas"]} == final)
+            return (
+                fingerprints(tree.edge_roots) == final
+                and {item["sha256"] for item in manifest["cas"]} == final
+            )
 
         # The churn's last toggles may or may not have had their sync yet. A reload syncs
         # after all of them, so the end of its sync is a point where the state is final.

@@ -59,8 +59,12 @@ def test_notify_sequence_through_start_reload_and_stop(tree: Tree, start) -> Non
     fields = daemon.fields()
     firsts = [fields.index(f) for f in ("READY=1", "WATCHDOG=1", "RELOADING=1", "STOPPING=1")]
     assert firsts == sorted(firsts), fields
-    assert fields.index("READY=1") < fields.index("RELOADING=1") < len(fields) - 1 - \
-        fields[::-1].index("READY=1") < fields.index("STOPPING=1")
+    assert (
+        fields.index("READY=1")
+        < fields.index("RELOADING=1")
+        < len(fields) - 1 - fields[::-1].index("READY=1")
+        < fields.index("STOPPING=1")
+    )
     assert any(f.startswith("STATUS=0 CAs trusted") for f in fields)
 
 
@@ -148,7 +152,8 @@ def test_update_failing_twice_then_succeeding_loses_nothing(tree: Tree, start) -
         "#!/bin/sh\n"
         f"n=$(cat '{counter}' 2>/dev/null || echo 0)\n"
         f"if [ \"$n\" -lt 2 ]; then echo $((n+1)) > '{counter}'; echo 'E: simulated' >&2; exit 1; fi\n"
-        f"exec '{tree.root / 'update-wrapper'}' \"$@\"\n")
+        f"exec '{tree.root / 'update-wrapper'}' \"$@\"\n"
+    )
     flaky.chmod(0o755)
     tree.write_config(trust_store__update_command=[str(flaky)], watch__retry_initial_seconds=0.3)
     daemon = start()
@@ -200,8 +205,7 @@ def test_rejected_file_is_logged_once_and_listed_by_status(tree: Tree, start) ->
 def test_expiring_ca_is_warned_about_at_start(tree: Tree, start) -> None:  # type: ignore[no-untyped-def]
     now = dt.datetime.now(dt.UTC)
     tree.drop.mkdir(parents=True)
-    (tree.drop / "soon.pem").write_bytes(pem(self_signed("Soon Root",
-                                                         not_after=now + dt.timedelta(days=5))))
+    (tree.drop / "soon.pem").write_bytes(pem(self_signed("Soon Root", not_after=now + dt.timedelta(days=5))))
     daemon = start()
     assert "expires in" in daemon.wait_ready().fields["STATUS"]
     assert "EDGE_CERTD_EVENT=expiring" in daemon.log()
@@ -246,8 +250,7 @@ def _tgkill(pid: int, tid: int, signum: int) -> None:
 
 
 @pytest.mark.parametrize("signum", [signal.SIGHUP, signal.SIGTERM])
-def test_signal_landing_on_a_watcher_thread_is_acted_on_at_once(
-        tree: Tree, start, signum: int) -> None:  # type: ignore[no-untyped-def]
+def test_signal_landing_on_a_watcher_thread_is_acted_on_at_once(tree: Tree, start, signum: int) -> None:  # type: ignore[no-untyped-def]
     # The kernel hands a process signal to any thread that does not block it. When it picks
     # one of watchdog's threads, the main loop's select() is not interrupted, and without
     # a wakeup fd the request waited for the next deadline (a rescan, minutes away).

@@ -69,7 +69,8 @@ def faulty(tmp_path: Path) -> Iterator[Tree]:
         f'echo call >> "{ctl}/calls"\n'
         f'if [ -e "{ctl}/fail" ]; then echo "simulated: trust store is locked" >&2; exit 1; fi\n'
         f'if [ -e "{ctl}/hang" ]; then echo $$ > "{ctl}/hang.pid"; sleep 600; fi\n'
-        f'exec "{tree.root}/update-wrapper" "$@"\n')
+        f'exec "{tree.root}/update-wrapper" "$@"\n'
+    )
     wrapper.chmod(0o755)
     tree.write_config(trust_store__update_command=[str(wrapper)], **RETRY)
     tree.drop.mkdir(parents=True, exist_ok=True)
@@ -86,10 +87,14 @@ def started(tree: Tree, first: CA) -> Iterator[RunningDaemon]:
         yield daemon
 
 
-def _degraded_and_intact(tree: Tree, daemon: RunningDaemon, before: dict[str, bytes],
-                         reason: str, mark: Mark) -> str:
-    line = daemon.wait_synced(mark, lambda s: s.startswith("degraded") and reason in s,
-                              what=f"the end of a sync with STATUS=degraded: …{reason}…")
+def _degraded_and_intact(
+    tree: Tree, daemon: RunningDaemon, before: dict[str, bytes], reason: str, mark: Mark
+) -> str:
+    line = daemon.wait_synced(
+        mark,
+        lambda s: s.startswith("degraded") and reason in s,
+        what=f"the end of a sync with STATUS=degraded: …{reason}…",
+    )
     assert "retry in" in line
     # Retries go on meanwhile, and each one writes the new CA into ca_dir until the update
     # fails; with the lock held none runs while the test looks.
@@ -102,8 +107,11 @@ def _degraded_and_intact(tree: Tree, daemon: RunningDaemon, before: dict[str, by
 
 
 def _recovers(tree: Tree, daemon: RunningDaemon, want: set[str], mark: Mark) -> None:
-    daemon.wait_synced(mark, lambda s: not s.startswith("degraded"),
-                       what="the end of a sync whose STATUS= is no longer degraded")
+    daemon.wait_synced(
+        mark,
+        lambda s: not s.startswith("degraded"),
+        what="the end of a sync whose STATUS= is no longer degraded",
+    )
     assert fingerprints(tree.edge_roots) == want
     assert status_json(tree)["last_sync"]["result"] == "ok"
     assert daemon.alive
@@ -120,8 +128,7 @@ def test_failing_update_command_keeps_trust_reports_and_retries(faulty: Tree) ->
         assert "simulated: trust store is locked" in status_json(faulty)["last_sync"]["error"]
         calls = faulty.root / "ctl/calls"
         tried = len(calls.read_text().splitlines())
-        wait_until(lambda: len(calls.read_text().splitlines()) >= tried + 2,
-                   what="two retries with backoff")
+        wait_until(lambda: len(calls.read_text().splitlines()) >= tried + 2, what="two retries with backoff")
         mark = daemon.mark()
         (faulty.root / "ctl/fail").unlink()
         _recovers(faulty, daemon, {sha(first), sha(second)}, mark)
@@ -181,8 +188,10 @@ def test_full_bundle_directory_keeps_the_old_bundles_whole(faulty: Tree) -> None
     require_tool("mount")
     first, second = CA.root("Full First"), CA.root("Full Second")
     faulty.bundles.mkdir(parents=True)
-    with mounted([["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(faulty.bundles)]],
-                 faulty.bundles), started(faulty, first) as daemon:
+    with (
+        mounted([["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(faulty.bundles)]], faulty.bundles),
+        started(faulty, first) as daemon,
+    ):
         old_roots = faulty.edge_roots.read_bytes()
         old_bundle = (faulty.bundles / "ca-bundle.pem").read_bytes()
         filler = faulty.bundles / "filler"
@@ -192,15 +201,19 @@ def test_full_bundle_directory_keeps_the_old_bundles_whole(faulty: Tree) -> None
                 handle.flush()
         mark = daemon.mark()
         drop(faulty, "second.pem", second.cert_pem)
-        line = daemon.wait_synced(mark, "no space left",
-                                  what="the end of a sync with STATUS= naming the full disk")
+        line = daemon.wait_synced(
+            mark, "no space left", what="the end of a sync with STATUS= naming the full disk"
+        )
         assert line.startswith("degraded") and str(faulty.bundles) in line
         with daemon.hold_lock():  # no retry half-way through writing them
             # The runtime bundles are the old ones, complete: never a truncated PEM.
             assert faulty.edge_roots.read_bytes() == old_roots
             assert (faulty.bundles / "ca-bundle.pem").read_bytes() == old_bundle
             assert sorted(p.name for p in faulty.bundles.iterdir()) == [
-                "ca-bundle.pem", "edge-roots.pem", "filler"]
+                "ca-bundle.pem",
+                "edge-roots.pem",
+                "filler",
+            ]
         assert "no space left" in status_json(faulty)["daemon"]["degraded"]
         mark = daemon.mark()
         filler.unlink()
@@ -212,8 +225,9 @@ def test_read_only_ca_dir_rolls_back_and_heals_when_writable(faulty: Tree) -> No
     with started(faulty, first) as daemon:
         before = trust_snapshot(faulty)
         ca_dir = str(faulty.ca_dir)
-        with mounted([["mount", "--bind", ca_dir, ca_dir],
-                      ["mount", "-o", "remount,bind,ro", ca_dir]], faulty.ca_dir):
+        with mounted(
+            [["mount", "--bind", ca_dir, ca_dir], ["mount", "-o", "remount,bind,ro", ca_dir]], faulty.ca_dir
+        ):
             mark = daemon.mark()
             runs = faulty.update_runs()
             drop(faulty, "second.pem", second.cert_pem)
@@ -236,8 +250,9 @@ def test_deleted_and_recreated_drop_dir_keeps_trust_until_it_is_back(faulty: Tre
         saved = {p.name: p.read_bytes() for p in faulty.drop.iterdir()}
         mark = daemon.mark()
         shutil.rmtree(faulty.drop)
-        line = daemon.wait_synced(mark, "does not exist",
-                                  what="the end of a sync naming the missing drop directory")
+        line = daemon.wait_synced(
+            mark, "does not exist", what="the end of a sync naming the missing drop directory"
+        )
         assert str(faulty.drop) in line
         assert trust_snapshot(faulty) == before
         errors = status_json(faulty)["source_errors"]
@@ -250,17 +265,20 @@ def test_deleted_and_recreated_drop_dir_keeps_trust_until_it_is_back(faulty: Tre
             (restored / name).write_bytes(data)
         mark = daemon.mark()
         restored.rename(faulty.drop)
-        daemon.wait_synced(mark, lambda s: "does not exist" not in s,
-                           what="the end of a sync without the source error")
+        daemon.wait_synced(
+            mark, lambda s: "does not exist" not in s, what="the end of a sync without the source error"
+        )
         assert status_json(faulty)["source_errors"] == []
         # Nothing changes, nothing was removed on the way.
         assert trust_snapshot(faulty) == before
         assert faulty.update_runs() == runs, "trust was removed and re-added"
 
 
-@pytest.mark.parametrize("damage", [b'{"version": 1, "cas": [{"sha', b"", b"\0" * 300,
-                                    b'{"version": 1, "cas": 7}'],
-                         ids=["truncated", "empty", "zeros", "wrong-shape"])
+@pytest.mark.parametrize(
+    "damage",
+    [b'{"version": 1, "cas": [{"sha', b"", b"\0" * 300, b'{"version": 1, "cas": 7}'],
+    ids=["truncated", "empty", "zeros", "wrong-shape"],
+)
 def test_corrupt_manifest_is_rebuilt_without_touching_trust(faulty: Tree, damage: bytes) -> None:
     first, second = CA.root("Manifest First"), CA.root("Manifest Second")
     with started(faulty, first) as daemon:
@@ -301,8 +319,11 @@ def test_broken_config_at_reload_keeps_the_running_one(faulty: Tree) -> None:
         # configuration, so the sync's end shows in the daemon's record only.
         mark = daemon.mark()
         drop(faulty, "second.pem", second.cert_pem)
-        daemon.wait_synced(mark, check=lambda: fingerprints(faulty.edge_roots) == {
-            sha(first), sha(second)}, what="a sync under the old configuration")
+        daemon.wait_synced(
+            mark,
+            check=lambda: fingerprints(faulty.edge_roots) == {sha(first), sha(second)},
+            what="a sync under the old configuration",
+        )
         assert daemon.alive
         # Fixed and reloaded: the note goes away.
         faulty.config_path.write_text(good)
