@@ -25,23 +25,26 @@ def main() -> None:
         probe = bl.probe_for(bt.tree)
         latencies, floors, runs_per_drop, phases = [], [], [], []
         floors_inner: list[float] = []
-        with bl.Daemon(bt.tree, work) as daemon:
-            daemon.start()
-            bl.wait_quiet(bt, 0.3)
+        with bl.RunningDaemon(bt.tree) as daemon:
+            daemon.wait_ready()  # the start-up sync, its update run included, is over
             for i in range(drops + 1):  # round 0 warms both paths up and is not counted
                 os.rename(bare[i], bare_dir / bare[i].name)
                 bare_marks = len(bt.timeline_entries())
                 floor = bt.bare_update()
                 # Only its "update" phase (inside the wrapper, no fork) is used.
                 bare_inner = bl.phases(bt.timeline_entries()[bare_marks:], 0, 0)
-                before = bl.wait_quiet(bt, 0.3)
+                before = bt.runs()  # the daemon is idle: its last sync ended
                 ca_sha = bl.sha256_of_file(dropped[i])
                 marks = len(bt.timeline_entries())
+                mark = daemon.mark()
                 wall0 = time.time()
                 start = time.monotonic()
                 os.rename(dropped[i], bt.tree.drop / dropped[i].name)
                 latency = probe.wait({ca_sha}, timeout=120, start=start)
-                after = bl.wait_quiet(bt, 0.5)
+                # The sync's end (after the bundles: its manifest and record), then count.
+                daemon.wait_synced(mark, check=lambda sha=ca_sha: probe.has_all({sha}),
+                                   timeout=120)
+                after = bt.runs()
                 if i == 0:
                     continue
                 latencies.append(latency)

@@ -125,17 +125,21 @@ def main() -> None:
             bt, bl.stage(work / "loop-staging", bl.roots(sample, "B2 loop root"), "loop-root"),
             work)
         probe = bl.probe_for(bt.tree)
-        with bl.Daemon(bt.tree, work) as daemon:
-            daemon.start()
-            before = bl.wait_quiet(bt, 0.3)
+        with bl.RunningDaemon(bt.tree) as daemon:
+            daemon.wait_ready()  # the start-up sync, its update run included, is over
+            before = bt.runs()
             marks = len(bt.timeline_entries())
+            mark = daemon.mark()
             wall0 = time.time()
             start = time.monotonic()
             for path in burst:
                 os.rename(path, bt.tree.drop / path.name)
             spread = time.monotonic() - start
             total = probe.wait(shas, timeout=600, start=start)
-            runs = bl.wait_quiet(bt, max(1.0, 3 * bt.settle_ms / 1000)) - before
+            # Counted at the end of the sync that trusted the last of them: a later sync
+            # finds nothing to change and runs no update.
+            daemon.wait_synced(mark, check=lambda: probe.has_all(shas), timeout=600)
+            runs = bt.runs() - before
             phases = bl.phases(bt.timeline_entries()[marks:], wall0, total)
             exit_code = daemon.stop()
         fsyncs = fsyncs_to_install(bt, burst, work)

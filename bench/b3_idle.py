@@ -42,9 +42,11 @@ def main() -> None:
     with bl.workdir(args.keep) as work:
         bt = bl.bench_tree(work / "device", args.quick, args.settle_ms)
         bl.stage(bt.tree.drop, bl.roots(managed, "B3 managed root"), "managed-root")
-        with bl.Daemon(bt.tree, work, watchdog_usec=WATCHDOG_USEC) as daemon:
-            ready = daemon.start()
-            bl.wait_quiet(bt, 1.0)  # the start-up sync and its update run are over
+        with bl.RunningDaemon(bt.tree, watchdog_usec=WATCHDOG_USEC) as daemon:
+            # READY=1 comes after the start-up sync and its update run.
+            ready = daemon.wait_ready(timeout=120).at - daemon.spawned_at
+            # The loop pings once as it starts; the idle window begins after that ping.
+            daemon.wait_for(lambda f: f.get("WATCHDOG") == "1", what="the first WATCHDOG=1")
             runs0, pings0 = bt.runs(), daemon.count("WATCHDOG=1")
             cpu0, wall0 = cpu_seconds(daemon.pid), time.monotonic()
             time.sleep(idle)

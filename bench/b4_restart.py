@@ -31,15 +31,17 @@ def main() -> None:
         bt = bl.bench_tree(work / "device", args.quick, args.settle_ms)
         bl.stage(bt.tree.drop, bl.roots(managed, "B4 managed root"), "managed-root")
         ready_times, runs = [], []
-        with bl.Daemon(bt.tree, work) as daemon:
-            first = daemon.start(timeout=600)
-            bl.wait_quiet(bt, 0.5)
+        with bl.RunningDaemon(bt.tree) as daemon:
+            # READY=1 comes after the start-up sync, so its update runs are all counted.
+            first = daemon.wait_ready(timeout=600).at - daemon.spawned_at
             installed = bt.runs()
             daemon.stop()
             for _ in range(restarts):
                 before = bt.runs()
-                ready_times.append(daemon.start())
-                runs.append(bl.wait_quiet(bt, 0.5) - before)
+                mark = daemon.mark()
+                daemon.start()
+                ready_times.append(daemon.wait_ready(mark, timeout=120).at - daemon.spawned_at)
+                runs.append(bt.runs() - before)
                 exit_code = daemon.stop()
         python_floor = spawn_time([sys.executable, "-c", "pass"], 5)
         import_floor = spawn_time([sys.executable, "-c", "import edge_certd.daemon.loop"], 5)

@@ -1,5 +1,6 @@
-"""What every benchmark shares: a full-size device tree, the daemon under a real
-NOTIFY_SOCKET, bare update-ca-certificates runs, trust probes and the final JSON line.
+"""What every benchmark shares: a full-size device tree, bare update-ca-certificates runs,
+trust probes and the final JSON line. The daemon runs under the tests' own harness
+(tests/daemonrun.py: a real NOTIFY_SOCKET, waits for READY=1 and the end of a sync).
 
 Timings on a shared machine drift, so every script compares figures taken in the same run
 (a drop against a bare update run on the same tree, a minute apart at most). Nothing here
@@ -11,15 +12,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -31,9 +28,11 @@ for _extra in (REPO, REPO / "tests"):
     if str(_extra) not in sys.path:
         sys.path.insert(0, str(_extra))
 
-# The test suite's tree and CA helpers, so the bench measures the layout the tests prove.
+# The test suite's tree and CA helpers, so the bench measures the layout the tests prove,
+# and its daemon harness (bl.RunningDaemon): the same waits for READY=1 and a sync's end.
 from certs import CA  # noqa: E402
 from conftest import MOZILLA_DIR, Tree, make_tree  # noqa: E402
+from daemonrun import RunningDaemon  # noqa: E402, F401
 
 from edge_certd.config import WatchConfig  # noqa: E402
 from edge_certd.core.pem import pem_fingerprints  # noqa: E402
@@ -207,144 +206,6 @@ class TrustProbe:
 
 def probe_for(tree: Tree) -> TrustProbe:
     return TrustProbe([tree.edge_roots, tree.system_bundle])
-
-
-# --------------------------------------------------------------------------- the daemon
-
-
-class Daemon:
-    """`edge-certd run` as systemd starts it: Type=notify with a real NOTIFY_SOCKET.
-
-    A thread reads the socket all the time, as systemd does: the kernel queues only
-    net.unix.max_dgram_qlen (often 10) datagrams, and after that the daemon's sd_notify()
-    blocks. Use as a context manager; the process is always stopped (SIGTERM, then SIGKILL).
-    """
-
-    def __init__(self, tree: Tree, work: Path, python: str = sys.executable,
-                 watchdog_usec: int | None = None) -> None:
-        self.tree = tree
-        self.work = work
-        self.python = python
-        self.watchdog_usec = watchdog_usec
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.log_path = work / "daemon.log"
-        self.messages: list[tuple[float, str]] = []  # (monotonic time, datagram)
-        self._cond = threading.Condition()
-        self._sock: socket.socket | None = None
-        self._reader: threading.Thread | None = None
-        self._serial = 0
-
-    def start(self, timeout: float = 120.0) -> float:
-        """Start the daemon; return the seconds from spawn to its READY=1 datagram."""
-        self._serial += 1
-        sock_path = self.work / f"notify-{self._serial}.sock"
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self._sock.bind(str(sock_path))
-        self._sock.settimeout(0.2)
-        self._reader = threading.Thread(target=self._read, args=(self._sock,), daemon=True)
-        self._reader.start()
-        env = {k: v for k, v in os.environ.items()
-               if k not in ("WATCHDOG_USEC", "WATCHDOG_PID", "INVOCATION_ID", "JOURNAL_STREAM")}
-        env.update(NOTIFY_SOCKET=str(sock_path), EDGE_CERTD_LOG="stderr",
-                   PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])))
-        if self.watchdog_usec:
-            env["WATCHDOG_USEC"] = str(self.watchdog_usec)
-        argv = [self.python, "-m", "edge_certd", "--config", str(self.tree.config_path), "run"]
-        seen = self.count("READY=1")
-        with open(self.log_path, "ab") as log:
-            start = time.monotonic()
-            self.proc = subprocess.Popen(argv, cwd=str(REPO), env=env, stdin=subprocess.DEVNULL,
-                                         stdout=log, stderr=log)
-        ready_at = self.wait_for("READY=1", timeout, after=seen)
-        return ready_at - start
-
-    def _read(self, sock: socket.socket) -> None:
-        while True:
-            try:
-                data = sock.recv(4096)
-            except TimeoutError:
-                continue
-            except OSError:
-                return  # closed by stop()
-            with self._cond:
-                self.messages.append((time.monotonic(), data.decode(errors="replace")))
-                self._cond.notify_all()
-
-    def count(self, field_: str) -> int:
-        """How many datagrams so far carried `field_`, e.g. WATCHDOG=1."""
-        with self._cond:
-            return sum(field_ in text.split("\n") for _, text in self.messages)
-
-    def wait_for(self, field_: str, timeout: float, after: int = 0) -> float:
-        """Wait for datagram number `after` + 1 carrying `field_`; return when it came."""
-        assert self.proc is not None
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                hits = [t for t, text in self.messages if field_ in text.split("\n")]
-                if len(hits) > after:
-                    return hits[after]
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"the daemon exited with {self.proc.returncode} before "
-                                       f"{field_}; log:\n{self.log_tail()}")
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError(f"no {field_} within {timeout:.0f} s; log:\n"
-                                       f"{self.log_tail()}")
-                self._cond.wait(min(left, 0.2))
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def stop(self) -> int | None:
-        """Stop the daemon; return its exit code (None if it was not running)."""
-        code = None
-        if self.proc is not None:
-            if self.proc.poll() is None:
-                self.proc.send_signal(signal.SIGTERM)
-                try:
-                    self.proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait()
-            code = self.proc.returncode
-        self.proc = None
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
-        if self._reader is not None:
-            self._reader.join(timeout=5)
-            self._reader = None
-        return code
-
-    def log_tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except FileNotFoundError:
-            return "(no log)"
-
-    def __enter__(self) -> Daemon:
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.stop()
-
-
-def wait_quiet(bt: BenchTree, seconds: float, timeout: float = 60.0) -> int:
-    """Wait until no update run has started or ended for `seconds`; return the run count."""
-    deadline = time.monotonic() + timeout
-    last = (bt.runs(), len(bt.timeline_entries()))
-    quiet_since = time.monotonic()
-    while time.monotonic() < deadline:
-        time.sleep(0.05)
-        now = (bt.runs(), len(bt.timeline_entries()))
-        if now != last:
-            last, quiet_since = now, time.monotonic()
-        elif time.monotonic() - quiet_since >= seconds and last[1] % 2 == 0:
-            return last[0]
-    raise TimeoutError(f"update runs still going after {timeout:.0f} s")
 
 
 # --------------------------------------------------------------------------- figures

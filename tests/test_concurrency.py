@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 from certs import CA
 from conftest import Tree
-from daemonrun import RunningDaemon, wait_until
+from daemonrun import RunningDaemon
 from invariants import check_settled, fingerprints
 
 from edge_certd.store.state import BLOCKED_NAME
@@ -61,10 +61,14 @@ class Churn:
 
 
 def _start(tree: Tree, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "edge_certd", "--config",
-                             str(tree.config_path), *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=REPO,
-                            env={"EDGE_CERTD_LOG": "stderr", "PATH": "/usr/bin:/bin:/usr/sbin"})
+    return subprocess.Popen(
+        [sys.executable, "-m", "edge_certd", "--config", str(tree.config_path), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        env={"EDGE_CERTD_LOG": "stderr", "PATH": "/usr/bin:/bin:/usr/sbin"},
+    )
 
 
 def test_add_and_remove_during_daemon_syncs_lose_nothing(tree: Tree) -> None:
@@ -86,9 +90,10 @@ def test_add_and_remove_during_daemon_syncs_lose_nothing(tree: Tree) -> None:
                 added = [CA.root(f"Added {round_}.{i}") for i in range(5)]
                 for i, ca in enumerate(added):
                     (incoming / f"added-{round_}-{i}.pem").write_bytes(ca.cert_pem)
-                going = kept[2 * round_: 2 * round_ + 2]
-                procs = [_start(tree, "add", str(incoming / f"added-{round_}-{i}.pem"))
-                         for i in range(len(added))]
+                going = kept[2 * round_ : 2 * round_ + 2]
+                procs = [
+                    _start(tree, "add", str(incoming / f"added-{round_}-{i}.pem")) for i in range(len(added))
+                ]
                 procs += [_start(tree, "remove", sha(ca)[:16]) for ca in going]
                 for proc in procs:
                     out, err = proc.communicate(timeout=120)
@@ -96,27 +101,25 @@ def test_add_and_remove_during_daemon_syncs_lose_nothing(tree: Tree) -> None:
                 expected |= {sha(ca) for ca in added}
                 expected -= {sha(ca) for ca in going}
                 removed |= {sha(ca) for ca in going}
-                time.sleep(0.3)  # let the churn make the daemon sync in between rounds
+                # The churn makes the daemon sync in between rounds: each such sync moves
+                # the CA count, so it sends STATUS=.
+                mark = daemon.mark()
+                daemon.wait_status(lambda _line: True, mark, what="a daemon sync between rounds")
         assert churn.toggles >= 5, "the daemon was not kept busy"
         final = expected | ({sha(churner)} if churn.present else set())
 
         def agreed() -> bool:
             manifest = json.loads((tree.state / "manifest.json").read_bytes())
-            return (fingerprints(tree.edge_roots) == final
-                    and {item["sha256"] for item in manifest["cas"]} == final)
+            return (
+                fingerprints(tree.edge_roots) == final
+                and {item["sha256"] for item in manifest["cas"]} == final
+            )
 
-        # The churn's last toggles may still be in the daemon's queue: wait until the state
-        # is final and stays final for a second (a few settle windows and syncs).
-        stable_since = [0.0]
-
-        def settled() -> bool:
-            if not agreed():
-                stable_since[0] = 0.0
-                return False
-            stable_since[0] = stable_since[0] or time.monotonic()
-            return time.monotonic() - stable_since[0] > 1.0
-
-        wait_until(settled, 30, "the daemon to settle on every add and remove")
+        # The churn's last toggles may or may not have had their sync yet. A reload syncs
+        # after all of them, so the end of its sync is a point where the state is final.
+        mark = daemon.mark()
+        daemon.signal(signal.SIGHUP)
+        daemon.wait_synced(mark, check=agreed, what="the daemon to settle on every add and remove")
         listed = {item["sha256"] for item in json.loads(tree.cli("list", "--json").stdout)}
         assert listed == final
         blocked = set(json.loads((tree.state / BLOCKED_NAME).read_text()))

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from conftest import make_tree, require_tool
-from daemonrun import RunningDaemon, wait_until
+from daemonrun import RunningDaemon
 from hostile import Case, Growing, Material, corpus, make_material, materialise
 from invariants import check_settled, fingerprints, installed_cas
 
@@ -68,8 +68,9 @@ def _clean(text: str) -> bool:
     return all(ch.isprintable() for ch in text)
 
 
-def check_reasons(directory: Path, cases: list[Case], rejected: list[dict[str, str]],
-                  daemon: bool = False) -> None:
+def check_reasons(
+    directory: Path, cases: list[Case], rejected: list[dict[str, str]], daemon: bool = False
+) -> None:
     """Each rejecting case has one of its codes, a message, and printable names."""
     by_source: dict[str, list[dict[str, str]]] = defaultdict(list)
     for item in rejected:
@@ -91,12 +92,12 @@ def check_reasons(directory: Path, cases: list[Case], rejected: list[dict[str, s
 def test_the_corpus_has_at_least_forty_cases(cases: list[Case]) -> None:
     assert len(cases) >= 40
     kinds = {c.kind for c in cases}
-    assert kinds >= {"file", "big", "growing", "fifo", "socket", "chardev", "symlink",
-                     "hardlink", "dir"}
+    assert kinds >= {"file", "big", "growing", "fifo", "socket", "chardev", "symlink", "hardlink", "dir"}
 
 
-def test_inspect_names_the_reason_for_every_case(cases: list[Case], tmp_path: Path,
-                                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_inspect_names_the_reason_for_every_case(
+    cases: list[Case], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     tree = make_tree(tmp_path / "device", mozilla_count=1)
     where = tmp_path / "inspect"
     with populated(where, cases):
@@ -112,17 +113,21 @@ def test_inspect_names_the_reason_for_every_case(cases: list[Case], tmp_path: Pa
                 assert "would trust" not in out, (case.note, out)
         # And all at once through the real entry point: one process, no crash, no hang.
         paths = [os.path.join(os.fsencode(where), c.name) for c in cases]
-        done = subprocess.run([sys.executable, "-m", "edge_certd", "--config",
-                               str(tree.config_path), "inspect", *paths],
-                              capture_output=True, timeout=120, check=False,
-                              cwd=Path(__file__).resolve().parent.parent)
+        done = subprocess.run(
+            [sys.executable, "-m", "edge_certd", "--config", str(tree.config_path), "inspect", *paths],
+            capture_output=True,
+            timeout=120,
+            check=False,
+            cwd=Path(__file__).resolve().parent.parent,
+        )
     assert done.returncode == cli.EXIT_REJECTED, done.stderr.decode(errors="replace")
     assert b"Traceback" not in done.stderr
     assert done.stdout.count(b"would trust") == sum(1 for c in cases if c.trusted)
 
 
 def test_sync_trusts_exactly_the_real_roots_and_says_why_for_the_rest(
-        cases: list[Case], tmp_path: Path) -> None:
+    cases: list[Case], tmp_path: Path
+) -> None:
     tree = make_tree(tmp_path / "device", mozilla_count=1)
     roots = fingerprints(tree.system_bundle)
     with populated(tree.drop, cases):
@@ -153,25 +158,32 @@ def test_daemon_stays_up_and_trusts_nothing_wrong(cases: list[Case], tmp_path: P
     tree.drop.mkdir(parents=True)
     with RunningDaemon(tree) as daemon:
         daemon.wait_ready()
+        mark = daemon.mark()
         with populated(tree.drop, cases):
+
             def settled() -> bool:
                 if set(installed_cas(tree)) != want:
                     return False
                 doc = json.loads((tree.state / "status.json").read_bytes())
                 got = {r["source"] for r in doc.get("rejected", [])}
-                needed = {shown(tree.drop, c) for c in cases
-                          if c.codes and not c.daemon_may_skip}
+                needed = {shown(tree.drop, c) for c in cases if c.codes and not c.daemon_may_skip}
                 return needed <= got
 
             try:
-                wait_until(settled, 60, "the daemon to judge every case")
+                # Checked at the end of each sync, never half-way through one.
+                daemon.wait_synced(mark, check=settled, what="the daemon to judge every case")
             except AssertionError:
                 doc = json.loads((tree.state / "status.json").read_bytes())
                 got = {r["source"] for r in doc.get("rejected", [])}
-                missing = [c.note for c in cases if c.codes and not c.daemon_may_skip
-                           and shown(tree.drop, c) not in got]
-                raise AssertionError(f"installed {len(installed_cas(tree))} of {len(want)}; "
-                                     f"not judged: {missing}\n{daemon.log()[-3000:]}") from None
+                missing = [
+                    c.note
+                    for c in cases
+                    if c.codes and not c.daemon_may_skip and shown(tree.drop, c) not in got
+                ]
+                raise AssertionError(
+                    f"installed {len(installed_cas(tree))} of {len(want)}; "
+                    f"not judged: {missing}\n{daemon.log()[-3000:]}"
+                ) from None
             assert daemon.alive
             status = json.loads(tree.cli("status", "--json").stdout)
             check_reasons(tree.drop, cases, status["rejected"], daemon=True)
@@ -179,7 +191,7 @@ def test_daemon_stays_up_and_trusts_nothing_wrong(cases: list[Case], tmp_path: P
             # Still answering: a reload goes through RELOADING=1 and back to READY=1.
             mark = daemon.mark()
             daemon.signal(signal.SIGHUP)
-            daemon.wait_ready(start=mark)
+            daemon.wait_ready(mark)
             assert daemon.alive
     assert daemon.proc.returncode == 0, daemon.log()
     assert "Traceback" not in daemon.log()
