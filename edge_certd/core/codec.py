@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import sys
 from typing import Any
 
 from edge_certd.core.model import FileVerdict, Ignored, Reason, Rejection, TrustedCA
@@ -61,7 +60,7 @@ def verdict_from_json(item: Any, source: str) -> FileVerdict:
             Rejection(
                 source=source,
                 code=Reason(r["code"]),
-                message=sys.intern(_text(r["message"])),
+                message=_shared(_text(r["message"])),
                 subject=_optional(r["subject"]),
                 sha256=_optional(r["sha256"]),
             )
@@ -70,7 +69,7 @@ def verdict_from_json(item: Any, source: str) -> FileVerdict:
         ignored = [Ignored(source=source, what=_text(what)) for what in item["ignored"]]
         return FileVerdict(
             source=source,
-            format=sys.intern(_text(item["format"])),
+            format=_shared(_text(item["format"])),
             accepted=tuple(accepted),
             rejected=tuple(rejected),
             ignored=tuple(ignored),
@@ -78,6 +77,17 @@ def verdict_from_json(item: Any, source: str) -> FileVerdict:
         )
     except (KeyError, TypeError, AttributeError, binascii.Error) as exc:
         raise ValueError(f"malformed verdict ({type(exc).__name__})") from None
+
+
+# One copy of each distinct message: 50,000 junk files share a handful. Bounded, so a
+# stream of distinct messages cannot grow it without end.
+_SHARED: dict[str, str] = {}
+
+
+def _shared(text: str) -> str:
+    if len(_SHARED) < 4096:
+        return _SHARED.setdefault(text, text)
+    return _SHARED.get(text, text)
 
 
 def _text(value: Any) -> str:

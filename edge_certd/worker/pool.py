@@ -193,8 +193,9 @@ class JudgeWorker:
             return proc.wait()
 
     def close(self) -> None:
-        """End the child: closing its stdin lets it exit; a stuck one is killed."""
-        self._reap()
+        """End the child at once: it holds no state, and a stuck one must not hold up a
+        daemon that is stopping."""
+        self._kill()
 
 
 def judge_in_worker(
