@@ -42,8 +42,7 @@ def main() -> None:
                 os.rename(dropped[i], bt.tree.drop / dropped[i].name)
                 latency = probe.wait({ca_sha}, timeout=120, start=start)
                 # The sync's end (after the bundles: its manifest and record), then count.
-                daemon.wait_synced(mark, check=lambda sha=ca_sha: probe.has_all({sha}),
-                                   timeout=120)
+                daemon.wait_synced(mark, check=lambda sha=ca_sha: probe.has_all({sha}), timeout=120)
                 after = bt.runs()
                 if i == 0:
                     continue
@@ -70,10 +69,17 @@ def main() -> None:
         "bare_update_inner_median_s": bl.rounded(bl.median(floors_inner)),
         "daemon_exit_code": exit_code,
     }
-    bl.emit("B1", args.quick, figures, {"ratio": bl.target(ratio, 1.15)},
-            ["phases: before_update = rename to update start (settle window, scan, judge, "
-             "write); update = the update run; after_update = update end to both files "
-             "holding the CA (bundles written, probe granularity 5 ms)"])
+    bl.emit(
+        "B1",
+        args.quick,
+        figures,
+        {"ratio": bl.target(ratio, 1.15)},
+        [
+            "phases: before_update = rename to update start (settle window, scan, judge, "
+            "write); update = the update run; after_update = update end to both files "
+            "holding the CA (bundles written, probe granularity 5 ms)"
+        ],
+    )
 
 
 if __name__ == "__main__":

@@ -58,8 +58,11 @@ def loop_sample(bt: bl.BenchTree, files: list[Path], work: Path) -> tuple[float,
     else:
         script = work / "loop.sh"
         script.write_text(LOOP)
-        loop = subprocess.Popen(["sh", str(script), str(drop), str(local), str(bt.update),
-                                 str(done)], stderr=subprocess.PIPE, start_new_session=True)
+        loop = subprocess.Popen(
+            ["sh", str(script), str(drop), str(local), str(bt.update), str(done)],
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
         try:
             assert loop.stderr is not None
             while b"Watches established" not in loop.stderr.readline():
@@ -98,10 +101,18 @@ def fsyncs_to_install(bt: bl.BenchTree, files: list[Path], work: Path) -> int:
     for path in files:
         os.rename(parked / path.name, bt.tree.drop / path.name)
     counts = work / "fsync-counts"
-    subprocess.run(["strace", "-c", "-e", "trace=fsync,fdatasync", "-o", str(counts), *cli],
-                   check=True, capture_output=True, cwd=str(bl.REPO), env=env)
-    return sum(int(line.split()[3]) for line in counts.read_text().splitlines()
-               if line.split()[-1:] in (["fsync"], ["fdatasync"]))
+    subprocess.run(
+        ["strace", "-c", "-e", "trace=fsync,fdatasync", "-o", str(counts), *cli],
+        check=True,
+        capture_output=True,
+        cwd=str(bl.REPO),
+        env=env,
+    )
+    return sum(
+        int(line.split()[3])
+        for line in counts.read_text().splitlines()
+        if line.split()[-1:] in (["fsync"], ["fdatasync"])
+    )
 
 
 def _lines(path: Path) -> int:
@@ -120,10 +131,10 @@ def main() -> None:
         burst = bl.stage(staging, bl.roots(count, "B2 burst root"), "burst-root")
         shas = {bl.sha256_of_file(p) for p in burst}
         bare_batch = [bare_install(bt, burst, "bench-batch") for _ in range(floors)]
-        bare_single = [bare_install(bt, burst[i:i + 1], "bench-single") for i in range(floors)]
+        bare_single = [bare_install(bt, burst[i : i + 1], "bench-single") for i in range(floors)]
         per_file, method = loop_sample(
-            bt, bl.stage(work / "loop-staging", bl.roots(sample, "B2 loop root"), "loop-root"),
-            work)
+            bt, bl.stage(work / "loop-staging", bl.roots(sample, "B2 loop root"), "loop-root"), work
+        )
         probe = bl.probe_for(bt.tree)
         with bl.RunningDaemon(bt.tree) as daemon:
             daemon.wait_ready()  # the start-up sync, its update run included, is over
@@ -171,10 +182,17 @@ def main() -> None:
         # One per CA file is the floor (each must be durable); the rest is per sync, not per file.
         "fsync_calls_to_install_all": bl.target(fsyncs, count + 20),
     }
-    bl.emit("B2", args.quick, figures, targets,
-            ["the floor for the 1.5x target is one bare run installing all the files at once; "
-             "ratio_to_bare_one_ca is shown too, but a run that adds N CAs forks per CA and "
-             "cannot cost the same as one that adds a single CA"])
+    bl.emit(
+        "B2",
+        args.quick,
+        figures,
+        targets,
+        [
+            "the floor for the 1.5x target is one bare run installing all the files at once; "
+            "ratio_to_bare_one_ca is shown too, but a run that adds N CAs forks per CA and "
+            "cannot cost the same as one that adds a single CA"
+        ],
+    )
 
 
 if __name__ == "__main__":

@@ -35,8 +35,12 @@ def status_kib(pid: int) -> dict[str, int]:
 
 
 def main() -> None:
-    args = bl.parse_args(__doc__ or "", lambda p: p.add_argument(
-        "--idle", type=float, default=None, help="idle seconds (default 60, quick 3)"))
+    args = bl.parse_args(
+        __doc__ or "",
+        lambda p: p.add_argument(
+            "--idle", type=float, default=None, help="idle seconds (default 60, quick 3)"
+        ),
+    )
     managed = 10 if args.quick else 100
     idle = args.idle or (3.0 if args.quick else 60.0)
     with bl.workdir(args.keep) as work:
@@ -72,10 +76,14 @@ def main() -> None:
         "start_to_ready_s": bl.rounded(ready, 3),
         "daemon_exit_code": exit_code,
     }
-    targets = {"rss_mb": bl.target(rss_mb, 45, " MB"),
-               "cpu_s_per_idle_minute": bl.target(per_minute, 0.05)}
-    bl.emit("B3", args.quick, figures, targets,
-            ["CPU time is counted in clock ticks, so a short --idle cannot resolve the target"])
+    targets = {"rss_mb": bl.target(rss_mb, 45, " MB"), "cpu_s_per_idle_minute": bl.target(per_minute, 0.05)}
+    bl.emit(
+        "B3",
+        args.quick,
+        figures,
+        targets,
+        ["CPU time is counted in clock ticks, so a short --idle cannot resolve the target"],
+    )
 
 
 if __name__ == "__main__":

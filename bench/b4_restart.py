@@ -59,8 +59,10 @@ def main() -> None:
         "python_start_and_import_daemon_s": bl.rounded(import_floor, 3),
         "daemon_exit_code": exit_code,
     }
-    targets = {"restart_to_ready_median_s": bl.target(ready, 1.0, " s"),
-               "update_runs_max": bl.target(max(runs), 0)}
+    targets = {
+        "restart_to_ready_median_s": bl.target(ready, 1.0, " s"),
+        "update_runs_max": bl.target(max(runs), 0),
+    }
     bl.emit("B4", args.quick, figures, targets)
 
 

@@ -45,12 +45,15 @@ def timed(argv: list[str], times: int) -> list[float]:
     took = []
     for _ in range(times):
         start = time.monotonic()
-        proc = subprocess.run(argv, capture_output=True, stdin=subprocess.DEVNULL,
-                              cwd=str(bl.REPO), check=False)
+        proc = subprocess.run(
+            argv, capture_output=True, stdin=subprocess.DEVNULL, cwd=str(bl.REPO), check=False
+        )
         took.append(time.monotonic() - start)
         if proc.returncode != 0:  # a failed check is not a timing
-            raise RuntimeError(f"{argv[0]} failed ({proc.returncode}): "
-                               f"{proc.stdout.decode()[-600:]}{proc.stderr.decode()[-600:]}")
+            raise RuntimeError(
+                f"{argv[0]} failed ({proc.returncode}): "
+                f"{proc.stdout.decode()[-600:]}{proc.stderr.decode()[-600:]}"
+            )
     return took
 
 
@@ -66,24 +69,62 @@ def main() -> None:
         leaf, key = server.write(work / "server")
         leaf.write_bytes(server.cert_pem)
         chain = work / "chain.pem"
-        chain.write_bytes(server.chain_pem()[len(server.cert_pem):])
+        chain.write_bytes(server.chain_pem()[len(server.cert_pem) :])
         root_pem = work / "root.pem"
         root_pem.write_bytes(root.cert_pem)
         config = work / "config.yaml"
         config.write_text(f"state_dir: {work}\n")
         port = free_port()
         s_server = subprocess.Popen(
-            [openssl, "s_server", "-accept", f"127.0.0.1:{port}", "-cert", str(leaf),
-             "-key", str(key), "-cert_chain", str(chain), "-www", "-quiet"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                openssl,
+                "s_server",
+                "-accept",
+                f"127.0.0.1:{port}",
+                "-cert",
+                str(leaf),
+                "-key",
+                str(key),
+                "-cert_chain",
+                str(chain),
+                "-www",
+                "-quiet",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             wait_listening(port, s_server)
-            verify_argv = [sys.executable, "-m", "edge_certd", "--config", str(config), "verify",
-                           f"127.0.0.1:{port}", "--servername", "localhost",
-                           "--ca", str(root_pem), "--timeout", "10"]
-            client_argv = [openssl, "s_client", "-connect", f"127.0.0.1:{port}",
-                           "-servername", "localhost", "-verify_hostname", "localhost",
-                           "-CAfile", str(root_pem), "-verify_return_error", "-brief"]
+            verify_argv = [
+                sys.executable,
+                "-m",
+                "edge_certd",
+                "--config",
+                str(config),
+                "verify",
+                f"127.0.0.1:{port}",
+                "--servername",
+                "localhost",
+                "--ca",
+                str(root_pem),
+                "--timeout",
+                "10",
+            ]
+            client_argv = [
+                openssl,
+                "s_client",
+                "-connect",
+                f"127.0.0.1:{port}",
+                "-servername",
+                "localhost",
+                "-verify_hostname",
+                "localhost",
+                "-CAfile",
+                str(root_pem),
+                "-verify_return_error",
+                "-brief",
+            ]
             # Interleaved, so drift on a shared machine hits both alike.
             verify_times: list[float] = []
             client_times: list[float] = []
@@ -106,13 +147,13 @@ def main() -> None:
         "verify_cli_s": [bl.rounded(x) for x in verify_times],
         "s_client_s": [bl.rounded(x) for x in client_times],
     }
-    bl.emit("B5", args.quick, figures, {},
-            ["no target: the issue asks for the comparison only"])
+    bl.emit("B5", args.quick, figures, {}, ["no target: the issue asks for the comparison only"])
 
 
 def _in_process(root_pem: Path, port: int, times: int) -> list[float]:
-    request = request_for_config(Config(), target=f"127.0.0.1:{port}", servername="localhost",
-                                 ca=str(root_pem), timeout=10)
+    request = request_for_config(
+        Config(), target=f"127.0.0.1:{port}", servername="localhost", ca=str(root_pem), timeout=10
+    )
     took = []
     for _ in range(times):
         start = time.monotonic()

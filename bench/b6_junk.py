@@ -42,9 +42,12 @@ def main() -> None:
             start = time.monotonic()
             done = subprocess.run(
                 [sys.executable, "-m", "edge_certd", "--config", str(tree.config_path), "sync"],
-                capture_output=True, text=True, check=False,
+                capture_output=True,
+                text=True,
+                check=False,
                 env={**os.environ, "EDGE_CERTD_LOG": "stderr"},
-                cwd=str(Path(__file__).resolve().parent.parent))
+                cwd=str(Path(__file__).resolve().parent.parent),
+            )
             seconds.append(time.monotonic() - start)
             if done.returncode != 3:
                 raise SystemExit(f"sync exited {done.returncode}: {done.stderr[-2000:]}")
@@ -63,8 +66,13 @@ def main() -> None:
         "slowest_sync_s": bl.target(bl.rounded(max(seconds), 2), 10, " s"),
         "status_json_bytes": bl.target(status_bytes, 200_000),
     }
-    bl.emit("B6", args.quick, figures, targets,
-            notes=["peak RSS is the largest of the CLI process and its judge worker"])
+    bl.emit(
+        "B6",
+        args.quick,
+        figures,
+        targets,
+        notes=["peak RSS is the largest of the CLI process and its judge worker"],
+    )
 
 
 if __name__ == "__main__":

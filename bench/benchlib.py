@@ -46,13 +46,21 @@ def full_mozilla_count() -> int:
     return len(list(MOZILLA_DIR.glob("mozilla/*.crt")))
 
 
-def parse_args(description: str, extra: Callable[[argparse.ArgumentParser], object] | None = None
-               ) -> argparse.Namespace:
+def parse_args(
+    description: str, extra: Callable[[argparse.ArgumentParser], object] | None = None
+) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--quick", action="store_true",
-                        help="tiny counts and a 5-root CA set: proves the script runs, not speed")
-    parser.add_argument("--settle-ms", type=int, default=None,
-                        help="override watch.settle_ms (default: the daemon's own default)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny counts and a 5-root CA set: proves the script runs, not speed",
+    )
+    parser.add_argument(
+        "--settle-ms",
+        type=int,
+        default=None,
+        help="override watch.settle_ms (default: the daemon's own default)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary tree")
     if extra:
         extra(parser)
@@ -97,10 +105,12 @@ class BenchTree:
             f"'{root / 'update-wrapper'}' \"$@\"\n"
             "rc=$?\n"
             f"printf 'end %s\\n' \"$(date +%s.%N)\" >> '{self.timeline}'\n"
-            "exit $rc\n")
+            "exit $rc\n"
+        )
         self.update.chmod(0o755)
-        self.tree.write_config(trust_store__update_command=[str(self.update)],
-                               watch__settle_ms=self.settle_ms)
+        self.tree.write_config(
+            trust_store__update_command=[str(self.update)], watch__settle_ms=self.settle_ms
+        )
 
     @property
     def root(self) -> Path:
@@ -211,15 +221,17 @@ def probe_for(tree: Tree) -> TrustProbe:
 # --------------------------------------------------------------------------- figures
 
 
-def phases(entries: Sequence[tuple[str, float]], wall0: float, latency: float
-           ) -> dict[str, float] | None:
+def phases(entries: Sequence[tuple[str, float]], wall0: float, latency: float) -> dict[str, float] | None:
     """Split one latency at the first update run that followed the drop (wall clock)."""
     starts = [t for kind, t in entries if kind == "start"]
     ends = [t for kind, t in entries if kind == "end"]
     if not starts or not ends:
         return None
-    return {"before_update": starts[0] - wall0, "update": ends[0] - starts[0],
-            "after_update": latency - (ends[0] - wall0)}
+    return {
+        "before_update": starts[0] - wall0,
+        "update": ends[0] - starts[0],
+        "after_update": latency - (ends[0] - wall0),
+    }
 
 
 def median_phases(items: Sequence[dict[str, float] | None]) -> dict[str, float] | None:
@@ -242,10 +254,17 @@ def target(value: float | int, limit: float | int, unit: str = "") -> dict[str, 
     return {"value": value, "target": f"<= {limit}{unit}", "met": value <= limit}
 
 
-def emit(bench: str, quick: bool, figures: dict[str, Any], targets: dict[str, Any],
-         notes: Sequence[str] = ()) -> None:
+def emit(
+    bench: str, quick: bool, figures: dict[str, Any], targets: dict[str, Any], notes: Sequence[str] = ()
+) -> None:
     """Print the one machine-readable line every script ends with."""
-    line = {"bench": bench, "quick": quick, "python": sys.executable,
-            "python_version": sys.version.split()[0], "figures": figures, "targets": targets,
-            "notes": list(notes)}
+    line = {
+        "bench": bench,
+        "quick": quick,
+        "python": sys.executable,
+        "python_version": sys.version.split()[0],
+        "figures": figures,
+        "targets": targets,
+        "notes": list(notes),
+    }
     print(json.dumps(line, sort_keys=False), flush=True)

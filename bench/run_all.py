@@ -38,17 +38,22 @@ def machine() -> dict[str, Any]:
     cpu = ""
     try:
         with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f
-                        if line.startswith("model name")), "")
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
     except OSError:
         pass
     mem = subprocess.run(["free", "-h"], capture_output=True, text=True, check=False).stdout
     load = os.getloadavg()
-    return {"date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-            "nproc": os.cpu_count(), "cpu": cpu, "free_h": mem.strip(),
-            "kernel": platform.release(), "python": sys.executable,
-            "python_version": platform.python_version(), "loadavg_at_start": load,
-            "versions": _versions()}
+    return {
+        "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "free_h": mem.strip(),
+        "kernel": platform.release(),
+        "python": sys.executable,
+        "python_version": platform.python_version(),
+        "loadavg_at_start": load,
+        "versions": _versions(),
+    }
 
 
 def _versions() -> dict[str, str]:
@@ -59,8 +64,11 @@ def _versions() -> dict[str, str]:
         except ImportError:
             found[name] = "missing"
             continue
-        version = [getattr(module, a) for a in ("__version__", "VERSION", "VERSION_STRING")
-                   if isinstance(getattr(module, a, None), str)]
+        version = [
+            getattr(module, a)
+            for a in ("__version__", "VERSION", "VERSION_STRING")
+            if isinstance(getattr(module, a, None), str)
+        ]
         found[name.split(".")[0]] = version[0] if version else "?"
     return found
 
@@ -91,8 +99,9 @@ def table(results: list[dict[str, Any]]) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--only", nargs="+", choices=sorted(SCRIPTS), default=sorted(SCRIPTS))
     args, extra = parser.parse_known_args()

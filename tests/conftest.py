@@ -28,7 +28,8 @@ IN_CI = os.environ.get("CI") == "true"
 def require_tool(name: str) -> str:
     """The tool's path; outside CI a missing tool skips, in CI it fails (never a silent skip)."""
     path = shutil.which(name) or next(
-        (p for p in (f"/usr/sbin/{name}", f"/usr/bin/{name}") if os.path.exists(p)), None)
+        (p for p in (f"/usr/sbin/{name}", f"/usr/bin/{name}") if os.path.exists(p)), None
+    )
     if path is None:
         message = f"{name} is not installed; .ci/run must install it"
         if IN_CI:
@@ -99,23 +100,35 @@ class Tree:
 
         return load_config(str(self.config_path))[0]
 
-    def cli(self, *args: str, env: dict[str, str] | None = None,
-            timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    def cli(
+        self, *args: str, env: dict[str, str] | None = None, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
         """Run the real console entry point in a subprocess with this interpreter."""
         full_env = {**os.environ, "EDGE_CERTD_LOG": "stderr", **(env or {})}
         return subprocess.run(
             [sys.executable, "-m", "edge_certd", "--config", str(self.config_path), *args],
-            capture_output=True, text=True, timeout=timeout, env=full_env,
-            cwd=str(Path(__file__).resolve().parent.parent), check=False)
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=full_env,
+            cwd=str(Path(__file__).resolve().parent.parent),
+            check=False,
+        )
 
 
 def make_tree(root: Path, mozilla_count: int = 3, java: str = "off") -> Tree:
     """Lay out a device-like tree under `root` and write its config."""
-    for sub in ("etc/ssl/certs", "usr/local/share/ca-certificates", "etc/ca-certificates/update.d",
-                "var/lib/edge-certd", "etc/edge-certd"):
+    for sub in (
+        "etc/ssl/certs",
+        "usr/local/share/ca-certificates",
+        "etc/ca-certificates/update.d",
+        "var/lib/edge-certd",
+        "etc/edge-certd",
+    ):
         (root / sub).mkdir(parents=True, exist_ok=True)
-    names = sorted(p.relative_to(MOZILLA_DIR).as_posix()
-                   for p in MOZILLA_DIR.glob("mozilla/*.crt"))[:mozilla_count]
+    names = sorted(p.relative_to(MOZILLA_DIR).as_posix() for p in MOZILLA_DIR.glob("mozilla/*.crt"))[
+        :mozilla_count
+    ]
     (root / "ca-certificates.conf").write_text("".join(f"{n}\n" for n in names))
     count_file = root / "update-runs.log"
     wrapper = root / "update-wrapper"
@@ -126,7 +139,8 @@ def make_tree(root: Path, mozilla_count: int = 3, java: str = "off") -> Tree:
         f"exec '{REAL_UPDATE}' --certsconf '{root}/ca-certificates.conf' "
         f"--certsdir '{MOZILLA_DIR}' --localcertsdir '{root}/usr/local/share/ca-certificates' "
         f"--etccertsdir '{root}/etc/ssl/certs' --hooksdir '{root}/etc/ca-certificates/update.d' "
-        '"$@"\n')
+        '"$@"\n'
+    )
     wrapper.chmod(0o755)
     config = {
         "drop_dir": str(root / "var/lib/edge-certd/drop"),
@@ -137,8 +151,11 @@ def make_tree(root: Path, mozilla_count: int = 3, java: str = "off") -> Tree:
             "update_command": [str(wrapper)],
             "system_bundle": str(root / "etc/ssl/certs/ca-certificates.crt"),
         },
-        "bundles": {"dir": str(root / "var/lib/edge-certd/bundles"),
-                    "env_file": str(root / "etc/edge-certd/ca.env"), "java": java},
+        "bundles": {
+            "dir": str(root / "var/lib/edge-certd/bundles"),
+            "env_file": str(root / "etc/edge-certd/ca.env"),
+            "java": java,
+        },
         "watch": {"settle_ms": 150},
     }
     config_path = root / "config.yaml"

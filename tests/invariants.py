@@ -41,8 +41,11 @@ def temp_leftovers(tree: Tree) -> list[str]:
     found = []
     for directory in written_dirs(tree):
         if directory.is_dir():
-            found += [str(directory / n.name) for n in directory.iterdir()
-                      if n.name.startswith(TEMP_PREFIX) and n.name.endswith(TEMP_SUFFIX)]
+            found += [
+                str(directory / n.name)
+                for n in directory.iterdir()
+                if n.name.startswith(TEMP_PREFIX) and n.name.endswith(TEMP_SUFFIX)
+            ]
     return found
 
 
@@ -91,11 +94,11 @@ def check_settled(tree: Tree, expected: set[str], system_roots: set[str]) -> Non
     assert set(by_sha) == expected, "manifest and ca_dir disagree"
     for sha, item in by_sha.items():
         assert Path(item["path"]).exists() and item["sources"], item
-        assert hashlib.sha256(next(iter_pem_ders(Path(item["path"]).read_bytes()))
-                              ).hexdigest() == sha
+        assert hashlib.sha256(next(iter_pem_ders(Path(item["path"]).read_bytes()))).hexdigest() == sha
     assert fingerprints(tree.edge_roots) == expected, "edge-roots.pem and ca_dir disagree"
     assert fingerprints(tree.system_bundle) == expected | system_roots, (
-        "the system bundle is not exactly the managed set plus the system's own roots")
+        "the system bundle is not exactly the managed set plus the system's own roots"
+    )
     assert (tree.bundles / "ca-bundle.pem").read_bytes() == tree.system_bundle.read_bytes()
     targets = {target.name: target for target in followers(tree.load())}
     env, java = targets["env"], targets["java"]

@@ -36,10 +36,21 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
 
 __all__ = [
-    "VAULT", "CERT_NAME", "PFX", "PEM_FILE", "new_version", "key_der",
-    "extension_store_file", "write_extension_version", "point_symlink",
-    "certificate_download", "secret_value", "secret_download", "pfx_with_password",
-    "certificate_show_json", "secret_show_json",
+    "VAULT",
+    "CERT_NAME",
+    "PFX",
+    "PEM_FILE",
+    "new_version",
+    "key_der",
+    "extension_store_file",
+    "write_extension_version",
+    "point_symlink",
+    "certificate_download",
+    "secret_value",
+    "secret_download",
+    "pfx_with_password",
+    "certificate_show_json",
+    "secret_show_json",
 ]
 
 VAULT = "contoso-iot-kv"
@@ -55,9 +66,9 @@ def new_version() -> str:
 
 def key_der(issued: Issued) -> bytes:
     """The leaf's private key as unencrypted PKCS#8 DER, the form Key Vault exports."""
-    return issued.key.private_bytes(serialization.Encoding.DER,
-                                    serialization.PrivateFormat.PKCS8,
-                                    serialization.NoEncryption())
+    return issued.key.private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 def _chain(issued: Issued) -> list[x509.Certificate]:
@@ -76,14 +87,16 @@ def _key_and_chain_pem(issued: Issued) -> bytes:
 
 # --- the KeyVaultForLinux VM extension store ---------------------------------------
 
+
 def extension_store_file(issued: Issued, with_chain: bool = True) -> bytes:
     """One version file: key + leaf, and (extension v2.0+) the issuers up to the root."""
     certs = _chain(issued) if with_chain else [issued.cert]
     return issued.key_pem + _pem(certs)
 
 
-def write_extension_version(store: Path, issued: Issued, version: str,
-                            vault: str = VAULT, cert_name: str = CERT_NAME) -> Path:
+def write_extension_version(
+    store: Path, issued: Issued, version: str, vault: str = VAULT, cert_name: str = CERT_NAME
+) -> Path:
     """Write `<vault>.<cert>.<version>` the way the extension does (0600, store 0700)."""
     store.mkdir(parents=True, exist_ok=True)
     store.chmod(0o700)  # the extension resets its folder to drwx------
@@ -93,8 +106,7 @@ def write_extension_version(store: Path, issued: Issued, version: str,
     return path
 
 
-def point_symlink(store: Path, target: Path, vault: str = VAULT,
-                  cert_name: str = CERT_NAME) -> Path:
+def point_symlink(store: Path, target: Path, vault: str = VAULT, cert_name: str = CERT_NAME) -> Path:
     """Make `<vault>.<cert>` point at `target`, replacing any old link in one rename."""
     link = store / f"{vault}.{cert_name}"
     temporary = store / f".{link.name}.new"
@@ -106,6 +118,7 @@ def point_symlink(store: Path, target: Path, vault: str = VAULT,
 
 
 # --- az keyvault certificate download / secret download --------------------------
+
 
 def certificate_download(cert: x509.Certificate, encoding: str = "PEM") -> bytes:
     """`az keyvault certificate download -e PEM|DER`: the `cer` bytes, PEM-wrapped or raw."""
@@ -119,7 +132,8 @@ def certificate_download(cert: x509.Certificate, encoding: str = "PEM") -> bytes
 
 def _pfx(issued: Issued, encryption: serialization.KeySerializationEncryption) -> bytes:
     return pkcs12.serialize_key_and_certificates(
-        CERT_NAME.encode(), issued.key, issued.cert, list(issued.chain), encryption)
+        CERT_NAME.encode(), issued.key, issued.cert, list(issued.chain), encryption
+    )
 
 
 def secret_value(issued: Issued, content_type: str) -> str:
@@ -152,18 +166,23 @@ def pfx_with_password(issued: Issued, password: bytes) -> bytes:
 
 # --- az keyvault certificate show / secret show -----------------------------------
 
+
 def _stamp(moment: dt.datetime) -> str:
     return moment.astimezone(dt.UTC).replace(microsecond=0).isoformat()
 
 
 def _attributes(cert: x509.Certificate) -> dict[str, Any]:
-    not_before = getattr(cert, "not_valid_before_utc", None) or \
-        cert.not_valid_before.replace(tzinfo=dt.UTC)
-    not_after = getattr(cert, "not_valid_after_utc", None) or \
-        cert.not_valid_after.replace(tzinfo=dt.UTC)
-    return {"created": _stamp(not_before), "enabled": True, "expires": _stamp(not_after),
-            "notBefore": _stamp(not_before), "recoverableDays": 90,
-            "recoveryLevel": "Recoverable+Purgeable", "updated": _stamp(not_before)}
+    not_before = getattr(cert, "not_valid_before_utc", None) or cert.not_valid_before.replace(tzinfo=dt.UTC)
+    not_after = getattr(cert, "not_valid_after_utc", None) or cert.not_valid_after.replace(tzinfo=dt.UTC)
+    return {
+        "created": _stamp(not_before),
+        "enabled": True,
+        "expires": _stamp(not_after),
+        "notBefore": _stamp(not_before),
+        "recoverableDays": 90,
+        "recoveryLevel": "Recoverable+Purgeable",
+        "updated": _stamp(not_before),
+    }
 
 
 def _dumps(doc: dict[str, Any]) -> bytes:
@@ -171,9 +190,15 @@ def _dumps(doc: dict[str, Any]) -> bytes:
     return (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
 
 
-def certificate_show_json(cert: x509.Certificate, version: str, *, vault: str = VAULT,
-                          cert_name: str = CERT_NAME, content_type: str = PFX,
-                          thumbprint_hex: str | None = None) -> bytes:
+def certificate_show_json(
+    cert: x509.Certificate,
+    version: str,
+    *,
+    vault: str = VAULT,
+    cert_name: str = CERT_NAME,
+    content_type: str = PFX,
+    thumbprint_hex: str | None = None,
+) -> bytes:
     """`az keyvault certificate show`: `cer` (base64 DER), the SHA-1 thumbprints, the policy."""
     der = cert.public_bytes(serialization.Encoding.DER)
     sha1 = hashlib.sha1(der).digest()
@@ -188,21 +213,42 @@ def certificate_show_json(cert: x509.Certificate, version: str, *, vault: str = 
         "kid": f"{base}/keys/{cert_name}/{version}",
         "name": cert_name,
         "policy": {
-            "attributes": {"created": attributes["created"], "enabled": True, "expires": None,
-                           "notBefore": None, "recoverableDays": None, "recoveryLevel": None,
-                           "updated": attributes["updated"]},
+            "attributes": {
+                "created": attributes["created"],
+                "enabled": True,
+                "expires": None,
+                "notBefore": None,
+                "recoverableDays": None,
+                "recoveryLevel": None,
+                "updated": attributes["updated"],
+            },
             "id": f"{base}/certificates/{cert_name}/policy",
-            "issuerParameters": {"certificateTransparency": None, "certificateType": None,
-                                 "name": "Unknown"},  # imported, not issued by Key Vault
-            "keyProperties": {"curve": None, "exportable": True, "keySize": 2048,
-                              "keyType": "RSA", "reuseKey": False},
-            "lifetimeActions": [{"action": {"actionType": "EmailContacts"},
-                                 "trigger": {"daysBeforeExpiry": None,
-                                             "lifetimePercentage": 80}}],
+            "issuerParameters": {
+                "certificateTransparency": None,
+                "certificateType": None,
+                "name": "Unknown",
+            },  # imported, not issued by Key Vault
+            "keyProperties": {
+                "curve": None,
+                "exportable": True,
+                "keySize": 2048,
+                "keyType": "RSA",
+                "reuseKey": False,
+            },
+            "lifetimeActions": [
+                {
+                    "action": {"actionType": "EmailContacts"},
+                    "trigger": {"daysBeforeExpiry": None, "lifetimePercentage": 80},
+                }
+            ],
             "secretProperties": {"contentType": content_type},
-            "x509CertificateProperties": {"ekus": None, "keyUsage": None, "subject": subject,
-                                          "subjectAlternativeNames": None,
-                                          "validityInMonths": 12},
+            "x509CertificateProperties": {
+                "ekus": None,
+                "keyUsage": None,
+                "subject": subject,
+                "subjectAlternativeNames": None,
+                "validityInMonths": 12,
+            },
         },
         "preserveCertOrder": None,
         "sid": f"{base}/secrets/{cert_name}/{version}",
@@ -214,8 +260,9 @@ def certificate_show_json(cert: x509.Certificate, version: str, *, vault: str = 
     return _dumps(doc)
 
 
-def secret_show_json(issued: Issued, content_type: str, version: str, *, vault: str = VAULT,
-                     cert_name: str = CERT_NAME) -> bytes:
+def secret_show_json(
+    issued: Issued, content_type: str, version: str, *, vault: str = VAULT, cert_name: str = CERT_NAME
+) -> bytes:
     """`az keyvault secret show` of a certificate's secret: `managed` and `kid` are set."""
     base = f"https://{vault}.vault.azure.net"
     doc = {

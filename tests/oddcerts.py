@@ -17,44 +17,95 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 
-def openssl_root(work: Path, name: str, newkey: str, digest: str = "sha256",
-                 extra: tuple[str, ...] = ("-addext", "basicConstraints=critical,CA:TRUE")) -> bytes:
+def openssl_root(
+    work: Path,
+    name: str,
+    newkey: str,
+    digest: str = "sha256",
+    extra: tuple[str, ...] = ("-addext", "basicConstraints=critical,CA:TRUE"),
+) -> bytes:
     """A self-signed certificate from `openssl req -x509`; returns its PEM."""
     work.mkdir(parents=True, exist_ok=True)
     out, key = work / f"{name}.pem", work / f"{name}.key"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", newkey, f"-{digest}", "-nodes",
-                    "-keyout", str(key), "-out", str(out), "-subj", f"/CN={name}", "-days", "30",
-                    *extra], check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            newkey,
+            f"-{digest}",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(out),
+            "-subj",
+            f"/CN={name}",
+            "-days",
+            "30",
+            *extra,
+        ],
+        check=True,
+        capture_output=True,
+    )
     return out.read_bytes()
 
 
 def dsa_root(work: Path) -> bytes:
     params = work / "dsa.params"
     work.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["openssl", "dsaparam", "-out", str(params), "2048"], check=True,
-                   capture_output=True)
+    subprocess.run(["openssl", "dsaparam", "-out", str(params), "2048"], check=True, capture_output=True)
     return openssl_root(work, "dsa-root", f"dsa:{params}")
 
 
 def ec_root(work: Path, curve: str) -> bytes:
-    return openssl_root(work, f"ec-{curve}", "ec", extra=(
-        "-pkeyopt", f"ec_paramgen_curve:{curve}",
-        "-addext", "basicConstraints=critical,CA:TRUE"))
+    return openssl_root(
+        work,
+        f"ec-{curve}",
+        "ec",
+        extra=("-pkeyopt", f"ec_paramgen_curve:{curve}", "-addext", "basicConstraints=critical,CA:TRUE"),
+    )
 
 
 def v1_root(work: Path) -> bytes:
     """A version 1 certificate: no extensions at all, so no basicConstraints."""
     work.mkdir(parents=True, exist_ok=True)
     key, csr, out = work / "v1.key", work / "v1.csr", work / "v1.pem"
-    subprocess.run(["openssl", "req", "-new", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
-                    "-out", str(csr), "-subj", "/CN=v1 root"], check=True, capture_output=True)
-    subprocess.run(["openssl", "x509", "-req", "-in", str(csr), "-signkey", str(key), "-days", "30",
-                    "-out", str(out)], check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-new",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(csr),
+            "-subj",
+            "/CN=v1 root",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        ["openssl", "x509", "-req", "-in", str(csr), "-signkey", str(key), "-days", "30", "-out", str(out)],
+        check=True,
+        capture_output=True,
+    )
     return out.read_bytes()
 
 
-def self_signed(name: str, *, ca: bool = True, not_before: dt.datetime | None = None,
-                not_after: dt.datetime | None = None, key: object = None) -> x509.Certificate:
+def self_signed(
+    name: str,
+    *,
+    ca: bool = True,
+    not_before: dt.datetime | None = None,
+    not_after: dt.datetime | None = None,
+    key: object = None,
+) -> x509.Certificate:
     """A self-signed P-256 certificate with the given validity and CA flag."""
     now = dt.datetime.now(dt.UTC)
     private = key or ec.generate_private_key(ec.SECP256R1())
@@ -62,12 +113,16 @@ def self_signed(name: str, *, ca: bool = True, not_before: dt.datetime | None = 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the over-long name is the point of some tests
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name, _validate=False)])
-    builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
-               .public_key(private.public_key())  # type: ignore[attr-defined]
-               .serial_number(x509.random_serial_number())
-               .not_valid_before(not_before or now - dt.timedelta(days=1))
-               .not_valid_after(not_after or now + dt.timedelta(days=365))
-               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(private.public_key())  # type: ignore[attr-defined]
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before or now - dt.timedelta(days=1))
+        .not_valid_after(not_after or now + dt.timedelta(days=365))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
     return builder.sign(private, hashes.SHA256())  # type: ignore[arg-type]
 
 

@@ -31,9 +31,24 @@ ALLOWED: dict[str, set[str]] = {
 # The standard library modules the pure core may use: no files, processes, sockets, signals,
 # threads or logging handlers.
 CORE_STDLIB = {
-    "__future__", "base64", "binascii", "collections", "dataclasses", "datetime", "enum",
-    "functools", "hashlib", "itertools", "json", "re", "string", "typing", "unicodedata",
-    "warnings", "math", "ipaddress",
+    "__future__",
+    "base64",
+    "binascii",
+    "collections",
+    "dataclasses",
+    "datetime",
+    "enum",
+    "functools",
+    "hashlib",
+    "itertools",
+    "json",
+    "re",
+    "string",
+    "typing",
+    "unicodedata",
+    "warnings",
+    "math",
+    "ipaddress",
 }
 CORE_THIRD_PARTY = {"cryptography"}
 
@@ -58,8 +73,7 @@ def _imports(path: Path) -> list[tuple[str, bool]]:
     found: list[tuple[str, bool]] = []
     top_level = {id(node) for node in tree.body}
     type_checking_blocks = [
-        node for node in tree.body
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+        node for node in tree.body if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
     ]
     for block in type_checking_blocks:
         top_level.update(id(n) for n in block.body)
@@ -97,13 +111,13 @@ def test_each_room_imports_only_the_rooms_below_it(path: Path) -> None:
             continue
         other = _room(target)
         assert other == room or other in ALLOWED[room], (
-            f"{module} imports {target}: the {room} room may import only "
-            f"{sorted(ALLOWED[room]) or 'itself'}"
+            f"{module} imports {target}: the {room} room may import only {sorted(ALLOWED[room]) or 'itself'}"
         )
 
 
 @pytest.mark.parametrize(
-    "path", [p for p in SOURCES if _room(_module_name(p)) == "core"],
+    "path",
+    [p for p in SOURCES if _room(_module_name(p)) == "core"],
     ids=lambda p: str(p.relative_to(PACKAGE)),
 )
 def test_the_core_does_no_io(path: Path) -> None:
@@ -141,7 +155,7 @@ def test_no_import_cycles() -> None:
             if nxt.startswith(node + "."):
                 continue
             if state.get(nxt) == 1:
-                cycle = stack[stack.index(nxt):] + [nxt]
+                cycle = stack[stack.index(nxt) :] + [nxt]
                 raise AssertionError("import cycle: " + " -> ".join(cycle))
             if nxt not in state:
                 visit(nxt)
@@ -163,9 +177,17 @@ def test_importing_the_cli_loads_no_target_or_daemon() -> None:
         "print(' '.join(sorted(m for m in sys.modules if m.startswith('edge_certd'))))"
     )
     out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True,
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
         cwd=PACKAGE.parent,
     ).stdout.split()
-    heavy = [m for m in out if m.startswith(("edge_certd.targets.", "edge_certd.daemon",
-                                               "edge_certd.diagnose", "edge_certd.sync.engine"))]
+    heavy = [
+        m
+        for m in out
+        if m.startswith(
+            ("edge_certd.targets.", "edge_certd.daemon", "edge_certd.diagnose", "edge_certd.sync.engine")
+        )
+    ]
     assert not heavy, f"importing the CLI loads {heavy}"

@@ -20,8 +20,12 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
 # script -> figures its JSON line must carry
 EXPECTED = {
     "b1_drop.py": ("drop_to_trusted_median_s", "bare_update_median_s", "ratio"),
-    "b2_burst.py": ("burst_to_all_trusted_s", "update_runs", "loop_extrapolated_s",
-                    "fsync_calls_to_install_all"),
+    "b2_burst.py": (
+        "burst_to_all_trusted_s",
+        "update_runs",
+        "loop_extrapolated_s",
+        "fsync_calls_to_install_all",
+    ),
     "b3_idle.py": ("rss_mb", "cpu_s_per_idle_minute"),
     "b4_restart.py": ("restart_to_ready_median_s", "update_runs_per_restart"),
     "b5_verify.py": ("verify_cli_median_s", "s_client_median_s"),
@@ -29,8 +33,9 @@ EXPECTED = {
 
 
 def run_bench(*argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, *argv], capture_output=True, text=True,
-                          timeout=timeout, check=False)
+    return subprocess.run(
+        [sys.executable, *argv], capture_output=True, text=True, timeout=timeout, check=False
+    )
 
 
 def last_json(stdout: str) -> dict[str, Any]:

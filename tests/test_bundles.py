@@ -24,8 +24,9 @@ s.on('error', e => { console.log('error=' + e.code); process.exit(1); });
 
 
 def env_from(path: Path) -> dict[str, str]:
-    out = subprocess.run(["sh", "-c", f"set -a; . '{path}'; set +a; env -0"],
-                         capture_output=True, check=True, env={}).stdout
+    out = subprocess.run(
+        ["sh", "-c", f"set -a; . '{path}'; set +a; env -0"], capture_output=True, check=True, env={}
+    ).stdout
     pairs = (item.split("=", 1) for item in out.decode().split("\0") if "=" in item)
     return {k: v for k, v in pairs if k not in ("PWD", "SHLVL", "_")}
 
@@ -40,32 +41,37 @@ def synced(tree: Tree) -> tuple[Tree, CA]:
 
 
 def test_node_trusts_the_gateway_with_the_env_file_and_not_without(
-        synced: tuple[Tree, CA], tmp_path: Path) -> None:
+    synced: tuple[Tree, CA], tmp_path: Path
+) -> None:
     node = require_tool("node")
     tree, root = synced
     base = {"PATH": os.environ["PATH"], "HOME": str(tmp_path)}
     with tls_server(tmp_path / "srv", root) as port:
         # --use-bundled-ca: Debian's nodejs would read the system store; official builds don't.
         argv = [node, "--use-bundled-ca", "-e", NODE_CLIENT, str(port)]
-        with_env = subprocess.run(argv, capture_output=True, text=True, timeout=30,
-                                  env={**base, **env_from(tree.env_file)})
+        with_env = subprocess.run(
+            argv, capture_output=True, text=True, timeout=30, env={**base, **env_from(tree.env_file)}
+        )
         without = subprocess.run(argv, capture_output=True, text=True, timeout=30, env=base)
     assert "authorized=true" in with_env.stdout, with_env.stdout + with_env.stderr
     assert without.returncode == 1 and "UNABLE_TO_GET_ISSUER_CERT" in without.stdout
 
 
-def test_python_ssl_trusts_the_gateway_with_ca_bundle(synced: tuple[Tree, CA],
-                                                       tmp_path: Path) -> None:
+def test_python_ssl_trusts_the_gateway_with_ca_bundle(synced: tuple[Tree, CA], tmp_path: Path) -> None:
     tree, root = synced
     with tls_server(tmp_path / "srv", root) as port:
         context = ssl.create_default_context(cafile=str(tree.bundles / "ca-bundle.pem"))
-        with socket.create_connection(("127.0.0.1", port)) as raw, \
-                context.wrap_socket(raw, server_hostname="localhost") as tls:
+        with (
+            socket.create_connection(("127.0.0.1", port)) as raw,
+            context.wrap_socket(raw, server_hostname="localhost") as tls,
+        ):
             assert tls.recv(6) == b"hello\n"
         stranger = CA.root("Stranger")
-        with tls_server(tmp_path / "srv2", stranger) as bad_port, \
-                socket.create_connection(("127.0.0.1", bad_port)) as raw, \
-                pytest.raises(ssl.SSLCertVerificationError):
+        with (
+            tls_server(tmp_path / "srv2", stranger) as bad_port,
+            socket.create_connection(("127.0.0.1", bad_port)) as raw,
+            pytest.raises(ssl.SSLCertVerificationError),
+        ):
             context.wrap_socket(raw, server_hostname="localhost")
 
 
@@ -73,9 +79,23 @@ def test_openssl_s_client_verifies_with_edge_roots(synced: tuple[Tree, CA], tmp_
     openssl = require_tool("openssl")
     tree, root = synced
     with tls_server(tmp_path / "srv", root) as port:
-        out = subprocess.run([openssl, "s_client", "-connect", f"127.0.0.1:{port}", "-servername",
-                              "localhost", "-CAfile", str(tree.edge_roots), "-verify_return_error"],
-                             input="", capture_output=True, text=True, timeout=30)
+        out = subprocess.run(
+            [
+                openssl,
+                "s_client",
+                "-connect",
+                f"127.0.0.1:{port}",
+                "-servername",
+                "localhost",
+                "-CAfile",
+                str(tree.edge_roots),
+                "-verify_return_error",
+            ],
+            input="",
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
     assert "Verify return code: 0 (ok)" in out.stdout, out.stdout[-2000:]
 
 
@@ -88,8 +108,12 @@ def test_keytool_lists_java_entries_as_trusted_cert_entries(tree: Tree, mode: st
     (tree.drop / "root.pem").write_bytes(root.cert_pem)
     assert tree.cli("sync").returncode == 0
     (store,) = [p for p in tree.bundles.iterdir() if p.name.startswith("java-truststore")]
-    listing = subprocess.run([keytool, "-list", "-keystore", str(store), "-storepass", "changeit"],
-                             capture_output=True, text=True, timeout=120).stdout
+    listing = subprocess.run(
+        [keytool, "-list", "-keystore", str(store), "-storepass", "changeit"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
     assert listing.count("trustedCertEntry") == 4, listing  # ours + the tree's 3 Mozilla roots
     import hashlib
 

@@ -19,16 +19,26 @@ PROJECT = Path(__file__).resolve().parent.parent
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "edge_certd", *args], capture_output=True,
-                          text=True, cwd=str(PROJECT), env={**os.environ, **(env or {})},
-                          timeout=60, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "edge_certd", *args],
+        capture_output=True,
+        text=True,
+        cwd=str(PROJECT),
+        env={**os.environ, **(env or {})},
+        timeout=60,
+        check=False,
+    )
 
 
 def test_version_and_help_document_the_exit_codes() -> None:
     assert run("--version").stdout.strip() == f"edge-certd {__version__}"
     help_text = run("--help").stdout
-    for line in ("0  success", "1  could not apply", "2  usage or configuration error",
-                 "3  applied, but some inputs were rejected"):
+    for line in (
+        "0  success",
+        "1  could not apply",
+        "2  usage or configuration error",
+        "3  applied, but some inputs were rejected",
+    ):
         assert line in help_text
 
 
@@ -41,7 +51,7 @@ def test_example_config_is_valid_and_documents_every_key() -> None:
     for section, value in data.items():
         if isinstance(value, dict):
             sub = getattr(Config, "model_fields", None)
-            model = (sub[section].annotation if sub else Config.__fields__[section].type_)
+            model = sub[section].annotation if sub else Config.__fields__[section].type_
             nested = getattr(model, "model_fields", None) or model.__fields__
             assert set(value) == set(nested), section
 
@@ -61,13 +71,14 @@ def test_config_comes_from_the_environment_variable(tmp_path: Path) -> None:
     good.write_text("drop_dir: /srv/drop\n")
     result = run("check-config", env={"EDGE_CERTD_CONFIG": str(good)})
     assert result.returncode == 0 and '"drop_dir": "/srv/drop"' in result.stdout
-    assert run("check-config", env={"EDGE_CERTD_CONFIG": str(tmp_path / "none.yaml")}
-               ).returncode == 2
+    assert run("check-config", env={"EDGE_CERTD_CONFIG": str(tmp_path / "none.yaml")}).returncode == 2
 
 
 def test_relative_paths_and_bad_yaml_are_config_errors(tmp_path: Path) -> None:
-    for text, needle in (("drop_dir: relative/dir\n", "must be an absolute path"),
-                         ("drop_dir: [unclosed\n", "not valid YAML")):
+    for text, needle in (
+        ("drop_dir: relative/dir\n", "must be an absolute path"),
+        ("drop_dir: [unclosed\n", "not valid YAML"),
+    ):
         path = tmp_path / "c.yaml"
         path.write_text(text)
         result = run("--config", str(path), "sync")

@@ -106,8 +106,7 @@ def test_the_watchdog_is_fed_and_sigterm_is_answered_while_a_file_is_judged(tree
             (tree.drop / "second.pem").write_bytes(second.cert_pem)
             # Five pings after the drop, while the judge holds the sync: the loop is alive.
             enough = daemon.count("WATCHDOG=1") + 5
-            daemon.wait_for(lambda _: daemon.count("WATCHDOG=1") >= enough, mark,
-                            what="five more WATCHDOG=1")
+            daemon.wait_for(lambda _: daemon.count("WATCHDOG=1") >= enough, mark, what="five more WATCHDOG=1")
             assert _sha(second) not in installed_cas(tree), "the stopped judge answered?"
             sent = time.monotonic()
             daemon.signal(signal.SIGTERM)

@@ -61,8 +61,14 @@ class KillPoint:
     family: str  # crt, removal, bundle, java, manifest, pending, status
 
     def strace_args(self) -> list[str]:
-        return ["-o", "/dev/null", "-e", f"trace={self.syscall}",
-                "-e", f"inject={self.syscall}:signal=KILL:when={self.nth}"]
+        return [
+            "-o",
+            "/dev/null",
+            "-e",
+            f"trace={self.syscall}",
+            "-e",
+            f"inject={self.syscall}:signal=KILL:when={self.nth}",
+        ]
 
 
 @dataclass
@@ -131,14 +137,14 @@ def attach(tree: Tree, pid: int, args: list[str]) -> subprocess.Popen[bytes]:
 
     def waiting() -> bool:
         try:
-            return any(os.readlink(f"/proc/{pid}/fd/{fd}") == lock
-                       for fd in os.listdir(f"/proc/{pid}/fd"))
+            return any(os.readlink(f"/proc/{pid}/fd/{fd}") == lock for fd in os.listdir(f"/proc/{pid}/fd"))
         except OSError:
             return False
 
     wait_until(waiting, 60, "edge-certd to wait for the state lock", interval=0.01)
-    tracer = subprocess.Popen(["strace", "-p", str(pid), *args], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+    tracer = subprocess.Popen(
+        ["strace", "-p", str(pid), *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     wait_until(lambda: _tracer_of(pid) == tracer.pid, 10, "strace to attach", interval=0.01)
     return tracer
 
@@ -152,19 +158,20 @@ def _tracer_of(pid: int) -> int:
 
 def _sync_traced(scene: Scene, args: list[str]) -> tuple[int, str]:
     """`edge-certd sync` with strace attached at the lock: (exit code, stderr)."""
-    argv = [sys.executable, "-m", "edge_certd", "--config", str(scene.tree.config_path),
-            "sync"]
+    argv = [sys.executable, "-m", "edge_certd", "--config", str(scene.tree.config_path), "sync"]
     with lock_held(scene.tree):
-        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                env=_env(), cwd=REPO_ROOT)
+        proc = subprocess.Popen(
+            argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=_env(), cwd=REPO_ROOT
+        )
         tracer = attach(scene.tree, proc.pid, args)
     _, err = proc.communicate(timeout=120)
     tracer.wait(30)
     return proc.returncode, err.decode(errors="replace")
 
 
-def classify(log: Path, tree: Tree, stop_at_notify: int | None = None,
-             start_at_notify: int = 0) -> list[KillPoint]:
+def classify(
+    log: Path, tree: Tree, stop_at_notify: int | None = None, start_at_notify: int = 0
+) -> list[KillPoint]:
     """Kill points from a dry-run strace log: every traced call on a file under the tree.
 
     `start_at_notify` / `stop_at_notify` keep only the calls between the n-th and m-th
@@ -183,8 +190,7 @@ def classify(log: Path, tree: Tree, stop_at_notify: int | None = None,
             notifies += 1
             continue
         counts[name] += 1
-        if notifies < start_at_notify or (stop_at_notify is not None
-                                           and notifies >= stop_at_notify):
+        if notifies < start_at_notify or (stop_at_notify is not None and notifies >= stop_at_notify):
             continue
         paths = [a or b for a, b in _PATHS.findall(args)]
         ours = [p for p in paths if p.startswith(root)]
@@ -241,7 +247,8 @@ def scene(tmp_path: Path) -> Iterator[Scene]:
         f'  echo $$ > "{ctl}/pid.tmp" && mv "{ctl}/pid.tmp" "{ctl}/pid"\n'
         f'  if [ -e "{ctl}/hold" ]; then sleep 60; fi\n'
         "fi\n"
-        f'exec "{tree.root}/update-wrapper" "$@"\n')
+        f'exec "{tree.root}/update-wrapper" "$@"\n'
+    )
     wrapper.chmod(0o755)
     tree.write_config(trust_store__update_command=[str(wrapper)])
     roots = fingerprints(tree.system_bundle)
@@ -258,14 +265,15 @@ def _kill_sync_at(scene: Scene, point: KillPoint, src: int, dst: int) -> None:
     scene.set_sources(dst)
     code, err = _sync_traced(scene, point.strace_args())
     assert code == -signal.SIGKILL, (
-        f"{point.label} (#{point.nth}) was not reached: exit {code}\n{err[-2000:]}")
+        f"{point.label} (#{point.nth}) was not reached: exit {code}\n{err[-2000:]}"
+    )
     check_mid_crash(scene.tree, scene.shas(src), scene.shas(dst), scene.roots)
     scene.sync_in_process()  # the restart
     check_settled(scene.tree, scene.shas(dst), scene.roots)
 
 
 def test_sigkill_of_sync_at_every_write_fsync_rename_unlink(scene: Scene) -> None:
-    forward = _dry_run_sync(scene, 2)   # state 1 → 2: adds C and D, removes B
+    forward = _dry_run_sync(scene, 2)  # state 1 → 2: adds C and D, removes B
     backward = _dry_run_sync(scene, 1)  # state 2 → 1: adds B, removes C and D
     # 73 today; docs/RELIABILITY.md adds these to the update and daemon kills for >= 100.
     assert len(forward) + len(backward) >= 60, "the scene no longer reaches enough points"
@@ -286,16 +294,18 @@ def test_sigkill_of_sync_at_every_write_fsync_rename_unlink(scene: Scene) -> Non
     _report("sync", forward + backward)
 
 
-def _kill_during_update(scene: Scene, start: list[str], src: int, dst: int, hold: bool,
-                        offset: float) -> None:
+def _kill_during_update(
+    scene: Scene, start: list[str], src: int, dst: int, hold: bool, offset: float
+) -> None:
     """Start edge-certd, wait until it runs the update command, then kill it all."""
     (scene.ctl / "armed").touch()
     if hold:
         (scene.ctl / "hold").touch()
     pid_file = scene.ctl / "pid"
     scene.set_sources(dst)
-    proc = subprocess.Popen(start, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env=_env(), cwd=REPO_ROOT)
+    proc = subprocess.Popen(
+        start, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env(), cwd=REPO_ROOT
+    )
     try:
         wait_until(pid_file.exists, 30, "the update command to start")
         time.sleep(offset)
@@ -345,8 +355,7 @@ def _dry_run_daemon(scene: Scene, which: int) -> list[KillPoint]:
     return classify(log, scene.tree, stop_at_notify=1)
 
 
-def _daemon_traced(scene: Scene, args: list[str]) -> tuple[RunningDaemon,
-                                                             subprocess.Popen[bytes]]:
+def _daemon_traced(scene: Scene, args: list[str]) -> tuple[RunningDaemon, subprocess.Popen[bytes]]:
     """`edge-certd run` with strace attached as its start-up sync waits for the lock."""
     with lock_held(scene.tree):
         daemon = RunningDaemon(scene.tree)
@@ -386,7 +395,8 @@ def test_sigkill_of_the_daemon_during_its_sync(scene: Scene) -> None:
             daemon.proc.wait(60)
             tracer.wait(30)
             assert daemon.proc.returncode == -signal.SIGKILL, (
-                f"{point.label} (#{point.nth}) was not reached\n{daemon.log()}")
+                f"{point.label} (#{point.nth}) was not reached\n{daemon.log()}"
+            )
         check_mid_crash(scene.tree, scene.shas(1), scene.shas(2), scene.roots)
         _restart_daemon_and_check(scene, 2)
         scene.set_sources(1)
@@ -406,6 +416,9 @@ def test_sigkill_of_the_daemon_during_its_sync(scene: Scene) -> None:
 
 def _report(what: str, points: list[KillPoint], extra: int = 0) -> None:
     families = Counter(p.family for p in points)
-    print(f"\nkill points, {what}: {len(points) + extra} "
-          f"({', '.join(f'{k} {v}' for k, v in sorted(families.items()))}"
-          + (f", update command {extra}" if extra else "") + ")")
+    print(
+        f"\nkill points, {what}: {len(points) + extra} "
+        f"({', '.join(f'{k} {v}' for k, v in sorted(families.items()))}"
+        + (f", update command {extra}" if extra else "")
+        + ")"
+    )

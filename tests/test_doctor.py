@@ -101,7 +101,8 @@ def make_device(tree: Tree, root: CA, tmp_path: Path, monkeypatch: pytest.Monkey
         f'[ "$1 $2" = "is-active edge-certd" ] || exit 64\n'
         f"state=$(cat '{state}')\n"
         'echo "$state"\n'
-        '[ "$state" = active ]\n')
+        '[ "$state" = active ]\n'
+    )
     systemctl.chmod(0o755)
     tree.write_config(on_change__systemctl=[str(systemctl)])
     install_root(tree, root)
@@ -142,11 +143,21 @@ def test_healthy_device_passes_every_check(device: Device) -> None:
     assert f"[pass] config: {device.tree.config_path} is valid" in out
     found = checks(out)
     assert list(found) == [
-        "config", "drop dir", "service", "managed CAs", "ca_dir", "system bundle",
-        "edge-roots.pem", "java truststore", "env file", "expiry", "clock", "gateway"]
+        "config",
+        "drop dir",
+        "service",
+        "managed CAs",
+        "ca_dir",
+        "system bundle",
+        "edge-roots.pem",
+        "java truststore",
+        "env file",
+        "expiry",
+        "clock",
+        "gateway",
+    ]
     assert status(out, "java truststore") == "skip"  # bundles.java: off in this tree
-    assert found["gateway"] == [
-        ("skip", "no gateway configured (set gateway.host in the config)")]
+    assert found["gateway"] == [("skip", "no gateway configured (set gateway.host in the config)")]
     others = {name: items[0][0] for name, items in found.items()}
     del others["java truststore"], others["gateway"]
     assert set(others.values()) == {"pass"}, out
@@ -215,7 +226,8 @@ def test_missing_keyvault_dir_passes_as_not_exported_yet(device: Device, tmp_pat
     assert code == 0, out
     assert checks(out)["keyvault dir"] == [
         ("pass", f"{exported} is safe (mode 0755, owner {_owner(exported)})"),
-        ("pass", f"{missing} does not exist: not exported yet")]
+        ("pass", f"{missing} does not exist: not exported yet"),
+    ]
 
 
 def _owner(path: Path) -> str:
@@ -343,9 +355,13 @@ def test_env_file_pointing_at_a_missing_file_fails(device: Device) -> None:
 def test_env_paths_reads_what_a_shell_and_systemd_read() -> None:
     text = (
         "# comment\n\nNODE_EXTRA_CA_CERTS=/a/edge-roots.pem\nexport B='/b c.pem'\n"
-        'JAVA="/j.p12"\nTYPE=PKCS12\nOPTS="-Djavax.net.ssl.trustStore=/j.p12"\nnot a line\n')
+        'JAVA="/j.p12"\nTYPE=PKCS12\nOPTS="-Djavax.net.ssl.trustStore=/j.p12"\nnot a line\n'
+    )
     assert list(env_paths(text)) == [
-        ("NODE_EXTRA_CA_CERTS", "/a/edge-roots.pem"), ("B", "/b c.pem"), ("JAVA", "/j.p12")]
+        ("NODE_EXTRA_CA_CERTS", "/a/edge-roots.pem"),
+        ("B", "/b c.pem"),
+        ("JAVA", "/j.p12"),
+    ]
 
 
 # --------------------------------------------------------------------------- expiry and clock
@@ -383,9 +399,15 @@ def test_clock_judge_uses_the_newest_not_before() -> None:
     now = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
 
     def ca(name: str, start: dt.datetime) -> InstalledCA:
-        return InstalledCA(sha256=name, subject=name, not_before=start,
-                           not_after=start + dt.timedelta(days=3650), path="", sources=(),
-                           installed_at=start)
+        return InstalledCA(
+            sha256=name,
+            subject=name,
+            not_before=start,
+            not_after=start + dt.timedelta(days=3650),
+            path="",
+            sources=(),
+            installed_at=start,
+        )
 
     old = ca("CN=Old", dt.datetime(2020, 1, 1, tzinfo=dt.UTC))
     new = ca("CN=New", dt.datetime(2031, 1, 1, tzinfo=dt.UTC))
@@ -419,9 +441,7 @@ def test_gateway_under_a_root_that_is_not_installed_fails(
     assert f"into the drop directory {device.tree.drop}" in out
 
 
-def test_gateway_connection_string_without_gateway_hostname_fails(
-    device: Device, tmp_path: Path
-) -> None:
+def test_gateway_connection_string_without_gateway_hostname_fails(device: Device, tmp_path: Path) -> None:
     secret = "c2VjcmV0LWtleS1ub3QtcHJpbnRlZA=="
     cs = tmp_path / "device.connstr"
     cs.write_text(f"HostName=hub.azure-devices.net;DeviceId=d1;SharedAccessKey={secret}\n")
@@ -436,16 +456,27 @@ def test_gateway_connection_string_without_gateway_hostname_fails(
 
 
 def test_judges_name_the_cause_without_touching_the_disk() -> None:
-    drop = judge_directory(DirFacts("/d", "drop", exists=True, problem=(
-        "is world-writable (mode 0777), so anyone could; run: chmod o-w /d")))
+    drop = judge_directory(
+        DirFacts(
+            "/d",
+            "drop",
+            exists=True,
+            problem=("is world-writable (mode 0777), so anyone could; run: chmod o-w /d"),
+        )
+    )
     assert (drop.status, drop.fix) == ("fail", "run: chmod o-w /d")
     assert judge_service(ServiceFacts(systemd=True, state="failed")).status == "fail"
     assert judge_service(ServiceFacts(systemd=True, state="active")).status == "pass"
     start = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
-    entry = InstalledCA(sha256="ab" * 32, subject="CN=R", not_before=start, not_after=start,
-                        path="", sources=(), installed_at=start)
+    entry = InstalledCA(
+        sha256="ab" * 32,
+        subject="CN=R",
+        not_before=start,
+        not_after=start,
+        path="",
+        sources=(),
+        installed_at=start,
+    )
     assert judge_target(TargetFacts("ca_dir", "/x", frozenset()), [entry]).status == "fail"
-    assert judge_target(TargetFacts("ca_dir", "/x", frozenset({"ab" * 32})), [entry]).status \
-        == "pass"
+    assert judge_target(TargetFacts("ca_dir", "/x", frozenset({"ab" * 32})), [entry]).status == "pass"
     assert judge_target(TargetFacts("java truststore", "", None, "off"), [entry]).status == "skip"
-

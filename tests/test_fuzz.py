@@ -36,8 +36,13 @@ from edge_certd.core.verdict import DROP, KEYVAULT, judge_file
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 EXAMPLES = 300
-FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+FUZZ = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 NOW = dt.datetime(2026, 6, 1, tzinfo=dt.UTC)
 
 
@@ -55,28 +60,51 @@ def _seeds() -> Seeds:
     der = root.der
     p7 = pkcs7.serialize_certificates([root.cert, inter.cert], serialization.Encoding.DER)
     p7_pem = pkcs7.serialize_certificates([root.cert], serialization.Encoding.PEM)
-    pfx_open = pkcs12.serialize_key_and_certificates(b"k", leaf.key, leaf.cert,
-                                                     [inter.cert, root.cert],
-                                                     serialization.NoEncryption())
+    pfx_open = pkcs12.serialize_key_and_certificates(
+        b"k", leaf.key, leaf.cert, [inter.cert, root.cert], serialization.NoEncryption()
+    )
     pfx_pw = pkcs12.serialize_key_and_certificates(
-        b"k", None, None, [root.cert], serialization.BestAvailableEncryption(b"s3cret"))
-    kv_cert = json.dumps({"cer": base64.b64encode(der).decode(),
-                          "x509ThumbprintHex": __import__("hashlib").sha1(der).hexdigest()})
-    kv_pem = json.dumps({"contentType": "application/x-pem-file",
-                         "value": (leaf.key_pem + leaf.chain_pem(True)).decode()})
-    kv_pfx = json.dumps({"contentType": "application/x-pkcs12",
-                         "value": base64.b64encode(pfx_open).decode()})
-    trusted = (b"-----BEGIN TRUSTED CERTIFICATE-----\n"
-               + base64.encodebytes(der + _REJECT_SERVER_AUTH)
-               + b"-----END TRUSTED CERTIFICATE-----\n")
-    key_der = root.key.private_bytes(serialization.Encoding.DER,
-                                     serialization.PrivateFormat.PKCS8,
-                                     serialization.NoEncryption())
+        b"k", None, None, [root.cert], serialization.BestAvailableEncryption(b"s3cret")
+    )
+    kv_cert = json.dumps(
+        {
+            "cer": base64.b64encode(der).decode(),
+            "x509ThumbprintHex": __import__("hashlib").sha1(der).hexdigest(),
+        }
+    )
+    kv_pem = json.dumps(
+        {"contentType": "application/x-pem-file", "value": (leaf.key_pem + leaf.chain_pem(True)).decode()}
+    )
+    kv_pfx = json.dumps({"contentType": "application/x-pkcs12", "value": base64.b64encode(pfx_open).decode()})
+    trusted = (
+        b"-----BEGIN TRUSTED CERTIFICATE-----\n"
+        + base64.encodebytes(der + _REJECT_SERVER_AUTH)
+        + b"-----END TRUSTED CERTIFICATE-----\n"
+    )
+    key_der = root.key.private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     kv_text = json.dumps({"contentType": "text/plain", "value": root.key_pem.decode()})
-    files = (root.cert_pem, der, rsa_root.cert_pem, rsa_root.der, leaf.chain_pem(True),
-             p7, p7_pem, pfx_open, pfx_pw, base64.b64encode(pfx_open), kv_cert.encode(),
-             kv_pem.encode(), kv_pfx.encode(), root.key_pem, root.cert_pem + root.key_pem,
-             trusted, root.cert_pem + key_der, kv_text.encode())
+    files = (
+        root.cert_pem,
+        der,
+        rsa_root.cert_pem,
+        rsa_root.der,
+        leaf.chain_pem(True),
+        p7,
+        p7_pem,
+        pfx_open,
+        pfx_pw,
+        base64.b64encode(pfx_open),
+        kv_cert.encode(),
+        kv_pem.encode(),
+        kv_pfx.encode(),
+        root.key_pem,
+        root.cert_pem + root.key_pem,
+        trusted,
+        root.cert_pem + key_der,
+        kv_text.encode(),
+    )
     return Seeds(files, (b"s3cret",))
 
 
@@ -94,8 +122,7 @@ def mutated(draw: st.DrawFn) -> bytes:
     for _ in range(draw(st.integers(1, 6))):
         if not data:
             break
-        op = draw(st.sampled_from(["flip", "set", "cut", "insert", "truncate", "repeat",
-                                   "version"]))
+        op = draw(st.sampled_from(["flip", "set", "cut", "insert", "truncate", "repeat", "version"]))
         at = draw(st.integers(0, len(data) - 1))
         version = data.find(b"\xa0\x03\x02\x01")  # [0] EXPLICIT INTEGER: the X.509 version
         if op == "version" and 0 <= version < len(data) - 4:
@@ -105,7 +132,7 @@ def mutated(draw: st.DrawFn) -> bytes:
         elif op == "set":
             data[at] = draw(st.integers(0, 255))
         elif op == "cut":
-            del data[at: at + draw(st.integers(1, 64))]
+            del data[at : at + draw(st.integers(1, 64))]
         elif op == "insert":
             data[at:at] = draw(st.binary(min_size=1, max_size=32))
         elif op == "truncate":
@@ -116,9 +143,20 @@ def mutated(draw: st.DrawFn) -> bytes:
     return bytes(data)
 
 
-LABELS = ["CERTIFICATE", "X509 CERTIFICATE", "TRUSTED CERTIFICATE", "PKCS7", "CMS",
-          "PKCS #7 SIGNED DATA", "PRIVATE KEY", "RSA PRIVATE KEY", "ENCRYPTED PRIVATE KEY",
-          "PUBLIC KEY", "X509 CRL", "WEIRD"]
+LABELS = [
+    "CERTIFICATE",
+    "X509 CERTIFICATE",
+    "TRUSTED CERTIFICATE",
+    "PKCS7",
+    "CMS",
+    "PKCS #7 SIGNED DATA",
+    "PRIVATE KEY",
+    "RSA PRIVATE KEY",
+    "ENCRYPTED PRIVATE KEY",
+    "PUBLIC KEY",
+    "X509 CRL",
+    "WEIRD",
+]
 
 
 @st.composite
@@ -127,8 +165,11 @@ def pem_files(draw: st.DrawFn) -> bytes:
     out = b""
     for _ in range(draw(st.integers(1, 4))):
         label = draw(st.sampled_from(LABELS)).encode()
-        body = draw(st.one_of(st.binary(max_size=600), mutated(),
-                              st.sampled_from([f for f in SEEDS.files if f[:1] == b"0"])))
+        body = draw(
+            st.one_of(
+                st.binary(max_size=600), mutated(), st.sampled_from([f for f in SEEDS.files if f[:1] == b"0"])
+            )
+        )
         text = base64.encodebytes(body)
         if draw(st.booleans()):
             text = draw(st.sampled_from([b"Proc-Type: 4,ENCRYPTED\n\n", b"a:b\n", b""])) + text
@@ -140,29 +181,47 @@ def pem_files(draw: st.DrawFn) -> bytes:
 
 @st.composite
 def json_files(draw: st.DrawFn) -> bytes:
-    values = st.one_of(st.text(max_size=80), st.integers(), st.none(), st.booleans(),
-                       st.binary(max_size=300).map(lambda b: base64.b64encode(b).decode()),
-                       st.sampled_from(SEEDS.files).map(lambda b: base64.b64encode(b).decode()),
-                       st.lists(st.integers(), max_size=3))
+    values = st.one_of(
+        st.text(max_size=80),
+        st.integers(),
+        st.none(),
+        st.booleans(),
+        st.binary(max_size=300).map(lambda b: base64.b64encode(b).decode()),
+        st.sampled_from(SEEDS.files).map(lambda b: base64.b64encode(b).decode()),
+        st.lists(st.integers(), max_size=3),
+    )
     keys = st.sampled_from(["cer", "x509ThumbprintHex", "value", "contentType", "id", "kid"])
     doc = draw(st.dictionaries(keys, values, max_size=5))
     if draw(st.booleans()):
-        doc["contentType"] = draw(st.sampled_from(["application/x-pem-file",
-                                                   "application/x-pkcs12", "text/plain"]))
+        doc["contentType"] = draw(
+            st.sampled_from(["application/x-pem-file", "application/x-pkcs12", "text/plain"])
+        )
     text = json.dumps(doc).encode()
     return text if draw(st.integers(0, 4)) else text[: draw(st.integers(0, len(text)))]
 
 
-_KEYS = [ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP384R1()),
-         ec.generate_private_key(ec.SECP256K1()),
-         rsa.generate_private_key(public_exponent=65537, key_size=1024),
-         rsa.generate_private_key(public_exponent=65537, key_size=2048)]
-_ATTRS = [NameOID.COMMON_NAME, NameOID.ORGANIZATION_NAME, NameOID.COUNTRY_NAME,
-          NameOID.SERIAL_NUMBER, NameOID.EMAIL_ADDRESS]
-_RAW_EXTENSION_OIDS = [ExtensionOID.BASIC_CONSTRAINTS, ExtensionOID.KEY_USAGE,
-                       ExtensionOID.SUBJECT_KEY_IDENTIFIER, ExtensionOID.NAME_CONSTRAINTS,
-                       ExtensionOID.SUBJECT_ALTERNATIVE_NAME,
-                       x509.ObjectIdentifier("1.2.3.4.5")]
+_KEYS = [
+    ec.generate_private_key(ec.SECP256R1()),
+    ec.generate_private_key(ec.SECP384R1()),
+    ec.generate_private_key(ec.SECP256K1()),
+    rsa.generate_private_key(public_exponent=65537, key_size=1024),
+    rsa.generate_private_key(public_exponent=65537, key_size=2048),
+]
+_ATTRS = [
+    NameOID.COMMON_NAME,
+    NameOID.ORGANIZATION_NAME,
+    NameOID.COUNTRY_NAME,
+    NameOID.SERIAL_NUMBER,
+    NameOID.EMAIL_ADDRESS,
+]
+_RAW_EXTENSION_OIDS = [
+    ExtensionOID.BASIC_CONSTRAINTS,
+    ExtensionOID.KEY_USAGE,
+    ExtensionOID.SUBJECT_KEY_IDENTIFIER,
+    ExtensionOID.NAME_CONSTRAINTS,
+    ExtensionOID.SUBJECT_ALTERNATIVE_NAME,
+    x509.ObjectIdentifier("1.2.3.4.5"),
+]
 
 
 @st.composite
@@ -173,33 +232,43 @@ def signed_certificates(draw: st.DrawFn) -> bytes:
     basicConstraints, for one), which cryptography only decodes when asked.
     """
     key = draw(st.sampled_from(_KEYS))
-    names = draw(st.lists(st.tuples(st.sampled_from(_ATTRS), st.text(min_size=1, max_size=70)),
-                          min_size=0, max_size=3))
-    subject = x509.Name([x509.NameAttribute(oid, value, _validate=False)
-                         for oid, value in names])
-    issuer = subject if draw(st.integers(0, 4)) else x509.Name(
-        [x509.NameAttribute(NameOID.COMMON_NAME, "someone else")])
+    names = draw(
+        st.lists(st.tuples(st.sampled_from(_ATTRS), st.text(min_size=1, max_size=70)), min_size=0, max_size=3)
+    )
+    subject = x509.Name([x509.NameAttribute(oid, value, _validate=False) for oid, value in names])
+    issuer = (
+        subject
+        if draw(st.integers(0, 4))
+        else x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "someone else")])
+    )
     start = NOW + dt.timedelta(days=draw(st.integers(-4000, 100)))
-    builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer)
-               .public_key(key.public_key())
-               .serial_number(draw(st.integers(1, 2**159 - 1)))
-               .not_valid_before(start)
-               .not_valid_after(start + dt.timedelta(days=draw(st.integers(1, 8000)))))
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(key.public_key())
+        .serial_number(draw(st.integers(1, 2**159 - 1)))
+        .not_valid_before(start)
+        .not_valid_after(start + dt.timedelta(days=draw(st.integers(1, 8000))))
+    )
     used = set()
     if draw(st.booleans()):
         is_ca = draw(st.booleans())
         depth = draw(st.one_of(st.none(), st.integers(0, 5))) if is_ca else None
-        builder = builder.add_extension(x509.BasicConstraints(ca=is_ca, path_length=depth),
-                                        critical=draw(st.booleans()))
+        builder = builder.add_extension(
+            x509.BasicConstraints(ca=is_ca, path_length=depth), critical=draw(st.booleans())
+        )
         used.add(ExtensionOID.BASIC_CONSTRAINTS)
     for oid in draw(st.lists(st.sampled_from(_RAW_EXTENSION_OIDS), max_size=3, unique=True)):
         if oid in used:
             continue
-        value = draw(st.one_of(st.binary(max_size=40),
-                               st.sampled_from([b"\x30\x03\x01\x01\xff", b"\x30\x00",
-                                                b"\x30\x06\x01\x01\xff\x02\x01\xff"])))
-        builder = builder.add_extension(x509.UnrecognizedExtension(oid, value),
-                                        critical=draw(st.booleans()))
+        value = draw(
+            st.one_of(
+                st.binary(max_size=40),
+                st.sampled_from([b"\x30\x03\x01\x01\xff", b"\x30\x00", b"\x30\x06\x01\x01\xff\x02\x01\xff"]),
+            )
+        )
+        builder = builder.add_extension(x509.UnrecognizedExtension(oid, value), critical=draw(st.booleans()))
     algorithm = draw(st.sampled_from([hashes.SHA256(), hashes.SHA384(), hashes.SHA512()]))
     try:
         cert = builder.sign(key, algorithm)
@@ -211,10 +280,16 @@ def signed_certificates(draw: st.DrawFn) -> bytes:
 
 
 def anything() -> st.SearchStrategy[bytes]:
-    return st.one_of(st.binary(max_size=2048), mutated(), pem_files(), json_files(),
-                     signed_certificates(),
-                     signed_certificates().map(lambda d: x509.load_der_x509_certificate(d)
-                                               .public_bytes(serialization.Encoding.PEM)))
+    return st.one_of(
+        st.binary(max_size=2048),
+        mutated(),
+        pem_files(),
+        json_files(),
+        signed_certificates(),
+        signed_certificates().map(
+            lambda d: x509.load_der_x509_certificate(d).public_bytes(serialization.Encoding.PEM)
+        ),
+    )
 
 
 def _parse_only_format_errors(data: bytes) -> None:
@@ -251,22 +326,26 @@ def test_parse_built_pem_and_json_raises_only_format_error(data: bytes) -> None:
     _parse_only_format_errors(data)
 
 
-RULES = st.builds(Rules, allow_intermediate=st.booleans(), allow_expired=st.booleans(),
-                  min_rsa_bits=st.sampled_from([1024, 2048, 4096]),
-                  allow_sha1_signature=st.booleans())
+RULES = st.builds(
+    Rules,
+    allow_intermediate=st.booleans(),
+    allow_expired=st.booleans(),
+    min_rsa_bits=st.sampled_from([1024, 2048, 4096]),
+    allow_sha1_signature=st.booleans(),
+)
 
 
 @FUZZ
 @given(anything(), st.sampled_from([DROP, KEYVAULT]), RULES)
-def test_judge_file_turns_every_input_into_a_verdict(data: bytes, kind: str,
-                                                     rules: Rules) -> None:
+def test_judge_file_turns_every_input_into_a_verdict(data: bytes, kind: str, rules: Rules) -> None:
     _judge_never_raises(data, kind, rules)
 
 
 @FUZZ
 @given(signed_certificates(), st.sampled_from([DROP, KEYVAULT]), RULES)
-def test_judge_file_survives_signed_certificates_with_odd_contents(data: bytes, kind: str,
-                                                                  rules: Rules) -> None:
+def test_judge_file_survives_signed_certificates_with_odd_contents(
+    data: bytes, kind: str, rules: Rules
+) -> None:
     _judge_never_raises(data, kind, rules)
 
 
@@ -294,7 +373,7 @@ def mutated_format(draw: st.DrawFn, name: str) -> bytes:
         elif op == "set":
             data[at] = draw(st.integers(0, 255))
         elif op == "cut":
-            del data[at: at + draw(st.integers(1, 16))]
+            del data[at : at + draw(st.integers(1, 16))]
         elif op == "insert":
             data[at:at] = draw(st.binary(min_size=1, max_size=16))
         else:  # a DER length byte turned into something large or indefinite

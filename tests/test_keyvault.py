@@ -45,8 +45,7 @@ class Chain:
 def make_chain(root_name: str = "Contoso IoT Root") -> Chain:
     root = CA.root(root_name)
     intermediate = root.intermediate("Contoso IoT Intermediate")
-    return Chain(root, intermediate, intermediate.issue_server("mygateway", ["mygateway"],
-                                                               key_type="rsa"))
+    return Chain(root, intermediate, intermediate.issue_server("mygateway", ["mygateway"], key_type="rsa"))
 
 
 @pytest.fixture(scope="module")
@@ -103,6 +102,7 @@ def sha(cert: x509.Certificate) -> str:
 
 # --- the five formats ---------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Shape:
     """One export as a device receives it, and what edge-certd must make of it."""
@@ -123,6 +123,7 @@ def _export(name: str, make: Callable[[Chain], bytes]) -> Callable[[Device, Chai
         path = device.exports / name
         path.write_bytes(make(chain))
         return path
+
     return place
 
 
@@ -133,44 +134,72 @@ SHAPES = {
     # 2. `az keyvault certificate download`: the public certificate of the imported root.
     "certificate-download-pem": Shape(
         _export("contoso-root.pem", lambda c: kv.certificate_download(c.root.cert, "PEM")),
-        "PEM", ("root",), ()),
+        "PEM",
+        ("root",),
+        (),
+    ),
     "certificate-download-der": Shape(
         _export("contoso-root.cer", lambda c: kv.certificate_download(c.root.cert, "DER")),
-        "DER certificate", ("root",), ()),
+        "DER certificate",
+        ("root",),
+        (),
+    ),
     # ... and of the gateway's own certificate: a leaf, so nothing to trust.
     "certificate-download-leaf": Shape(
         _export("edge-gateway.pem", lambda c: kv.certificate_download(c.leaf.cert, "PEM")),
-        "PEM", (), (LEAF_IGNORED,)),
+        "PEM",
+        (),
+        (LEAF_IGNORED,),
+    ),
     # 3. `az keyvault secret download` of the certificate's secret.
     "secret-download-pfx": Shape(
         _export("edge-gateway.pfx", lambda c: kv.secret_download(c.leaf, kv.PFX, "base64")),
-        "PKCS#12 / PFX", ("root",), FULL_CHAIN),
+        "PKCS#12 / PFX",
+        ("root",),
+        FULL_CHAIN,
+    ),
     "secret-download-pfx-base64-text": Shape(
         _export("edge-gateway.pfx.txt", lambda c: kv.secret_download(c.leaf, kv.PFX)),
-        "PKCS#12 / PFX as base64 text", ("root",), FULL_CHAIN),
+        "PKCS#12 / PFX as base64 text",
+        ("root",),
+        FULL_CHAIN,
+    ),
     "secret-download-pem": Shape(
         _export("edge-gateway-secret.pem", lambda c: kv.secret_download(c.leaf, kv.PEM_FILE)),
-        "PEM", ("root",), FULL_CHAIN),
+        "PEM",
+        ("root",),
+        FULL_CHAIN,
+    ),
     # 4. `az keyvault certificate show`.
     "certificate-show-json": Shape(
-        _export("contoso-root.json",
-                lambda c: kv.certificate_show_json(c.root.cert, kv.new_version())),
-        "Key Vault certificate JSON", ("root",), ()),
+        _export("contoso-root.json", lambda c: kv.certificate_show_json(c.root.cert, kv.new_version())),
+        "Key Vault certificate JSON",
+        ("root",),
+        (),
+    ),
     # 5. `az keyvault secret show`, for both content types.
     "secret-show-json-pkcs12": Shape(
-        _export("edge-gateway-pfx-secret.json",
-                lambda c: kv.secret_show_json(c.leaf, kv.PFX, kv.new_version())),
-        "Key Vault secret JSON", ("root",), FULL_CHAIN),
+        _export(
+            "edge-gateway-pfx-secret.json", lambda c: kv.secret_show_json(c.leaf, kv.PFX, kv.new_version())
+        ),
+        "Key Vault secret JSON",
+        ("root",),
+        FULL_CHAIN,
+    ),
     "secret-show-json-pem": Shape(
-        _export("edge-gateway-pem-secret.json",
-                lambda c: kv.secret_show_json(c.leaf, kv.PEM_FILE, kv.new_version())),
-        "Key Vault secret JSON", ("root",), FULL_CHAIN),
+        _export(
+            "edge-gateway-pem-secret.json",
+            lambda c: kv.secret_show_json(c.leaf, kv.PEM_FILE, kv.new_version()),
+        ),
+        "Key Vault secret JSON",
+        ("root",),
+        FULL_CHAIN,
+    ),
 }
 
 
 @pytest.mark.parametrize("name", sorted(SHAPES))
-def test_each_export_format_installs_exactly_the_allowed_cas(
-        device: Device, chain: Chain, name: str) -> None:
+def test_each_export_format_installs_exactly_the_allowed_cas(device: Device, chain: Chain, name: str) -> None:
     shape = SHAPES[name]
     path = shape.place(device, chain)
 
@@ -180,7 +209,8 @@ def test_each_export_format_installs_exactly_the_allowed_cas(
     status = device.status()
     assert status["rejected"] == [] and status["source_errors"] == []
     assert sorted(i["what"].split(",")[0] for i in status["ignored"]) == sorted(
-        line.removeprefix("ignored: ") for line in shape.ignored)
+        line.removeprefix("ignored: ") for line in shape.ignored
+    )
 
     inspected = device.text("inspect", str(path))
     assert f"{path}: {shape.label}" in inspected
@@ -195,7 +225,8 @@ def test_each_export_format_installs_exactly_the_allowed_cas(
 
 
 def test_allow_intermediate_also_trusts_the_intermediate_but_never_leaf_or_key(
-        device: Device, chain: Chain) -> None:
+    device: Device, chain: Chain
+) -> None:
     for shape in SHAPES.values():
         shape.place(device, chain)
     device.tree.write_config(policy__allow_intermediate=True)
@@ -208,7 +239,8 @@ def test_allow_intermediate_also_trusts_the_intermediate_but_never_leaf_or_key(
 
 
 def test_same_export_in_the_drop_directory_is_refused_for_its_private_key(
-        device: Device, chain: Chain) -> None:
+    device: Device, chain: Chain
+) -> None:
     """The contrast: a private key is expected in a Key Vault export, never in drop_dir."""
     device.tree.drop.mkdir(parents=True, exist_ok=True)
     dropped = device.tree.drop / "edge-gateway.pem"
@@ -222,8 +254,10 @@ def test_same_export_in_the_drop_directory_is_refused_for_its_private_key(
 
 # --- PFX passwords ------------------------------------------------------------------
 
+
 def test_pfx_opens_with_a_configured_password_file_and_an_unknown_one_is_rejected(
-        device: Device, chain: Chain, tmp_path: Path) -> None:
+    device: Device, chain: Chain, tmp_path: Path
+) -> None:
     other = make_chain("Fabrikam Root")
     password_file = tmp_path / "pfx-password"
     password_file.write_bytes(b"Correct Horse 42\n")  # `echo` adds a newline; it is not part of it
@@ -240,7 +274,8 @@ def test_pfx_opens_with_a_configured_password_file_and_an_unknown_one_is_rejecte
     assert device.installed() == {sha(chain.root.cert)}
     rejected = device.status()["rejected"]
     assert [(r["source"], r["code"], r["format"]) for r in rejected] == [
-        (str(locked), "pkcs12_password", "pkcs12")]
+        (str(locked), "pkcs12_password", "pkcs12")
+    ]
     assert "pfx_password_files" in rejected[0]["message"]
     inspected = device.text("inspect", str(locked))
     assert "(pkcs12_password)" in inspected
@@ -252,12 +287,11 @@ def test_pfx_opens_with_a_configured_password_file_and_an_unknown_one_is_rejecte
 
 # --- certificate show: the thumbprint must match --------------------------------------
 
-def test_certificate_json_with_a_wrong_thumbprint_is_rejected(
-        device: Device, chain: Chain) -> None:
+
+def test_certificate_json_with_a_wrong_thumbprint_is_rejected(device: Device, chain: Chain) -> None:
     wrong = hashlib.sha1(chain.intermediate.der).hexdigest().upper()
     edited = device.exports / "contoso-root.json"
-    edited.write_bytes(kv.certificate_show_json(chain.root.cert, kv.new_version(),
-                                                thumbprint_hex=wrong))
+    edited.write_bytes(kv.certificate_show_json(chain.root.cert, kv.new_version(), thumbprint_hex=wrong))
     good = device.exports / "fabrikam-root.json"
     fabrikam = CA.root("Fabrikam Root")
     good.write_bytes(kv.certificate_show_json(fabrikam.cert, kv.new_version()))
@@ -273,6 +307,7 @@ def test_certificate_json_with_a_wrong_thumbprint_is_rejected(
 
 # --- no private key material, anywhere ----------------------------------------------
 
+
 class KeyMaterial:
     """Finds any fragment of one private key: raw DER, base64 (any alignment) or hex.
 
@@ -284,24 +319,26 @@ class KeyMaterial:
     BASE64 = 16  # characters: 12 bytes, on each of the three possible alignments
 
     def __init__(self, key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> None:
-        der = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
-        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
+        der = key.private_bytes(
+            serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        pem = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
         self.pem_body = b"".join(pem.splitlines()[1:-1])
         self.raw: set[bytes] = set()
         self.base64: set[bytes] = set()
         self.hex: set[bytes] = set()
         for part in self._private_parts(key):
             assert part in der
-            self.raw |= {part[i:i + self.RAW] for i in range(len(part) - self.RAW + 1)}
-            self.hex |= {part[i:i + self.RAW].hex().encode()
-                         for i in range(len(part) - self.RAW + 1)}
+            self.raw |= {part[i : i + self.RAW] for i in range(len(part) - self.RAW + 1)}
+            self.hex |= {part[i : i + self.RAW].hex().encode() for i in range(len(part) - self.RAW + 1)}
             for shift in range(3):
                 chunk = part[shift:]
                 encoded = base64.b64encode(chunk[: len(chunk) // 3 * 3])  # whole groups only
-                self.base64 |= {encoded[i:i + self.BASE64]
-                                for i in range(0, len(encoded) - self.BASE64 + 1, 4)}
+                self.base64 |= {
+                    encoded[i : i + self.BASE64] for i in range(0, len(encoded) - self.BASE64 + 1, 4)
+                }
 
     @staticmethod
     def _private_parts(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> list[bytes]:
@@ -329,7 +366,7 @@ class KeyMaterial:
 
 
 def _windows(data: bytes, size: int) -> set[bytes]:
-    return {data[i:i + size] for i in range(len(data) - size + 1)}
+    return {data[i : i + size] for i in range(len(data) - size + 1)}
 
 
 def test_the_leak_detector_finds_every_encoding_of_the_key(chain: Chain) -> None:
@@ -374,22 +411,37 @@ def test_no_private_key_material_is_written_or_shown(device: Device, chain: Chai
     assert len(carriers) >= 6, f"the planted exports must carry the key: {carriers}"
 
     outputs = {"sync": device.sync(expect=EXIT_REJECTED), "sync again": device.tree.cli("sync")}
-    for args in (("status",), ("status", "--json"), ("list", "--json"),
-                 ("inspect", *map(str, sources)), ("inspect", "--keyvault", str(dropped))):
+    for args in (
+        ("status",),
+        ("status", "--json"),
+        ("list", "--json"),
+        ("inspect", *map(str, sources)),
+        ("inspect", "--keyvault", str(dropped)),
+    ):
         outputs[" ".join(args)] = device.tree.cli(*args)
 
     assert device.installed() == {sha(chain.root.cert)}  # the check below saw real output
-    written = list(_files_under(device.tree.ca_dir, device.tree.bundles, device.tree.env_file,
-                                device.tree.state, device.tree.etc_certs,
-                                skip=(device.tree.drop,)))
+    written = list(
+        _files_under(
+            device.tree.ca_dir,
+            device.tree.bundles,
+            device.tree.env_file,
+            device.tree.state,
+            device.tree.etc_certs,
+            skip=(device.tree.drop,),
+        )
+    )
     assert any(p.name == "status.json" for p in written)
     leaks = {str(p): material.leaks(p.read_bytes()) for p in written}
-    leaks |= {f"output of `{what}`": material.leaks((proc.stdout + proc.stderr).encode())
-              for what, proc in outputs.items()}
+    leaks |= {
+        f"output of `{what}`": material.leaks((proc.stdout + proc.stderr).encode())
+        for what, proc in outputs.items()
+    }
     assert {where: found for where, found in leaks.items() if found} == {}
 
 
 # --- KeyVaultForLinux version rotation -----------------------------------------------
+
 
 def _rotate(device: Device, old: Chain, new: Chain) -> Path:
     """Sync on version 1, then let the extension fetch version 2 and move the link."""
@@ -414,8 +466,9 @@ def test_rotation_trusts_the_new_root_and_drops_the_old_one(device: Device) -> N
     assert first.exists(), "the extension keeps old versions; they must not keep old trust"
     assert device.installed() == {sha(new.root.cert), sha(drop_root.cert)}
     assert "removed CN=Contoso IoT Root G1" in proc.stdout
-    sources = {e["subject"].split(",")[0]: e["sources"]
-               for e in json.loads(device.tree.cli("list", "--json").stdout)}
+    sources = {
+        e["subject"].split(",")[0]: e["sources"] for e in json.loads(device.tree.cli("list", "--json").stdout)
+    }
     assert sources["CN=Contoso IoT Root G2"] == [str(device.store / f"{kv.VAULT}.{kv.CERT_NAME}")]
 
 
@@ -428,19 +481,22 @@ def test_rotation_keeps_an_old_root_the_drop_directory_still_provides(device: De
     device.sync()
 
     assert device.installed() == {sha(old.root.cert), sha(new.root.cert)}
-    sources = {e["subject"].split(",")[0]: e["sources"]
-               for e in json.loads(device.tree.cli("list", "--json").stdout)}
+    sources = {
+        e["subject"].split(",")[0]: e["sources"] for e in json.loads(device.tree.cli("list", "--json").stdout)
+    }
     assert sources["CN=Contoso IoT Root G1"] == [str(device.tree.drop / "contoso-g1.crt")]
 
 
 # --- symlinks out of the export directory --------------------------------------------
 
+
 @pytest.mark.parametrize("how", ["absolute", "relative", "into-subdirectory"])
-def test_symlink_out_of_the_export_directory_is_refused(
-        device: Device, chain: Chain, how: str) -> None:
-    outside = {"absolute": device.tree.root / "home/operator",
-               "relative": device.tree.root / "var/lib/waagent/elsewhere",
-               "into-subdirectory": device.store / "nested"}[how]
+def test_symlink_out_of_the_export_directory_is_refused(device: Device, chain: Chain, how: str) -> None:
+    outside = {
+        "absolute": device.tree.root / "home/operator",
+        "relative": device.tree.root / "var/lib/waagent/elsewhere",
+        "into-subdirectory": device.store / "nested",
+    }[how]
     outside.mkdir(parents=True)
     target = outside / f"{kv.VAULT}.{kv.CERT_NAME}.{kv.new_version()}"
     target.write_bytes(kv.extension_store_file(chain.leaf))
@@ -459,12 +515,11 @@ def test_symlink_out_of_the_export_directory_is_refused(
 
 # --- Key Vault directories in sync ---------------------------------------------------
 
-def test_sync_reads_keyvault_dirs_and_a_missing_one_is_not_an_error(
-        device: Device, chain: Chain) -> None:
+
+def test_sync_reads_keyvault_dirs_and_a_missing_one_is_not_an_error(device: Device, chain: Chain) -> None:
     not_yet = device.tree.root / "srv/keyvault-later"
     device.tree.write_config(keyvault_export_dirs=[str(device.exports), str(not_yet)])
-    (device.exports / "contoso-root.cer").write_bytes(
-        kv.certificate_download(chain.root.cert, "DER"))
+    (device.exports / "contoso-root.cer").write_bytes(kv.certificate_download(chain.root.cert, "DER"))
 
     proc = device.sync()
 

@@ -59,8 +59,9 @@ def test_broken_self_signature_is_rejected() -> None:
 
 
 def test_expired_root_is_rejected_unless_allowed() -> None:
-    old = pem(self_signed("Old", not_before=NOW - dt.timedelta(days=400),
-                          not_after=NOW - dt.timedelta(days=1)))
+    old = pem(
+        self_signed("Old", not_before=NOW - dt.timedelta(days=400), not_after=NOW - dt.timedelta(days=1))
+    )
     assert codes(old) == ["expired"]
     assert len(verdict_of(old, rules=Rules(allow_expired=True)).accepted) == 1
 
@@ -125,8 +126,11 @@ def test_private_key_in_keyvault_file_is_ignored() -> None:
 
 def test_openssl_text_and_bag_attributes_around_pem_are_fine() -> None:
     root = CA.root("Texty Root")
-    data = (b"Bag Attributes\n    friendlyName: x\nsubject=/CN=Texty Root\n" + root.cert_pem
-            + b"Certificate:\n    Data:\n        Version: 3 (0x2)\n")
+    data = (
+        b"Bag Attributes\n    friendlyName: x\nsubject=/CN=Texty Root\n"
+        + root.cert_pem
+        + b"Certificate:\n    Data:\n        Version: 3 (0x2)\n"
+    )
     assert len(verdict_of(data).accepted) == 1
 
 
@@ -137,8 +141,7 @@ def test_der_pkcs7_and_pkcs12_are_recognised() -> None:
     p7_der = pkcs7.serialize_certificates([root.cert, other.cert], serialization.Encoding.DER)
     assert len(verdict_of(p7_pem).accepted) == 2 and parse(p7_pem).format == "pkcs7-pem"
     assert len(verdict_of(p7_der).accepted) == 2 and parse(p7_der).format == "pkcs7-der"
-    p12 = pkcs12.serialize_key_and_certificates(None, None, None, [root.cert],
-                                                serialization.NoEncryption())
+    p12 = pkcs12.serialize_key_and_certificates(None, None, None, [root.cert], serialization.NoEncryption())
     assert parse(p12).format == "pkcs12" and len(verdict_of(p12).accepted) == 1
     assert parse(base64.b64encode(p12)).format == "pkcs12-base64"
 
@@ -146,7 +149,8 @@ def test_der_pkcs7_and_pkcs12_are_recognised() -> None:
 def test_pkcs12_password_comes_from_password_files_or_is_a_clear_rejection() -> None:
     root = CA.root("Locked Root")
     p12 = pkcs12.serialize_key_and_certificates(
-        None, None, None, [root.cert], serialization.BestAvailableEncryption(b"s3cret"))
+        None, None, None, [root.cert], serialization.BestAvailableEncryption(b"s3cret")
+    )
     # In the drop directory a PFX nobody can open may hold a key: refused as sealed (and
     # tightened); in a Key Vault export it is only a missing password.
     assert codes(p12) == ["pkcs12_sealed"] and verdict_of(p12).leaks_private_key

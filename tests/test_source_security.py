@@ -56,12 +56,10 @@ def _refused(tree: Tree, first: CA, reason: str) -> None:
     assert reason in status["source_errors"][0]["reason"]
 
 
-def test_world_writable_drop_dir_is_refused_and_says_how_to_fix_it(tree: Tree,
-                                                                   first: CA) -> None:
+def test_world_writable_drop_dir_is_refused_and_says_how_to_fix_it(tree: Tree, first: CA) -> None:
     tree.drop.chmod(0o777)
     _refused(tree, first, "world-writable")
-    assert "chmod o-w" in json.loads(tree.cli("status", "--json").stdout)[
-        "source_errors"][0]["reason"]
+    assert "chmod o-w" in json.loads(tree.cli("status", "--json").stdout)["source_errors"][0]["reason"]
     tree.drop.chmod(0o755)
     assert tree.cli("sync").returncode == 0
     assert len(trusted(tree)) == 2  # fixed: the newcomer comes in
@@ -121,12 +119,13 @@ def _open_dir(path: Path) -> int:
 
 def _scan(directory: Path, limit: int = 1 << 20) -> dict[str, tuple[str, ...] | None]:
     """name → problem code (None when read) for every entry."""
-    return {os.path.basename(f.path): (f.problem[0] if f.problem else None)
-            for f in scan_directory(str(directory), limit)}
+    return {
+        os.path.basename(f.path): (f.problem[0] if f.problem else None)
+        for f in scan_directory(str(directory), limit)
+    }
 
 
-def test_symlinks_are_followed_only_when_they_stay_in_the_directory(src: Path,
-                                                                    tmp_path: Path) -> None:
+def test_symlinks_are_followed_only_when_they_stay_in_the_directory(src: Path, tmp_path: Path) -> None:
     root = CA.root("Linked")
     (src / "real.pem").write_bytes(root.cert_pem)
     (src / "inside.pem").symlink_to("real.pem")
@@ -166,8 +165,9 @@ def test_open_uses_o_nonblock_so_a_swapped_in_fifo_cannot_hang_us(src: Path) -> 
     os.mkfifo(src / "pipe.pem")  # no writer ever: a blocking open would wait for ever
     fd = _open_dir(src)
     result: list[object] = []
-    reader = threading.Thread(target=lambda: result.append(
-        _read_limited("pipe.pem", fd, "pipe.pem", 1 << 20)), daemon=True)
+    reader = threading.Thread(
+        target=lambda: result.append(_read_limited("pipe.pem", fd, "pipe.pem", 1 << 20)), daemon=True
+    )
     reader.start()
     reader.join(5)
     os.close(fd)

@@ -111,8 +111,11 @@ def test_mixed_good_and_bad_files_install_exactly_the_good(tree: Tree) -> None:
     result = tree.cli("sync")
     assert result.returncode == 3
     assert fingerprints(tree.edge_roots) == {sha(ca) for ca in good}
-    for name, code in (("leaf.pem", "not_ca"), ("garbage.crt", "unparseable"),
-                       ("inter.pem", "not_self_signed")):
+    for name, code in (
+        ("leaf.pem", "not_ca"),
+        ("garbage.crt", "unparseable"),
+        ("inter.pem", "not_self_signed"),
+    ):
         assert name in result.stdout and code in result.stdout
 
 
@@ -163,17 +166,26 @@ def test_env_file_works_from_a_shell(tree: Tree) -> None:
     tree.cli("sync")
     import subprocess
 
-    out = subprocess.run(["sh", "-c", f"set -a; . '{tree.env_file}'; set +a; "
-                          'echo "$NODE_EXTRA_CA_CERTS|$REQUESTS_CA_BUNDLE"'],
-                         capture_output=True, text=True, check=True).stdout.strip()
+    out = subprocess.run(
+        [
+            "sh",
+            "-c",
+            f"set -a; . '{tree.env_file}'; set +a; echo \"$NODE_EXTRA_CA_CERTS|$REQUESTS_CA_BUNDLE\"",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     assert out == f"{tree.edge_roots}|{tree.bundles / 'ca-bundle.pem'}"
 
 
 def test_on_change_commands_run_after_a_change_only(tree: Tree) -> None:
     marker = tree.root / "changed.log"
-    tree.write_config(on_change__commands=[["/bin/sh", "-c", f"echo x >> '{marker}'"]],
-                      on_change__restart_units=["demo.service"],
-                      on_change__systemctl=["/bin/sh", "-c", f"echo \"$@\" >> '{marker}'", "sh"])
+    tree.write_config(
+        on_change__commands=[["/bin/sh", "-c", f"echo x >> '{marker}'"]],
+        on_change__restart_units=["demo.service"],
+        on_change__systemctl=["/bin/sh", "-c", f"echo \"$@\" >> '{marker}'", "sh"],
+    )
     drop(tree, "root.pem", CA.root().cert_pem)
     tree.cli("sync")
     tree.cli("sync")

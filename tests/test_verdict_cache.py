@@ -15,8 +15,7 @@ from edge_certd.sync.engine import Engine
 
 def judged(tree: Tree, now: dt.datetime | None = None) -> list[tuple[str, list[str], list[str]]]:
     verdicts, _ = Engine(tree.load()).judge_sources(now or dt.datetime.now(dt.UTC))
-    return [(v.source, [c.sha256 for c in v.accepted], [r.code for r in v.rejected])
-            for v in verdicts]
+    return [(v.source, [c.sha256 for c in v.accepted], [r.code for r in v.rejected]) for v in verdicts]
 
 
 def test_cached_verdicts_equal_fresh_ones_and_are_written_once(tree: Tree) -> None:
@@ -89,8 +88,12 @@ def test_an_internal_judging_error_is_never_cached(tmp_path) -> None:  # type: i
     from edge_certd.store.verdict_cache import VerdictCache
 
     cache = VerdictCache(str(tmp_path), Rules(), ())
-    failed = FileVerdict(source="x", format="unknown", content_sha256="cd" * 32, rejected=(
-        Rejection(source="x", code=Reason.JUDGE_FAILED, message="internal error MemoryError"),))
+    failed = FileVerdict(
+        source="x",
+        format="unknown",
+        content_sha256="cd" * 32,
+        rejected=(Rejection(source="x", code=Reason.JUDGE_FAILED, message="internal error MemoryError"),),
+    )
     fine = FileVerdict(source="y", format="pem", content_sha256="ef" * 32)
     cache.put(cache.key("cd" * 32, "drop"), failed)
     cache.put(cache.key("ef" * 32, "drop"), fine)

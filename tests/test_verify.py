@@ -313,9 +313,7 @@ def test_untrusted_root_names_the_missing_issuer(pki: Pki, serve: Serve) -> None
     assert len(report.chain) == 3  # and the presented chain is still shown
     diag = report.diagnosis
     assert diag is not None and diag.cause == "untrusted-root"
-    assert (
-        "whose issuer CN=Gateway Test Root,O=edge-certd tests is not a trusted CA" in diag.message
-    )
+    assert "whose issuer CN=Gateway Test Root,O=edge-certd tests is not a trusted CA" in diag.message
     assert DROP in diag.fix and "CN=Gateway Test Root" in diag.fix
     text = render_text(report)
     assert "\nVerification error: unable to get local issuer certificate\n" in text
@@ -391,9 +389,7 @@ def test_wrong_hostname_lists_the_names_in_the_certificate(pki: Pki, serve: Serv
         ("example.test", False),
     ],
 )
-def test_wildcard_san_matches_exactly_one_label(
-    pki: Pki, serve: Serve, servername: str, ok: bool
-) -> None:
+def test_wildcard_san_matches_exactly_one_label(pki: Pki, serve: Serve, servername: str, ok: bool) -> None:
     cert, key = _issue(pki, "wildcard", ["*.example.test"])
     server = serve(tls_handler(cert, key))
     report = check("127.0.0.1", server.port, pki.root_pem, servername=servername)
@@ -409,9 +405,7 @@ def test_certificate_without_san_fails_the_hostname_check(pki: Pki, serve: Serve
 
 def test_expired_server_certificate_is_named_with_its_end_date(pki: Pki, serve: Serve) -> None:
     end = (utcnow() - dt.timedelta(days=3)).replace(microsecond=0)
-    cert, key = _issue(
-        pki, "expired", ["localhost"], not_before=end - dt.timedelta(days=90), not_after=end
-    )
+    cert, key = _issue(pki, "expired", ["localhost"], not_before=end - dt.timedelta(days=90), not_after=end)
     server = serve(tls_handler(cert, key))
     report = check("localhost", server.port, pki.root_pem)
     assert report.verification == "Verification error: certificate has expired"
@@ -443,8 +437,7 @@ def test_certificate_expiring_soon_warns_but_passes(pki: Pki, serve: Serve) -> N
     report = check("localhost", server.port, pki.root_pem)
     assert report.ok, render_text(report)
     assert statuses(report)["expiry"] == "warn"
-    assert render_text(report).endswith(
-        "Result: OK, with 1 warning (warnings do not fail the check)\n")
+    assert render_text(report).endswith("Result: OK, with 1 warning (warnings do not fail the check)\n")
     as_json = report_to_json(report)
     assert as_json["ok"] is True and as_json["warnings"] == ["expiry"]
 
@@ -457,8 +450,18 @@ def test_expiring_soon_exits_0_from_the_command_line(
     server = serve(tls_handler(cert, key))
     config = tmp_path / "config.yaml"
     config.write_text(f"state_dir: {tmp_path}\nexpiry:\n  warn_days: [30]\n")
-    code = cli.main(["--config", str(config), "verify", f"localhost:{server.port}",
-                     "--ca", str(pki.root_pem), "--timeout", str(TIMEOUT)])
+    code = cli.main(
+        [
+            "--config",
+            str(config),
+            "verify",
+            f"localhost:{server.port}",
+            "--ca",
+            str(pki.root_pem),
+            "--timeout",
+            str(TIMEOUT),
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0, out
     assert "[warn] certificate expiry: expires within 30 days" in out
@@ -469,8 +472,19 @@ def test_a_failed_step_exits_1_from_the_command_line(
 ) -> None:
     config = tmp_path / "config.yaml"
     config.write_text(f"state_dir: {tmp_path}\n")
-    code = cli.main(["--config", str(config), "verify", f"127.0.0.1:{free_port()}",
-                     "--ca", str(pki.root_pem), "--timeout", str(TIMEOUT), "--json"])
+    code = cli.main(
+        [
+            "--config",
+            str(config),
+            "verify",
+            f"127.0.0.1:{free_port()}",
+            "--ca",
+            str(pki.root_pem),
+            "--timeout",
+            str(TIMEOUT),
+            "--json",
+        ]
+    )
     out = json.loads(capsys.readouterr().out)
     assert code == 1
     assert out["ok"] is False and out["diagnosis"]["cause"] == "connection-refused"
@@ -494,9 +508,7 @@ def test_closed_port_says_connection_refused_and_names_the_firewall_ports(pki: P
     [b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n", b"\x00\x01garbage\xff" * 8],
     ids=["http", "garbage"],
 )
-def test_plain_tcp_server_is_reported_as_not_speaking_tls(
-    pki: Pki, serve: Serve, reply: bytes
-) -> None:
+def test_plain_tcp_server_is_reported_as_not_speaking_tls(pki: Pki, serve: Serve, reply: bytes) -> None:
     def answer(conn: socket.socket) -> None:
         conn.recv(4096)
         conn.sendall(reply)
@@ -568,13 +580,10 @@ def test_gateway_hostname_from_the_connection_string_is_verified(
     server = serve(tls_handler(pki.server_pem, pki.server_key))
     conn_file = tmp_path / "device.conn"
     conn_file.write_text(
-        f"HostName=myhub.azure-devices.net;DeviceId=dev1;SharedAccessKey={SECRET};"
-        "GatewayHostName=localhost\n"
+        f"HostName=myhub.azure-devices.net;DeviceId=dev1;SharedAccessKey={SECRET};GatewayHostName=localhost\n"
     )
     gateway = GatewayConfig(port=server.port, connection_string_file=str(conn_file))
-    request = request_from_args(
-        None, None, None, None, None, None, gateway, [str(pki.root_pem)], DROP
-    )
+    request = request_from_args(None, None, None, None, None, None, gateway, [str(pki.root_pem)], DROP)
     assert (request.host, request.port) == ("localhost", server.port)
     report = verify_gateway(request)
     assert report.ok, render_text(report)
@@ -615,9 +624,7 @@ def test_port_defaults_by_protocol(protocol: str, port: int) -> None:
 
 
 def test_defaults_come_from_the_gateway_config() -> None:
-    gateway = GatewayConfig(
-        host="gw.local", protocols=["amqps"], servername="gw.example", timeout=4.0
-    )
+    gateway = GatewayConfig(host="gw.local", protocols=["amqps"], servername="gw.example", timeout=4.0)
     request = request_from_args(
         None,
         None,
@@ -642,9 +649,7 @@ def test_no_host_anywhere_is_a_clear_usage_error() -> None:
 
 def test_missing_ca_file_and_unknown_protocol_are_usage_errors(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="no such file"):
-        request_from_args(
-            "gw", None, None, str(tmp_path / "nope.pem"), None, None, GatewayConfig(), [], DROP
-        )
+        request_from_args("gw", None, None, str(tmp_path / "nope.pem"), None, None, GatewayConfig(), [], DROP)
     with pytest.raises(UsageError, match="unknown protocol"):
         request_from_args("gw", "mqtt", None, None, None, None, GatewayConfig(), [], DROP)
 
@@ -713,8 +718,16 @@ def test_gateway_names_cannot_forge_or_hide_the_result_line(
     ca = pki.root_pem if trusted == "root" else pki.other_root_pem
     config = tmp_path / "config.yaml"
     config.write_text(f"state_dir: {tmp_path}\n")
-    argv = ["--config", str(config), "verify", f"localhost:{server.port}", "--ca", str(ca),
-            "--timeout", str(TIMEOUT)]
+    argv = [
+        "--config",
+        str(config),
+        "verify",
+        f"localhost:{server.port}",
+        "--ca",
+        str(ca),
+        "--timeout",
+        str(TIMEOUT),
+    ]
 
     code = cli.main(argv)
     text = capsys.readouterr().out

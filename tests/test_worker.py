@@ -23,8 +23,7 @@ NOW = dt.datetime.now(dt.UTC)
 
 
 def judge(worker: JudgeWorker, data: bytes, source: str = "/drop/x.pem"):  # type: ignore[no-untyped-def]
-    return worker.judge(source=source, data=data, kind=SourceKind.DROP, rules=Rules(), now=NOW,
-                        passwords=())
+    return worker.judge(source=source, data=data, kind=SourceKind.DROP, rules=Rules(), now=NOW, passwords=())
 
 
 def child_pid(worker: JudgeWorker) -> int:
@@ -38,7 +37,8 @@ def test_a_good_root_is_judged_in_the_child_and_the_child_is_reused() -> None:
         first, second = CA.root("Worker Root A"), CA.root("Worker Root B")
         (accepted,) = judge(worker, first.cert_pem).accepted
         assert accepted.subject == "O=edge-certd tests,CN=Worker Root A" or "Worker Root A" in (
-            accepted.subject)
+            accepted.subject
+        )
         pid = child_pid(worker)
         assert judge(worker, second.cert_pem).accepted
         assert child_pid(worker) == pid and worker.spawned == 1
@@ -111,8 +111,7 @@ def test_a_child_killed_by_its_cpu_limit_rejects_only_that_file() -> None:
         # under the name it has now.
         spawned = worker.spawned
         again = judge(worker, content, "/drop/renamed.pem")
-        assert [(r.code, r.source) for r in again.rejected] == [
-            (Reason.JUDGE_LIMIT, "/drop/renamed.pem")]
+        assert [(r.code, r.source) for r in again.rejected] == [(Reason.JUDGE_LIMIT, "/drop/renamed.pem")]
         assert worker.spawned == spawned
         assert judge(worker, CA.root("Next Root").cert_pem).accepted
         assert worker.spawned == spawned + 1

@@ -379,11 +379,13 @@ def test_reload_rereads_the_config_and_keeps_the_process(scenario: Scenario) -> 
     # systemd 252 ends the reload job when ExecReload's kill returns; the daemon's own
     # RELOADING=1 may arrive after that, so the unit can read "reloading" until its READY=1.
     deadline = time.monotonic() + 60
-    while (state := sc.box.run(["systemctl", "is-active", "edge-certd"], check=False
-                               ).stdout.strip()) == "reloading" and time.monotonic() < deadline:
+    while (
+        state := sc.box.run(["systemctl", "is-active", "edge-certd"], check=False).stdout.strip()
+    ) == "reloading" and time.monotonic() < deadline:
         time.sleep(0.2)
-    log = sc.box.run(["journalctl", "-u", "edge-certd", "-o", "short-precise", "-n", "40",
-                      "--no-pager"], check=False).stdout
+    log = sc.box.run(
+        ["journalctl", "-u", "edge-certd", "-o", "short-precise", "-n", "40", "--no-pager"], check=False
+    ).stdout
     assert state == "active", f"{state}\n{log}"
     assert sc.show("edge-certd", "MainPID") == sc.main_pid, "reload must not restart the daemon"
 
@@ -426,8 +428,18 @@ def test_scp_into_drop_dir_makes_every_client_trust_the_gateway(scenario: Scenar
     assert "NODE_EXTRA_CA_CERTS" in env, env_file
     # systemd's EnvironmentFile= reads each (single-quoted) value exactly as sh does.
     for key in ("NODE_EXTRA_CA_CERTS", "REQUESTS_CA_BUNDLE"):
-        by_systemd = sc.box.run(["systemd-run", "--quiet", "--pipe", "--wait", "-p",
-                                 f"EnvironmentFile={ENV_FILE}", "/usr/bin/printenv", key]).stdout
+        by_systemd = sc.box.run(
+            [
+                "systemd-run",
+                "--quiet",
+                "--pipe",
+                "--wait",
+                "-p",
+                f"EnvironmentFile={ENV_FILE}",
+                "/usr/bin/printenv",
+                key,
+            ]
+        ).stdout
         by_sh = sc.box.run(["sh", "-c", f"set -a; . {ENV_FILE}; printenv {key}"]).stdout
         assert by_systemd == by_sh == env[key] + "\n", (key, by_systemd, by_sh)
     without = sc.node(None)
@@ -467,8 +479,7 @@ def test_deleting_the_file_removes_the_ca_from_the_system_bundle(scenario: Scena
 def test_file_leaking_a_private_key_is_refused_and_tightened(scenario: Scenario) -> None:
     sc = scenario
     # A technician's own file (owner tech, mode 0644): tightening it needs CAP_FOWNER.
-    sc.sh(f"cat {WORK}/gateway-root.pem {WORK}/server.key > {WORK}/leaky.pem && "
-          f"chmod 0644 {WORK}/leaky.pem")
+    sc.sh(f"cat {WORK}/gateway-root.pem {WORK}/server.key > {WORK}/leaky.pem && chmod 0644 {WORK}/leaky.pem")
     sc.sh(
         f"scp -p -i {WORK}/id_ed25519 -P {sc.ssh_port} -o BatchMode=yes "
         "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR "
