@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -14,6 +15,7 @@ from conftest import Tree
 
 from edge_certd import __version__
 from edge_certd.config import Config, parse_config
+from edge_certd.sync.engine import Engine
 
 PROJECT = Path(__file__).resolve().parent.parent
 
@@ -148,3 +150,40 @@ def test_status_works_without_a_daemon(tree: Tree) -> None:
     assert result.returncode == 0 and "daemon: no record" in result.stdout
     doc = json.loads(tree.cli("status", "--json").stdout)
     assert doc["trusted"] == [] and doc["bundles"]["env_file"] == str(tree.env_file)
+
+
+def test_add_is_not_fooled_by_what_a_technician_planted_in_the_drop_dir(tree: Tree, tmp_path: Path) -> None:
+    """A FIFO and a symlink to /dev/zero named like the file being added: `add` neither
+    hangs nor reads them, and copies the bytes it judged under a name of its own."""
+    root = CA.root("Planted Root")
+    source = tmp_path / "root.pem"
+    source.write_bytes(root.cert_pem)
+    tree.drop.mkdir(parents=True, exist_ok=True)
+    os.mkfifo(tree.drop / "root.pem")
+    os.symlink("/dev/zero", tree.drop / "root-2.pem")
+    done = tree.cli("add", str(source), timeout=60)
+    assert done.returncode in (0, 3), done.stdout + done.stderr
+    copied = tree.drop / "root-3.pem"
+    assert copied.read_bytes() == root.cert_pem
+    from edge_certd.core.pem import pem_fingerprints
+
+    assert hashlib.sha256(root.der).hexdigest() in pem_fingerprints(tree.edge_roots.read_bytes())
+
+
+def test_a_file_with_odd_bytes_in_its_name_is_held_while_rewritten(tree: Tree) -> None:
+    """The held sources are named as the manifest names them, escapes and all."""
+    from edge_certd.store.sources import display_path
+
+    root = CA.root("Odd Name Root")
+    tree.drop.mkdir(parents=True, exist_ok=True)
+    odd = os.path.join(str(tree.drop).encode(), b"gate\nway-\xff.pem")
+    with open(odd, "wb") as handle:
+        handle.write(root.cert_pem)
+    assert tree.cli("sync").returncode == 0
+    engine = Engine(tree.load())
+    with open(odd, "wb") as handle:  # being rewritten: half of it is there
+        handle.write(root.cert_pem[:40])
+    result = engine.sync(busy=frozenset({os.fsdecode(odd)}))
+    assert not result.removed, "the CA of a file being rewritten was removed"
+    (entry,) = result.managed.values()
+    assert entry.sources == (display_path(os.fsdecode(odd)),)
