@@ -12,7 +12,7 @@ import pytest
 import yaml
 from certs import CA
 from conftest import Tree
-from daemonrun import RunningDaemon, wait_until
+from daemonrun import RunningDaemon
 from invariants import fingerprints
 
 from edge_certd.config import Config, load_config, parse_config
@@ -257,21 +257,24 @@ def test_hostile_files_at_reload_keep_the_running_configuration(tree: Tree) -> N
             tree.config_path.write_text(bad)
             mark = daemon.mark()
             daemon.signal(signal.SIGHUP)
-            ready = daemon.wait_ready(start=mark)
+            ready = daemon.wait_ready(mark).fields
             assert "refused" in ready["STATUS"], ready
             assert daemon.alive
         recorded = json.loads((tree.state / "daemon.json").read_bytes())
         assert "configuration refused" in recorded["status_line"]
         # Still syncing with the configuration it started with.
+        mark = daemon.mark()
         (tree.drop / "second.pem").write_bytes(second.cert_pem)
-        wait_until(
-            lambda: len(fingerprints(tree.edge_roots)) == 2, 15, "a sync under the running configuration"
+        daemon.wait_synced(
+            mark,
+            check=lambda: len(fingerprints(tree.edge_roots)) == 2,
+            what="a sync under the running configuration",
         )
         assert "Traceback" not in daemon.log()
         tree.config_path.write_text(good)
         mark = daemon.mark()
         daemon.signal(signal.SIGHUP)
-        assert "refused" not in daemon.wait_ready(start=mark)["STATUS"]
+        assert "refused" not in daemon.wait_ready(mark).fields["STATUS"]
 
 
 def test_yaml_module_is_not_asked_for_anything_unsafe() -> None:

@@ -87,16 +87,21 @@ class Daemon:
         signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
         # Only the daemon writes daemon.json, so a temp file of it is a killed daemon's.
         remove_stale_temp_files(self.config.state_dir, (DAEMON_NAME,))
-        self._start_watching()
+        # Every descriptor the loop keeps is opened before the first inotify watch, and the
+        # selector is poll(), which holds none: watchdog (2.2) may close an inotify
+        # descriptor number twice when a watched directory is deleted, and a descriptor
+        # that had taken that number meanwhile was closed under us (an epoll selector died
+        # with EINVAL right after READY=1).
+        clock = ClockWatch()
         self.worker.warm_up()
+        selector = selectors.PollSelector()
+        selector.register(self._wake_r, selectors.EVENT_READ)
+        if clock.fd is not None:
+            selector.register(clock.fd, selectors.EVENT_READ)
+        self._start_watching()
         self._sync("start-up")
         self._check_expiry()
         self.notifier.ready(self.status_now)
-        selector = selectors.DefaultSelector()
-        selector.register(self._wake_r, selectors.EVENT_READ)
-        clock = ClockWatch()
-        if clock.fd is not None:
-            selector.register(clock.fd, selectors.EVENT_READ)
         now = time.monotonic()
         next_ping = now
         next_rescan = now + self.config.watch.rescan_interval

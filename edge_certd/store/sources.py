@@ -54,6 +54,7 @@ class SourceFile:
     data: bytes | None
     problem: tuple[Reason, str] | None = None
     fs_path: str = ""  # the real name on disk, for tighten_mode
+    gone: bool = False  # deleted between the listing and the read: not a source any more
 
     @property
     def content_sha256(self) -> str:
@@ -136,7 +137,9 @@ def _read_entries(path: str, dir_fd: int, names: list[str], max_bytes: int) -> I
         for name in names:
             if is_temporary_name(name) or name in versions:
                 continue
-            yield read_entry(path, real_dir, dir_fd, name, max_bytes)
+            entry = read_entry(path, real_dir, dir_fd, name, max_bytes)
+            if not entry.gone:  # removed while we read: the next sync sees it gone
+                yield entry
     finally:
         os.close(dir_fd)
 
@@ -183,14 +186,19 @@ def read_entry(path: str, real_dir: str, dir_fd: int, name: str, max_bytes: int)
     """Read one directory entry under every rule above; never raises for a bad entry."""
     shown = display_path(os.path.join(path, name))
     entry = _read_entry(shown, real_dir, dir_fd, path, name, max_bytes)
-    return SourceFile(entry.path, entry.data, entry.problem, os.path.join(path, name))
+    return SourceFile(entry.path, entry.data, entry.problem, os.path.join(path, name), entry.gone)
 
 
 def _read_entry(shown: str, real_dir: str, dir_fd: int, path: str, name: str, max_bytes: int) -> SourceFile:
     try:
         info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
     except OSError as exc:
-        return SourceFile(shown, None, (Reason.UNREADABLE, f"cannot be read ({exc.strerror})"))
+        return SourceFile(
+            shown,
+            None,
+            (Reason.UNREADABLE, f"cannot be read ({exc.strerror})"),
+            gone=isinstance(exc, FileNotFoundError),
+        )
     target = name
     if stat.S_ISLNK(info.st_mode):
         resolved = _resolve_inside(os.path.join(path, name), real_dir)
@@ -263,7 +271,12 @@ def _read_limited(shown: str, dir_fd: int, name: str, max_bytes: int) -> SourceF
     try:
         fd = os.open(name, flags, dir_fd=dir_fd)
     except OSError as exc:
-        return SourceFile(shown, None, (Reason.UNREADABLE, f"cannot be opened ({exc.strerror})"))
+        return SourceFile(
+            shown,
+            None,
+            (Reason.UNREADABLE, f"cannot be opened ({exc.strerror})"),
+            gone=isinstance(exc, FileNotFoundError),
+        )
     try:
         info = os.fstat(fd)
         kind_problem = _not_regular(info)
