@@ -12,7 +12,6 @@ crossed.
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import hashlib
 import json
@@ -22,9 +21,9 @@ from dataclasses import asdict
 from typing import Any
 
 from edge_certd import __version__
-from edge_certd.core.model import FileVerdict, Ignored, Reason, Rejection, TrustedCA
+from edge_certd.core.codec import verdict_from_json, verdict_to_json
+from edge_certd.core.model import FileVerdict, Reason
 from edge_certd.core.policy import Rules
-from edge_certd.core.text import iso, parse_iso
 from edge_certd.core.verdict import JUDGE_VERSION
 from edge_certd.store.fsutil import read_bytes, write_atomic
 
@@ -55,7 +54,7 @@ class VerdictCache:
         if item is None:
             return None
         try:
-            verdict = _from_json(item, source)
+            verdict = verdict_from_json(item, source)
         except (KeyError, TypeError, ValueError):
             return None
         for ca in verdict.accepted:
@@ -67,7 +66,7 @@ class VerdictCache:
     def put(self, key: str, verdict: FileVerdict) -> None:
         if any(r.code in _UNCACHED_CODES for r in verdict.rejected):
             return
-        self._new[key] = _to_json(verdict)
+        self._new[key] = verdict_to_json(verdict)
 
     def save(self) -> None:
         """Keep exactly the entries this sync used; written only when that set changed."""
@@ -86,62 +85,3 @@ class VerdictCache:
             return {}
         entries = doc.get("entries")
         return entries if isinstance(entries, dict) else {}
-
-
-def _to_json(verdict: FileVerdict) -> dict[str, Any]:
-    return {
-        "format": verdict.format,
-        "content_sha256": verdict.content_sha256,
-        "accepted": [
-            {
-                "sha256": ca.sha256,
-                "subject": ca.subject,
-                "not_before": iso(ca.not_before),
-                "not_after": iso(ca.not_after),
-                "der": base64.b64encode(ca.der).decode(),
-            }
-            for ca in verdict.accepted
-        ],
-        "rejected": [
-            {"code": r.code, "message": r.message, "subject": r.subject, "sha256": r.sha256}
-            for r in verdict.rejected
-        ],
-        "ignored": [i.what for i in verdict.ignored],
-    }
-
-
-def _from_json(item: dict[str, Any], source: str) -> FileVerdict:
-    accepted = []
-    for ca in item["accepted"]:
-        der = base64.b64decode(ca["der"])
-        if hashlib.sha256(der).hexdigest() != ca["sha256"]:
-            raise ValueError("cache entry does not match its certificate")
-        accepted.append(
-            TrustedCA(
-                sha256=ca["sha256"],
-                subject=ca["subject"],
-                not_before=parse_iso(ca["not_before"]),
-                not_after=parse_iso(ca["not_after"]),
-                der=der,
-            )
-        )
-    # Reason() raises ValueError for a code this version does not know: judge again.
-    rejected = [
-        Rejection(
-            source=source,
-            code=Reason(r["code"]),
-            message=r["message"],
-            subject=r["subject"],
-            sha256=r["sha256"],
-        )
-        for r in item["rejected"]
-    ]
-    ignored = [Ignored(source=source, what=what) for what in item["ignored"]]
-    return FileVerdict(
-        source=source,
-        format=item["format"],
-        accepted=tuple(accepted),
-        rejected=tuple(rejected),
-        ignored=tuple(ignored),
-        content_sha256=item["content_sha256"],
-    )

@@ -46,13 +46,8 @@ def enabled_targets(config: Config, heartbeat: Callable[[], None] | None = None)
 
 def bundle_paths(config: Config) -> dict[str, str | None]:
     """Where runtimes find the files, for `status` (None: not written here)."""
-    bundles = RuntimeBundles(bundle_dir=config.bundles.dir, system_bundle=config.trust_store.system_bundle)
-    java = JavaTruststore(
-        mode=config.bundles.java,
-        bundle_dir=config.bundles.dir,
-        system_bundle=config.trust_store.system_bundle,
-        password=config.bundles.java_password,
-    )
+    bundles, java, _ = followers(config)
+    assert isinstance(bundles, RuntimeBundles) and isinstance(java, JavaTruststore)
     return {
         "edge_roots": bundles.edge_roots,
         "ca_bundle": bundles.ca_bundle,
