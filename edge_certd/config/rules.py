@@ -96,8 +96,9 @@ def _all_strings(value: Any, key: tuple[str, ...]) -> Iterator[tuple[tuple[str, 
     elif isinstance(value, (list, tuple)):
         for i, item in enumerate(value):
             yield from _all_strings(item, (*key, str(i)))
-    elif hasattr(value, "__fields__") or hasattr(type(value), "model_fields"):
-        fields = getattr(type(value), "model_fields", None) or value.__fields__
+    elif hasattr(type(value), "model_fields") or hasattr(type(value), "__fields__"):
+        # pydantic 2's model_fields first: its __fields__ warns that it is deprecated.
+        fields = getattr(type(value), "model_fields", None) or type(value).__fields__
         for name in fields:
             yield from _all_strings(getattr(value, name), (*key, name))
 
