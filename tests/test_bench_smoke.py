@@ -29,6 +29,7 @@ EXPECTED = {
     "b3_idle.py": ("rss_mb", "cpu_s_per_idle_minute"),
     "b4_restart.py": ("restart_to_ready_median_s", "update_runs_per_restart"),
     "b5_verify.py": ("verify_cli_median_s", "s_client_median_s"),
+    "b6_junk.py": ("first_sync_s", "second_sync_s", "peak_rss_mb", "status_json_bytes"),
 }
 
 
