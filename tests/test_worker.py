@@ -72,14 +72,13 @@ def test_a_child_that_never_answers_is_killed_at_the_deadline_and_the_next_file_
     polls: list[int] = []
     worker = JudgeWorker(Limits(cpu_seconds=1))
 
-    def stop_the_child_once() -> None:
-        if not polls:
-            os.kill(child_pid(worker), signal.SIGSTOP)  # it will never answer this job
+    def count_polls() -> None:
         polls.append(1)
 
     try:
         judge(worker, CA.root("Warm-up Root").cert_pem)  # a warm child to stop
-        worker.poll = stop_the_child_once
+        os.kill(child_pid(worker), signal.SIGSTOP)  # it will never answer the next job
+        worker.poll = count_polls
         hung = judge(worker, CA.root("Hung Root").cert_pem, "/drop/hung.pem")
         assert [r.code for r in hung.rejected] == [Reason.JUDGE_LIMIT]
         assert hung.rejected[0].source == "/drop/hung.pem"
@@ -97,10 +96,14 @@ def test_a_child_killed_by_its_cpu_limit_rejects_only_that_file() -> None:
     worker = JudgeWorker(Limits(cpu_seconds=2))
 
     def xcpu() -> None:
-        os.kill(child_pid(worker), signal.SIGXCPU)  # what RLIMIT_CPU sends when exceeded
+        # What RLIMIT_CPU sends when exceeded. The child was stopped before the job, so the
+        # signal is pending when it continues and ends it before it can answer.
+        os.kill(child_pid(worker), signal.SIGXCPU)
+        os.kill(child_pid(worker), signal.SIGCONT)
 
     try:
         judge(worker, CA.root("Warm Root").cert_pem)
+        os.kill(child_pid(worker), signal.SIGSTOP)
         worker.poll = xcpu
         content = CA.root("Bomb Stand-in").cert_pem
         bomb = judge(worker, content, "/drop/bomb.pem")
@@ -137,3 +140,18 @@ def test_an_answer_that_is_not_a_verdict_is_refused(tmp_path: Path) -> None:
     for bad in (forged, {"accepted": "x"}, [], {**doc, "rejected": [{"code": "rm -rf"}]}):
         with pytest.raises(ValueError):
             verdict_from_json(bad, "/drop/x.pem")
+
+
+def test_a_batch_is_judged_in_one_round_trip_and_answers_in_order() -> None:
+    roots = [CA.root(f"Batch Root {i}") for i in range(3)]
+    files = [(f"/drop/{i}.pem", r.cert_pem, SourceKind.DROP) for i, r in enumerate(roots)]
+    files.insert(1, ("/drop/junk.pem", b"not a certificate", SourceKind.DROP))
+    worker = JudgeWorker(Limits())
+    try:
+        verdicts = worker.judge_batch(files, rules=Rules(), now=NOW, passwords=())
+    finally:
+        worker.close()
+    assert [v.source for v in verdicts] == [f[0] for f in files]
+    assert [bool(v.accepted) for v in verdicts] == [True, False, True, True]
+    assert verdicts[1].rejected[0].code is Reason.UNPARSEABLE
+    assert worker.spawned == 1

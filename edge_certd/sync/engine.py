@@ -25,7 +25,6 @@ from edge_certd.core.text import iso
 from edge_certd.store.fsutil import read_bytes_quietly, remove_stale_temp_files
 from edge_certd.store.sources import (
     DirectoryRules,
-    SourceFile,
     check_directory,
     display_path,
     ensure_drop_dir,
@@ -46,11 +45,12 @@ from edge_certd.store.state import (
 )
 from edge_certd.store.verdict_cache import CACHE_NAME, VerdictCache
 from edge_certd.sync import journal_events, record
+from edge_certd.sync.judging import Judging
 from edge_certd.sync.onchange import run_on_change
 from edge_certd.targets.base import Change
 from edge_certd.targets.registry import followers, system_store
 from edge_certd.targets.system import load_installed
-from edge_certd.worker.pool import JudgeWorker, Limits, judge_in_worker
+from edge_certd.worker.pool import JudgeWorker, Limits
 
 
 def rules_from(config: Config) -> Rules:
@@ -141,9 +141,8 @@ class Engine:
         rules = rules_from(self.config)
         passwords = read_passwords(self.config)
         cache = VerdictCache(self.config.state_dir, rules, passwords)
-        verdicts: list[FileVerdict] = []
+        judging = Judging(worker=worker, cache=cache, rules=rules, now=now, passwords=passwords)
         problems: list[SourceProblem] = []
-        leaking: list[str] = []
         for directory, kind in source_dirs(self.config):
             if kind is SourceKind.KEYVAULT and not os.path.exists(directory):
                 continue  # not exported yet: nothing to trust, nothing wrong
@@ -154,13 +153,10 @@ class Engine:
                 problems.append(SourceProblem(path=exc.path, reason=exc.reason))
                 continue
             for source in files:
-                if source.fs_path in busy:
-                    continue
-                verdict = _judge_cached(worker, cache, source, kind, rules, now, passwords)
-                if verdict.leaks_private_key:
-                    leaking.append(source.fs_path)
-                verdicts.append(verdict)
-        for path in leaking:
+                if source.fs_path not in busy:
+                    judging.add(source, kind)
+        verdicts = judging.finish()
+        for path in judging.leaking:
             tighten_mode(path)
         try:
             cache.save()
@@ -309,49 +305,6 @@ class Engine:
                 installed_at=previous.installed_at if previous else now,
             )
         return entries
-
-
-def _judge_cached(
-    worker: JudgeWorker,
-    cache: VerdictCache,
-    source: SourceFile,
-    kind: SourceKind,
-    rules: Rules,
-    now: dt.datetime,
-    passwords: Sequence[bytes],
-) -> FileVerdict:
-    if source.data is None:
-        return judge_in_worker(
-            None,
-            source=source.path,
-            data=None,
-            problem=source.problem,
-            kind=kind,
-            rules=rules,
-            now=now,
-            passwords=passwords,
-        )
-    key = cache.key(source.content_sha256, kind)
-    verdict = cache.get(key, source.path, now)
-    if verdict is None:
-        verdict = worker.judge(
-            source=source.path, data=source.data, kind=kind, rules=rules, now=now, passwords=passwords
-        )
-        if _worth_caching(verdict):
-            cache.put(key, verdict)
-    return verdict
-
-
-# A verdict about the judge rather than the file: judged again by the next process.
-_NOT_CACHED = {Reason.JUDGE_LIMIT, Reason.JUDGE_FAILED}
-
-
-def _worth_caching(verdict: FileVerdict) -> bool:
-    """Only verdicts that cost a certificate's parse and signature check are remembered:
-    junk is refused in microseconds, and 50,000 junk files must not make a 20 MB cache."""
-    if any(r.code in _NOT_CACHED for r in verdict.rejected):
-        return False
-    return bool(verdict.accepted or verdict.ignored or any(r.sha256 is not None for r in verdict.rejected))
 
 
 def _not_yet_valid_but_installed(

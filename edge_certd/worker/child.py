@@ -21,7 +21,7 @@ from typing import Any
 import cryptography.hazmat.backends.openssl.backend  # noqa: F401
 
 from edge_certd.core.codec import verdict_to_json
-from edge_certd.core.model import Reason, SourceKind
+from edge_certd.core.model import SourceKind
 from edge_certd.core.policy import Rules
 from edge_certd.core.text import parse_iso
 from edge_certd.core.verdict import judge_file
@@ -40,28 +40,23 @@ def main() -> int:
     while True:
         try:
             header = json.loads(read_frame(stdin))
-            data = read_frame(stdin)
+            datas = [read_frame(stdin) for _ in header["files"]]
         except ProtocolError:
             return 0  # the daemon closed the pipe: it is done with us
-        _allow_cpu(cpu_seconds)
-        write_frame(stdout, encode_json(_judge(header, data)))
+        _allow_cpu(cpu_seconds)  # one budget per request, however many files it holds
+        write_frame(stdout, encode_json({"verdicts": _judge(header, datas)}))
 
 
-def _judge(header: dict[str, Any], data: bytes) -> dict[str, Any]:
+def _judge(header: dict[str, Any], datas: list[bytes]) -> list[dict[str, Any]]:
     rules = Rules(**header["rules"])
     passwords = [base64.b64decode(p) for p in header["passwords"]]
     now = parse_iso(header["now"])
-    problem = header.get("problem")
-    verdict = judge_file(
-        header["source"],
-        None if problem else data,
-        (Reason(problem[0]), problem[1]) if problem else None,
-        SourceKind(header["kind"]),
-        rules,
-        now,
-        passwords,
-    )
-    return verdict_to_json(verdict)
+    return [
+        verdict_to_json(
+            judge_file(item["source"], data, None, SourceKind(item["kind"]), rules, now, passwords)
+        )
+        for item, data in zip(header["files"], datas, strict=True)
+    ]
 
 
 def _apply_limits(*, memory_bytes: int) -> None:

@@ -72,23 +72,73 @@ class JudgeWorker:
         now: dt.datetime,
         passwords: Sequence[bytes],
     ) -> FileVerdict:
-        content_sha = hashlib.sha256(data).hexdigest()
-        memo = self._over_limit.get(f"{content_sha}:{kind}")
-        if memo is not None:
-            return dataclasses.replace(
-                memo,
-                source=source,
-                rejected=tuple(dataclasses.replace(r, source=source) for r in memo.rejected),
-            )
-        header = {
-            "source": source,
-            "kind": str(kind),
+        (verdict,) = self.judge_batch([(source, data, kind)], rules=rules, now=now, passwords=passwords)
+        return verdict
+
+    def judge_batch(
+        self,
+        files: Sequence[tuple[str, bytes, SourceKind]],
+        *,
+        rules: Rules,
+        now: dt.datetime,
+        passwords: Sequence[bytes],
+    ) -> list[FileVerdict]:
+        """Judge (source, bytes, kind) triples, in one round trip when all goes well.
+
+        A batch that fails (a limit, a crash, a malformed answer) is judged again one file
+        at a time, so that only the file at fault is refused and gets the full budget.
+        """
+        shas = [hashlib.sha256(data).hexdigest() for _, data, _ in files]
+        results: list[FileVerdict | None] = [
+            self._remembered(source, sha, kind) for (source, _, kind), sha in zip(files, shas, strict=True)
+        ]
+        todo = [i for i, verdict in enumerate(results) if verdict is None]
+        context: dict[str, object] = {
             "rules": self._rules_json(rules),
             "now": iso(now),
             "passwords": [base64.b64encode(p).decode() for p in passwords],
         }
+        if len(todo) > 1:
+            answers = self._try_batch([files[i] for i in todo], context)
+            if answers is not None:
+                for i, verdict in zip(todo, answers, strict=True):
+                    results[i] = verdict
+                todo = []
+        for i in todo:
+            source, data, kind = files[i]
+            results[i] = self._judge_one(source, data, kind, shas[i], context)
+        return [verdict for verdict in results if verdict is not None]
+
+    def _remembered(self, source: str, content_sha: str, kind: SourceKind) -> FileVerdict | None:
+        memo = self._over_limit.get(f"{content_sha}:{kind}")
+        if memo is None:
+            return None
+        return dataclasses.replace(
+            memo, source=source, rejected=tuple(dataclasses.replace(r, source=source) for r in memo.rejected)
+        )
+
+    def _try_batch(
+        self, files: Sequence[tuple[str, bytes, SourceKind]], context: dict[str, object]
+    ) -> list[FileVerdict] | None:
+        header = {**context, "files": [{"source": s, "kind": str(k)} for s, _, k in files]}
         try:
-            answer = self._ask(encode_json(header), data)
+            answer = self._ask(encode_json(header), [data for _, data, _ in files])
+            doc = json.loads(answer)
+            verdicts = [
+                verdict_from_json(item, source)
+                for item, (source, _, _) in zip(doc["verdicts"], files, strict=True)
+            ]
+        except (_OverLimit, ProtocolError, OSError, ValueError, KeyError, TypeError):
+            self._kill()  # start the one-at-a-time pass with a fresh child
+            return None
+        return verdicts
+
+    def _judge_one(
+        self, source: str, data: bytes, kind: SourceKind, content_sha: str, context: dict[str, object]
+    ) -> FileVerdict:
+        header = {**context, "files": [{"source": source, "kind": str(kind)}]}
+        try:
+            answer = self._ask(encode_json(header), [data])
         except _OverLimit as exc:
             verdict = _refused(source, content_sha, Reason.JUDGE_LIMIT, exc.message)
             self._over_limit[f"{content_sha}:{kind}"] = verdict
@@ -101,8 +151,9 @@ class JudgeWorker:
                 f"edge-certd could not judge this file ({exc}); it is not trusted",
             )
         try:
-            return verdict_from_json(json.loads(answer), source)
-        except ValueError:
+            (item,) = json.loads(answer)["verdicts"]
+            return verdict_from_json(item, source)
+        except (ValueError, KeyError, TypeError):
             self.close()  # a worker that answers nonsense is not used again
             return _refused(
                 source,
@@ -116,11 +167,11 @@ class JudgeWorker:
             self._rules, self._rules_doc = rules, dataclasses.asdict(rules)
         return self._rules_doc
 
-    def _ask(self, header: bytes, data: bytes) -> bytes:
+    def _ask(self, header: bytes, datas: Sequence[bytes]) -> bytes:
         proc = self._start()
         assert proc.stdin is not None and proc.stdout is not None
         try:
-            write_frame(proc.stdin.fileno(), header, data)
+            write_frame(proc.stdin.fileno(), header, *datas)
         except OSError:
             self._reap()
             raise ProtocolError("the judge process died") from None
