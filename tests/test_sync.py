@@ -242,3 +242,30 @@ def test_a_target_that_cannot_be_written_holds_back_nothing_else(tree: Tree) -> 
     assert again.returncode == 0, again.stdout + again.stderr
     assert tree.update_runs == runs, "the system store was already right"
     assert sha in truststore_fingerprints(blocker.read_bytes(), "jks", "changeit")
+
+
+def test_a_certificate_java_cannot_take_is_left_out_of_java_alone(tree: Tree) -> None:
+    """Another tool put a broken certificate into the system bundle. The Java truststore
+    is built without it (found by halving where the serializer refuses it; keytool on
+    Debian 12 takes it as it is), and our CA is in Java either way."""
+    import base64
+
+    from edge_certd.targets.java import truststore_fingerprints
+
+    tree.write_config(bundles__java="pkcs12")
+    other = tree.root / "usr/local/share/ca-certificates/other-tool"
+    other.mkdir(parents=True)
+    broken = base64.encodebytes(b"\x30\x03\x02\x01\x05")
+    (other / "broken.crt").write_bytes(
+        b"-----BEGIN CERTIFICATE-----\n" + broken + b"-----END CERTIFICATE-----\n"
+    )
+    root = CA.root("Java Isolation Root")
+    tree.drop.mkdir(parents=True, exist_ok=True)
+    (tree.drop / "root.pem").write_bytes(root.cert_pem)
+    done = tree.cli("sync")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert broken in tree.system_bundle.read_bytes(), "the broken certificate reached the bundle"
+    store = tree.bundles / "java-truststore.p12"
+    held = truststore_fingerprints(store.read_bytes(), "pkcs12", "changeit")
+    assert hashlib.sha256(root.der).hexdigest() in held
+    assert len(held) > 1, "the system's own roots are in Java too"

@@ -123,10 +123,9 @@ class JavaTruststore:
         halving (a few runs of keytool for one bad CA among hundreds).
 
         Raises:
-            WriteError: even an empty truststore fails, or too many entries are refused:
-                the trouble is not a certificate (keytool missing, a full disk).
+            WriteError: every entry is refused, or too many to tell which: the trouble is not
+                a certificate (keytool missing, a full disk).
         """
-        self._serialize([])  # raises when nothing could be written at all
         refused: list[tuple[str, str]] = []
         budget = [_MAX_ISOLATION_RUNS]
 
@@ -149,6 +148,10 @@ class JavaTruststore:
             split(group[middle:])
 
         split(entries)
+        if len(refused) == len(entries):
+            raise WriteError(
+                self.path or "java truststore", f"every certificate was refused: {refused[0][1]}"
+            )
         bad = {alias for alias, _ in refused}
         return [e for e in entries if e[0] not in bad], refused
 
