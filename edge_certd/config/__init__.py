@@ -99,6 +99,9 @@ class Config(_Section):
     drop_dir: str = "/var/lib/edge-certd/drop"
     keyvault_export_dirs: list[str] = []
     state_dir: str = "/var/lib/edge-certd"
+    # Where the daemon listens for the CLI (systemd's edge-certd.socket creates it, group
+    # edge-certd, mode 0660); without systemd the daemon binds it itself.
+    control_socket: str = "/run/edge-certd/control"
     pfx_password_files: list[str] = []
     trust_store: TrustStoreConfig = TrustStoreConfig()
     bundles: BundlesConfig = BundlesConfig()
@@ -115,6 +118,7 @@ class Config(_Section):
 _PATH_KEYS: tuple[tuple[str, ...], ...] = (
     ("drop_dir",),
     ("state_dir",),
+    ("control_socket",),
     ("trust_store", "ca_dir"),
     ("trust_store", "system_bundle"),
     ("bundles", "dir"),

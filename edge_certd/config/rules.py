@@ -6,6 +6,8 @@ Checked in plain Python after the model is built, so the rules read the same und
 
 from __future__ import annotations
 
+import os
+
 import math
 import posixpath
 from collections.abc import Iterator
@@ -134,6 +136,7 @@ def _path_keys(config: Config) -> Iterator[tuple[tuple[str, ...], str]]:
     for key in (
         ("drop_dir",),
         ("state_dir",),
+        ("control_socket",),
         ("trust_store", "ca_dir"),
         ("trust_store", "system_bundle"),
         ("bundles", "dir"),
@@ -148,6 +151,8 @@ def _path_keys(config: Config) -> Iterator[tuple[tuple[str, ...], str]]:
 
 
 def _paths(config: Config) -> Iterator[Problem]:
+    if len(os.fsencode(config.control_socket)) > 107:  # sun_path holds 108 bytes with its NUL
+        yield ("control_socket",), "longer than the 107 bytes a Unix socket's path may have"
     for key, value in _path_keys(config):
         if not value.startswith("/"):
             yield key, f"must be an absolute path, got {value!r}"

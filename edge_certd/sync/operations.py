@@ -67,39 +67,64 @@ def _judge_files(
     return judged
 
 
-def add(config: Config, files: Sequence[str]) -> SyncResult:
+@dataclass(frozen=True, kw_only=True)
+class Added:
+    """What `add` did: its own files' verdicts, and the sync that followed."""
+
+    verdicts: tuple[FileVerdict, ...]
+    result: SyncResult
+
+
+def add(config: Config, files: Sequence[str]) -> Added:
     """Validate each file, then place it in the drop directory atomically and sync.
 
     Raises:
         UsageError: a file would be rejected or holds no CA; nothing is copied then.
     """
     judged = _judge_files(config, files)
-    verdicts = [verdict for _, verdict in judged]
+    items = [(path, source.data or b"") for path, (source, _) in zip(files, judged, strict=True)]
+    engine = Engine(config)
+    return add_judged(engine, items, [verdict for _, verdict in judged])
+
+
+def add_judged(engine: Engine, items: Sequence[tuple[str, bytes]], verdicts: Sequence[FileVerdict]) -> Added:
+    """Copy already judged bytes into the drop directory and sync (the daemon's path too:
+    it judges what a client sent and calls this).
+
+    Raises:
+        UsageError: a file would be rejected or holds no CA; nothing is copied then.
+    """
+    config = engine.config
     refused = [v for v in verdicts if v.rejected or not v.accepted]
     if refused:
         lines = []
         for verdict in refused:
-            reasons = [r.describe() for r in verdict.rejected] or [
-                f"{verdict.source}: holds no CA certificate"
-            ]
+            reasons = [r.describe() for r in verdict.rejected] or [f"{verdict.source}: holds no CA certificate"]
             lines.extend(reasons)
         raise UsageError("nothing was added:\n  " + "\n  ".join(lines))
-    engine = Engine(config)
     engine.ensure_drop_dir(force=True)
     with state_lock(engine.paths):
-        for path, (source, _) in zip(files, judged, strict=True):
+        for name, data in items:
             # The bytes judged above, not a second read that a swapped file could change.
-            data = source.data or b""
-            target = _drop_target(config.drop_dir, path, data, config.policy.max_file_bytes)
+            target = _drop_target(config.drop_dir, name, data, config.policy.max_file_bytes)
             write_atomic(target, data, 0o644)
         blocked = load_blocked(engine.paths)
         again = {ca.sha256 for v in verdicts for ca in v.accepted}
         if blocked & again:
             save_blocked(engine.paths, blocked - again)
-    return engine.sync()
+    return Added(verdicts=tuple(verdicts), result=engine.sync())
 
 
-def remove(config: Config, what: str) -> SyncResult:
+def judge_items(
+    config: Config, worker: JudgeWorker, items: Sequence[tuple[str, bytes]]
+) -> list[FileVerdict]:
+    """Judge bytes a client sent, named as the client named them (escaped)."""
+    now = dt.datetime.now(dt.UTC)
+    files = [(printable(name, limit=4096), data, SourceKind.DROP) for name, data in items]
+    return worker.judge_batch(files, rules=rules_from(config), now=now, passwords=read_passwords(config))
+
+
+def remove(config: Config, what: str, engine: Engine | None = None) -> SyncResult:
     """Stop trusting a managed CA, named by SHA-256 prefix or by installed/source file name.
 
     The source file is left where it is (edge-certd never deletes sources); the CA is

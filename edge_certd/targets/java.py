@@ -100,7 +100,11 @@ class JavaTruststore:
         ).hexdigest()
         record = " ".join([set_digest, *ours]).encode()
         previous = read_bytes(self.digest_path) or b""
-        if previous.split(b"\n")[0] == record and os.path.exists(self.path):
+        # The record also holds the file's own hash: a truststore that something else
+        # rewrote is rebuilt, not trusted to be the one we wrote.
+        on_disk = read_bytes_quietly(self.path)
+        current = record + b" " + hashlib.sha256(on_disk).hexdigest().encode() if on_disk else b""
+        if previous.split(b"\n")[0] == current:
             # Still the same set: say again which CAs the truststore could not take.
             return Outcome(changed=False, notes=_refusal_notes(previous.split(b"\n")[1:]))
         ensure_directory(self.bundle_dir, 0o755)
@@ -111,7 +115,8 @@ class JavaTruststore:
             # of Java: find it, leave it out, and say so. Raises when it is not one CA.
             kept, refused = self._isolate(entries)
             data = self._serialize(kept)
-        lines = [record] + [f"{alias} {why}".encode() for alias, why in refused]
+        lines = [record + b" " + hashlib.sha256(data).hexdigest().encode()]
+        lines += [f"{alias} {why}".encode() for alias, why in refused]
         write_atomic(self.path, data, 0o644)
         write_atomic(self.digest_path, b"\n".join(lines), 0o644)
         return Outcome(changed=True, detail=os.path.basename(self.path), notes=_refusal_notes(lines[1:]))
