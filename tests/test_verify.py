@@ -35,6 +35,7 @@ from edge_certd.diagnose.verify import (
     request_from_args,
     verify_gateway,
 )
+from edge_certd.diagnose.verify import anchors as verify_anchors
 
 DROP = "/var/lib/edge-certd/drop"
 TIMEOUT = 3.0
@@ -352,6 +353,19 @@ def test_the_handshake_happens_once_whatever_the_number_of_stores(pki: Pki, serv
         ("store:ca-bundle", "pass"),
     ]
     assert not report.ok
+
+
+def test_without_the_openssl_command_no_store_is_called_trusted(
+    pki: Pki, serve: Serve, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(verify_anchors, "find_openssl", lambda: None)
+    server = serve(tls_handler(pki.server_pem, pki.server_key))
+    report = check("localhost", server.port, pki.root_pem)
+    assert not report.ok
+    assert statuses(report)["store:ca"] == "fail"
+    assert "the openssl command is not installed" in summary(report, "store:ca")
+    assert report.diagnosis is not None and report.diagnosis.cause == "cannot-check"
+    assert "apt install openssl" in report.diagnosis.fix
 
 
 def test_root_sent_by_the_server_but_not_trusted_is_named(pki: Pki, serve: Serve) -> None:

@@ -38,7 +38,7 @@ from pathlib import Path
 from edge_certd.config import Config, GatewayConfig
 from edge_certd.core.errors import UsageError
 from edge_certd.diagnose.connstr import ConnectionString, ConnectionStringError, parse_connection_string
-from edge_certd.diagnose.verify.anchors import check_store, find_openssl
+from edge_certd.diagnose.verify import anchors
 from edge_certd.diagnose.verify.judge import (
     judge_chain,
     judge_connection_string,
@@ -390,8 +390,10 @@ def verify_gateway(request: VerifyRequest) -> VerifyReport:
     # than OpenSSL's first complaint does, so those diagnoses come first.
     diagnoses.extend(expiry_diag)
     if chain:
-        openssl = find_openssl()
-        checked.extend((store, check_store(store, shake.chain_der, openssl)) for store in request.stores)
+        openssl = anchors.find_openssl()
+        checked.extend(
+            (store, anchors.check_store(store, shake.chain_der, openssl)) for store in request.stores
+        )
     for store, check in checked:
         elsewhere = [other for other, result in checked if result.verified and other is not store]
         store_step, store_diag = judge_store(request, store, check, chain, elsewhere)
