@@ -22,7 +22,7 @@ from loopback import LoopbackServer, tls_handler
 
 from edge_certd import cli
 from edge_certd.core.pem import iter_pem_ders
-from edge_certd.diagnose.verify import TrustStore, VerifyRequest, render_text, verify_gateway
+from edge_certd.diagnose.verify import TrustStore, VerifyRequest, anchors, render_text, verify_gateway
 from edge_certd.targets.java import jks_truststore
 
 TIMEOUT = "3"
@@ -304,3 +304,30 @@ def test_no_fix_ever_says_to_edit_a_generated_file(
     code, text, _ = verify(tree, gateway, capsys, "--ca", str(tree.edge_roots))
     assert code == 1
     assert_fix_edits_no_generated_file(text)
+
+
+# --------------------------------------------------------------------------- isolation
+
+
+def test_a_store_is_checked_alone_without_this_machines_own_roots(tmp_path: Path) -> None:
+    # openssl verify loads OpenSSL's default directory unless told not to; then a chain to
+    # any of this machine's roots would pass the edge-roots.pem line. Read-only: a Mozilla
+    # root from /usr/share/ca-certificates stands in for such a chain.
+    mozilla = sorted(Path("/usr/share/ca-certificates/mozilla").glob("*.crt"))
+    if not mozilla:
+        pytest.skip("no Mozilla roots on this machine")
+    public_root = next(iter_pem_ders(mozilla[0].read_bytes()))
+    openssl = anchors.find_openssl()
+    assert openssl is not None
+    ours = tmp_path / "edge-roots.pem"
+    ours.write_bytes(CA.root("Only This Root").cert_pem)
+    alone = TrustStore(key="edge-roots", title="edge-roots.pem", used_by="the SDKs", path=str(ours))
+    # X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT (18): not trusted here. Had the machine's roots
+    # leaked in, the chain would be trusted and only its purpose refused (26), as below.
+    alone_result = anchors.check_store(alone, [public_root], openssl)
+    assert (alone_result.verified, alone_result.error_code) == (False, 18), alone_result
+    holding = tmp_path / "public.pem"
+    holding.write_bytes(mozilla[0].read_bytes())
+    with_it = TrustStore(key="system", title="system store", used_by="everyone", path=str(holding))
+    trusted_result = anchors.check_store(with_it, [public_root], openssl)
+    assert trusted_result.error_code == 26, trusted_result  # unsuitable purpose: a root is no server
