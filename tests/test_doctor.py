@@ -173,7 +173,10 @@ def test_healthy_device_with_gateway_verified_over_real_tls(
     assert code == 0, out
     (gateway,) = checks(out)["gateway"]
     assert gateway[0] == "pass", out
-    assert f"localhost:{port} (mqtts) is reachable and trusted" in gateway[1]
+    assert (
+        f"localhost:{port} (mqtts) is reachable and trusted by system store, edge-roots.pem, ca-bundle.pem ("
+        in gateway[1]
+    )
     assert "Verification: OK" in gateway[1]
 
 

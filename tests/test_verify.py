@@ -10,7 +10,6 @@ import datetime as dt
 import json
 import shutil
 import socket
-import ssl
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -26,15 +25,17 @@ from edge_certd.config import GatewayConfig
 from edge_certd.core.errors import UsageError
 from edge_certd.diagnose.connstr import ConnectionStringError, parse_connection_string
 from edge_certd.diagnose.verify import (
+    TrustStore,
     VerifyReport,
     VerifyRequest,
+    ca_file_store,
     parse_host_port,
     render_text,
     report_to_json,
     request_from_args,
     verify_gateway,
 )
-from edge_certd.diagnose.verify import net as verify_net
+from edge_certd.diagnose.verify import anchors as verify_anchors
 
 DROP = "/var/lib/edge-certd/drop"
 TIMEOUT = 3.0
@@ -144,15 +145,18 @@ def spawn(tmp_path: Path) -> Iterator[Spawn]:
             proc.wait(10)
 
 
-def check(
-    host: str, port: int, ca: Path, *, servername: str | None = None, ca_explicit: bool = False
-) -> VerifyReport:
+def pem_store(path: Path, key: str = "edge-roots") -> TrustStore:
+    """A runtime's PEM store, as `default_stores` makes them."""
+    return TrustStore(key=key, title=path.name, used_by="the test's runtime", path=str(path))
+
+
+def check(host: str, port: int, ca: Path, *, servername: str | None = None) -> VerifyReport:
+    """verify with `--ca ca`: the one store is that file."""
     request = VerifyRequest(
         host=host,
         port=port,
         servername=servername,
-        ca_files=(str(ca),),
-        ca_explicit=ca_explicit,
+        stores=(ca_file_store(str(ca)),),
         drop_dir=DROP,
         timeout=TIMEOUT,
     )
@@ -191,7 +195,7 @@ def test_good_chain_passes_with_sni_and_hostname_in_san(pki: Pki, serve: Serve) 
     text = render_text(report)
     assert "\nVerification: OK\n" in text
     assert "localhost matches SAN DNS:localhost" in text
-    assert "anchored at: CN=Gateway Test Root" in text
+    assert "[pass] --ca file: trusts the chain, anchored at CN=Gateway Test Root" in text
     assert "Result: OK" in text
     assert summary(report, "dns") == "localhost -> 127.0.0.1"
     assert summary(report, "tls").startswith("TLSv1.")
@@ -293,7 +297,7 @@ def test_mosquitto_tls_listener_verifies_as_the_mqtts_gateway(pki: Pki, mosquitt
             None,
             TIMEOUT,
             GatewayConfig(),
-            [str(pki.other_root_pem)],
+            [pem_store(pki.other_root_pem)],
             DROP,
         )
     )
@@ -308,36 +312,60 @@ def test_untrusted_root_names_the_missing_issuer(pki: Pki, serve: Serve) -> None
     server = serve(tls_handler(pki.server_pem, pki.server_key))
     report = check("localhost", server.port, pki.other_root_pem)
     assert not report.ok
-    assert report.verification == "Verification error: unable to get local issuer certificate"
+    assert report.verification == "Verification error: unable to get local issuer certificate (--ca file)"
     assert statuses(report)["tls"] == "pass"  # the handshake itself worked
+    assert statuses(report)["store:ca"] == "fail"
     assert len(report.chain) == 3  # and the presented chain is still shown
     diag = report.diagnosis
     assert diag is not None and diag.cause == "untrusted-root"
-    assert "whose issuer CN=Gateway Test Root,O=edge-certd tests is not a trusted CA" in diag.message
+    assert (
+        "whose issuer CN=Gateway Test Root,O=edge-certd tests is not a trusted CA in --ca file"
+        in diag.message
+    )
     assert DROP in diag.fix and "CN=Gateway Test Root" in diag.fix
     text = render_text(report)
-    assert "\nVerification error: unable to get local issuer certificate\n" in text
+    assert "\nVerification error: unable to get local issuer certificate (--ca file)\n" in text
     assert "Result: FAILED" in text
 
 
-def test_chain_is_fetched_again_when_the_failed_handshake_kept_none(
+def test_the_handshake_happens_once_whatever_the_number_of_stores(pki: Pki, serve: Serve) -> None:
+    # The chain is collected once, with verification off, then verified against each store.
+    accepted: list[int] = []
+    handle = tls_handler(pki.server_pem, pki.server_key)
+
+    def counting(conn: socket.socket) -> None:
+        accepted.append(1)
+        handle(conn)
+
+    server = serve(counting)
+    stores = (
+        pem_store(pki.root_pem, "system"),
+        pem_store(pki.other_root_pem, "edge-roots"),
+        pem_store(pki.root_pem, "ca-bundle"),
+    )
+    report = verify_gateway(
+        VerifyRequest(host="localhost", port=server.port, stores=stores, drop_dir=DROP, timeout=TIMEOUT)
+    )
+    assert len(accepted) == 1
+    assert [(s.name, s.status) for s in report.store_steps] == [
+        ("store:system", "pass"),
+        ("store:edge-roots", "fail"),
+        ("store:ca-bundle", "pass"),
+    ]
+    assert not report.ok
+
+
+def test_without_the_openssl_command_no_store_is_called_trusted(
     pki: Pki, serve: Serve, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Some Python/OpenSSL builds may drop the peer chain when verification fails;
-    # verify then makes a second, non-verifying handshake just to show the chain.
-    real = verify_net._chain
-    calls: list[str] = []
-
-    def forgetful(tls: ssl.SSLObject, method: str) -> list[bytes]:
-        calls.append(method)
-        return [] if len(calls) == 1 else real(tls, method)
-
-    monkeypatch.setattr(verify_net, "_chain", forgetful)
+    monkeypatch.setattr(verify_anchors, "find_openssl", lambda: None)
     server = serve(tls_handler(pki.server_pem, pki.server_key))
-    report = check("localhost", server.port, pki.other_root_pem)
-    assert calls == ["get_unverified_chain", "get_unverified_chain", "get_verified_chain"]
-    assert len(report.chain) == 3
-    assert report.diagnosis is not None and report.diagnosis.cause == "untrusted-root"
+    report = check("localhost", server.port, pki.root_pem)
+    assert not report.ok
+    assert statuses(report)["store:ca"] == "fail"
+    assert "the openssl command is not installed" in summary(report, "store:ca")
+    assert report.diagnosis is not None and report.diagnosis.cause == "cannot-check"
+    assert "apt install openssl" in report.diagnosis.fix
 
 
 def test_root_sent_by_the_server_but_not_trusted_is_named(pki: Pki, serve: Serve) -> None:
@@ -345,32 +373,44 @@ def test_root_sent_by_the_server_but_not_trusted_is_named(pki: Pki, serve: Serve
     full.write_bytes(pki.server.chain_pem(include_root=True))
     server = serve(tls_handler(full, pki.server_key))
     report = check("localhost", server.port, pki.other_root_pem)
-    assert report.verification == "Verification error: self-signed certificate in certificate chain"
+    assert (
+        report.verification == "Verification error: self-signed certificate in certificate chain (--ca file)"
+    )
     assert report.diagnosis is not None
     assert "sent its root CA CN=Gateway Test Root" in report.diagnosis.message
 
 
-def test_explicit_ca_file_is_named_in_the_fix(pki: Pki, serve: Serve) -> None:
+def test_explicit_ca_file_is_named_in_the_diagnosis_and_never_to_be_edited(pki: Pki, serve: Serve) -> None:
     server = serve(tls_handler(pki.server_pem, pki.server_key))
-    report = check("localhost", server.port, pki.other_root_pem, ca_explicit=True)
+    report = check("localhost", server.port, pki.other_root_pem)
     assert report.diagnosis is not None
-    assert str(pki.other_root_pem) in report.diagnosis.fix
+    assert str(pki.other_root_pem) in report.diagnosis.message
+    # The fix names what a person may do, not an edit of the file they pointed at.
+    assert str(pki.other_root_pem) not in report.diagnosis.fix
+    assert report.diagnosis.fix.startswith("pass --ca a PEM file that holds the root CA CN=Gateway Test Root")
 
 
 def test_missing_trust_files_say_so_instead_of_blaming_the_root(
     pki: Pki, serve: Serve, tmp_path: Path
 ) -> None:
     server = serve(tls_handler(pki.server_pem, pki.server_key))
-    report = check("localhost", server.port, tmp_path / "edge-roots.pem")
+    missing = tmp_path / "edge-roots.pem"
+    request = VerifyRequest(
+        host="localhost", port=server.port, stores=(pem_store(missing),), drop_dir=DROP, timeout=TIMEOUT
+    )
+    report = verify_gateway(request)
     assert report.diagnosis is not None and report.diagnosis.cause == "no-trust"
-    assert "edge-roots.pem: not found" in report.diagnosis.message
+    assert f"edge-roots.pem ({missing}), which the test's runtime read, not found" in report.diagnosis.message
+    assert "edge-certd sync" in report.diagnosis.fix
+    assert report.verification == "Verification error: not found (edge-roots.pem)"
 
 
 def test_wrong_hostname_lists_the_names_in_the_certificate(pki: Pki, serve: Serve) -> None:
     server = serve(tls_handler(pki.server_pem, pki.server_key))
     report = check("127.0.0.1", server.port, pki.root_pem, servername="mygateway.contoso.com")
-    assert statuses(report)["verification"] == "pass"  # trust is fine, only the name is wrong
+    assert statuses(report)["store:ca"] == "pass"  # trust is fine, only the name is wrong
     assert statuses(report)["hostname"] == "fail"
+    assert report.verification is not None and report.verification.startswith("Verification error: hostname")
     diag = report.diagnosis
     assert diag is not None and diag.cause == "hostname-mismatch"
     assert diag.message == (
@@ -408,7 +448,7 @@ def test_expired_server_certificate_is_named_with_its_end_date(pki: Pki, serve: 
     cert, key = _issue(pki, "expired", ["localhost"], not_before=end - dt.timedelta(days=90), not_after=end)
     server = serve(tls_handler(cert, key))
     report = check("localhost", server.port, pki.root_pem)
-    assert report.verification == "Verification error: certificate has expired"
+    assert report.verification == "Verification error: certificate has expired (--ca file)"
     diag = report.diagnosis
     assert diag is not None and diag.cause == "expired"
     assert f"expired on {end:%Y-%m-%dT%H:%M:%SZ}" in diag.message
@@ -423,7 +463,7 @@ def test_not_yet_valid_certificate_blames_the_device_clock(pki: Pki, serve: Serv
     server = serve(tls_handler(cert, key))
     before = utcnow()
     report = check("localhost", server.port, pki.root_pem)
-    assert report.verification == "Verification error: certificate is not yet valid"
+    assert report.verification == "Verification error: certificate is not yet valid (--ca file)"
     diag = report.diagnosis
     assert diag is not None and diag.cause == "not-yet-valid"
     assert f"not valid until {start:%Y-%m-%dT%H:%M:%SZ}" in diag.message
@@ -521,7 +561,7 @@ def test_plain_tcp_server_is_reported_as_not_speaking_tls(pki: Pki, serve: Serve
     assert "did not speak TLS" in diag.message
     if reply.startswith(b"HTTP"):
         assert "HTTP/1.1 400 Bad Request" in diag.message
-    assert statuses(report)["verification"] == "skip"
+    assert statuses(report)["store"] == "skip"
 
 
 def test_server_that_closes_at_once_is_reported(pki: Pki, serve: Serve) -> None:
@@ -534,7 +574,9 @@ def test_server_that_accepts_and_hangs_hits_the_handshake_timeout(pki: Pki, serv
     server = serve(lambda conn: None)  # holds the connection open, says nothing
     started = time.monotonic()
     report = verify_gateway(
-        VerifyRequest(host="localhost", port=server.port, ca_files=(str(pki.root_pem),), timeout=1)
+        VerifyRequest(
+            host="localhost", port=server.port, stores=(ca_file_store(str(pki.root_pem)),), timeout=1
+        )
     )
     # Far below a hang, far above any scheduling noise.
     assert time.monotonic() - started < 20
@@ -583,7 +625,7 @@ def test_gateway_hostname_from_the_connection_string_is_verified(
         f"HostName=myhub.azure-devices.net;DeviceId=dev1;SharedAccessKey={SECRET};GatewayHostName=localhost\n"
     )
     gateway = GatewayConfig(port=server.port, connection_string_file=str(conn_file))
-    request = request_from_args(None, None, None, None, None, None, gateway, [str(pki.root_pem)], DROP)
+    request = request_from_args(None, None, None, None, None, None, gateway, [pem_store(pki.root_pem)], DROP)
     assert (request.host, request.port) == ("localhost", server.port)
     report = verify_gateway(request)
     assert report.ok, render_text(report)
@@ -633,12 +675,18 @@ def test_defaults_come_from_the_gateway_config() -> None:
         None,
         None,
         gateway,
-        ["/var/lib/edge-certd/bundles/edge-roots.pem", "/etc/ssl/x.crt"],
+        [
+            pem_store(Path("/var/lib/edge-certd/bundles/edge-roots.pem")),
+            pem_store(Path("/etc/ssl/x.crt"), "system"),
+        ],
         DROP,
     )
     assert (request.host, request.port, request.protocol) == ("gw.local", 5671, "amqps")
     assert request.servername == "gw.example" and request.timeout == 4.0
-    assert request.ca_files == ("/var/lib/edge-certd/bundles/edge-roots.pem", "/etc/ssl/x.crt")
+    assert [s.path for s in request.stores] == [
+        "/var/lib/edge-certd/bundles/edge-roots.pem",
+        "/etc/ssl/x.crt",
+    ]
     assert not request.ca_explicit
 
 

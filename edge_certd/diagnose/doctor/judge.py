@@ -265,18 +265,21 @@ def judge_gateway(report: VerifyReport) -> Check:
         return Check("gateway", "fail", f"{target}: {reason}", details)
     tls = report.step("tls")
     how = f"{tls.summary}, " if tls else ""
+    # verify checks each runtime's store on its own; name them, so a pass says for whom.
+    by = ", ".join(s.heading for s in report.store_steps)
+    trusted = f"reachable and trusted by {by}" if by else "reachable and trusted"
     if report.warnings:
         shown = "; ".join(s.summary for s in report.warnings)
         return Check(
             "gateway",
             "warn",
-            f"{target} is reachable and trusted ({how}{report.verification or 'verified'}), but: {shown}",
+            f"{target} is {trusted} ({how}{report.verification or 'verified'}), but: {shown}",
             details,
         )
     return Check(
         "gateway",
         "pass",
-        f"{target} is reachable and trusted ({how}{report.verification or 'verified'}, hostname matches)",
+        f"{target} is {trusted} ({how}{report.verification or 'verified'}, hostname matches)",
     )
 
 

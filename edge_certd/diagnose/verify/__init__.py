@@ -1,24 +1,31 @@
 """`edge-certd verify`: can this device reach its gateway over TLS, and if not, why?
 
 The check runs as a fixed sequence of steps (connection string, DNS, TCP, TLS
-handshake, presented chain, chain verification, hostname, expiry). Each step
+handshake, presented chain, one line per trust store, hostname, expiry). Each step
 records pass / fail / warn / skip with its details, and the report carries ONE
 diagnosis: the most fundamental failure, with the fix a person should apply.
 A warning (a certificate expiring within warn_days) never fails the check.
 
+The trust stores are what the runtimes on the device use, each checked on its own
+(`default_stores`): the system store as OpenSSL's default paths see it, edge-roots.pem
+alone (what the Azure IoT SDKs' `ca` option trusts), ca-bundle.pem, and the Java
+truststore when one is written. Every store must trust the chain: a runtime that
+reads a store which lacks the root cannot connect, so its line fails the check.
+`--ca FILE` replaces them all with that one file.
+
 This module turns arguments and configuration into a request and runs the steps
 in order. The pieces live beside it:
 
-- `verify_model`: the request, step and report values;
-- `verify_net`: the side effects (DNS, sockets, reading trust files);
-- `verify_judge`: the pure judgement of what the probes saw;
-- `verify_render`: text and JSON output.
+- `model`: the request, step and report values;
+- `net`: the network side effects (DNS, TCP, one TLS handshake that collects the chain);
+- `anchors`: reading each store and verifying the chain against it (`openssl verify`);
+- `judge`: the pure judgement of what the probes saw;
+- `render`: text and JSON output.
 
-Chain verification is OpenSSL's own (via `ssl`), so its verdict and wording are
-exactly what `openssl s_client` prints and what the device's TLS stack will say.
-The hostname check is done here rather than by OpenSSL so that a wrong name and
-an untrusted chain are reported separately instead of the first one hiding the
-second.
+Chain verification is OpenSSL's own (`openssl verify`, see `anchors`), so its verdict and
+wording are what the device's TLS stacks say. The hostname is checked once, here, so
+that a wrong name and an untrusted chain are reported separately instead of the first
+hiding the second; the `Verification:` line joins them into one verdict.
 """
 
 from __future__ import annotations
@@ -31,15 +38,17 @@ from pathlib import Path
 from edge_certd.config import Config, GatewayConfig
 from edge_certd.core.errors import UsageError
 from edge_certd.diagnose.connstr import ConnectionString, ConnectionStringError, parse_connection_string
+from edge_certd.diagnose.verify import anchors
 from edge_certd.diagnose.verify.judge import (
     judge_chain,
     judge_connection_string,
     judge_dns,
     judge_expiry,
     judge_hostname,
+    judge_store,
     judge_tcp,
     judge_tls,
-    judge_verification,
+    verification_line,
 )
 from edge_certd.diagnose.verify.model import (
     DEFAULT_PROTOCOL,
@@ -48,28 +57,30 @@ from edge_certd.diagnose.verify.model import (
     CertInfo,
     Diagnosis,
     Step,
+    StoreCheck,
+    TrustStore,
     VerifyReport,
     VerifyRequest,
     cert_info,
     is_ip_literal,
 )
-from edge_certd.diagnose.verify.net import (
-    load_trust,
-    probe_chain_unverified,
-    probe_dns,
-    probe_tcp,
-    probe_tls,
-)
+from edge_certd.diagnose.verify.net import probe_dns, probe_tcp, probe_tls
 from edge_certd.diagnose.verify.render import render_text, report_to_json
+from edge_certd.targets.bundles import RuntimeBundles
+from edge_certd.targets.java import JavaTruststore
+from edge_certd.targets.registry import followers
 
 __all__ = [
     "PROTOCOL_PORTS",
     "CertInfo",
     "Diagnosis",
     "Step",
+    "StoreCheck",
+    "TrustStore",
     "VerifyReport",
     "VerifyRequest",
-    "default_trust_files",
+    "ca_file_store",
+    "default_stores",
     "parse_host_port",
     "render_text",
     "report_to_json",
@@ -123,7 +134,7 @@ def request_from_args(
     servername: str | None,
     timeout: float | None,
     gateway: GatewayConfig,
-    default_cas: Sequence[str],
+    default_stores: Sequence[TrustStore],
     drop_dir: str,
     *,
     connection_string_file: str | None = None,
@@ -188,17 +199,16 @@ def request_from_args(
     if ca is not None:
         if not Path(ca).is_file():
             raise UsageError(f"--ca {ca}: no such file")
-        ca_files: tuple[str, ...] = (ca,)
+        stores: tuple[TrustStore, ...] = (ca_file_store(ca),)
     else:
-        ca_files = tuple(default_cas)
+        stores = tuple(default_stores)
 
     return VerifyRequest(
         host=host,
         port=port,
         protocol=chosen_protocol,
         servername=servername or (gateway.servername if from_config else None),
-        ca_files=ca_files,
-        ca_explicit=ca is not None,
+        stores=stores,
         drop_dir=drop_dir,
         timeout=float(chosen_timeout),
         connection_string=parsed,
@@ -215,9 +225,58 @@ def _read_secret_file(path: str) -> str:
         raise ConnectionStringError(f"cannot read the file: {reason}", path) from None
 
 
-def default_trust_files(config: Config) -> list[str]:
-    """What edge-certd installed: its own roots plus the system bundle."""
-    return [os.path.join(config.bundles.dir, "edge-roots.pem"), config.trust_store.system_bundle]
+def ca_file_store(path: str) -> TrustStore:
+    """--ca FILE: trust only the certificates in this PEM file."""
+    return TrustStore(key="ca", title="--ca file", used_by="this check only", path=path)
+
+
+def default_stores(config: Config) -> list[TrustStore]:
+    """The stores the device's runtimes use, each checked on its own, as the targets
+    this configuration enables write them (README, "Runtimes: what to point them at")."""
+    system_bundle = config.trust_store.system_bundle
+    # OpenSSL's default paths are a CA file and the hashed directory beside it
+    # (/usr/lib/ssl/cert.pem -> /etc/ssl/certs/ca-certificates.crt, and /etc/ssl/certs);
+    # update-ca-certificates writes both.
+    stores = [
+        TrustStore(
+            key="system",
+            title="system store",
+            used_by="runtimes on OpenSSL's default paths (Python ssl, curl, Go, .NET, Debian's Node.js)",
+            path=system_bundle,
+            directory=os.path.dirname(system_bundle) or None,
+        )
+    ]
+    for target in followers(config):
+        if isinstance(target, RuntimeBundles):
+            stores.append(
+                TrustStore(
+                    key="edge-roots",
+                    title="edge-roots.pem",
+                    used_by="the Azure IoT SDKs' ca / server_verification_cert / OPTION_TRUSTED_CERT "
+                    "and mosquitto --cafile",
+                    path=target.edge_roots,
+                )
+            )
+            stores.append(
+                TrustStore(
+                    key="ca-bundle",
+                    title="ca-bundle.pem",
+                    used_by="REQUESTS_CA_BUNDLE, SSL_CERT_FILE and CURL_CA_BUNDLE",
+                    path=target.ca_bundle,
+                )
+            )
+        elif isinstance(target, JavaTruststore) and target.path and target.store_type in ("jks", "pkcs12"):
+            stores.append(
+                TrustStore(
+                    key="java",
+                    title="Java truststore",
+                    used_by="Java started with $EDGE_CERTD_JAVA_OPTS",
+                    path=target.path,
+                    kind="jks" if target.store_type == "jks" else "pkcs12",
+                    password=target.password,
+                )
+            )
+    return stores
 
 
 def request_for_config(
@@ -246,7 +305,7 @@ def request_for_config(
         servername,
         timeout,
         config.gateway,
-        default_trust_files(config),
+        default_stores(config),
         config.drop_dir,
         connection_string_file=connection_string_file,
         warn_days=max(config.expiry.warn_days, default=30),
@@ -267,13 +326,18 @@ def verify_gateway(request: VerifyRequest) -> VerifyReport:
     diagnoses: list[Diagnosis] = []
     sni = request.expected_name if not is_ip_literal(request.expected_name or "") else None
 
+    checked: list[tuple[TrustStore, StoreCheck]] = []
+
+    def base(step: Step) -> str:
+        return step.name.split(":", 1)[0]
+
     def report(chain: tuple[CertInfo, ...] = (), verification: str | None = None) -> VerifyReport:
-        done = {s.name for s in steps}
+        done = {base(s) for s in steps}
         for name in STEP_TITLES:
             if name not in done and name != "connection_string":
                 steps.append(Step(name, "skip", "not run: an earlier step failed"))
         order = list(STEP_TITLES)
-        steps.sort(key=lambda s: order.index(s.name))
+        steps.sort(key=lambda s: order.index(base(s)))  # stable: the stores keep their order
         return VerifyReport(
             host=request.host,
             port=request.port,
@@ -282,6 +346,7 @@ def verify_gateway(request: VerifyRequest) -> VerifyReport:
             steps=tuple(steps),
             chain=chain,
             verification=verification,
+            stores=tuple(checked),
             diagnosis=diagnoses[0] if diagnoses else None,
             checked_at=now,
         )
@@ -307,13 +372,10 @@ def verify_gateway(request: VerifyRequest) -> VerifyReport:
     if connected.sock is None:
         return report()
 
-    trust = load_trust(request.ca_files)
     try:
-        shake = probe_tls(connected.sock, trust.context, sni, request.timeout)
+        shake = probe_tls(connected.sock, sni, request.timeout)
     finally:
         connected.sock.close()
-    if shake.verify_code is not None and not shake.chain_der:
-        shake.chain_der = probe_chain_unverified(resolved, sni, request.timeout)
 
     step, diag = judge_tls(request, shake)
     steps.append(step)
@@ -327,11 +389,28 @@ def verify_gateway(request: VerifyRequest) -> VerifyReport:
     # A wrong clock or an expired certificate explains a verification failure better
     # than OpenSSL's first complaint does, so those diagnoses come first.
     diagnoses.extend(expiry_diag)
-    verify_step, verification, verify_diag = judge_verification(request, shake, chain, trust)
-    steps.append(verify_step)
-    diagnoses.extend(verify_diag)
+    if chain:
+        openssl = anchors.find_openssl()
+        checked.extend(
+            (store, anchors.check_store(store, shake.chain_der, openssl)) for store in request.stores
+        )
+    for store, check in checked:
+        elsewhere = [other for other, result in checked if result.verified and other is not store]
+        store_step, store_diag = judge_store(request, store, check, chain, elsewhere)
+        steps.append(store_step)
+        diagnoses.extend(store_diag)
+    if chain and not checked:
+        steps.append(Step("store", "fail", "no trust store to check the chain against"))
+        diagnoses.append(
+            Diagnosis(
+                "no-trust",
+                "no trust store was given, so the chain cannot be verified",
+                "pass --ca FILE with the gateway's root CA",
+            )
+        )
     host_step, host_diag = judge_hostname(request, chain)
     steps.append(host_step)
     diagnoses.extend(host_diag)
     steps.append(expiry_step)
+    verification = verification_line(checked, host_step) if chain else None
     return report(chain, verification)

@@ -9,12 +9,21 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from edge_certd.diagnose.verify.model import CertInfo, Diagnosis, Step, VerifyRequest, cert_info, when
+from edge_certd.diagnose.verify.model import (
+    CertInfo,
+    Diagnosis,
+    Step,
+    StoreCheck,
+    TrustStore,
+    VerifyRequest,
+    when,
+)
 
 if TYPE_CHECKING:
-    from edge_certd.diagnose.verify.net import Connected, Handshake, Resolved, Trust
+    from edge_certd.diagnose.verify.net import Connected, Handshake, Resolved
 
 __all__ = [
     "FIREWALL_PORTS",
@@ -24,13 +33,15 @@ __all__ = [
     "judge_dns",
     "judge_expiry",
     "judge_hostname",
+    "judge_store",
     "judge_tcp",
     "judge_tls",
-    "judge_verification",
     "match_hostname",
+    "verification_line",
 ]
 
 FIREWALL_PORTS = "8883 (MQTTS), 5671 (AMQPS) and 443 (HTTPS)"
+ROOT_EXAMPLE = "PEM, e.g. the IoT Edge azure-iot-test-only.root.ca.cert.pem or your own root"
 
 # OpenSSL X509_V_ERR_* codes (include/openssl/x509_vfy.h) that mean "no trusted root for this
 # chain", as opposed to a chain that is trusted but broken in some other way.
@@ -167,73 +178,151 @@ def judge_chain(chain: tuple[CertInfo, ...]) -> Step:
     return Step("chain", "pass", count, tuple(details))
 
 
-def judge_verification(
-    request: VerifyRequest, shake: Handshake, chain: tuple[CertInfo, ...], trust: Trust
-) -> tuple[Step, str, list[Diagnosis]]:
-    trusted_from = ", ".join(trust.loaded) or "nothing"
-    details = [f"trusted CAs from: {trusted_from}", *trust.problems]
-    if shake.verify_code is None:
-        line = "Verification: OK"
-        if shake.verified_der:
-            anchor = cert_info(shake.verified_der[-1])
-            details.append(f"anchored at: {anchor.subject}")
-        summary = "the chain leads to a trusted CA"
-        return Step("verification", "pass", summary, tuple(details)), line, []
-    reason = shake.verify_message or f"error {shake.verify_code}"
-    line = f"Verification error: {reason}"
-    step = Step("verification", "fail", f"the chain does not verify: {reason}", tuple(details))
-    code = shake.verify_code
+def judge_store(
+    request: VerifyRequest,
+    store: TrustStore,
+    check: StoreCheck,
+    chain: tuple[CertInfo, ...],
+    trusted_elsewhere: Sequence[TrustStore] = (),
+) -> Judged:
+    """One trust store's line: does the runtime that reads it trust the gateway's chain?
+
+    `trusted_elsewhere` are the other stores that do trust it; they tell a root edge-certd
+    manages but has not brought into this store from one it was never given.
+    """
+    name = f"store:{store.key}"
+    where = store.path + (f" and {store.directory}" if store.directory else "")
+    count = f"{check.anchors} certificate{'s' if check.anchors != 1 else ''}"
+    details = (f"{where} ({count}), read by {store.used_by}",)
+    if check.problem is not None:
+        step = Step(name, "fail", check.problem, details, store.title)
+        return step, [_store_unusable(request, store, check, chain)]
+    if check.verified:
+        summary = "trusts the chain" + (f", anchored at {check.anchor}" if check.anchor else "")
+        return Step(name, "pass", summary, details, store.title), []
+    reason = check.error_text or f"error {check.error_code}"
+    step = Step(name, "fail", f"does not trust the chain: {reason}", details, store.title)
+    code = check.error_code
     if code in _NOT_YET_VALID_CODES or code in _EXPIRED_CODES:
-        return step, line, []  # judge_expiry names the certificate and the clock
-    if not trust.loaded:
-        return (
-            step,
-            line,
-            [
-                Diagnosis(
-                    "no-trust",
-                    "no trusted CA could be loaded, so no chain can verify: " + "; ".join(trust.problems),
-                    "run `edge-certd sync` so edge-certd writes its roots, or pass --ca FILE",
-                )
-            ],
-        )
+        return step, []  # judge_expiry names the certificate and the clock
     if code in _UNTRUSTED_CODES and chain:
-        return step, line, [_untrusted_root(request, chain, trust)]
+        return step, [_untrusted_root(request, store, check, chain, trusted_elsewhere)]
+    return step, [
+        Diagnosis(
+            "verification-failed",
+            f"the gateway's certificate chain did not verify against {store.title}: {reason}",
+            "reissue the gateway's certificates (iotedge check names the broken one)",
+        )
+    ]
+
+
+def _root_name(chain: tuple[CertInfo, ...]) -> str:
+    if not chain:
+        return "the gateway's root CA"
+    top = chain[-1]
+    return top.subject if top.self_signed else top.issuer
+
+
+def _drop_fix(request: VerifyRequest, needed: str) -> str:
     return (
-        step,
-        line,
-        [
-            Diagnosis(
-                "verification-failed",
-                f"the gateway's certificate chain did not verify: {reason}",
-                "reissue the gateway's certificates (iotedge check names the broken one)",
-            )
-        ],
+        f"copy the root CA certificate {needed} ({ROOT_EXAMPLE}) into the drop directory "
+        f"{request.drop_dir}; edge-certd installs it for every runtime"
     )
 
 
-def _untrusted_root(request: VerifyRequest, chain: tuple[CertInfo, ...], trust: Trust) -> Diagnosis:
+def _store_unusable(
+    request: VerifyRequest, store: TrustStore, check: StoreCheck, chain: tuple[CertInfo, ...]
+) -> Diagnosis:
+    problem = check.problem or ""
+    readers = "" if store.key == "ca" else f", which {store.used_by} read,"
+    message = f"{store.title} ({store.path}){readers} {problem}, so no chain can verify against it"
+    needed = _root_name(chain)
+    if problem.startswith("cannot be checked"):
+        return Diagnosis("cannot-check", f"{store.title} {problem}", "install openssl (apt install openssl)")
+    if store.key == "ca":
+        return Diagnosis("no-trust", message, f"pass --ca a PEM file that holds the root CA {needed}")
+    if problem.startswith("cannot be read:"):
+        return Diagnosis("no-trust", message, "run `edge-certd verify` as a user who may read it (root)")
+    if "password" in problem:
+        fix = (
+            "set bundles.java_password to the truststore's password, or run `edge-certd sync` "
+            "so edge-certd rebuilds the truststore with the configured one"
+        )
+        return Diagnosis("no-trust", message, fix)
+    if problem == "not found" or "could not load" in problem:
+        fix = (
+            "start edge-certd (systemctl enable --now edge-certd) or run `edge-certd sync`, so "
+            f"it writes every runtime's store; first {_drop_fix(request, needed)}"
+        )
+        return Diagnosis("no-trust", message, fix)
+    return Diagnosis("no-trust", message, _drop_fix(request, needed))
+
+
+def _untrusted_root(
+    request: VerifyRequest,
+    store: TrustStore,
+    check: StoreCheck,
+    chain: tuple[CertInfo, ...],
+    trusted_elsewhere: Sequence[TrustStore],
+) -> Diagnosis:
     top = chain[-1]
-    needed = top.subject if top.self_signed else top.issuer
+    needed = _root_name(chain)
+    who = f"{store.title} ({store.path})"
     if top.self_signed:
-        message = f"the gateway sent its root CA {needed}, but this device does not trust it"
+        message = f"the gateway sent its root CA {needed}, but {who} does not trust it"
     else:
         message = (
-            f"the chain the gateway presented ends at {top.subject}, whose issuer "
-            f"{needed} is not a trusted CA on this device"
+            f"the chain the gateway presented ends at {top.subject}, whose issuer {needed} "
+            f"is not a trusted CA in {who}"
         )
-    if request.ca_explicit:
-        fix = f"add the root CA {needed} (PEM) to {', '.join(request.ca_files)}"
-    else:
+    if store.key != "ca":
+        message += f", so {store.used_by} cannot connect"
+    if check.holds_issuer:
+        message += "; it holds a CA of that name, but not the one that signed the chain"
+    others = [s.title for s in trusted_elsewhere]
+    if others:
+        message += f" (only {', '.join(others)} trust{'s' if len(others) == 1 else ''} it)"
+    if store.key == "ca":
         fix = (
-            f"copy the root CA certificate {needed} (PEM, e.g. the IoT Edge "
-            f"azure-iot-test-only.root.ca.cert.pem or your own root) into the drop directory "
-            f"{request.drop_dir}; edge-certd installs it"
+            f"pass --ca a PEM file that holds the root CA {needed}, or copy that root into the "
+            f"drop directory {request.drop_dir} so edge-certd installs it for every runtime"
         )
-    if trust.problems:
-        # A missing edge-roots.pem usually means sync has not run yet; say so.
-        fix += "; note that these trust files could not be loaded: " + "; ".join(trust.problems)
+    elif any(s.key == "edge-roots" for s in trusted_elsewhere):
+        # edge-certd manages the root (edge-roots.pem holds only what it manages), so
+        # this store is behind: a sync that could not finish, not a missing file.
+        fix = (
+            "edge-certd already manages this root: run `edge-certd sync` and read "
+            "`edge-certd status` for the step that failed"
+        )
+    elif check.holds_issuer:
+        fix = (
+            f"the gateway's root CA was regenerated: {_drop_fix(request, needed)}, and remove "
+            "the old one with `edge-certd remove`"
+        )
+    else:
+        fix = _drop_fix(request, needed)
     return Diagnosis("untrusted-root", message, fix)
+
+
+def verification_line(results: Sequence[tuple[TrustStore, StoreCheck]], hostname: Step | None) -> str:
+    """The one verdict line: OK only when every store trusts the chain and the name matches.
+
+    Otherwise the first reason, with the stores it applies to.
+    """
+    failed = [(store, check) for store, check in results if not check.verified]
+    if failed:
+        store, check = failed[0]
+        reason = check.error_text or check.problem or f"error {check.error_code}"
+        same = [
+            s.title for s, c in failed if (c.error_text or c.problem) == (check.error_text or check.problem)
+        ]
+        return f"Verification error: {reason} ({', '.join(same)})"
+    if not results:
+        return "Verification error: no trust store to check the chain against"
+    if hostname is None or hostname.status != "pass":
+        why = hostname.summary if hostname is not None else "not checked"
+        return f"Verification error: hostname mismatch ({why})"
+    return "Verification: OK"
 
 
 def judge_hostname(request: VerifyRequest, chain: tuple[CertInfo, ...]) -> Judged:

@@ -26,6 +26,9 @@ __all__ = [
     "Diagnosis",
     "Status",
     "Step",
+    "StoreCheck",
+    "StoreKind",
+    "TrustStore",
     "VerifyReport",
     "VerifyRequest",
     "cert_info",
@@ -51,10 +54,64 @@ STEP_TITLES: dict[str, str] = {
     "tcp": "TCP connect",
     "tls": "TLS handshake",
     "chain": "presented chain",
-    "verification": "chain verification",
+    # One step per trust store, named "store:<key>" and titled by the store; "store" alone
+    # stands for all of them when they could not be checked.
+    "store": "trust stores",
     "hostname": "hostname check",
     "expiry": "certificate expiry",
 }
+
+
+StoreKind = Literal["pem", "jks", "pkcs12"]
+
+
+@dataclass(frozen=True)
+class TrustStore:
+    """One set of trust anchors a runtime on this device uses, checked on its own.
+
+    Attributes:
+        key: a stable name for --json and the step name: "system", "edge-roots",
+            "ca-bundle", "java", or "ca" for --ca.
+        title: what the report calls it, e.g. "edge-roots.pem".
+        used_by: who reads it, in a few words.
+        path: the CA file (PEM) or the truststore (JKS, PKCS#12).
+        directory: a hashed certificate directory OpenSSL also reads (-CApath); only the
+            system store has one (/etc/ssl/certs on a device).
+        kind: how `path` is read.
+        password: the truststore's password (JKS, PKCS#12); never printed.
+    """
+
+    key: str
+    title: str
+    used_by: str
+    path: str
+    directory: str | None = None
+    kind: StoreKind = "pem"
+    password: str = field(default="", repr=False)
+
+
+@dataclass(frozen=True)
+class StoreCheck:
+    """What checking the presented chain against one store found (the probe's answer).
+
+    Attributes:
+        anchors: how many certificates the store holds (its file; not its directory).
+        problem: why the store could not be used at all (missing, empty, unreadable, no
+            openssl), or None.
+        verified: OpenSSL built a chain from the gateway's leaf to one of its anchors.
+        error_code: OpenSSL's X509_V_ERR_* code when it did not.
+        error_text: OpenSSL's words for that code.
+        anchor: the store's certificate named as the chain's issuer, escaped (for display).
+        holds_issuer: the store holds a certificate with the name the chain's top needs.
+    """
+
+    anchors: int = 0
+    problem: str | None = None
+    verified: bool = False
+    error_code: int | None = None
+    error_text: str | None = None
+    anchor: str | None = None
+    holds_issuer: bool = False
 
 
 @dataclass(frozen=True)
@@ -67,8 +124,8 @@ class VerifyRequest:
         port: TCP port.
         protocol: "mqtts", "amqps" or "https"; only used in messages and defaults.
         servername: the name sent as SNI and checked against the SAN; None means `host`.
-        ca_files: PEM files whose certificates are trusted (nothing else is).
-        ca_explicit: True when ca_files came from --ca rather than edge-certd's defaults.
+        stores: the trust stores to check the gateway's chain against, each on its own
+            (the runtimes' stores, or the one --ca file).
         drop_dir: edge-certd's drop directory, named in the "root not trusted" fix.
         timeout: seconds allowed for each of DNS, TCP connect and the TLS handshake.
         connection_string: the device connection string, when one was given.
@@ -80,8 +137,7 @@ class VerifyRequest:
     port: int
     protocol: str = DEFAULT_PROTOCOL
     servername: str | None = None
-    ca_files: tuple[str, ...] = ()
-    ca_explicit: bool = False
+    stores: tuple[TrustStore, ...] = ()
     drop_dir: str = "/var/lib/edge-certd/drop"
     timeout: float = 10.0
     connection_string: ConnectionString | None = None
@@ -92,6 +148,11 @@ class VerifyRequest:
     def expected_name(self) -> str | None:
         """The name the certificate must carry: what the device puts in SNI."""
         return self.servername or self.host
+
+    @property
+    def ca_explicit(self) -> bool:
+        """True when the trust came from --ca rather than the runtimes' stores."""
+        return any(store.key == "ca" for store in self.stores)
 
 
 @dataclass(frozen=True)
@@ -123,12 +184,17 @@ class CertInfo:
 
 @dataclass(frozen=True)
 class Step:
-    """One check. `name` is a key of STEP_TITLES."""
+    """One check. `name` is a key of STEP_TITLES, or "store:<key>" for one trust store."""
 
     name: str
     status: Status
     summary: str
     details: tuple[str, ...] = ()
+    title: str = ""  # shown instead of STEP_TITLES[name] when set
+
+    @property
+    def heading(self) -> str:
+        return self.title or STEP_TITLES.get(self.name, self.name)
 
 
 @dataclass(frozen=True)
@@ -151,7 +217,10 @@ class VerifyReport:
     servername: str | None
     steps: tuple[Step, ...]
     chain: tuple[CertInfo, ...] = ()
+    # One line for the whole TLS check: "Verification: OK" only when every store trusts
+    # the chain and the name matches; otherwise "Verification error: <first reason>".
     verification: str | None = None
+    stores: tuple[tuple[TrustStore, StoreCheck], ...] = ()
     diagnosis: Diagnosis | None = None
     checked_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
 
@@ -170,6 +239,10 @@ class VerifyReport:
 
     def step(self, name: str) -> Step | None:
         return next((s for s in self.steps if s.name == name), None)
+
+    @property
+    def store_steps(self) -> tuple[Step, ...]:
+        return tuple(s for s in self.steps if s.name.startswith("store:"))
 
 
 def is_ip_literal(host: str) -> bool:

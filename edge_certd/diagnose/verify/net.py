@@ -1,7 +1,9 @@
-"""The side effects of `verify`: DNS, TCP, reading trust files and one TLS handshake.
+"""The side effects of `verify`: DNS, TCP and the one TLS handshake.
 
 Each probe returns what it saw as plain data and never raises for a network or
-certificate problem; `verify_judge` turns that data into steps and a diagnosis.
+certificate problem; `judge` turns that data into steps and a diagnosis. The handshake
+does not verify: it collects the chain, and `anchors` verifies that chain against each
+trust store on its own.
 """
 
 from __future__ import annotations
@@ -10,11 +12,8 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
-
-from cryptography import x509
 
 from edge_certd.diagnose.verify.model import is_ip_literal
 
@@ -22,12 +21,10 @@ __all__ = [
     "Connected",
     "Handshake",
     "Resolved",
-    "Trust",
-    "load_trust",
-    "probe_chain_unverified",
     "probe_dns",
     "probe_tcp",
     "probe_tls",
+    "unverified_context",
 ]
 
 # The first byte of every TLS record is its content type: 20-23 (RFC 8446 section 5.1).
@@ -56,24 +53,13 @@ class Connected:
 @dataclass
 class Handshake:
     chain_der: list[bytes] = field(default_factory=list)
-    verified_der: list[bytes] = field(default_factory=list)
     version: str | None = None
     cipher: str | None = None
-    verify_code: int | None = None
-    verify_message: str | None = None
     # "timeout", "eof", "not-tls", "reset" or "ssl" when the handshake itself failed.
     error: str | None = None
     error_text: str = ""
     first_bytes: bytes = b""
     elapsed_ms: float = 0.0
-
-
-@dataclass(frozen=True)
-class Trust:
-    context: ssl.SSLContext
-    loaded: tuple[str, ...]
-    problems: tuple[str, ...]
-    anchors: tuple[str, ...]  # subjects of every trusted CA, RFC 4514
 
 
 def probe_dns(host: str, port: int, timeout: float) -> Resolved:
@@ -151,47 +137,26 @@ def _format_sockaddr(family: int, sockaddr: tuple[Any, ...]) -> str:
     return f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}"
 
 
-def load_trust(ca_files: Sequence[str]) -> Trust:
-    """A client context trusting exactly the certificates in `ca_files`.
-
-    Files that cannot be read are listed in `problems`, not raised, so the report
-    can say why no chain verifies.
-    """
+def unverified_context() -> ssl.SSLContext:
+    """A client context that completes the handshake whatever the chain: the chain is
+    verified afterwards, against each trust store on its own (see `anchors`)."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    # The hostname is judged separately (see verify.py), so that a wrong name and an
-    # untrusted chain are both reported; CERT_REQUIRED stays on.
     context.check_hostname = False
-    context.verify_mode = ssl.CERT_REQUIRED
-    loaded: list[str] = []
-    problems: list[str] = []
-    for path in ca_files:
-        try:
-            context.load_verify_locations(cafile=path)
-        except FileNotFoundError:
-            problems.append(f"{path}: not found")
-        except ssl.SSLError:
-            problems.append(f"{path}: no certificate could be read from it")
-        except OSError as exc:
-            problems.append(f"{path}: {exc.strerror or exc}")
-        else:
-            loaded.append(path)
-    anchors = []
-    for der in context.get_ca_certs(binary_form=True):
-        try:
-            anchors.append(x509.load_der_x509_certificate(der).subject.rfc4514_string())
-        except ValueError:
-            continue
-    return Trust(context, tuple(loaded), tuple(problems), tuple(anchors))
+    context.verify_mode = ssl.CERT_NONE
+    return context
 
 
-def probe_tls(sock: socket.socket, context: ssl.SSLContext, sni: str | None, timeout: float) -> Handshake:
-    """Run one TLS handshake over `sock` through memory BIOs.
+def probe_tls(
+    sock: socket.socket, sni: str | None, timeout: float, context: ssl.SSLContext | None = None
+) -> Handshake:
+    """Run one TLS handshake over `sock` through memory BIOs, without verifying.
 
     Memory BIOs rather than wrap_socket() because they let us see the raw bytes
     a non-TLS server answers with, and put one deadline on the whole handshake.
     """
     result = Handshake()
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    context = context or unverified_context()
     try:
         tls = context.wrap_bio(incoming, outgoing, server_hostname=sni)
     except ValueError as exc:  # e.g. a servername OpenSSL refuses
@@ -225,11 +190,6 @@ def probe_tls(sock: socket.socket, context: ssl.SSLContext, sni: str | None, tim
                 if len(result.first_bytes) < 64:
                     result.first_bytes += data[: 64 - len(result.first_bytes)]
                 incoming.write(data)
-        except ssl.SSLCertVerificationError as exc:
-            result.verify_code = exc.verify_code
-            result.verify_message = exc.verify_message
-            _flush(sock, outgoing, quiet=True)  # deliver our alert, as a real client would
-            break
         except ssl.SSLError as exc:
             closed = isinstance(exc, ssl.SSLEOFError | ssl.SSLZeroReturnError)
             result.error = "eof" if closed else "ssl"
@@ -242,23 +202,15 @@ def probe_tls(sock: socket.socket, context: ssl.SSLContext, sni: str | None, tim
     if cipher:
         result.cipher, result.version = cipher[0], tls.version() or cipher[1]
     # get_unverified_chain() is public from Python 3.13; before that the same method
-    # exists on the private _sslobj (added in 3.10, bpo-18233). It still answers after
-    # a failed verification, which is exactly when the chain matters most.
+    # exists on the private _sslobj (added in 3.10, bpo-18233).
     result.chain_der = _chain(tls, "get_unverified_chain")
-    if result.verify_code is None and result.error is None:
-        result.verified_der = _chain(tls, "get_verified_chain")
     return result
 
 
-def _flush(sock: socket.socket, outgoing: ssl.MemoryBIO, quiet: bool = False) -> None:
+def _flush(sock: socket.socket, outgoing: ssl.MemoryBIO) -> None:
     data = outgoing.read()
-    if not data:
-        return
-    try:
+    if data:
         sock.sendall(data)
-    except OSError:
-        if not quiet:
-            raise
 
 
 def _chain(tls: ssl.SSLObject, method: str) -> list[bytes]:
@@ -276,17 +228,3 @@ def _chain(tls: ssl.SSLObject, method: str) -> list[bytes]:
         else:  # _ssl.Certificate
             out.append(cert.public_bytes(ssl._ssl.ENCODING_DER))  # type: ignore[attr-defined]
     return out
-
-
-def probe_chain_unverified(resolved: Resolved, sni: str | None, timeout: float) -> list[bytes]:
-    """A second, non-verifying handshake, only to see the chain the first one lost."""
-    connected = probe_tcp(resolved, timeout)
-    if connected.sock is None:
-        return []
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    try:
-        return probe_tls(connected.sock, context, sni, timeout).chain_der
-    finally:
-        connected.sock.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from edge_certd.core.text import printable
-from edge_certd.diagnose.verify.model import STEP_TITLES, VerifyReport, when
+from edge_certd.diagnose.verify.model import VerifyReport, when
 
 # Every line and JSON string goes out escaped. cert_info already escaped what the gateway
 # sent; this catches anything else that reached a message (an error text, a host name) and is
@@ -16,7 +16,8 @@ __all__ = ["render_text", "report_to_json"]
 
 
 def render_text(report: VerifyReport) -> str:
-    """The human-readable report: one line per step, then the diagnosis and fix.
+    """The human-readable report: one line per step (one per trust store), then the
+    `Verification:` verdict, the diagnosis and the fix.
 
     The last line is `Result: OK` or `Result: FAILED`. Warnings (a certificate
     expiring within warn_days) are counted on an OK result, because they do not
@@ -28,7 +29,7 @@ def render_text(report: VerifyReport) -> str:
     sni = f", SNI {report.servername}" if report.servername else ""
     lines = [f"Verifying {target} ({report.protocol}{sni})"]
     for step in report.steps:
-        lines.append(f"  [{step.status}] {STEP_TITLES.get(step.name, step.name)}: {step.summary}")
+        lines.append(f"  [{step.status}] {step.heading}: {step.summary}")
         lines.extend(f"         {detail}" for detail in step.details)
     if report.verification:
         lines.append(report.verification)
@@ -64,8 +65,9 @@ def report_to_json(report: VerifyReport) -> dict[str, Any]:
     """The same result as a JSON-ready dict. Holds no secrets (the connection string
     appears only in redacted form, in the connection_string step).
 
-    `ok` is true when nothing failed; `warnings` names the steps that only warned. Every
-    string is escaped as in the text report.
+    `ok` is true when nothing failed; `warnings` names the steps that only warned; `stores`
+    has one entry per trust store checked (its step is `store:<name>`). Every string is
+    escaped as in the text report.
     """
     result: dict[str, Any] = _clean(_as_dict(report))
     return result
@@ -81,7 +83,13 @@ def _as_dict(report: VerifyReport) -> dict[str, Any]:
         "servername": report.servername,
         "checked_at": when(report.checked_at),
         "steps": [
-            {"name": s.name, "status": s.status, "summary": s.summary, "details": list(s.details)}
+            {
+                "name": s.name,
+                "title": s.heading,
+                "status": s.status,
+                "summary": s.summary,
+                "details": list(s.details),
+            }
             for s in report.steps
         ],
         "chain": [
@@ -97,6 +105,20 @@ def _as_dict(report: VerifyReport) -> dict[str, Any]:
             for c in report.chain
         ],
         "verification": report.verification,
+        "stores": [
+            {
+                "name": store.key,
+                "title": store.title,
+                "path": store.path,
+                "directory": store.directory,
+                "used_by": store.used_by,
+                "certificates": check.anchors,
+                "trusted": check.verified,
+                "error": check.error_text or check.problem,
+                "anchored_at": check.anchor,
+            }
+            for store, check in report.stores
+        ],
         "diagnosis": (
             None
             if report.diagnosis is None
