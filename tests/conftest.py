@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,6 +158,9 @@ def make_tree(root: Path, mozilla_count: int = 3, java: str = "off") -> Tree:
             "java": java,
         },
         "watch": {"settle_ms": 150},
+        # Each tree's daemon listens on its own socket (never the host's /run/edge-certd);
+        # short, because a Unix socket's path holds 107 bytes.
+        "control_socket": os.path.join(tempfile.mkdtemp(prefix="ecc-"), "control"),
     }
     config_path = root / "config.yaml"
     config_path.write_text(yaml.safe_dump(config))

@@ -124,7 +124,7 @@ def test_add_places_the_file_in_the_drop_dir_and_syncs(tree: Tree, tmp_path: Pat
     result = tree.cli("add", str(source))
     assert result.returncode == 0, result.stderr
     assert (tree.drop / "added-root.pem").read_bytes() == root.cert_pem
-    assert "installed CN=Added" in result.stdout
+    assert "trusts CN=Added" in result.stdout
     assert not [p for p in tree.drop.iterdir() if p.name.startswith(".")]
 
 

@@ -134,22 +134,53 @@ def _dispatch(args: argparse.Namespace) -> int:
         from edge_certd.diagnose import doctor
 
         return doctor.run_doctor(config, path)
-    from edge_certd.sync import operations as actions
+    return _change(config, command, args)
+
+
+def _change(config: Config, command: str, args: argparse.Namespace) -> int:
+    """sync, add and remove: the running daemon does the work (it is the only writer and
+    logs it under its unit); without one, root does it here."""
+    from edge_certd.cli import client
+
+    files: list[str] = list(getattr(args, "files", []) or [])
+    request_args = {"what": args.what} if command == "remove" else {}
+    try:
+        reply = client.ask(config.control_socket, command, request_args, files)
+    except client.NoDaemon:
+        reply = _change_here(config, command, args)
+    error = reply.get("error")
+    if isinstance(error, dict):
+        kind, message = str(error.get("kind")), str(error.get("message"))
+        if kind == "notfound":
+            raise NotFound(message)
+        if kind == "apply":
+            raise ApplyError(message)
+        raise UsageError(message)
+    print(reply.get("text", ""))
+    if reply.get("target_failures"):
+        return EXIT_APPLY_FAILED  # the rest is applied; this target is retried next sync
+    # `sync` answers for every source; `add` and `remove` for their own inputs, and a
+    # rejected file elsewhere is a note in their output, not their failure.
+    if command == "sync" and (reply.get("rejected") or reply.get("source_problems")):
+        return EXIT_REJECTED
+    return EXIT_OK
+
+
+def _change_here(config: Config, command: str, args: argparse.Namespace) -> dict[str, object]:
+    if os.geteuid() != 0:
+        raise UsageError(
+            f"the edge-certd daemon is not running (no {config.control_socket}), and without it "
+            f"`edge-certd {command}` needs root; start it with: sudo systemctl start edge-certd"
+        )
+    from edge_certd.sync import operations, report
 
     _setup_logging()
-    if command == "sync":
-        result = actions.sync(config)
-    elif command == "add":
-        result = actions.add(config, args.files)
-    elif command == "remove":
-        result = actions.remove(config, args.what)
-    else:  # pragma: no cover - argparse rejects unknown commands
-        raise UsageError(f"unknown command {command}")
-    print(render.sync_summary(result))
-    if result.target_failures:
-        return EXIT_APPLY_FAILED  # the rest is applied; this target is retried next sync
-    # A refused source directory is an input that was not taken, like a rejected file.
-    return EXIT_REJECTED if result.rejected or result.source_problems else EXIT_OK
+    if command == "add":
+        added = operations.add(config, args.files)
+        return report.summary("add", added.result, added.verdicts)
+    if command == "remove":
+        return report.summary("remove", operations.remove(config, args.what))
+    return report.summary("sync", operations.sync(config))
 
 
 def _inspect(config: Config, files: Sequence[str], keyvault: bool) -> int:

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from edge_certd.core.formats import FORMAT_LABELS
-from edge_certd.core.model import FileVerdict, SyncResult
+from edge_certd.core.model import FileVerdict
 from edge_certd.core.text import iso, plural
 
 # A sync's summary names this many rejections; a directory of junk must not flood a terminal.
@@ -105,28 +105,4 @@ def inspect_text(verdicts: Sequence[FileVerdict]) -> str:
             lines.append(f"  ignored: {ign.what}")
         if not (verdict.accepted or verdict.rejected or verdict.ignored):
             lines.append("  nothing to trust in this file")
-    return "\n".join(lines)
-
-
-def sync_summary(result: SyncResult) -> str:
-    lines = [
-        f"{len(result.managed)} CAs managed; {len(result.added)} added, "
-        f"{len(result.removed)} removed" + (f" ({result.update_summary})" if result.update_summary else "")
-    ]
-    for ca in result.added:
-        lines.append(f"  installed {ca.subject} (sha256 {ca.sha256[:16]}…)")
-    for gone in result.removed:
-        lines.append(f"  removed {gone.subject} (sha256 {gone.sha256[:16]}…)")
-    rejected = result.rejected
-    lines.extend(f"  {rej.describe()}" for rej in rejected[:MAX_PRINTED])
-    if len(rejected) > MAX_PRINTED:
-        lines.append(
-            f"  … and {plural(len(rejected) - MAX_PRINTED, 'more rejection')}; "
-            "`edge-certd status --json` counts them by reason"
-        )
-    for problem in result.source_problems:
-        lines.append(f"  {problem.describe()}")
-    for failure in result.target_failures:
-        lines.append(f"  {failure.target} not updated (the rest is): {failure.message}")
-    lines.extend(f"  note: {note.message}" for note in result.notes)
     return "\n".join(lines)

@@ -6,9 +6,8 @@ Checked in plain Python after the model is built, so the rules read the same und
 
 from __future__ import annotations
 
-import os
-
 import math
+import os
 import posixpath
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any

@@ -16,19 +16,22 @@ import time
 import traceback
 from collections import deque
 from types import FrameType
+from typing import Any
 
 from edge_certd import journal as events
 from edge_certd.config import load_config
-from edge_certd.core.errors import ApplyError, ConfigError, EdgeCertdError
+from edge_certd.core.errors import ApplyError, ConfigError, EdgeCertdError, NotFound, UsageError
 from edge_certd.core.expiry import expiring
 from edge_certd.core.model import SyncResult
 from edge_certd.core.text import iso
 from edge_certd.daemon.clock import ClockWatch
+from edge_certd.daemon.control import ControlServer, Peer, Request, RequestError
 from edge_certd.daemon.notify import Notifier
 from edge_certd.daemon.status import status_line
 from edge_certd.daemon.watcher import SourceWatcher
 from edge_certd.store.fsutil import remove_stale_temp_files
 from edge_certd.store.state import DAEMON_NAME, StatePaths, load_manifest, save_report
+from edge_certd.sync import operations, report
 from edge_certd.sync.engine import Engine, worker_limits
 from edge_certd.worker.pool import JudgeWorker
 
@@ -54,6 +57,7 @@ class Daemon:
         self.last_result: SyncResult | None = None
         self.notifier = Notifier()
         self._last_ping = 0.0
+        self.control: ControlServer | None = None
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.watcher = SourceWatcher(self.wake)
         self.degraded: str | None = None
@@ -98,6 +102,9 @@ class Daemon:
         selector.register(self._wake_r, selectors.EVENT_READ)
         if clock.fd is not None:
             selector.register(clock.fd, selectors.EVENT_READ)
+        control = self.control = self._open_control()
+        if control is not None:
+            selector.register(control.fileno(), selectors.EVENT_READ)
         self._start_watching()
         self._sync("start-up")
         self._check_expiry()
@@ -120,7 +127,8 @@ class Daemon:
                 if self.retry_at is not None:
                     deadlines.append(self.retry_at)
                 timeout = max(0.0, min(deadlines) - time.monotonic())
-                if selector.select(timeout):
+                ready = {key.fd for key, _ in selector.select(timeout)}
+                if self._wake_r in ready:
                     self._drain_pipe()
                 clock_set = clock.acknowledge()
                 if clock_set:
@@ -135,6 +143,9 @@ class Daemon:
                         return self._stop()
                     if request == "reload":
                         self._reload()
+                if control is not None and control.fileno() in ready:
+                    # After the signals: a stop is not held up by a request.
+                    control.serve_one(self._handle_request)
                 changed, rewatch = self.watcher.take()
                 changed = changed or clock_set
                 now = time.monotonic()
@@ -163,6 +174,8 @@ class Daemon:
             self.worker.close()
             selector.close()
             clock.close()
+            if control is not None:
+                control.close()
 
     def _settle_deadline(self) -> float:
         settle = self.config.watch.settle_ms / 1000.0
@@ -217,10 +230,69 @@ class Daemon:
                 if self.degraded:
                     events.emit("synced", f"recovered after {why}: trust is up to date again")
                 self.degraded, self.retry_at, self.retry_delay = None, None, 0.0
-        # Built once per sync, from that sync's result.
+        self._publish()
+
+    def _publish(self) -> None:
+        """STATUS= and daemon.json, built once per sync from that sync's result."""
         self.status_now = self._status_line()
         self.notifier.status(self.status_now)
         self._record_daemon("degraded" if self.degraded else "running")
+
+    # -- requests from the CLI, over the control socket -------------------------------
+
+    def _open_control(self) -> ControlServer | None:
+        try:
+            return ControlServer.open(
+                self.config.control_socket,
+                self.config.sources.trusted_group,
+                self.config.policy.max_file_bytes,
+            )
+        except OSError as exc:
+            events.emit(
+                "config",
+                f"control socket {self.config.control_socket} not available ({exc.strerror or exc}); "
+                "edge-certd add, remove and sync work as root only, outside the daemon",
+                logging.WARNING,
+                reason="control_socket",
+            )
+            return None
+
+    def _handle_request(self, peer: Peer, request: Request) -> dict[str, Any]:
+        """Do what a client asked, as the daemon: under its unit, in its journal."""
+        who = "root" if peer.uid == 0 else f"uid {peer.uid}"
+        try:
+            if request.op == "sync":
+                self._sync(f"edge-certd sync by {who}")
+                if self.degraded or self.last_result is None:
+                    raise RequestError("apply", self.degraded or "the sync did not finish")
+                return report.summary("sync", self.last_result)
+            if request.op == "add":
+                verdicts = operations.judge_items(self.config, self.worker, request.files)
+                added = operations.add_judged(self.engine, request.files, verdicts)
+                self._after_request(added.result)
+                return report.summary("add", added.result, added.verdicts)
+            what = request.args.get("what")
+            if not isinstance(what, str) or not what:
+                raise RequestError("usage", "remove needs a SHA-256 prefix or a file name")
+            result = operations.remove(self.config, what, engine=self.engine)
+            self._after_request(result)
+            return report.summary("remove", result)
+        except SyncCancelled:
+            raise RequestError("apply", "edge-certd is stopping; ask again when it is back") from None
+        except NotFound as exc:
+            raise RequestError("notfound", str(exc)) from None
+        except UsageError as exc:
+            raise RequestError("usage", str(exc)) from None
+        except EdgeCertdError as exc:
+            self._degrade(str(exc))
+            self._publish()
+            raise RequestError("apply", str(exc)) from None
+
+    def _after_request(self, result: SyncResult) -> None:
+        self.last_result = result
+        if not result.target_failures and self.degraded:
+            self.degraded, self.retry_at, self.retry_delay = None, None, 0.0
+        self._publish()
 
     def _degrade(self, reason: str) -> None:
         initial = min(self.config.watch.retry_initial_seconds, self.config.watch.retry_max_seconds)
@@ -260,6 +332,9 @@ class Daemon:
             self.config_problem = None
             self.config = config
             self.worker.limits = worker_limits(config)
+            if self.control is not None:  # who may ask follows the configuration
+                self.control.group = config.sources.trusted_group
+                self.control.max_file_bytes = config.policy.max_file_bytes
             self.engine = Engine(config, heartbeat=self._heartbeat, worker=self.worker)
             events.emit("config", "configuration reloaded")
         self._start_watching()

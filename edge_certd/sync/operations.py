@@ -6,6 +6,7 @@ import datetime as dt
 import os
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from edge_certd.config import Config
 from edge_certd.core.errors import NotFound, UsageError
@@ -99,7 +100,9 @@ def add_judged(engine: Engine, items: Sequence[tuple[str, bytes]], verdicts: Seq
     if refused:
         lines = []
         for verdict in refused:
-            reasons = [r.describe() for r in verdict.rejected] or [f"{verdict.source}: holds no CA certificate"]
+            reasons = [r.describe() for r in verdict.rejected] or [
+                f"{verdict.source}: holds no CA certificate"
+            ]
             lines.extend(reasons)
         raise UsageError("nothing was added:\n  " + "\n  ".join(lines))
     engine.ensure_drop_dir(force=True)
@@ -115,9 +118,7 @@ def add_judged(engine: Engine, items: Sequence[tuple[str, bytes]], verdicts: Seq
     return Added(verdicts=tuple(verdicts), result=engine.sync())
 
 
-def judge_items(
-    config: Config, worker: JudgeWorker, items: Sequence[tuple[str, bytes]]
-) -> list[FileVerdict]:
+def judge_items(config: Config, worker: JudgeWorker, items: Sequence[tuple[str, bytes]]) -> list[FileVerdict]:
     """Judge bytes a client sent, named as the client named them (escaped)."""
     now = dt.datetime.now(dt.UTC)
     files = [(printable(name, limit=4096), data, SourceKind.DROP) for name, data in items]

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from typing import Any
 
 from edge_certd.config import Config
 from edge_certd.core.expiry import expiring as expiring_cas
-from edge_certd.core.model import InstalledCA
-from edge_certd.core.text import iso
+from edge_certd.core.model import FileVerdict, InstalledCA, SyncResult
+from edge_certd.core.text import iso, plural
 from edge_certd.store.state import StatePaths, load_manifest, load_report
 
 
@@ -54,4 +55,58 @@ def status(config: Config) -> dict[str, Any]:
         "expiring": expiring(config),
         "daemon": load_report(paths.daemon) or None,
         "bundles": doc.get("bundles") or {"env_file": config.bundles.env_file},
+    }
+
+
+# A summary names this many rejections; a directory of junk must not flood a terminal.
+MAX_PRINTED = 50
+
+
+def summary(op: str, result: SyncResult, own: Sequence[FileVerdict] = ()) -> dict[str, Any]:
+    """What `sync`, `add` and `remove` report, the same whether the daemon or the CLI did
+    the work: the text, and the counts the CLI turns into an exit code."""
+    own_sources = {v.source for v in own}
+    others = [r for r in result.rejected if r.source not in own_sources]
+    lines = []
+    for verdict in own:
+        for ca in verdict.accepted:
+            lines.append(f"{verdict.source}: trusts {ca.subject} (sha256 {ca.sha256[:16]}…)")
+    if op == "remove":
+        for gone in result.removed:
+            lines.append(
+                f"removed {gone.subject} (sha256 {gone.sha256[:16]}…); its source file is left where it "
+                "is and the CA stays removed; `edge-certd add FILE` trusts it again"
+            )
+    counts = f"{len(result.added)} added, {len(result.removed)} removed"
+    lines.append(f"{plural(len(result.managed), 'CA')} trusted; {counts}")
+    if op == "sync" or not own:
+        for ca in result.added:
+            lines.append(f"  installed {ca.subject} (sha256 {ca.sha256[:16]}…)")
+        if op != "remove":
+            for gone in result.removed:
+                lines.append(f"  removed {gone.subject} (sha256 {gone.sha256[:16]}…)")
+    if op == "sync":
+        lines.extend(f"  {rej.describe()}" for rej in others[:MAX_PRINTED])
+        if len(others) > MAX_PRINTED:
+            lines.append(
+                f"  … and {plural(len(others) - MAX_PRINTED, 'more rejection')}; "
+                "`edge-certd status --json` counts them by reason"
+            )
+    elif others:
+        files = len({r.source for r in others})
+        lines.append(
+            f"  note: {plural(files, 'other file')} in the sources "
+            f"{'is' if files == 1 else 'are'} rejected; `edge-certd status` lists "
+            f"{'it' if files == 1 else 'them'}"
+        )
+    for problem in result.source_problems:
+        lines.append(f"  {problem.describe()}")
+    for failure in result.target_failures:
+        lines.append(f"  {failure.target} not updated (the rest is): {failure.message}")
+    lines.extend(f"  note: {note.message}" for note in result.notes if note.code != "java_skipped")
+    return {
+        "text": "\n".join(lines),
+        "rejected": len(result.rejected),
+        "source_problems": len(result.source_problems),
+        "target_failures": len(result.target_failures),
     }

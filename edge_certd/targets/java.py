@@ -104,7 +104,7 @@ class JavaTruststore:
         # rewrote is rebuilt, not trusted to be the one we wrote.
         on_disk = read_bytes_quietly(self.path)
         current = record + b" " + hashlib.sha256(on_disk).hexdigest().encode() if on_disk else b""
-        if previous.split(b"\n")[0] == current:
+        if on_disk is not None and previous.split(b"\n")[0] == current:
             # Still the same set: say again which CAs the truststore could not take.
             return Outcome(changed=False, notes=_refusal_notes(previous.split(b"\n")[1:]))
         ensure_directory(self.bundle_dir, 0o755)
