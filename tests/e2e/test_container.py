@@ -496,6 +496,38 @@ def test_file_leaking_a_private_key_is_refused_and_tightened(scenario: Scenario)
 
 
 @step
+def test_a_technician_adds_without_sudo_and_the_daemon_does_and_logs_it(scenario: Scenario) -> None:
+    sc = scenario
+    sc.sh(f"install -m 0644 -o tech -g tech {WORK}/gateway-root.pem /home/tech/gateway-root.pem")
+    ssh = (
+        f"ssh -i {WORK}/id_ed25519 -p {sc.ssh_port} -o BatchMode=yes -o StrictHostKeyChecking=no "
+        f"-o UserKnownHostsFile=/dev/null -o LogLevel=ERROR tech@127.0.0.1 "
+    )
+    before = len(sc.journal("installed"))
+    added = sc.box.run(["sh", "-c", ssh + "edge-certd add /home/tech/gateway-root.pem"], check=False)
+    assert added.returncode == 0, added.stdout + added.stderr
+    # The daemon did it: STATUS= says so the moment the command returns, and the journal
+    # line is under the unit, with no wait.
+    assert sc.show("edge-certd", "StatusText").startswith("1 CA trusted"), sc.show("edge-certd", "StatusText")
+    assert len(sc.journal("installed")) == before + 1
+    assert sc.root_sha256 in sc.bundle()
+    # remove needs root; the technician gets a hint, not a traceback.
+    short = sc.root_sha256[:16]
+    refused = sc.box.run(["sh", "-c", ssh + f"edge-certd remove {short}"], check=False)
+    assert refused.returncode == 2 and "needs root" in refused.stderr, refused.stdout + refused.stderr
+    removed = sc.box.run(["edge-certd", "remove", short], check=False)
+    assert removed.returncode == 0, removed.stdout + removed.stderr
+    assert sc.show("edge-certd", "StatusText").startswith("0 CAs trusted"), sc.show(
+        "edge-certd", "StatusText"
+    )
+    assert sc.root_sha256 not in sc.bundle()
+    # Back as it was for the steps after this one: trusted again by add, then the file goes.
+    assert sc.box.run(["edge-certd", "add", "/home/tech/gateway-root.pem"]).returncode == 0
+    sc.sh(f"rm -f {DROP}/gateway-root.pem")
+    _wait_for(lambda: sc.root_sha256 not in sc.bundle(), 30, "the CA gone once its file is")
+
+
+@step
 def test_watchdog_never_killed_the_daemon(scenario: Scenario) -> None:
     sc = scenario
     # Outlive two watchdog periods so that a daemon that never pings would have been killed.
