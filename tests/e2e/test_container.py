@@ -508,7 +508,8 @@ def test_a_technician_adds_without_sudo_and_the_daemon_does_and_logs_it(scenario
     assert added.returncode == 0, added.stdout + added.stderr
     # The daemon did it: STATUS= says so the moment the command returns, and the journal
     # line is under the unit, with no wait.
-    assert sc.show("edge-certd", "StatusText").startswith("1 CA trusted"), sc.show("edge-certd", "StatusText")
+    status = sc.show("edge-certd", "StatusText")
+    assert status.startswith("1 CA trusted"), status
     assert len(sc.journal("installed")) == before + 1
     assert sc.root_sha256 in sc.bundle()
     # remove needs root; the technician gets a hint, not a traceback.
