@@ -19,6 +19,7 @@ from edge_certd.core.errors import (
     NotFound,
     SourceError,
     UsageError,
+    WriteError,
 )
 
 EXIT_OK = 0
@@ -167,20 +168,25 @@ def _change(config: Config, command: str, args: argparse.Namespace) -> int:
 
 
 def _change_here(config: Config, command: str, args: argparse.Namespace) -> dict[str, object]:
-    if os.geteuid() != 0:
-        raise UsageError(
-            f"the edge-certd daemon is not running (no {config.control_socket}), and without it "
-            f"`edge-certd {command}` needs root; start it with: sudo systemctl start edge-certd"
-        )
+    """No daemon runs: do the work here, as whoever may write the configured trees."""
     from edge_certd.sync import operations, report
 
     _setup_logging()
-    if command == "add":
-        added = operations.add(config, args.files)
-        return report.summary("add", added.result, added.verdicts)
-    if command == "remove":
-        return report.summary("remove", operations.remove(config, args.what))
-    return report.summary("sync", operations.sync(config))
+    try:
+        if command == "add":
+            added = operations.add(config, args.files)
+            return report.summary("add", added.result, added.verdicts)
+        if command == "remove":
+            return report.summary("remove", operations.remove(config, args.what))
+        return report.summary("sync", operations.sync(config))
+    except WriteError as exc:
+        if os.geteuid() == 0:
+            raise
+        raise UsageError(
+            f"{exc}; the edge-certd daemon is not running (nothing listens on "
+            f"{config.control_socket}), and without it `edge-certd {command}` needs root: "
+            "start it with sudo systemctl start edge-certd, or run the command with sudo"
+        ) from None
 
 
 def _inspect(config: Config, files: Sequence[str], keyvault: bool) -> int:

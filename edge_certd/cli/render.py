@@ -25,7 +25,7 @@ def _render_list(items: Sequence[dict[str, Any]]) -> str:
     lines = []
     for item in items:
         lines.append(f"{item['sha256'][:16]}  {item['subject']}")
-        lines.append(f"    expires {item['not_after']}  file {item['path']}")
+        lines.append(f"    expires {item['not_after']} ({_days(item)})  file {item['path']}")
         lines.append(f"    from {', '.join(item['sources'])}")
     return "\n".join(lines)
 
@@ -47,7 +47,9 @@ def _render_status(doc: dict[str, Any]) -> str:
         lines.append(f"last sync: {last.get('time')} {result}{extra}")
     lines.append(f"trusted CAs: {len(doc['trusted'])}")
     for item in doc["trusted"]:
-        lines.append(f"  {item['sha256'][:16]}  {item['subject']}  (expires {item['not_after']})")
+        lines.append(
+            f"  {item['sha256'][:16]}  {item['subject']}  (expires {item['not_after']}, {_days(item)})"
+        )
     for item in doc["expiring"]:
         lines.append(f"expiring: {item['subject']} in {item['days_left']} days ({item['not_after']})")
     if doc["rejected"]:
@@ -67,6 +69,8 @@ def _render_status(doc: dict[str, Any]) -> str:
     lines.extend(_more(doc.get("ignored_total", 0), len(doc["ignored"]), "ignored item"))
     for err in doc["source_errors"]:
         lines.append(f"source problem: {err['path']} {err['reason']}")
+    for note in doc.get("notes") or []:
+        lines.append(f"note: {note.get('message', '')}")
     for failure in doc.get("target_failures") or []:
         lines.append(f"not updated: {failure['target']}: {failure['message']}")
     bundles = doc.get("bundles") or {}
@@ -81,6 +85,13 @@ def _more(total: int, shown: int, noun: str, by_reason: dict[str, int] | None = 
         return []
     counts = ", ".join(f"{code} {count}" for code, count in (by_reason or {}).items())
     return [f"  … and {plural(total - shown, 'more ' + noun)} ({counts or 'not listed'})"]
+
+
+def _days(item: dict[str, Any]) -> str:
+    left = item.get("days_left")
+    if not isinstance(left, int):
+        return "days left unknown"
+    return "expired" if left < 0 else f"{plural(left, 'day')} left"
 
 
 def _format_note(item: dict[str, Any]) -> str:

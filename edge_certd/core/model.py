@@ -191,6 +191,7 @@ class SyncResult:
     changed_files: tuple[str, ...] = ()
     notes: tuple[Note, ...] = ()
     target_failures: tuple[TargetFailure, ...] = ()
+    removed_by_operator: tuple[str, ...] = ()  # SHA-256s `edge-certd remove` took away
     last_change: LastChange | None = None
     error: str | None = None  # set when trust could not be applied; the old state stays
 

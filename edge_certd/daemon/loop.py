@@ -23,7 +23,7 @@ from edge_certd.config import load_config
 from edge_certd.core.errors import ApplyError, ConfigError, EdgeCertdError, NotFound, UsageError
 from edge_certd.core.expiry import expiring
 from edge_certd.core.model import SyncResult
-from edge_certd.core.text import iso
+from edge_certd.core.text import iso, plural
 from edge_certd.daemon.clock import ClockWatch
 from edge_certd.daemon.control import ControlServer, Peer, Request, RequestError
 from edge_certd.daemon.notify import Notifier
@@ -58,6 +58,7 @@ class Daemon:
         self.notifier = Notifier()
         self._last_ping = 0.0
         self.control: ControlServer | None = None
+        self.warned: dict[str, int] = {}  # sha256 -> the threshold last warned about
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.watcher = SourceWatcher(self.wake)
         self.degraded: str | None = None
@@ -347,11 +348,22 @@ class Daemon:
         return 0
 
     def _check_expiry(self) -> None:
+        """Warn once per CA per threshold crossed (30, then 7, then 1 day...): a root made
+        to live 30 days is not a warning every hour of its life. After a restart the
+        current threshold is said once more."""
         now = dt.datetime.now(dt.UTC)
         entries = load_manifest(StatePaths(self.config.state_dir)).entries.values()
         for item in expiring(entries, self.config.expiry.warn_days, now):
             ca, days = item.ca, item.days_left
-            what = "has expired" if item.expired else f"expires in {days} days (warning at {item.threshold})"
+            level = -1 if item.expired else item.threshold
+            if self.warned.get(ca.sha256, level + 1) <= level:
+                continue  # said already for this threshold
+            self.warned[ca.sha256] = level
+            what = (
+                "has expired"
+                if item.expired
+                else f"expires in {plural(days, 'day')} (warning at {item.threshold})"
+            )
             events.emit(
                 "expiring",
                 f'managed root CA "{ca.subject}" {what}, on '

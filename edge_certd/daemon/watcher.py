@@ -114,9 +114,15 @@ class SourceWatcher(FileSystemEventHandler):
         if not (inside_src or inside_dest):
             return  # e.g. our own state files next to a missing source directory
         if isinstance(event, FileModifiedEvent):
-            if not is_temporary_name(os.path.basename(src)):
-                with self._lock:
-                    self._busy.setdefault(src, time.monotonic())
+            if is_temporary_name(os.path.basename(src)):
+                return
+            if _attributes_only(src):
+                # A chmod or chown (our own 0600 on a leaked key among them) writes nothing:
+                # the file is complete, so it is judged again, never held as "being written".
+                self._mark(changed=True)
+                return
+            with self._lock:
+                self._busy.setdefault(src, time.monotonic())
             return
         if isinstance(event, FileCreatedEvent) and not os.path.islink(src):
             # inotify reports a file renamed in from another directory as a creation, so a
@@ -150,6 +156,16 @@ class SourceWatcher(FileSystemEventHandler):
             self._changed |= changed
             self._rewatch |= rewatch
         self._wake()
+
+
+def _attributes_only(path: str) -> bool:
+    """The last change was to the inode, not the data: a write sets mtime and ctime
+    together, a chmod or chown moves only ctime. watchdog 2.2 reports both as a modify."""
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return False
+    return info.st_ctime_ns > info.st_mtime_ns
 
 
 def _size(path: str) -> int | None:

@@ -215,14 +215,17 @@ class Engine:
                     ),
                 )
             )
-        wanted = wanted_set(verdicts, removed_by_operator=load_blocked(self.paths), held=held)
+        blocked = load_blocked(self.paths)
+        wanted = wanted_set(verdicts, removed_by_operator=blocked, held=held)
+        subjects = {ca.sha256: ca.subject for v in verdicts for ca in v.accepted}
         for sha, sources in wanted.stay_removed.items():
             notes.append(
                 Note(
                     code="stays_removed",
                     message=(
-                        f"sha256 {sha[:16]}… stays removed (edge-certd remove); its source "
-                        f"{', '.join(sources)} is still there"
+                        f'"{subjects.get(sha, sha[:16])}" (sha256 {sha[:16]}…) stays removed '
+                        f"(edge-certd remove), though {', '.join(sources)} holds it; "
+                        "`edge-certd add FILE` trusts it again"
                     ),
                 )
             )
@@ -281,6 +284,7 @@ class Engine:
             changed_files=tuple(changed_files),
             notes=tuple(notes),
             target_failures=tuple(failures),
+            removed_by_operator=tuple(ca.sha256 for ca in plan.remove if ca.sha256 in blocked),
             last_change=last_change,
         )
         journal_events.log_sync(result, self.paths)

@@ -34,6 +34,7 @@ _JOURNALED_NOTES = {
     "java_keystore_refresh_failed": ("update_failed", logging.WARNING),
     "clock_behind": ("expiring", logging.WARNING),
     "java_refused": ("update_failed", logging.WARNING),
+    "stays_removed": ("rejected", logging.WARNING),
 }
 
 
@@ -49,9 +50,14 @@ def log_sync(result: SyncResult, paths: StatePaths) -> None:
             source=source,
         )
     for gone in result.removed:
+        why = (
+            "edge-certd remove took it away; its source file is left where it is"
+            if gone.sha256 in result.removed_by_operator
+            else "no source provides it any more"
+        )
         journal.emit(
             "removed",
-            f'removed root CA "{gone.subject}" (sha256 {gone.sha256[:16]}…): no source provides it any more',
+            f'removed root CA "{gone.subject}" (sha256 {gone.sha256[:16]}…): {why}',
             sha256=gone.sha256,
             subject=gone.subject,
         )

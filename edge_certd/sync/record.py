@@ -61,6 +61,11 @@ def status_document(result: SyncResult, config: Config) -> dict[str, Any]:
         ],
         "ignored_total": ignored_total,
         "source_errors": [{"path": p.path, "reason": p.reason} for p in result.source_problems],
+        "notes": [
+            {"code": n.code, "message": n.message}
+            for n in result.notes[:MAX_LISTED]
+            if n.code != "java_skipped"
+        ],
         "target_failures": [{"target": f.target, "message": f.message} for f in result.target_failures],
         "bundles": bundle_paths(config),
     }

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from edge_certd.config import Config
+from edge_certd.core.expiry import days_left
 from edge_certd.core.expiry import expiring as expiring_cas
 from edge_certd.core.model import FileVerdict, InstalledCA, SyncResult
 from edge_certd.core.text import iso, plural
@@ -27,6 +28,7 @@ def _ca_json(e: InstalledCA) -> dict[str, Any]:
         "path": e.path,
         "sources": list(e.sources),
         "installed_at": iso(e.installed_at),
+        "days_left": days_left(e.not_after, dt.datetime.now(dt.UTC)),
     }
 
 
@@ -52,6 +54,7 @@ def status(config: Config) -> dict[str, Any]:
         "ignored_total": doc.get("ignored_total", len(doc.get("ignored", []))),
         "source_errors": doc.get("source_errors", []),
         "target_failures": doc.get("target_failures", []),
+        "notes": doc.get("notes", []),
         "expiring": expiring(config),
         "daemon": load_report(paths.daemon) or None,
         "bundles": doc.get("bundles") or {"env_file": config.bundles.env_file},

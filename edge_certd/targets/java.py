@@ -303,7 +303,7 @@ def _choose(mode: str) -> tuple[str | None, str]:
         return "jks", ""
     if hasattr(pkcs12, "serialize_java_truststore") or shutil.which("keytool"):
         return "pkcs12", ""
-    why = "neither cryptography's serialize_java_truststore (cryptography >= 45) nor keytool is available"
+    why = "this device has no Java (keytool not found); install a Java runtime, or set bundles.java: jks"
     if mode == "pkcs12":
         return None, why
     return None, why + " (bundles.java: auto)"
