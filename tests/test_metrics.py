@@ -51,7 +51,7 @@ def value(prom: Path, name: str) -> float:
 
 
 def listed(tree: Tree) -> list[dict[str, object]]:
-    out: list[dict[str, object]] = json.loads(tree.cli("list", "--json").stdout)
+    out: list[dict[str, object]] = json.loads(tree.cli("list", "--json").stdout)["trusted"]
     return out
 
 
