@@ -157,6 +157,9 @@ def make_tree(root: Path, mozilla_count: int = 3, java: str = "off") -> Tree:
             "java": java,
         },
         "watch": {"settle_ms": 150},
+        # Inside the tree and absent, so `auto` writes no metrics: never this machine's
+        # node_exporter directory. tests/test_metrics.py creates it where it needs one.
+        "metrics": {"textfile_dir": str(root / "var/lib/prometheus/node-exporter")},
     }
     config_path = root / "config.yaml"
     config_path.write_text(yaml.safe_dump(config))
