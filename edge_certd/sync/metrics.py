@@ -70,7 +70,6 @@ def read_update_runs(paths: StatePaths) -> int:
 
 def count_update_run(paths: StatePaths) -> None:
     """Add one run. Call it under the state lock. A full disk loses the count, nothing more."""
-    remove_stale_temp_files(paths.state_dir, (RUNS_NAME,))  # a crash mid-write; no writer now
     try:
         write_atomic(os.path.join(paths.state_dir, RUNS_NAME), b"%d\n" % (read_update_runs(paths) + 1))
     except EdgeCertdError:
@@ -174,6 +173,7 @@ def write_metrics(config: Config) -> bool:
 
 def after_sync(config: Config, paths: StatePaths, *, update_ran: bool) -> None:
     """The sync's one call, under the state lock: count the update, then rewrite the file."""
+    remove_stale_temp_files(paths.state_dir, (RUNS_NAME,))  # a crash mid-write; no writer now
     if update_ran:
         count_update_run(paths)
     write_metrics(config)
