@@ -161,6 +161,9 @@ def make_tree(root: Path, mozilla_count: int = 3, java: str = "off") -> Tree:
         # Each tree's daemon listens on its own socket (never the host's /run/edge-certd);
         # short, because a Unix socket's path holds 107 bytes.
         "control_socket": os.path.join(tempfile.mkdtemp(prefix="ecc-"), "control"),
+        # Inside the tree and absent, so `auto` writes no metrics: never this machine's
+        # node_exporter directory. tests/test_metrics.py creates it where it needs one.
+        "metrics": {"textfile_dir": str(root / "var/lib/prometheus/node-exporter")},
     }
     config_path = root / "config.yaml"
     config_path.write_text(yaml.safe_dump(config))

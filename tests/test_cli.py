@@ -91,7 +91,7 @@ def test_list_json_has_the_documented_fields(tree: Tree) -> None:
     tree.drop.mkdir(parents=True)
     (tree.drop / "root.pem").write_bytes(CA.root("Listed").cert_pem)
     tree.cli("sync")
-    (item,) = json.loads(tree.cli("list", "--json").stdout)
+    (item,) = json.loads(tree.cli("list", "--json").stdout)["trusted"]
     assert {"sha256", "subject", "not_after", "path", "sources"} <= set(item)
     assert item["not_after"].endswith("Z") and "T" in item["not_after"]
     assert "Listed" in tree.cli("list").stdout
@@ -133,16 +133,16 @@ def test_remove_keeps_the_source_and_add_brings_it_back(tree: Tree, tmp_path: Pa
     tree.drop.mkdir(parents=True)
     (tree.drop / "root.pem").write_bytes(root.cert_pem)
     tree.cli("sync")
-    (item,) = json.loads(tree.cli("list", "--json").stdout)
+    (item,) = json.loads(tree.cli("list", "--json").stdout)["trusted"]
     result = tree.cli("remove", item["sha256"][:12])
     assert result.returncode == 0, result.stderr
-    assert json.loads(tree.cli("list", "--json").stdout) == []
+    assert json.loads(tree.cli("list", "--json").stdout)["trusted"] == []
     assert (tree.drop / "root.pem").exists()
     assert tree.cli("sync").stdout.count("stays removed") == 1
     assert tree.cli("remove", "nonexistent").returncode == 2
     back = tree.cli("add", str(tree.drop / "root.pem"))
     assert back.returncode == 0, back.stderr
-    assert len(json.loads(tree.cli("list", "--json").stdout)) == 1
+    assert len(json.loads(tree.cli("list", "--json").stdout)["trusted"]) == 1
 
 
 def test_status_works_without_a_daemon(tree: Tree) -> None:

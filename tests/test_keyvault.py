@@ -467,7 +467,8 @@ def test_rotation_trusts_the_new_root_and_drops_the_old_one(device: Device) -> N
     assert device.installed() == {sha(new.root.cert), sha(drop_root.cert)}
     assert "removed CN=Contoso IoT Root G1" in proc.stdout
     sources = {
-        e["subject"].split(",")[0]: e["sources"] for e in json.loads(device.tree.cli("list", "--json").stdout)
+        e["subject"].split(",")[0]: e["sources"]
+        for e in json.loads(device.tree.cli("list", "--json").stdout)["trusted"]
     }
     assert sources["CN=Contoso IoT Root G2"] == [str(device.store / f"{kv.VAULT}.{kv.CERT_NAME}")]
 
@@ -482,7 +483,8 @@ def test_rotation_keeps_an_old_root_the_drop_directory_still_provides(device: De
 
     assert device.installed() == {sha(old.root.cert), sha(new.root.cert)}
     sources = {
-        e["subject"].split(",")[0]: e["sources"] for e in json.loads(device.tree.cli("list", "--json").stdout)
+        e["subject"].split(",")[0]: e["sources"]
+        for e in json.loads(device.tree.cli("list", "--json").stdout)["trusted"]
     }
     assert sources["CN=Contoso IoT Root G1"] == [str(device.tree.drop / "contoso-g1.crt")]
 

@@ -30,7 +30,7 @@ def sha(ca: CA) -> str:
 
 
 def trusted(tree: Tree) -> set[str]:
-    listed = json.loads(tree.cli("list", "--json").stdout)
+    listed = json.loads(tree.cli("list", "--json").stdout)["trusted"]
     return {item["sha256"] for item in listed}
 
 

@@ -75,7 +75,7 @@ def test_same_ca_under_two_names_is_installed_once_and_kept_until_both_go(tree: 
     second = drop(tree, "b.der", root.der)
     tree.cli("sync")
     assert len(os.listdir(tree.ca_dir)) == 1
-    listed = json.loads(tree.cli("list", "--json").stdout)
+    listed = json.loads(tree.cli("list", "--json").stdout)["trusted"]
     assert sorted(listed[0]["sources"]) == [str(first), str(second)]
     first.unlink()
     tree.cli("sync")
@@ -206,7 +206,7 @@ def test_corrupt_manifest_is_rebuilt(tree: Tree) -> None:
     (tree.state / "manifest.json").write_text('{"cas": [ {"sha')
     result = tree.cli("sync")
     assert result.returncode == 0 and "corrupt" in result.stdout + result.stderr
-    assert json.loads(tree.cli("list", "--json").stdout)[0]["sha256"] == sha(root)
+    assert json.loads(tree.cli("list", "--json").stdout)["trusted"][0]["sha256"] == sha(root)
     assert tree.update_runs() == 1
 
 

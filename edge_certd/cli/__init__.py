@@ -21,6 +21,7 @@ from edge_certd.core.errors import (
     UsageError,
     WriteError,
 )
+from edge_certd.core.schema import SCHEMA_VERSIONS
 
 EXIT_OK = 0
 EXIT_APPLY_FAILED = 1
@@ -69,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("check-config", help="validate the configuration and print it")
     sub.add_parser("run", help="run the daemon in the foreground (systemd Type=notify)")
     _add_verify_parser(sub)
-    sub.add_parser("doctor", help="check the whole device, then verify the gateway")
+    p = sub.add_parser("doctor", help="check the whole device, then verify the gateway")
+    p.add_argument("--json", action="store_true", help="print every check as one JSON object")
     return parser
 
 
@@ -91,8 +93,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _dispatch(args)
     except ConfigError as exc:
-        if args.command == "doctor":  # doctor's first check, in its own one-line format
-            print(f"[fail] config: {exc.path} is invalid ({len(exc.problems)} problems, below)")
+        if args.command == "doctor":  # doctor's first check, in its own format
+            message = f"{exc.path} is invalid ({len(exc.problems)} problems)"
+            if args.json:
+                from edge_certd.diagnose.doctor import doctor_document
+                from edge_certd.diagnose.doctor.judge import Check
+
+                fix = "; ".join(exc.problems)
+                print(json.dumps(doctor_document([Check("config", "fail", message, fix)]), indent=2))
+            else:
+                print(f"[fail] config: {message}, below")
         print(f"edge-certd: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except (UsageError, NotFound) as exc:
@@ -122,8 +132,14 @@ def _dispatch(args: argparse.Namespace) -> int:
     if command in ("list", "status"):
         from edge_certd.sync import report
 
-        out = report.list_cas(config) if command == "list" else report.status(config)
-        _print(out, args.json)
+        if command == "list":
+            cas = report.list_cas(config)
+            _print(
+                {"schema_version": SCHEMA_VERSIONS["list"], "trusted": cas} if args.json else cas, args.json
+            )
+        else:
+            doc = report.status(config)
+            _print({"schema_version": SCHEMA_VERSIONS["status"], **doc} if args.json else doc, args.json)
         return EXIT_OK
     if command == "inspect":
         return _inspect(config, args.files, args.keyvault)
@@ -134,7 +150,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if command == "doctor":
         from edge_certd.diagnose import doctor
 
-        return doctor.run_doctor(config, path)
+        return doctor.run_doctor(config, path, as_json=args.json)
     return _change(config, command, args)
 
 

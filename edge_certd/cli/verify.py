@@ -6,6 +6,7 @@ import argparse
 import json
 
 from edge_certd.config import Config
+from edge_certd.core.schema import SCHEMA_VERSIONS
 from edge_certd.diagnose.verify import render_text, report_to_json, request_for_config, verify_gateway
 
 
@@ -28,7 +29,8 @@ def run_verify(config: Config, args: argparse.Namespace) -> int:
     )
     report = verify_gateway(request)
     if args.json:
-        print(json.dumps(report_to_json(report), indent=2, ensure_ascii=False))
+        doc = {"schema_version": SCHEMA_VERSIONS["verify"], **report_to_json(report)}
+        print(json.dumps(doc, indent=2, ensure_ascii=False))
     else:
         print(render_text(report), end="")
     return 0 if report.ok else 1

@@ -95,6 +95,14 @@ class GatewayConfig(_Section):
     timeout: float = 10.0
 
 
+class MetricsConfig(_Section):
+    # auto: write when textfile_dir exists (Debian's prometheus-node-exporter creates it);
+    # always: create it when missing; never: write nothing.
+    textfile: Literal["auto", "always", "never"] = "auto"
+    textfile_dir: str = "/var/lib/prometheus/node-exporter"
+    max_ca_series: int = 100
+
+
 class Config(_Section):
     drop_dir: str = "/var/lib/edge-certd/drop"
     keyvault_export_dirs: list[str] = []
@@ -111,6 +119,7 @@ class Config(_Section):
     expiry: ExpiryConfig = ExpiryConfig()
     sources: SourcesConfig = SourcesConfig()
     gateway: GatewayConfig = GatewayConfig()
+    metrics: MetricsConfig = MetricsConfig()
 
 
 # Keys whose values are paths, tidied (`//`, `/./`, a trailing `/`) before validation so the
@@ -124,6 +133,7 @@ _PATH_KEYS: tuple[tuple[str, ...], ...] = (
     ("bundles", "dir"),
     ("bundles", "env_file"),
     ("gateway", "connection_string_file"),
+    ("metrics", "textfile_dir"),
 )
 _PATH_LIST_KEYS = ("keyvault_export_dirs", "pfx_password_files")
 

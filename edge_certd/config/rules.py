@@ -41,6 +41,8 @@ _RANGES: tuple[tuple[tuple[str, str], float, float], ...] = (
     (("policy", "judge_memory_mb"), 64, 4096),
     (("gateway", "timeout"), 0.1, 600),
     (("gateway", "port"), 1, 65535),
+    # One series per managed CA in edge_certd_ca_not_after_timestamp_seconds.
+    (("metrics", "max_ca_series"), 1, 10_000),
 )
 MAX_WARN_DAYS = 3650
 MAX_PASSWORD = 128
@@ -140,6 +142,7 @@ def _path_keys(config: Config) -> Iterator[tuple[tuple[str, ...], str]]:
         ("trust_store", "system_bundle"),
         ("bundles", "dir"),
         ("bundles", "env_file"),
+        ("metrics", "textfile_dir"),
     ):
         yield key, _get(config, key)
     for name in ("keyvault_export_dirs", "pfx_password_files"):
@@ -186,6 +189,7 @@ def _overlaps(config: Config) -> Iterator[Problem]:
     bundles = (("bundles", "dir"), config.bundles.dir)
     env_file = (("bundles", "env_file"), config.bundles.env_file)
     system_bundle = (("trust_store", "system_bundle"), config.trust_store.system_bundle)
+    textfile_dir = (("metrics", "textfile_dir"), config.metrics.textfile_dir)
 
     for key, src in sources:
         where = f"{'.'.join(key)} ({src})"
@@ -210,6 +214,7 @@ def _overlaps(config: Config) -> Iterator[Problem]:
                 env_file,
                 "whoever may write the source directory could replace the env file that services source",
             ),
+            (textfile_dir, "edge-certd.prom would be read back as a source and rejected at every sync"),
         ):
             if _within(other, src):
                 yield other_key, f"must not be inside the source directory {where}: {why}"
@@ -242,7 +247,7 @@ def _overlaps(config: Config) -> Iterator[Problem]:
                     "only the CA files edge-certd installs"
                 ),
             )
-    for other_key, other in (env_file, system_bundle):
+    for other_key, other in (env_file, system_bundle, textfile_dir):
         if _within(other, ca_dir[1]):
             yield (
                 other_key,

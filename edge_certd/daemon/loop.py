@@ -31,7 +31,7 @@ from edge_certd.daemon.status import status_line
 from edge_certd.daemon.watcher import SourceWatcher
 from edge_certd.store.fsutil import remove_stale_temp_files
 from edge_certd.store.state import DAEMON_NAME, StatePaths, load_manifest, save_report
-from edge_certd.sync import operations, report
+from edge_certd.sync import metrics, operations, report
 from edge_certd.sync.engine import Engine, worker_limits
 from edge_certd.worker.pool import JudgeWorker
 
@@ -68,6 +68,7 @@ class Daemon:
         self.retry_at: float | None = None
         self.dirty_since: float | None = None
         self.last_event: float = 0.0
+        self.expiry_checked: dt.datetime | None = None
 
     # -- called from other threads and signal handlers: record and wake, nothing else --
 
@@ -351,7 +352,7 @@ class Daemon:
         """Warn once per CA per threshold crossed (30, then 7, then 1 day...): a root made
         to live 30 days is not a warning every hour of its life. After a restart the
         current threshold is said once more."""
-        now = dt.datetime.now(dt.UTC)
+        now = self.expiry_checked = dt.datetime.now(dt.UTC)
         entries = load_manifest(StatePaths(self.config.state_dir)).entries.values()
         for item in expiring(entries, self.config.expiry.warn_days, now):
             ca, days = item.ca, item.days_left
@@ -373,6 +374,7 @@ class Daemon:
                 subject=ca.subject,
                 reason=f"{days} days left",
             )
+        self._record_daemon("degraded" if self.degraded else "running")  # and the metrics
 
     def _status_line(self) -> str:
         problems = "; ".join(p for p in (self.degraded, self.config_problem) if p)
@@ -394,10 +396,12 @@ class Daemon:
                     "status_line": self.status_now,
                     "degraded": self.degraded,
                     "updated": iso(dt.datetime.now(dt.UTC)),
+                    "expiry_checked": iso(self.expiry_checked) if self.expiry_checked else None,
                 },
             )
         except EdgeCertdError:
             pass  # daemon.json is for people; a full disk must not stop the service
+        metrics.write_metrics(self.config)  # read from daemon.json and the state: never raises
 
 
 def run_daemon(config_path: str | None) -> int:

@@ -7,7 +7,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 
 from edge_certd.config import Config
-from edge_certd.core.errors import ApplyError, EdgeCertdError, SourceError
+from edge_certd.core.errors import ApplyError, EdgeCertdError, SourceError, UpdateCommandError
 from edge_certd.core.model import (
     FileVerdict,
     InstalledCA,
@@ -44,7 +44,7 @@ from edge_certd.store.state import (
     state_lock,
 )
 from edge_certd.store.verdict_cache import CACHE_NAME, VerdictCache
-from edge_certd.sync import journal_events, record
+from edge_certd.sync import journal_events, metrics, record
 from edge_certd.sync.judging import Judging
 from edge_certd.sync.onchange import run_on_change
 from edge_certd.targets.base import Change
@@ -272,6 +272,7 @@ class Engine:
             )
             journal_events.log_failure(failed, exc)
             record.write_status(self.paths, failed, self.config)
+            metrics.after_sync(self.config, self.paths, update_ran=isinstance(exc, UpdateCommandError))
             raise
         result = SyncResult(
             time=now,
@@ -291,6 +292,7 @@ class Engine:
         if result.trust_changed:
             run_on_change(self.config.on_change)
         record.write_status(self.paths, result, self.config)
+        metrics.after_sync(self.config, self.paths, update_ran=bool(update_summary))
         return result
 
     def _manifest_entries(

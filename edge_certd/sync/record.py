@@ -31,6 +31,8 @@ def status_document(result: SyncResult, config: Config) -> dict[str, Any]:
     )
     ignored = ((v, i) for v in result.verdicts for i in v.ignored)
     by_reason = Counter(str(r.code) for v in result.verdicts for r in v.rejected)
+    # Files, not rejections: one bundle of 1,000 leaves is one file (the metrics count this).
+    files_by_reason = Counter(code for v in result.verdicts for code in {str(r.code) for r in v.rejected})
     ignored_total = sum(len(v.ignored) for v in result.verdicts)
     doc: dict[str, Any] = {
         "last_sync": {
@@ -56,6 +58,7 @@ def status_document(result: SyncResult, config: Config) -> dict[str, Any]:
         "rejected_total": sum(by_reason.values()),
         "rejected_files_total": result.rejected_files,
         "rejected_by_reason": dict(sorted(by_reason.items())),
+        "rejected_files_by_reason": dict(sorted(files_by_reason.items())),
         "ignored": [
             {"source": i.source, "what": i.what, "format": v.format} for v, i in islice(ignored, MAX_LISTED)
         ],

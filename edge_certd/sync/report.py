@@ -50,6 +50,7 @@ def status(config: Config) -> dict[str, Any]:
         "rejected_total": doc.get("rejected_total", len(doc.get("rejected", []))),
         "rejected_files_total": doc.get("rejected_files_total"),
         "rejected_by_reason": doc.get("rejected_by_reason", {}),
+        "rejected_files_by_reason": doc.get("rejected_files_by_reason", {}),
         "ignored": doc.get("ignored", []),
         "ignored_total": doc.get("ignored_total", len(doc.get("ignored", []))),
         "source_errors": doc.get("source_errors", []),

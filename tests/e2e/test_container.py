@@ -13,6 +13,7 @@ missing piece skips with the reason; with CI=true it fails, so CI can never pass
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import functools
 import hashlib
 import json
@@ -39,6 +40,7 @@ DROP = "/var/lib/edge-certd/drop"
 CA_DIR = "/usr/local/share/ca-certificates/edge-certd"
 SYSTEM_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 ENV_FILE = "/etc/edge-certd/ca.env"
+PROM_FILE = "/var/lib/prometheus/node-exporter/edge-certd.prom"
 WORK = "/srv/e2e"  # inside the container; its /tmp is a fresh tmpfs after boot
 # Much shorter than the unit's 60s, so a daemon that stopped pinging is killed (and counted in
 # NRestarts) well within this test's run time.
@@ -123,6 +125,7 @@ class Scenario:
     main_pid: str = ""
     consumer_invocation: str = ""
     started: float = 0.0
+    metrics_port: int = 0
     failed_step: str = ""
 
     def sh(self, script: str, **kw: object) -> subprocess.CompletedProcess[str]:
@@ -568,6 +571,102 @@ def test_stop_during_an_update_lets_the_update_finish(scenario: Scenario) -> Non
     _wait_for(lambda: sc.show("edge-certd", "ActiveState") == "active", 60, "edge-certd again")
 
 
+def _scrape(sc: Scenario) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """edge-certd's samples as node_exporter serves them: curl of /metrics inside the box."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = sc.box.run(["curl", "-fsS", f"http://127.0.0.1:{sc.metrics_port}/metrics"]).stdout
+    found: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name.startswith("edge_certd_"):
+                found.setdefault(sample.name, []).append((dict(sample.labels), sample.value))
+    return found
+
+
+def _listed(sc: Scenario) -> list[dict[str, str]]:
+    doc = json.loads(sc.box.run(["edge-certd", "list", "--json"]).stdout)
+    assert doc["schema_version"] == 1, doc
+    return list(doc["trusted"])
+
+
+def _agrees_with_list(sc: Scenario) -> bool:
+    scraped, listed = _scrape(sc), _listed(sc)
+    series = {
+        labels["sha256"]: value
+        for labels, value in scraped.get("edge_certd_ca_not_after_timestamp_seconds", [])
+    }
+    wanted = {
+        ca["sha256"]: dt.datetime.fromisoformat(ca["not_after"].replace("Z", "+00:00")).timestamp()
+        for ca in listed
+    }
+    return scraped.get("edge_certd_trusted_cas") == [({}, float(len(listed)))] and series == wanted
+
+
+def _promtool_accepts(sc: Scenario) -> None:
+    r = sc.sh(f"promtool check metrics < {PROM_FILE}", check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+@step
+def test_node_exporter_serves_metrics_that_agree_with_list(scenario: Scenario) -> None:
+    sc = scenario
+    env = {"DEBIAN_FRONTEND": "noninteractive"}
+    # node_exporter on a free loopback port (the box shares the host's network), with the
+    # textfile directory Debian's package uses; promtool comes from `prometheus`, whose own
+    # server is masked so it never starts.
+    sc.metrics_port = _free_port()
+    sc.box.path("/etc/default/prometheus-node-exporter").write_text(
+        f'ARGS="--web.listen-address=127.0.0.1:{sc.metrics_port} '
+        '--collector.textfile.directory=/var/lib/prometheus/node-exporter"\n'
+    )
+    sc.box.run(["systemctl", "mask", "prometheus.service"])
+    sc.box.run(
+        ["apt-get", "install", "-y", "-q", "--no-install-recommends", "-o", "Dpkg::Options::=--force-confold",
+         "prometheus-node-exporter", "prometheus", "curl"],
+        env=env, timeout=600,
+    )  # fmt: skip
+    assert sc.box.path("/var/lib/prometheus/node-exporter").is_dir()
+    _wait_for(
+        lambda: sc.show("prometheus-node-exporter", "ActiveState") == "active", 60, "node_exporter active"
+    )
+    # The unit's sandbox fixed its writable paths when it started; the directory is new.
+    sc.box.run(["systemctl", "restart", "edge-certd"])
+    _wait_for(lambda: sc.box.path(PROM_FILE).exists(), 60, f"{PROM_FILE} written")
+
+    # After a drop (the CA came back in the step before): one CA, its notAfter, no problem.
+    _wait_for(lambda: _agrees_with_list(sc), 30, "metrics that agree with `edge-certd list --json`")
+    scraped = _scrape(sc)
+    assert scraped["edge_certd_trusted_cas"] == [({}, 1.0)], scraped
+    ((labels, _),) = scraped["edge_certd_ca_not_after_timestamp_seconds"]
+    assert labels["sha256"] == sc.root_sha256, labels
+    assert scraped["edge_certd_degraded"] == [({}, 0.0)]
+    assert scraped["edge_certd_last_sync_success"] == [({}, 1.0)]
+    assert scraped["edge_certd_update_runs_total"][0][1] >= 1
+    assert "edge_certd_last_expiry_check_timestamp_seconds" in scraped
+    version = sc.box.run(["dpkg-query", "-W", "-f=${Version}", "edge-certd"]).stdout
+    assert scraped["edge_certd_info"][0][0]["version"] == version.split("-")[0]
+    _promtool_accepts(sc)
+
+    # After a removal: the technician deletes the file; the metrics follow.
+    runs = scraped["edge_certd_update_runs_total"][0][1]
+    sc.sh(f"rm {DROP}/gateway-root.pem")
+    _wait_for(lambda: sc.root_sha256 not in sc.bundle(), 30, f"the CA gone from {SYSTEM_BUNDLE}")
+    _wait_for(lambda: _agrees_with_list(sc) and not _listed(sc), 30, "metrics showing no CA, as list does")
+    scraped = _scrape(sc)
+    assert "edge_certd_ca_not_after_timestamp_seconds" not in scraped
+    assert scraped["edge_certd_update_runs_total"][0][1] > runs
+    _promtool_accepts(sc)
+    # The JSON a fleet tool reads validates against the schema the package installed.
+    schemas = sc.box.run(["ls", "/usr/share/edge-certd/schemas"]).stdout.split()
+    assert sorted(schemas) == [
+        "doctor.schema.json",
+        "list.schema.json",
+        "status.schema.json",
+        "verify.schema.json",
+    ]
+
+
 @step
 def test_remove_keeps_trust_and_purge_takes_only_edge_certds_away(scenario: Scenario) -> None:
     sc = scenario
@@ -581,6 +680,7 @@ def test_remove_keeps_trust_and_purge_takes_only_edge_certds_away(scenario: Scen
     assert sc.root_sha256 in sc.bundle(), "apt remove must leave the CA trusted"
     assert "Verify return code: 0 (ok)" in sc.s_client()
     assert sc.box.path(ENV_FILE).exists()
+    assert not sc.box.path(PROM_FILE).exists(), "apt remove must take edge-certd's metrics away"
 
     sc.box.run(["apt-get", "purge", "-y", "-q", "edge-certd"], env=env)
     assert sc.bundle() == sc.baseline, "purge must remove edge-certd's CAs and only those"

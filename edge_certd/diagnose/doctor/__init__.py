@@ -24,16 +24,18 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import grp
+import json
 import os
 import pwd
 import stat
 import subprocess
 import sys
 from collections.abc import Iterator
-from typing import TextIO
+from typing import Any, TextIO
 
 from edge_certd.config import Config
 from edge_certd.core.errors import EdgeCertdError, LockTimeout, SourceError, WriteError
+from edge_certd.core.schema import SCHEMA_VERSIONS
 from edge_certd.diagnose.doctor.judge import (
     Check,
     DirFacts,
@@ -57,7 +59,7 @@ from edge_certd.store.sources import DirectoryRules, check_directory
 from edge_certd.store.state import LoadedManifest, StatePaths, load_manifest, state_lock
 from edge_certd.targets.registry import enabled_targets
 
-__all__ = ["run_doctor"]
+__all__ = ["doctor_document", "run_doctor"]
 
 # sd_booted(3): systemd is the init system exactly when this directory exists.
 SYSTEMD_RUN_DIR = "/run/systemd/system"
@@ -76,6 +78,7 @@ def run_doctor(
     *,
     now: dt.datetime | None = None,
     out: TextIO | None = None,
+    as_json: bool = False,
 ) -> int:
     """Run every check, print one line each, and return 0 when none failed, else 1.
 
@@ -85,17 +88,33 @@ def run_doctor(
         config_path: where it came from, for the first line.
         now: the time to judge expiry and the clock against; the system clock if None.
         out: where to print; stdout if None.
+        as_json: print one JSON document (`doctor_document`) instead of lines.
     """
     stream = out or sys.stdout
     moment = now or dt.datetime.now(dt.UTC)
     results: list[Check] = []
     for check in _checks(config, config_path, moment):
         results.append(check)
+        if as_json:
+            continue  # one document at the end
         print(check.line(), file=stream, flush=True)
         if check.fix and check.status in ("fail", "warn"):
             print(f"{_FIX_INDENT}fix: {check.fix}", file=stream)
-    print(_summary(results), file=stream)
+    if as_json:
+        print(json.dumps(doctor_document(results), indent=2, ensure_ascii=False), file=stream)
+    else:
+        print(_summary(results), file=stream)
     return 1 if any(c.status == "fail" for c in results) else 0
+
+
+def doctor_document(results: list[Check]) -> dict[str, Any]:
+    """`doctor --json`: every check in order (edge_certd/schemas/doctor.schema.json)."""
+    return {
+        "schema_version": SCHEMA_VERSIONS["doctor"],
+        "ok": not any(c.status == "fail" for c in results),
+        "checks": [{"name": c.name, "status": c.status, "message": c.message, "fix": c.fix} for c in results],
+        "summary": _summary(results),
+    }
 
 
 def _checks(config: Config, config_path: str, now: dt.datetime) -> Iterator[Check]:
