@@ -98,6 +98,9 @@ class GatewayConfig(_Section):
 class Config(_Section):
     drop_dir: str = "/var/lib/edge-certd/drop"
     keyvault_export_dirs: list[str] = []
+    # Each subdirectory is the read-only source of one roots package (`edge-certd package`);
+    # null turns package sources off.
+    package_roots_dir: str | None = "/usr/share/edge-certd/roots.d"
     state_dir: str = "/var/lib/edge-certd"
     pfx_password_files: list[str] = []
     trust_store: TrustStoreConfig = TrustStoreConfig()
@@ -114,6 +117,7 @@ class Config(_Section):
 # overlap rules compare like with like.
 _PATH_KEYS: tuple[tuple[str, ...], ...] = (
     ("drop_dir",),
+    ("package_roots_dir",),
     ("state_dir",),
     ("trust_store", "ca_dir"),
     ("trust_store", "system_bundle"),
