@@ -23,7 +23,20 @@ ALLOWED: dict[str, set[str]] = {
     "daemon": {"core", "store", "targets", "config", "journal", "sync", "worker"},
     "diagnose": {"core", "store", "targets", "config"},
     "worker": {"core"},
-    "cli": {"core", "store", "targets", "config", "journal", "sync", "daemon", "diagnose", "worker"},
+    # Building a roots package judges its inputs as sync does (sync.operations).
+    "package": {"core", "store", "config", "worker", "sync"},
+    "cli": {
+        "core",
+        "store",
+        "targets",
+        "config",
+        "journal",
+        "sync",
+        "daemon",
+        "diagnose",
+        "worker",
+        "package",
+    },
     "__main__": {"cli"},
     "__init__": set(),
 }

@@ -70,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("check-config", help="validate the configuration and print it")
     sub.add_parser("run", help="run the daemon in the foreground (systemd Type=notify)")
     _add_verify_parser(sub)
+    _add_package_parser(sub)
     p = sub.add_parser("doctor", help="check the whole device, then verify the gateway")
     p.add_argument("--json", action="store_true", help="print every check as one JSON object")
     return parser
@@ -86,6 +87,26 @@ def _add_verify_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     p.add_argument("--servername", metavar="NAME", help="SNI and hostname to check")
     p.add_argument("--timeout", type=float, metavar="SECONDS")
     p.add_argument("--json", action="store_true")
+
+
+def _add_package_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "package",
+        help="build NAME_VERSION_all.deb that makes devices trust FILEs (apt rotates them)",
+        description="Judge each FILE as a drop would, then write NAME_VERSION_all.deb, which "
+        "installs the roots into /usr/share/edge-certd/roots.d/NAME/. Nothing is built when any "
+        "file is refused. The same inputs give the same bytes.",
+    )
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("--name", required=True, help="the Debian package name, e.g. contoso-gateway-roots")
+    p.add_argument("--version", dest="package_version", metavar="VERSION", required=True)
+    p.add_argument("--output", metavar="DIR", default=".", help="where to write the .deb (default: .)")
+    p.add_argument("--maintainer", metavar="'NAME <ADDRESS>'", help="the package's Maintainer field")
+    p.add_argument(
+        "--du-manifest",
+        action="store_true",
+        help="print the Device Update for IoT Hub apt manifest (JSON) that installs this version",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -151,6 +172,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         from edge_certd.diagnose import doctor
 
         return doctor.run_doctor(config, path, as_json=args.json)
+    if command == "package":
+        return _package(config, args)
     return _change(config, command, args)
 
 
@@ -211,6 +234,23 @@ def _inspect(config: Config, files: Sequence[str], keyvault: bool) -> int:
     verdicts = actions.inspect(config, files, keyvault)
     print(render.inspect_text(verdicts))
     return EXIT_REJECTED if any(v.rejected for v in verdicts) else EXIT_OK
+
+
+def _package(config: Config, args: argparse.Namespace) -> int:
+    from edge_certd import package
+    from edge_certd.package import deb
+
+    planned = package.plan_package(config, args.files, args.name, args.package_version)
+    built = deb.build_deb(planned, args.output, args.maintainer or deb.DEFAULT_MAINTAINER)
+    summary = f"{built}: {len(planned.roots)} root CA(s) for {planned.directory}/"
+    if args.du_manifest:  # stdout holds only the manifest, so it can be redirected to a file
+        print(summary, file=sys.stderr)
+        print(json.dumps(package.du_manifest(planned), indent=2))
+    else:
+        print(summary)
+        for file_name, ca in planned.files():
+            print(f"  {file_name}  {ca.subject}")
+    return EXIT_OK
 
 
 def _print(data: object, as_json: bool) -> None:

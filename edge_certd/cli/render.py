@@ -27,6 +27,8 @@ def _render_list(items: Sequence[dict[str, Any]]) -> str:
         lines.append(f"{item['sha256'][:16]}  {item['subject']}")
         lines.append(f"    expires {item['not_after']} ({_days(item)})  file {item['path']}")
         lines.append(f"    from {', '.join(item['sources'])}")
+        if item.get("packages"):
+            lines.append(f"    package {', '.join(item['packages'])}")
     return "\n".join(lines)
 
 
@@ -47,9 +49,9 @@ def _render_status(doc: dict[str, Any]) -> str:
         lines.append(f"last sync: {last.get('time')} {result}{extra}")
     lines.append(f"trusted CAs: {len(doc['trusted'])}")
     for item in doc["trusted"]:
-        lines.append(
-            f"  {item['sha256'][:16]}  {item['subject']}  (expires {item['not_after']}, {_days(item)})"
-        )
+        packages = f"  package {', '.join(item['packages'])}" if item.get("packages") else ""
+        expires = f"expires {item['not_after']}, {_days(item)}"
+        lines.append(f"  {item['sha256'][:16]}  {item['subject']}  ({expires}){packages}")
     for item in doc["expiring"]:
         lines.append(f"expiring: {item['subject']} in {item['days_left']} days ({item['not_after']})")
     if doc["rejected"]:

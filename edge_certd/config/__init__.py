@@ -106,6 +106,9 @@ class MetricsConfig(_Section):
 class Config(_Section):
     drop_dir: str = "/var/lib/edge-certd/drop"
     keyvault_export_dirs: list[str] = []
+    # Each subdirectory is the read-only source of one roots package (`edge-certd package`);
+    # null turns package sources off.
+    package_roots_dir: str | None = "/usr/share/edge-certd/roots.d"
     state_dir: str = "/var/lib/edge-certd"
     # Where the daemon listens for the CLI (systemd's edge-certd.socket creates it, group
     # edge-certd, mode 0660); without systemd the daemon binds it itself.
@@ -126,6 +129,7 @@ class Config(_Section):
 # overlap rules compare like with like.
 _PATH_KEYS: tuple[tuple[str, ...], ...] = (
     ("drop_dir",),
+    ("package_roots_dir",),
     ("state_dir",),
     ("control_socket",),
     ("trust_store", "ca_dir"),

@@ -150,6 +150,8 @@ def _path_keys(config: Config) -> Iterator[tuple[tuple[str, ...], str]]:
             yield (name, str(i)), value
     if config.gateway.connection_string_file is not None:
         yield ("gateway", "connection_string_file"), config.gateway.connection_string_file
+    if config.package_roots_dir is not None:
+        yield ("package_roots_dir",), config.package_roots_dir
 
 
 def _paths(config: Config) -> Iterator[Problem]:
@@ -184,6 +186,7 @@ def _overlaps(config: Config) -> Iterator[Problem]:
     sources = [(("drop_dir",), config.drop_dir)] + [
         (("keyvault_export_dirs", str(i)), d) for i, d in enumerate(config.keyvault_export_dirs)
     ]
+    packages = [(("package_roots_dir",), config.package_roots_dir)] if config.package_roots_dir else []
     ca_dir = (("trust_store", "ca_dir"), config.trust_store.ca_dir)
     state = (("state_dir",), config.state_dir)
     bundles = (("bundles", "dir"), config.bundles.dir)
@@ -191,7 +194,7 @@ def _overlaps(config: Config) -> Iterator[Problem]:
     system_bundle = (("trust_store", "system_bundle"), config.trust_store.system_bundle)
     textfile_dir = (("metrics", "textfile_dir"), config.metrics.textfile_dir)
 
-    for key, src in sources:
+    for key, src in sources + packages:
         where = f"{'.'.join(key)} ({src})"
         # Each: (what, its path, why it must not be inside a source directory).
         for (other_key, other), why in (
@@ -238,6 +241,15 @@ def _overlaps(config: Config) -> Iterator[Problem]:
                 ),
             )
         seen.setdefault(src, ".".join(key))
+    for (_, roots), (key, src) in ((p, s) for p in packages for s in sources):
+        if _within(src, roots) or _within(roots, src):
+            yield (
+                key,
+                (
+                    f"must not overlap package_roots_dir ({roots}): each subdirectory there is "
+                    "one roots package's own, writable only by root"
+                ),
+            )
     for other_key, other in (state, bundles):
         if _within(other, ca_dir[1]) or _within(ca_dir[1], other):
             yield (

@@ -30,6 +30,7 @@ from edge_certd.daemon.notify import Notifier
 from edge_certd.daemon.status import status_line
 from edge_certd.daemon.watcher import SourceWatcher
 from edge_certd.store.fsutil import remove_stale_temp_files
+from edge_certd.store.sources import package_dirs
 from edge_certd.store.state import DAEMON_NAME, StatePaths, load_manifest, save_report
 from edge_certd.sync import metrics, operations, report
 from edge_certd.sync.engine import Engine, worker_limits
@@ -197,6 +198,8 @@ class Daemon:
         except EdgeCertdError as exc:
             events.emit("source_error", str(exc), logging.WARNING, source=self.config.drop_dir)
         dirs = [self.config.drop_dir, *self.config.keyvault_export_dirs]
+        if self.config.package_roots_dir:  # a package's directory appearing makes a rewatch
+            dirs += [self.config.package_roots_dir, *package_dirs(self.config.package_roots_dir)]
         for missing in self.watcher.watch(dirs):
             logging.getLogger(events.LOGGER_NAME).info(
                 "%s does not exist yet; watching for it to appear", missing

@@ -113,6 +113,10 @@ class SourceWatcher(FileSystemEventHandler):
         inside_dest = bool(dest) and os.path.dirname(dest) in self._dirs
         if not (inside_src or inside_dest):
             return  # e.g. our own state files next to a missing source directory
+        if isinstance(event, (DirCreatedEvent, DirDeletedEvent, DirMovedEvent)):
+            # A roots package's directory came or went (dpkg): the loop watches the new set.
+            self._mark(changed=True, rewatch=True)
+            return
         if isinstance(event, FileModifiedEvent):
             if is_temporary_name(os.path.basename(src)):
                 return

@@ -65,6 +65,9 @@ class SourceFile:
 class DirectoryRules:
     trusted_group: str = "edge-certd"
     check_ownership: bool = True
+    # Roots packages' directory (config.package_roots_dir): it and each subdirectory must be
+    # root's alone, as dpkg leaves them; the edge-certd group drops files elsewhere.
+    package_roots_dir: str | None = None
 
 
 def is_temporary_name(name: str) -> bool:
@@ -75,9 +78,72 @@ def is_temporary_name(name: str) -> bool:
 def check_directory(path: str, rules: DirectoryRules) -> None:
     """Refuse a directory anyone untrusted could write.
 
+    A roots package's directory must be root's alone, and so must the directory holding it:
+    whoever could write that could rename a package's directory in or out.
+
     Raises:
         SourceError: it is missing, not a directory, world-writable or wrongly owned.
     """
+    roots = rules.package_roots_dir
+    if roots is not None and path.rstrip("/") == roots.rstrip("/"):
+        # Named as a source only when it could not be listed (package_dirs): what its
+        # packages gave is held until it can be.
+        _check_root_only(roots, rules)
+        raise SourceError(path, "cannot be listed, so its roots packages cannot be read")
+    if roots is not None and os.path.dirname(path.rstrip("/")) == roots.rstrip("/"):
+        _check_root_only(roots, rules)
+        _check_root_only(path, rules)
+        return
+    _check_shared(path, rules)
+
+
+def _check_root_only(path: str, rules: DirectoryRules) -> None:
+    info = _check_shared(path, rules)
+    mode = stat.S_IMODE(info.st_mode)
+    if mode & stat.S_IWGRP:
+        raise SourceError(
+            path,
+            f"is group-writable (mode {mode:04o}); a roots package's directory is written "
+            f"only by dpkg, as root; run: chmod g-w {path}",
+        )
+    if rules.check_ownership and info.st_uid not in (0, os.geteuid()):
+        raise SourceError(
+            path,
+            f"is owned by uid {info.st_uid}, not root; a roots package's directory is "
+            f"written only by dpkg, as root; run: chown root:root {path}",
+        )
+
+
+def package_dirs(roots_dir: str) -> list[str]:
+    """The roots packages' directories: each real subdirectory of `roots_dir`, by name.
+
+    A symlink or a dotfile is no package's (dpkg makes real directories); a missing
+    `roots_dir` means no package is installed.
+    """
+    try:
+        with os.scandir(roots_dir) as entries:
+            names = sorted(
+                e.name for e in entries if not e.name.startswith(".") and e.is_dir(follow_symlinks=False)
+            )
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    except OSError:
+        return [roots_dir]  # refused by check_directory, so what it gave is held
+    return [os.path.join(roots_dir, name) for name in names]
+
+
+def package_name(source: str, roots_dir: str | None) -> str | None:
+    """The roots package a source path (as the manifest names it) came from, else None."""
+    if not roots_dir:
+        return None
+    prefix = roots_dir.rstrip("/") + "/"
+    if not source.startswith(prefix):
+        return None
+    name, sep, _ = source[len(prefix) :].partition("/")
+    return name if sep and name else None
+
+
+def _check_shared(path: str, rules: DirectoryRules) -> os.stat_result:
     try:
         info = os.stat(path)
     except FileNotFoundError:
@@ -94,7 +160,7 @@ def check_directory(path: str, rules: DirectoryRules) -> None:
             f"could make it trust a CA; run: chmod o-w {path}",
         )
     if not rules.check_ownership:
-        return
+        return info
     trusted_gid = _group_id(rules.trusted_group)
     if info.st_uid not in (0, os.geteuid()) and info.st_gid != trusted_gid:
         raise SourceError(
@@ -109,6 +175,7 @@ def check_directory(path: str, rules: DirectoryRules) -> None:
             f"is writable by group id {info.st_gid}, which is not "
             f"{rules.trusted_group}; run: chmod g-w {path}",
         )
+    return info
 
 
 def scan_directory(path: str, max_bytes: int) -> Iterator[SourceFile]:

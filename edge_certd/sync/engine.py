@@ -28,6 +28,7 @@ from edge_certd.store.sources import (
     check_directory,
     display_path,
     ensure_drop_dir,
+    package_dirs,
     scan_directory,
     tighten_mode,
 )
@@ -78,9 +79,13 @@ def worker_limits(config: Config) -> Limits:
 
 
 def source_dirs(config: Config) -> list[tuple[str, SourceKind]]:
-    return [(config.drop_dir, SourceKind.DROP)] + [
-        (d, SourceKind.KEYVAULT) for d in config.keyvault_export_dirs
-    ]
+    # A roots package is judged like a drop: only CAs, and a private key refuses the file.
+    packages = package_dirs(config.package_roots_dir) if config.package_roots_dir else []
+    return (
+        [(config.drop_dir, SourceKind.DROP)]
+        + [(d, SourceKind.KEYVAULT) for d in config.keyvault_export_dirs]
+        + [(d, SourceKind.DROP) for d in packages]
+    )
 
 
 class Engine:
@@ -101,7 +106,9 @@ class Engine:
         self.paths = StatePaths(config.state_dir)
         self.system = system_store(config, heartbeat)
         self.followers = followers(config)
-        self.dir_rules = DirectoryRules(config.sources.trusted_group, config.sources.check_ownership)
+        self.dir_rules = DirectoryRules(
+            config.sources.trusted_group, config.sources.check_ownership, config.package_roots_dir
+        )
 
     def ensure_drop_dir(self, force: bool = False) -> None:
         """Create the drop directory when missing (see store.sources.ensure_drop_dir).

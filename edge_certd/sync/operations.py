@@ -30,8 +30,13 @@ def inspect(config: Config, files: Sequence[str], keyvault: bool = False) -> lis
     return [verdict for _, verdict in _judge_files(config, files, keyvault)]
 
 
+def judge_as_drop(config: Config, files: Sequence[str]) -> list[FileVerdict]:
+    """Judge files as if dropped, wherever they are (a Key Vault export directory too)."""
+    return [verdict for _, verdict in _judge_files(config, files, as_drop=True)]
+
+
 def _judge_files(
-    config: Config, files: Sequence[str], keyvault: bool = False
+    config: Config, files: Sequence[str], keyvault: bool = False, as_drop: bool = False
 ) -> list[tuple[SourceFile, FileVerdict]]:
     """Read each file once and judge those bytes in the judge worker."""
     now = dt.datetime.now(dt.UTC)
@@ -42,7 +47,7 @@ def _judge_files(
     try:
         for path in files:
             directory = os.path.dirname(os.path.abspath(path))
-            in_keyvault = keyvault or os.path.realpath(directory) in kv_dirs
+            in_keyvault = not as_drop and (keyvault or os.path.realpath(directory) in kv_dirs)
             kind = SourceKind.KEYVAULT if in_keyvault else SourceKind.DROP
             source = _read_one(path, config.policy.max_file_bytes)
             # Named as sync names sources: a newline, an escape or a byte that is not UTF-8

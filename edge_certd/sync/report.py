@@ -11,15 +11,19 @@ from edge_certd.core.expiry import days_left
 from edge_certd.core.expiry import expiring as expiring_cas
 from edge_certd.core.model import FileVerdict, InstalledCA, SyncResult
 from edge_certd.core.text import iso, plural
+from edge_certd.store.sources import package_name
 from edge_certd.store.state import StatePaths, load_manifest, load_report
 
 
 def list_cas(config: Config) -> list[dict[str, Any]]:
     entries = load_manifest(StatePaths(config.state_dir)).entries
-    return [_ca_json(e) for e in sorted(entries.values(), key=lambda e: (e.subject, e.sha256))]
+    roots = config.package_roots_dir
+    return [_ca_json(e, roots) for e in sorted(entries.values(), key=lambda e: (e.subject, e.sha256))]
 
 
-def _ca_json(e: InstalledCA) -> dict[str, Any]:
+def _ca_json(e: InstalledCA, roots_dir: str | None) -> dict[str, Any]:
+    # The roots packages (`edge-certd package`) that provide it, by name: what apt removes.
+    packages = sorted({name for s in e.sources if (name := package_name(s, roots_dir))})
     return {
         "sha256": e.sha256,
         "subject": e.subject,
@@ -27,6 +31,7 @@ def _ca_json(e: InstalledCA) -> dict[str, Any]:
         "not_after": iso(e.not_after),
         "path": e.path,
         "sources": list(e.sources),
+        "packages": packages,
         "installed_at": iso(e.installed_at),
         "days_left": days_left(e.not_after, dt.datetime.now(dt.UTC)),
     }
@@ -36,7 +41,7 @@ def expiring(config: Config, now: dt.datetime | None = None) -> list[dict[str, A
     """Managed CAs within the largest warning window, soonest first (core.expiry's rule)."""
     entries = load_manifest(StatePaths(config.state_dir)).entries.values()
     found = expiring_cas(entries, config.expiry.warn_days, now or dt.datetime.now(dt.UTC))
-    return [{**_ca_json(e.ca), "days_left": e.days_left} for e in found]
+    return [{**_ca_json(e.ca, config.package_roots_dir), "days_left": e.days_left} for e in found]
 
 
 def status(config: Config) -> dict[str, Any]:
