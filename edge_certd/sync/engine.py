@@ -242,8 +242,6 @@ class Engine:
         changed_files: list[str] = []
         failures: list[TargetFailure] = []
         last_change = loaded.last_change
-        if plan.changes_trust:
-            last_change = LastChange(time=now, added=len(plan.add), removed=len(plan.remove))
         managed = self._manifest_entries(wanted, loaded.entries, now)
         try:
             if plan.changes_trust:
@@ -265,6 +263,12 @@ class Engine:
                 notes.extend(outcome.notes)
                 if outcome.changed:
                     changed_files.append(outcome.detail)
+            if plan.changes_trust:
+                # When the trust store actually changed, the moment the journal's lines
+                # carry too: not the start of a sync that then waited on the update.
+                last_change = LastChange(
+                    time=dt.datetime.now(dt.UTC), added=len(plan.add), removed=len(plan.remove)
+                )
             save_manifest(self.paths, managed, last_change)
             clear_pending(self.paths)
         except ApplyError as exc:

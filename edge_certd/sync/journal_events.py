@@ -122,8 +122,7 @@ def log_sync(result: SyncResult, paths: StatePaths) -> None:
         journal.emit(
             "synced",
             f"trust updated: {len(result.added)} added, "
-            f"{len(result.removed)} removed, {plural(len(result.managed), 'CA')} "
-            f"managed ({result.update_summary})",
+            f"{len(result.removed)} removed; {plural(len(result.managed), 'CA')} trusted",
         )
     _save(memory_path, now_rejected + now_problems + now_notes)
 
