@@ -525,6 +525,13 @@ def test_a_technician_adds_without_sudo_and_the_daemon_does_and_logs_it(scenario
         "edge-certd", "StatusText"
     )
     assert sc.root_sha256 not in sc.bundle()
+    # The technician drops it again: it stays removed, and the journal and status say so once.
+    sc.scp_root_ca()
+    _wait_for(lambda: any("stays removed" in e.get("MESSAGE", "") for e in sc.journal("rejected")), 20,
+              "the journal saying the CA stays removed")  # fmt: skip
+    assert sc.root_sha256 not in sc.bundle()
+    shown = sc.box.run(["sh", "-c", ssh + "edge-certd status"], check=False)
+    assert "stays removed" in shown.stdout, shown.stdout + shown.stderr
     # Back as it was for the steps after this one: trusted again by add, then the file goes.
     assert sc.box.run(["edge-certd", "add", "/home/tech/gateway-root.pem"]).returncode == 0
     sc.sh(f"rm -f {DROP}/gateway-root.pem")
