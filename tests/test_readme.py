@@ -76,7 +76,9 @@ def test_the_trial_runs_exactly_as_written(tmp_path: Path) -> None:
     block = fenced_block_after(TRIAL_MARKER)
     shim = tmp_path / "bin"
     shim.mkdir()
-    (shim / "python3").symlink_to(sys.executable)
+    # A script, not a symlink: a venv's interpreter finds its site-packages by its own path.
+    (shim / "python3").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    (shim / "python3").chmod(0o755)
     for name in ("home", "cwd", "tmp"):
         (tmp_path / name).mkdir()
     path = os.pathsep.join([str(shim), os.path.dirname(update), os.environ.get("PATH", "/usr/bin:/bin")])
