@@ -65,6 +65,9 @@ def test_config_errors_name_file_line_and_key(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert str(bad) in result.stderr
     assert "line 3: trust_store.ca_dirr: unknown key" in result.stderr
+    # The example is named where the package installs it, not as a file in the checkout.
+    assert "/usr/share/doc/edge-certd/examples/config.example.yaml" in result.stderr
+    assert "config.example.yaml" in (PROJECT / "packaging/debian/edge-certd.examples").read_text().split()
     assert "line 5: policy.min_rsa_bits" in result.stderr
 
 
