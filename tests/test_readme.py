@@ -50,7 +50,7 @@ def man_commands() -> dict[str, str]:
     entries: dict[str, str] = {}
     for entry in man_section("COMMANDS").split(".TP\n")[1:]:
         head = entry.splitlines()[0]
-        match = re.match(r"\.B[IR]? \"?([a-z-]+)", head)
+        match = re.match(r"(?:\.B[IR]? \"?|\\fB)([a-z-]+)", head)
         assert match, head
         entries[match.group(1)] = entry
     return entries
@@ -114,3 +114,30 @@ def test_the_trial_runs_exactly_as_written(tmp_path: Path) -> None:
     if before is not None:  # this machine's own bundle was not rewritten
         after = SYSTEM_BUNDLE.stat()
         assert (after.st_mtime_ns, after.st_ino) == (before.st_mtime_ns, before.st_ino)
+
+
+def test_every_command_is_in_the_man_page_with_its_options() -> None:
+    entries = man_commands()
+    for name, parser in subcommands().items():
+        assert name in entries, f"{name} is missing from edge-certd(8) COMMANDS"
+        for action in parser._actions:
+            for option in action.option_strings:
+                if option not in ("-h", "--help"):
+                    assert option in entries[name], f"edge-certd(8) {name}: {option}"
+
+
+def test_every_command_is_in_the_readme_command_block() -> None:
+    block = fenced_block_after("## Command line")
+    listed = {line.split()[0] for line in block.splitlines() if re.match(r"  [a-z]", line)}
+    assert listed == set(subcommands())
+
+
+def test_remove_says_what_name_accepts_in_help_man_page_and_readme() -> None:
+    remove = subcommands()["remove"]
+    help_text = remove.format_help()
+    for words in ("SHA-256", "6", "file name", "not the subject"):
+        assert words in help_text, words
+    man = man_commands()["remove"]
+    for words in ("SHA-256", "six", "<CN slug>-<sha256[:16]>.crt", "not", "subject"):
+        assert words in man, words
+    assert "not the subject" in README
