@@ -38,7 +38,7 @@ def test_version_and_help_document_the_exit_codes() -> None:
     for line in (
         "0  success",
         "1  could not apply",
-        "2  usage or configuration error",
+        "2  usage, configuration or permission error",
         "3  applied, but some inputs were rejected",
     ):
         assert line in help_text
@@ -65,6 +65,9 @@ def test_config_errors_name_file_line_and_key(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert str(bad) in result.stderr
     assert "line 3: trust_store.ca_dirr: unknown key" in result.stderr
+    # The example is named where the package installs it, not as a file in the checkout.
+    assert "/usr/share/doc/edge-certd/examples/config.example.yaml" in result.stderr
+    assert "config.example.yaml" in (PROJECT / "packaging/debian/edge-certd.examples").read_text().split()
     assert "line 5: policy.min_rsa_bits" in result.stderr
 
 
@@ -143,6 +146,22 @@ def test_remove_keeps_the_source_and_add_brings_it_back(tree: Tree, tmp_path: Pa
     back = tree.cli("add", str(tree.drop / "root.pem"))
     assert back.returncode == 0, back.stderr
     assert len(json.loads(tree.cli("list", "--json").stdout)["trusted"]) == 1
+
+
+def test_remove_takes_what_its_help_says_and_not_the_subject(tree: Tree) -> None:
+    root = CA.root("Named Root")
+    tree.drop.mkdir(parents=True)
+    (tree.drop / "gateway.pem").write_bytes(root.cert_pem)
+    tree.cli("sync")
+    (item,) = json.loads(tree.cli("list", "--json").stdout)["trusted"]
+    installed = os.path.basename(item["path"])
+    assert installed == f"Named-Root-{item['sha256'][:16]}.crt"  # <CN slug>-<sha256[:16]>.crt
+    for name in ("CN=Named Root", "Named Root", item["sha256"][:5], str(tree.drop / "gateway.pem")):
+        assert tree.cli("remove", name).returncode == 2, name
+    for name in (installed, "gateway.pem", item["sha256"][:6].upper()):
+        assert tree.cli("remove", name).returncode == 0, name
+        assert json.loads(tree.cli("list", "--json").stdout)["trusted"] == []
+        assert tree.cli("add", str(tree.drop / "gateway.pem")).returncode == 0
 
 
 def test_status_works_without_a_daemon(tree: Tree) -> None:

@@ -29,14 +29,24 @@ EXIT_USAGE = 2
 EXIT_REJECTED = 3
 
 EPILOG = """\
+sync, add and remove go to the running daemon through its control socket
+(/run/edge-certd/control, group edge-certd): members of that group may add and
+sync, remove needs root. With no daemon running, they do the work here, which
+needs root on a device. status, list and inspect need only read access.
+
 exit codes:
   0  success
-  1  could not apply, or one target could not be written while the rest was
-     (what was not applied keeps its previous state; the next sync retries)
-  2  usage or configuration error
-  3  applied, but some inputs were rejected (see the reasons printed)
+  1  could not apply, or one target (e.g. the Java truststore) could not be written
+     while the rest was (what was not applied keeps its previous state; the next
+     sync retries)
+  2  usage, configuration or permission error; add of a FILE that would be
+     rejected (nothing is copied); remove of a NAME that matches no CA or several
+  3  applied, but some inputs were rejected (see the reasons printed): sync answers
+     for every source, inspect for its FILEs; add and remove answer only for their
+     own inputs, and another file's rejection is a note in their output
 
 configuration: --config PATH, else $EDGE_CERTD_CONFIG, else /etc/edge-certd/config.yaml
+every key: /usr/share/doc/edge-certd/examples/config.example.yaml
 """
 
 
@@ -53,20 +63,37 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    sub.add_parser("sync", help="install and remove CAs so trust matches the sources, once")
+    sub.add_parser(
+        "sync", help="install and remove CAs so trust matches the sources, once (root or group edge-certd)"
+    )
     p = sub.add_parser("list", help="list the CAs edge-certd manages")
-    p.add_argument("--json", action="store_true", help="print a JSON array")
-    p = sub.add_parser("status", help="what the daemon and the last sync did; works offline")
+    p.add_argument("--json", action="store_true", help="print a JSON object: schema_version, trusted")
+    p = sub.add_parser(
+        "status", help="what the daemon and the last sync did, with the reasons; no daemon or root needed"
+    )
     p.add_argument("--json", action="store_true", help="print a JSON object")
     p = sub.add_parser("inspect", help="say what FILEs would give; installs nothing")
     p.add_argument("files", nargs="+", metavar="FILE")
     p.add_argument(
         "--keyvault", action="store_true", help="judge as a Key Vault export (leaves and keys are ignored)"
     )
-    p = sub.add_parser("add", help="validate FILEs, copy them into the drop directory, sync")
+    p = sub.add_parser(
+        "add", help="validate FILEs, copy them into the drop directory, sync (root or group edge-certd)"
+    )
     p.add_argument("files", nargs="+", metavar="FILE")
-    p = sub.add_parser("remove", help="stop trusting a CA by SHA-256 prefix or file name")
-    p.add_argument("what", metavar="SHA256-PREFIX|NAME")
+    p = sub.add_parser(
+        "remove",
+        help="stop trusting the CA that NAME names (needs root); its source file stays",
+        description="Stop trusting one managed CA. Its source file is left where it is, and the CA "
+        "stays removed until `edge-certd add` brings it back. Needs root.",
+    )
+    p.add_argument(
+        "what",
+        metavar="NAME",
+        help="a SHA-256 prefix of at least 6 hex digits (see `edge-certd list`), the installed file "
+        "name (<CN slug>-<sha256[:16]>.crt), or the file name of a source that provides it; "
+        "not the subject",
+    )
     sub.add_parser("check-config", help="validate the configuration and print it")
     sub.add_parser("run", help="run the daemon in the foreground (systemd Type=notify)")
     _add_verify_parser(sub)

@@ -36,6 +36,10 @@ else:  # pragma: no cover - exercised by the Debian 12 test run
             allow_mutation = False
 
 
+# Where the package installs the example that documents every key (debian/edge-certd.examples).
+EXAMPLE_PATH = "/usr/share/doc/edge-certd/examples/config.example.yaml"
+
+
 class TrustStoreConfig(_Section):
     ca_dir: str = "/usr/local/share/ca-certificates/edge-certd"
     update_command: list[str] = ["update-ca-certificates"]
@@ -242,7 +246,7 @@ def _message(err: Any) -> str:
     # pydantic 1 and 2 word "extra" differently; say it the same way either way.
     kind = str(err.get("type", ""))
     if kind in ("extra_forbidden", "value_error.extra"):
-        return "unknown key (check the spelling against config.example.yaml)"
+        return f"unknown key (check the spelling against {EXAMPLE_PATH})"
     return str(err["msg"])
 
 
