@@ -85,7 +85,17 @@ def test_package_holds_one_pem_per_root_in_its_own_directory_and_depends_on_edge
     # The same root twice, once as DER: one file in the package.
     der = tmp_path / "root.der"
     der.write_bytes(root.der)
-    r = _package(tree, str(_pem(tmp_path / "r.pem", root)), str(der), "--name", NAME, "--version", "2024.1-1")
+    r = _package(
+        tree,
+        str(_pem(tmp_path / "r.pem", root)),
+        str(der),
+        "--name",
+        NAME,
+        "--version",
+        "2024.1-1",
+        "--output",
+        str(tmp_path),
+    )
     assert r.returncode == 0, r.stderr
     deb = Path(re.search(r"^(\S+\.deb):", r.stdout, re.M).group(1))  # type: ignore[union-attr]
     assert deb.name == f"{NAME}_2024.1-1_all.deb"
