@@ -9,6 +9,7 @@ a real Python ssl server on 127.0.0.1.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime as dt
 import hashlib
 import io
@@ -26,12 +27,14 @@ from edge_certd.config import load_config
 from edge_certd.core.model import InstalledCA
 from edge_certd.diagnose import doctor
 from edge_certd.diagnose.doctor.judge import (
+    AziotFacts,
     DirFacts,
     ServiceFacts,
     TargetFacts,
     env_paths,
     judge_clock,
     judge_directory,
+    judge_nested_edge,
     judge_service,
     judge_target,
 )
@@ -570,3 +573,11 @@ def test_judges_name_the_cause_without_touching_the_disk() -> None:
     assert judge_target(TargetFacts("ca_dir", "/x", frozenset()), [entry]).status == "fail"
     assert judge_target(TargetFacts("ca_dir", "/x", frozenset({"ab" * 32})), [entry]).status == "pass"
     assert judge_target(TargetFacts("java truststore", "", None, "off"), [entry]).status == "skip"
+    roots = "/b/edge-roots.pem"
+    aziot = AziotFacts("/etc/aziot/config.toml", present=True, edge_roots=roots, trust_bundle_cert="x")
+    assert judge_nested_edge(aziot, [entry]).status == "fail"  # not a file:// URI
+    ours = dataclasses.replace(aziot, bundle_path=roots, installed=frozenset({"ab" * 32}))
+    assert judge_nested_edge(ours, [entry]).status == "pass"
+    assert judge_nested_edge(dataclasses.replace(ours, bundle_path="/copy.pem"), [entry]).status == "warn"
+    assert judge_nested_edge(dataclasses.replace(ours, installed=frozenset()), [entry]).status == "fail"
+    assert judge_nested_edge(dataclasses.replace(ours, present=False), [entry]).status == "skip"
