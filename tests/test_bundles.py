@@ -57,6 +57,35 @@ def test_node_trusts_the_gateway_with_the_env_file_and_not_without(
     assert without.returncode == 1 and "UNABLE_TO_GET_ISSUER_CERT" in without.stdout
 
 
+def test_node_use_system_ca_trusts_the_gateway_through_the_system_bundle(
+    synced: tuple[Tree, CA], tmp_path: Path
+) -> None:
+    """Node >= 23.9 on Linux: --use-system-ca reads OpenSSL's default file, which SSL_CERT_FILE
+    names. The device's store is the tree's system bundle here; without it, the same flag fails."""
+    node = require_tool("node")
+    help_text = subprocess.run([node, "--help"], capture_output=True, text=True, timeout=30).stdout
+    if "--use-system-ca" not in help_text:
+        pytest.skip("this Node has no --use-system-ca (added in v23.8, on Linux in v23.9)")
+    tree, root = synced
+    base = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "SSL_CERT_DIR": str(tmp_path / "empty")}
+    with tls_server(tmp_path / "srv", root) as port:
+        argv = [node, "--use-system-ca", "-e", NODE_CLIENT, str(port)]
+        trusted = subprocess.run(
+            argv,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={**base, "SSL_CERT_FILE": str(tree.system_bundle)},
+        )
+        stranger = tmp_path / "stranger.pem"
+        stranger.write_bytes(CA.root("Stranger").cert_pem)
+        refused = subprocess.run(
+            argv, capture_output=True, text=True, timeout=30, env={**base, "SSL_CERT_FILE": str(stranger)}
+        )
+    assert "authorized=true" in trusted.stdout, trusted.stdout + trusted.stderr
+    assert refused.returncode == 1 and "UNABLE_TO_GET_ISSUER_CERT" in refused.stdout
+
+
 def test_python_ssl_trusts_the_gateway_with_ca_bundle(synced: tuple[Tree, CA], tmp_path: Path) -> None:
     tree, root = synced
     with tls_server(tmp_path / "srv", root) as port:

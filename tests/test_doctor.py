@@ -9,6 +9,7 @@ a real Python ssl server on 127.0.0.1.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime as dt
 import hashlib
 import io
@@ -26,12 +27,14 @@ from edge_certd.config import load_config
 from edge_certd.core.model import InstalledCA
 from edge_certd.diagnose import doctor
 from edge_certd.diagnose.doctor.judge import (
+    AziotFacts,
     DirFacts,
     ServiceFacts,
     TargetFacts,
     env_paths,
     judge_clock,
     judge_directory,
+    judge_nested_edge,
     judge_service,
     judge_target,
 )
@@ -47,6 +50,7 @@ class Device:
     tree: Tree
     root: CA
     systemctl_state: Path  # what the fake `systemctl is-active` answers
+    aziot: Path  # stands in for /etc/aziot/config.toml; absent unless a test writes it
 
     @property
     def sha256(self) -> str:
@@ -55,7 +59,7 @@ class Device:
     def doctor(self, now: dt.datetime | None = None) -> tuple[int, str]:
         out = io.StringIO()
         config, path = load_config(str(self.tree.config_path))
-        code = doctor.run_doctor(config, path, now=now, out=out)
+        code = doctor.run_doctor(config, path, now=now, out=out, aziot_config=str(self.aziot))
         return code, out.getvalue()
 
 
@@ -106,7 +110,7 @@ def make_device(tree: Tree, root: CA, tmp_path: Path, monkeypatch: pytest.Monkey
     systemctl.chmod(0o755)
     tree.write_config(on_change__systemctl=[str(systemctl)])
     install_root(tree, root)
-    return Device(tree, root, state)
+    return Device(tree, root, state, tmp_path / "etc-aziot" / "config.toml")
 
 
 @pytest.fixture
@@ -154,12 +158,14 @@ def test_healthy_device_passes_every_check(device: Device) -> None:
         "env file",
         "expiry",
         "clock",
+        "nested edge",
         "gateway",
     ]
     assert status(out, "java truststore") == "skip"  # bundles.java: off in this tree
+    assert status(out, "nested edge") == "skip"  # no IoT Edge config.toml
     assert found["gateway"] == [("skip", "no gateway configured (set gateway.host in the config)")]
     others = {name: items[0][0] for name, items in found.items()}
-    del others["java truststore"], others["gateway"]
+    del others["java truststore"], others["nested edge"], others["gateway"]
     assert set(others.values()) == {"pass"}, out
     assert out.rstrip().endswith("doctor: every check passed")
 
@@ -458,6 +464,90 @@ def test_gateway_connection_string_without_gateway_hostname_fails(device: Device
 # --------------------------------------------------------------------------- pure judges
 
 
+# --------------------------------------------------------------------------- nested IoT Edge
+
+
+def write_aziot(device: Device, trust_bundle_cert: str | None, extra: str = "") -> None:
+    """An IoT Edge config.toml as aziotctl reads it, with the keys around it a child has."""
+    device.aziot.parent.mkdir(parents=True, exist_ok=True)
+    lines = ['hostname = "child-01"', 'parent_hostname = "gateway.contoso.example"']
+    if trust_bundle_cert is not None:
+        lines.append(f'trust_bundle_cert = "{trust_bundle_cert}"')
+    lines += ["", "[provisioning]", 'source = "manual"', extra]
+    device.aziot.write_text("\n".join(lines) + "\n")
+
+
+def nested(device: Device) -> tuple[str, str]:
+    code, out = device.doctor()
+    (found,) = checks(out)["nested edge"]
+    if found[0] == "fail":
+        assert code == 1, out
+    return found
+
+
+def test_trust_bundle_cert_pointing_at_edge_roots_passes(device: Device) -> None:
+    write_aziot(device, f"file://{device.tree.edge_roots}")
+    state, message = nested(device)
+    assert state == "pass", message
+    assert "edge-certd's edge-roots.pem (1 managed CA)" in message
+
+
+def test_trust_bundle_cert_as_a_bare_path_is_read_as_the_same_file(device: Device) -> None:
+    write_aziot(device, str(device.tree.edge_roots))
+    assert nested(device)[0] == "pass"
+
+
+def test_trust_bundle_cert_naming_a_file_without_the_managed_root_fails(
+    device: Device, tmp_path: Path
+) -> None:
+    other = tmp_path / "old-trust-bundle.pem"
+    other.write_bytes(CA.root("Some Other Root").cert_pem)
+    write_aziot(device, f"file://{other}")
+    code, out = device.doctor()
+    assert code == 1
+    (found,) = checks(out)["nested edge"]
+    assert found[0] == "fail"
+    assert f"CN=Doctor Gateway Root,O=edge-certd tests (sha256 {device.sha256[:16]})" in found[1]
+    assert "lacks 1 of 1 managed CA: " in found[1]
+    assert f'trust_bundle_cert = "file://{device.tree.edge_roots}"' in out
+    assert "iotedge config apply" in out
+
+
+def test_a_copy_that_holds_the_roots_today_warns_it_will_not_follow_a_rotation(
+    device: Device, tmp_path: Path
+) -> None:
+    copy = tmp_path / "trust-bundle.pem"
+    copy.write_bytes(device.tree.edge_roots.read_bytes())
+    write_aziot(device, f"file://{copy}")
+    state, message = nested(device)
+    assert state == "warn" and "is a copy" in message
+    assert device.doctor()[0] == 0  # a warning never fails doctor
+
+
+def test_trust_bundle_cert_naming_a_missing_file_fails(device: Device, tmp_path: Path) -> None:
+    write_aziot(device, f"file://{tmp_path / 'gone.pem'}")
+    state, message = nested(device)
+    assert state == "fail" and "gone.pem" in message
+
+
+def test_a_child_without_trust_bundle_cert_warns(device: Device) -> None:
+    write_aziot(device, None)
+    state, message = nested(device)
+    assert state == "warn" and "has no trust_bundle_cert" in message
+
+
+def test_trust_bundle_cert_that_is_not_a_file_uri_fails(device: Device) -> None:
+    write_aziot(device, "https://example.invalid/bundle.pem")
+    assert nested(device)[0] == "fail"
+
+
+def test_unparsable_aziot_config_fails(device: Device) -> None:
+    device.aziot.parent.mkdir(parents=True, exist_ok=True)
+    device.aziot.write_text("trust_bundle_cert = \n[[[")
+    state, message = nested(device)
+    assert state == "fail" and "cannot be read" in message
+
+
 def test_judges_name_the_cause_without_touching_the_disk() -> None:
     drop = judge_directory(
         DirFacts(
@@ -483,3 +573,11 @@ def test_judges_name_the_cause_without_touching_the_disk() -> None:
     assert judge_target(TargetFacts("ca_dir", "/x", frozenset()), [entry]).status == "fail"
     assert judge_target(TargetFacts("ca_dir", "/x", frozenset({"ab" * 32})), [entry]).status == "pass"
     assert judge_target(TargetFacts("java truststore", "", None, "off"), [entry]).status == "skip"
+    roots = "/b/edge-roots.pem"
+    aziot = AziotFacts("/etc/aziot/config.toml", present=True, edge_roots=roots, trust_bundle_cert="x")
+    assert judge_nested_edge(aziot, [entry]).status == "fail"  # not a file:// URI
+    ours = dataclasses.replace(aziot, bundle_path=roots, installed=frozenset({"ab" * 32}))
+    assert judge_nested_edge(ours, [entry]).status == "pass"
+    assert judge_nested_edge(dataclasses.replace(ours, bundle_path="/copy.pem"), [entry]).status == "warn"
+    assert judge_nested_edge(dataclasses.replace(ours, installed=frozenset()), [entry]).status == "fail"
+    assert judge_nested_edge(dataclasses.replace(ours, present=False), [entry]).status == "skip"

@@ -100,6 +100,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_package_parser(sub)
     p = sub.add_parser("doctor", help="check the whole device, then verify the gateway")
     p.add_argument("--json", action="store_true", help="print every check as one JSON object")
+    p = sub.add_parser(
+        "container-args",
+        help="the bundle mount and variables for docker/podman run, or IoT Edge createOptions",
+        description="Print what a container needs to trust the gateway: the bundle directory, "
+        "bind-mounted read-only at /etc/edge-certd-bundles, and the variables pointing into it. "
+        "docker and podman: one line of shell-quoted `run` arguments "
+        '(eval "docker run $(edge-certd container-args) IMAGE"); iotedge: the createOptions JSON.',
+    )
+    p.add_argument("--format", choices=["docker", "podman", "iotedge"], default="docker")
     return parser
 
 
@@ -201,6 +210,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         return doctor.run_doctor(config, path, as_json=args.json)
     if command == "package":
         return _package(config, args)
+    if command == "container-args":
+        from edge_certd.cli import containers
+
+        print(containers.render(config, args.format))
+        return EXIT_OK
     return _change(config, command, args)
 
 

@@ -11,7 +11,9 @@ connects to the gateway) followed by a pure judgement in `doctor_judge`:
 5. the env file exists and every path in it exists;
 6. no managed CA expires within the warning window;
 7. the clock is not before the newest managed CA's notBefore;
-8. `verify` against the configured gateway, exactly as `edge-certd verify` with no
+8. on an IoT Edge device (/etc/aziot/config.toml exists), its trust_bundle_cert names a file
+   that holds every managed CA, ideally edge-roots.pem itself (nested edge);
+9. `verify` against the configured gateway, exactly as `edge-certd verify` with no
    arguments would run it.
 
 A check that fails makes the exit code 1; a warning does not (the same rule as
@@ -22,6 +24,7 @@ at the trust targets it holds the state lock, so it never sees a sync half done.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import grp
 import json
@@ -30,13 +33,16 @@ import pwd
 import stat
 import subprocess
 import sys
+import tomllib
 from collections.abc import Iterator
 from typing import Any, TextIO
 
 from edge_certd.config import Config
 from edge_certd.core.errors import EdgeCertdError, LockTimeout, SourceError, WriteError
+from edge_certd.core.pem import pem_fingerprints
 from edge_certd.core.schema import SCHEMA_VERSIONS
 from edge_certd.diagnose.doctor.judge import (
+    AziotFacts,
     Check,
     DirFacts,
     EnvFacts,
@@ -51,13 +57,14 @@ from edge_certd.diagnose.doctor.judge import (
     judge_expiry,
     judge_gateway,
     judge_manifest,
+    judge_nested_edge,
     judge_service,
     judge_target,
 )
 from edge_certd.diagnose.verify import request_for_config, verify_gateway
 from edge_certd.store.sources import DirectoryRules, check_directory
 from edge_certd.store.state import LoadedManifest, StatePaths, load_manifest, state_lock
-from edge_certd.targets.registry import enabled_targets
+from edge_certd.targets.registry import bundle_paths, enabled_targets
 
 __all__ = ["doctor_document", "run_doctor"]
 
@@ -68,6 +75,8 @@ SYSTEMCTL_TIMEOUT = 15.0
 # How long to wait for a running sync before judging the targets; an update with Java
 # hooks can take minutes, and judging mid-sync would report half-applied trust as broken.
 LOCK_WAIT = 60.0
+# Where aziotctl reads an IoT Edge device's configuration (`iotedge config apply`).
+AZIOT_CONFIG = "/etc/aziot/config.toml"
 
 _FIX_INDENT = " " * len("[fail] ")
 
@@ -79,6 +88,7 @@ def run_doctor(
     now: dt.datetime | None = None,
     out: TextIO | None = None,
     as_json: bool = False,
+    aziot_config: str = AZIOT_CONFIG,
 ) -> int:
     """Run every check, print one line each, and return 0 when none failed, else 1.
 
@@ -89,11 +99,12 @@ def run_doctor(
         now: the time to judge expiry and the clock against; the system clock if None.
         out: where to print; stdout if None.
         as_json: print one JSON document (`doctor_document`) instead of lines.
+        aziot_config: IoT Edge's configuration, for the nested edge check.
     """
     stream = out or sys.stdout
     moment = now or dt.datetime.now(dt.UTC)
     results: list[Check] = []
-    for check in _checks(config, config_path, moment):
+    for check in _checks(config, config_path, moment, aziot_config):
         results.append(check)
         if as_json:
             continue  # one document at the end
@@ -117,7 +128,7 @@ def doctor_document(results: list[Check]) -> dict[str, Any]:
     }
 
 
-def _checks(config: Config, config_path: str, now: dt.datetime) -> Iterator[Check]:
+def _checks(config: Config, config_path: str, now: dt.datetime, aziot_config: str) -> Iterator[Check]:
     yield judge_config(config_path, os.path.exists(config_path))
     rules = DirectoryRules(config.sources.trusted_group, config.sources.check_ownership)
     yield judge_directory(probe_directory(config.drop_dir, "drop", rules))
@@ -143,6 +154,7 @@ def _checks(config: Config, config_path: str, now: dt.datetime) -> Iterator[Chec
     yield judge_env(probe_env(config.bundles.env_file))
     yield judge_expiry(entries, config.expiry.warn_days, now, config.drop_dir)
     yield judge_clock(entries, now)
+    yield judge_nested_edge(probe_aziot(aziot_config, bundle_paths(config)["edge_roots"] or ""), entries)
     yield check_gateway(config)
 
 
@@ -250,6 +262,32 @@ def probe_env(env_file: str) -> EnvFacts:
         return EnvFacts(env_file, present=True, error=f"cannot be read ({reason})")
     found = tuple((key, value, os.path.isfile(value)) for key, value in env_paths(text))
     return EnvFacts(env_file, present=True, paths=found)
+
+
+def probe_aziot(path: str, edge_roots: str) -> AziotFacts:
+    """IoT Edge's config.toml, and the fingerprints in the file its trust_bundle_cert names."""
+    try:
+        with open(path, "rb") as handle:
+            document = tomllib.load(handle)
+    except FileNotFoundError:
+        return AziotFacts(path, present=False, edge_roots=edge_roots)
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        return AziotFacts(path, present=True, edge_roots=edge_roots, error=f"cannot be read ({reason})")
+    value = document.get("trust_bundle_cert")
+    if not isinstance(value, str):
+        return AziotFacts(path, present=True, edge_roots=edge_roots)
+    # aziot takes a URI (`file:///path`); a bare absolute path is read as the same file.
+    bundle = value.removeprefix("file://") if value.startswith(("file:///", "/")) else None
+    facts = AziotFacts(path, present=True, edge_roots=edge_roots, trust_bundle_cert=value, bundle_path=bundle)
+    if bundle is None:
+        return facts
+    try:
+        with open(bundle, "rb") as handle:
+            data = handle.read()
+    except OSError as exc:
+        return dataclasses.replace(facts, bundle_error=f"{bundle}: {exc.strerror or exc}")
+    return dataclasses.replace(facts, installed=frozenset(pem_fingerprints(data)))
 
 
 def check_gateway(config: Config) -> Check:

@@ -16,6 +16,7 @@ from edge_certd.core.model import InstalledCA
 from edge_certd.diagnose.verify.model import VerifyReport, when
 
 __all__ = [
+    "AziotFacts",
     "Check",
     "CheckStatus",
     "DirFacts",
@@ -31,6 +32,7 @@ __all__ = [
     "judge_expiry",
     "judge_gateway",
     "judge_manifest",
+    "judge_nested_edge",
     "judge_service",
     "judge_target",
 ]
@@ -89,6 +91,20 @@ class EnvFacts:
     present: bool
     paths: tuple[tuple[str, str, bool], ...] = ()  # (key, path, exists)
     error: str | None = None
+
+
+@dataclass(frozen=True)
+class AziotFacts:
+    """IoT Edge's /etc/aziot/config.toml and the file its `trust_bundle_cert` names."""
+
+    path: str
+    present: bool
+    edge_roots: str  # edge-certd's stable edge-roots.pem
+    error: str | None = None  # config.toml cannot be read or parsed
+    trust_bundle_cert: str | None = None  # the value as written (a file:// URI)
+    bundle_path: str | None = None  # the file it names; None when it names none
+    installed: frozenset[str] | None = None  # what that file holds; None when unreadable
+    bundle_error: str | None = None
 
 
 def judge_config(path: str, exists: bool) -> Check:
@@ -191,6 +207,43 @@ def judge_env(facts: EnvFacts) -> Check:
             f"{_SYNC}; it rewrites the bundles and the env file",
         )
     return Check("env file", "pass", f"{facts.path} points at {len(facts.paths)} files, all present")
+
+
+def judge_nested_edge(facts: AziotFacts, entries: Sequence[InstalledCA]) -> Check:
+    """On a child IoT Edge device, trust_bundle_cert must hold the managed roots; pointing it
+    at edge-roots.pem itself is what keeps it right after a rotation."""
+    name = "nested edge"
+    fix = (
+        f'set trust_bundle_cert = "file://{facts.edge_roots}" in {facts.path}, run '
+        "`iotedge config apply`, and add [iotedge, config, apply] to on_change.commands"
+    )
+    if not facts.present:
+        return Check(name, "skip", f"no {facts.path}: not an IoT Edge device")
+    if facts.error:
+        return Check(name, "fail", f"{facts.path} {facts.error}", f"fix {facts.path}, then {fix}")
+    if facts.trust_bundle_cert is None:
+        return Check(
+            name, "warn", f"{facts.path} has no trust_bundle_cert; a child IoT Edge device needs one", fix
+        )
+    where = f"trust_bundle_cert {facts.trust_bundle_cert!r}"
+    if facts.bundle_path is None:
+        return Check(name, "fail", f"{where} is not a file:// URI", fix)
+    if facts.installed is None:
+        return Check(name, "fail", f"{where}: {facts.bundle_error or 'cannot be read'}", fix)
+    if not entries:
+        return Check(name, "warn", f"{where}; no managed CA yet to look for in it")
+    missing = [e for e in entries if e.sha256 not in facts.installed]
+    if missing:
+        shown = ", ".join(f"{e.subject} (sha256 {e.sha256[:16]})" for e in missing)
+        return Check(name, "fail", f"{where} lacks {len(missing)} of {_count(len(entries))}: {shown}", fix)
+    if facts.bundle_path != facts.edge_roots:
+        return Check(
+            name,
+            "warn",
+            f"{where} holds every managed CA, but is a copy: a rotated root will not reach it",
+            fix,
+        )
+    return Check(name, "pass", f"{where} is edge-certd's edge-roots.pem ({_count(len(entries))})")
 
 
 def judge_expiry(
