@@ -526,7 +526,12 @@ def test_a_technician_adds_without_sudo_and_the_daemon_does_and_logs_it(scenario
     )
     assert sc.root_sha256 not in sc.bundle()
     # The technician drops it again: it stays removed, and the journal and status say so once.
-    sc.scp_root_ca()
+    # (under a new name: the copy `add` made is root's, and scp may not overwrite it)
+    sc.sh(
+        f"scp -i {WORK}/id_ed25519 -P {sc.ssh_port} -o BatchMode=yes -o StrictHostKeyChecking=no "
+        f"-o UserKnownHostsFile=/dev/null -o LogLevel=ERROR {WORK}/gateway-root.pem "
+        f"tech@127.0.0.1:{DROP}/gateway-root-again.pem"
+    )
     _wait_for(lambda: any("stays removed" in e.get("MESSAGE", "") for e in sc.journal("rejected")), 20,
               "the journal saying the CA stays removed")  # fmt: skip
     assert sc.root_sha256 not in sc.bundle()
@@ -534,8 +539,8 @@ def test_a_technician_adds_without_sudo_and_the_daemon_does_and_logs_it(scenario
     assert "stays removed" in shown.stdout, shown.stdout + shown.stderr
     # Back as it was for the steps after this one: trusted again by add, then the file goes.
     assert sc.box.run(["edge-certd", "add", "/home/tech/gateway-root.pem"]).returncode == 0
-    sc.sh(f"rm -f {DROP}/gateway-root.pem")
-    _wait_for(lambda: sc.root_sha256 not in sc.bundle(), 30, "the CA gone once its file is")
+    sc.sh(f"rm -f {DROP}/gateway-root.pem {DROP}/gateway-root-again.pem")
+    _wait_for(lambda: sc.root_sha256 not in sc.bundle(), 30, "the CA gone once its files are")
 
 
 @step
