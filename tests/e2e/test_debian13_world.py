@@ -35,6 +35,9 @@ REPO = Path(__file__).resolve().parents[2]
 RELEASE = "trixie"
 SRC = "/srv/src"  # inside the container
 DEBS = "/srv/debs"
+# Services SUITE_PACKAGES enable: the container shares the host's network, so they would take
+# the host's ports 1883 and 9090 from whatever else runs there. The tests start their own.
+MASKED = ("mosquitto.service", "prometheus.service", "prometheus-node-exporter.service")
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +54,8 @@ def box(tmp_path_factory: pytest.TempPathFactory, built_deb: Path) -> Iterator[C
         os.environ["PATH"] = old_path
 
     def prepare(merged: Path) -> None:
+        for unit in MASKED:
+            (merged / "etc/systemd/system" / unit).symlink_to("/dev/null")
         copy_checkout(REPO, merged / SRC.lstrip("/"))
         debs = merged / DEBS.lstrip("/")
         debs.mkdir(parents=True)
