@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -19,7 +20,13 @@ def built_deb() -> Path:
 
     Built on this machine (Debian 12) and installed unchanged on Debian 12 and 13: an
     Architecture: all package whose Depends dh_python3 wrote without an upper bound on Python.
+    EDGE_CERTD_E2E_DEB names one built already (tests/run-all builds it once for all its
+    e2e steps, each a pytest run of its own).
     """
+    prebuilt = os.environ.get("EDGE_CERTD_E2E_DEB")
+    if prebuilt:
+        assert Path(prebuilt).is_file(), f"EDGE_CERTD_E2E_DEB={prebuilt} is not a file"
+        return Path(prebuilt).resolve()
     missing = [t for t in BUILD_TOOLS if not shutil.which(t, path=SBIN_PATH)]
     if missing:
         unavailable(f"missing {', '.join(missing)}; run `make build-deps` as root")
