@@ -110,7 +110,9 @@ class Fleet:
         return _fingerprints(path.read_text()) if path.exists() else set()
 
     def listed(self) -> set[str]:
-        return {item["sha256"] for item in json.loads(self.box.run(["edge-certd", "list", "--json"]).stdout)}
+        # list --json is a versioned document (schemas/list.schema.json); its CAs are "trusted".
+        doc = json.loads(self.box.run(["edge-certd", "list", "--json"]).stdout)
+        return {item["sha256"] for item in doc["trusted"]}
 
     def expect(self, names: set[str], since: float, what: str) -> float:
         """Wait until the bundle and `list` show exactly `names`; then check both gateways."""
@@ -231,7 +233,7 @@ def test_rotation_through_apt_install_upgrade_remove_purge(tmp_path: Path, built
             check=False,
         )
         assert verify.returncode == 0, verify.stdout + verify.stderr
-        listed = json.loads(box.run(["edge-certd", "list", "--json"]).stdout)
+        listed = json.loads(box.run(["edge-certd", "list", "--json"]).stdout)["trusted"]
         assert [item["packages"] for item in listed] == [[NAME]]
         assert f"package {NAME}" in box.run(["edge-certd", "status"]).stdout
         journal = box.run(
