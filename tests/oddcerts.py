@@ -69,32 +69,23 @@ def ec_root(work: Path, curve: str) -> bytes:
 
 
 def v1_root(work: Path) -> bytes:
-    """A version 1 certificate: no extensions at all, so no basicConstraints."""
+    """A version 1 certificate: no extensions at all, so no basicConstraints.
+
+    Built by hand rather than by `openssl x509 -req`: OpenSSL 3.2 and later (Debian 13) add
+    key identifiers there by default, which makes the certificate version 3.
+    """
+    import derbuild as d  # tests/derbuild.py
+
     work.mkdir(parents=True, exist_ok=True)
-    key, csr, out = work / "v1.key", work / "v1.csr", work / "v1.pem"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-new",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            str(key),
-            "-out",
-            str(csr),
-            "-subj",
-            "/CN=v1 root",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    subprocess.run(
-        ["openssl", "x509", "-req", "-in", str(csr), "-signkey", str(key), "-days", "30", "-out", str(out)],
-        check=True,
-        capture_output=True,
-    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    v3 = self_signed("v1 root", key=key)
+    # A v1 TBSCertificate has neither the [0] version (its default is v1) nor [3] extensions.
+    fields = [f for f in d.tbs_fields(v3) if f[0] not in (0xA0, 0xA3)]
+    der = d.resign(v3, key, d.seq(*fields))
+    cert = x509.load_der_x509_certificate(der)
+    assert cert.version is x509.Version.v1, cert.version
+    out = work / "v1.pem"
+    out.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return out.read_bytes()
 
 

@@ -1,10 +1,12 @@
-"""A booted Debian 12 container for the end-to-end test: cached root, overlay, nsenter.
+"""Booted Debian 12 and 13 containers for the end-to-end tests: cached roots, overlay, nsenter.
 
-The root made by debootstrap is cached under /var/cache/edge-certd-e2e/ and never booted
-itself: each run boots an overlayfs on top of it, so whatever the test does inside (installing
-the package, purging it, adding users) disappears with the run's upper directory.
+The root made by debootstrap is cached per release under /var/cache/edge-certd-e2e/ and never
+booted itself: each run boots an overlayfs on top of it, so whatever the test does inside
+(installing the package, purging it, adding users) disappears with the run's upper directory.
+A root with extra packages (the unit suite's Python world) is cached as a copy of the plain
+one with those installed by apt, so the plain root keeps edge-certd's dependencies out.
 
-Run ``python3 tests/e2e/e2e_nspawn.py`` as root to build the cache ahead of a test run.
+Run ``python3 tests/e2e/e2e_nspawn.py [RELEASE]`` as root to build the caches ahead of a run.
 """
 
 from __future__ import annotations
@@ -20,11 +22,12 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import IO, Any, NoReturn
 
 CACHE_DIR = Path(os.environ.get("EDGE_CERTD_E2E_CACHE", "/var/cache/edge-certd-e2e"))
 MIRROR = os.environ.get("EDGE_CERTD_E2E_MIRROR", "http://deb.debian.org/debian")
-SUITE = "bookworm"
+# The releases the package is tested on: Debian 12 and Debian 13.
+RELEASES = ("bookworm", "trixie")
 IN_CI = os.environ.get("CI") == "true"
 # Root's tools (debootstrap, chroot) live in sbin, which a CI shell's PATH may not hold.
 SBIN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -47,9 +50,36 @@ INCLUDE = (
     # /etc/ssl/certs/java and /var/lib/ca-certificates-java: exactly the writes the unit's
     # sandbox has to allow, so the container must have it (and the JVM it runs).
     "ca-certificates-java",
-    "openjdk-17-jre-headless",
     "procps",
 )
+# The JVM that hook runs, by release: Debian 13 has no OpenJDK 17 any more.
+JRE = {"bookworm": "openjdk-17-jre-headless", "trixie": "openjdk-21-jre-headless"}
+
+# The unit suite's world on a release's own packages (tests/run-all's apt list, less what
+# builds the PyPI venv), and lintian to check the .deb with that release's rules.
+SUITE_PACKAGES = (
+    "python3-pytest",
+    "python3-hypothesis",
+    "python3-pydantic",
+    "python3-cryptography",
+    "python3-watchdog",
+    "python3-systemd",
+    "python3-yaml",
+    "python3-prometheus-client",
+    "python3-jsonschema",
+    "prometheus",  # promtool
+    "mosquitto",
+    "inotify-tools",
+    "strace",
+    "dpkg-dev",  # dpkg-parsechangelog
+    "lintian",
+)
+
+
+def include(release: str) -> tuple[str, ...]:
+    """INCLUDE with the release's JVM, right after its hook (the order is in the cache key)."""
+    i = INCLUDE.index("ca-certificates-java") + 1
+    return (*INCLUDE[:i], JRE[release], *INCLUDE[i:])
 
 
 def unavailable(reason: str) -> NoReturn:
@@ -74,48 +104,41 @@ def missing_for_boot() -> str | None:
     return None
 
 
-def cache_key() -> str:
+def cache_key(release: str = "bookworm", extra: Sequence[str] = ()) -> str:
     """Name of the cached root: changes whenever what goes into it changes."""
-    digest = hashlib.sha256("\n".join((SUITE, MIRROR, *INCLUDE)).encode()).hexdigest()
-    return f"{SUITE}-{digest[:12]}"
+    parts = (release, MIRROR, *include(release), *(("+", *extra) if extra else ()))
+    digest = hashlib.sha256("\n".join(parts).encode()).hexdigest()
+    return f"{release}{'-plus' if extra else ''}-{digest[:12]}"
 
 
 def _run(argv: Sequence[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
     return subprocess.run(list(argv), check=True, text=True, **kwargs)
 
 
-def ensure_cached_root(log: Path | None = None) -> Path:
-    """Return the pristine cached root, debootstrapping it first if it is missing.
+def ensure_cached_root(log: Path | None = None, release: str = "bookworm", extra: Sequence[str] = ()) -> Path:
+    """Return the pristine cached root of `release`, building it first if it is missing.
 
-    It is built in a temporary directory beside its final place and renamed only once
-    complete, so an interrupted build is never mistaken for a cache.
+    With `extra`, it is a copy of the plain root with those packages installed by apt. It is
+    built in a temporary directory beside its final place and renamed only once complete, so
+    an interrupted build is never mistaken for a cache.
     """
-    root = CACHE_DIR / cache_key()
+    key = cache_key(release, extra)
+    root = CACHE_DIR / key
     if (root / "etc" / "os-release").exists():
         return root
+    base = ensure_cached_root(log, release) if extra else None
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
     # Leftovers of interrupted builds are never reused.
-    for stale in CACHE_DIR.glob(f"{cache_key()}.tmp-*"):
+    for stale in CACHE_DIR.glob(f"{key}.tmp-*"):
         shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{cache_key()}.tmp-", dir=CACHE_DIR))
+    tmp = Path(tempfile.mkdtemp(prefix=f"{key}.tmp-", dir=CACHE_DIR))
     out = open(log, "a") if log else None  # noqa: SIM115 - closed in finally
     try:
-        _run(
-            [
-                "debootstrap",
-                "--variant=minbase",
-                f"--include={','.join(INCLUDE)}",
-                SUITE,
-                str(tmp),
-                MIRROR,
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT if out else None,
-        )
-        # An empty machine-id makes systemd create one at boot (a fresh one each run).
-        (tmp / "etc" / "machine-id").write_text("")
-        # apt leaves nothing cached that a run would need; keep the image small.
-        _run(["chroot", str(tmp), "apt-get", "clean"], stdout=out, stderr=out)
+        if base is None:
+            _debootstrap(release, tmp, out)
+        else:
+            _run(["cp", "-a", "--reflink=auto", f"{base}/.", str(tmp)])
+            _apt_install_in_chroot(tmp, extra, out)
         tmp.chmod(0o755)
         try:
             tmp.rename(root)
@@ -131,6 +154,51 @@ def ensure_cached_root(log: Path | None = None) -> Path:
         if out:
             out.close()
     return root
+
+
+def _debootstrap(release: str, target: Path, out: IO[str] | None) -> None:
+    _run(
+        [
+            "debootstrap",
+            "--variant=minbase",
+            f"--include={','.join(include(release))}",
+            release,
+            str(target),
+            MIRROR,
+        ],
+        stdout=out,
+        stderr=subprocess.STDOUT if out else None,
+    )
+    # An empty machine-id makes systemd create one at boot (a fresh one each run).
+    (target / "etc" / "machine-id").write_text("")
+    # apt leaves nothing cached that a run would need; keep the image small.
+    _run(["chroot", str(target), "apt-get", "clean"], stdout=out, stderr=out)
+
+
+def _apt_install_in_chroot(target: Path, packages: Sequence[str], out: IO[str] | None) -> None:
+    """apt-get install into an unbooted root: no systemd runs there, so no service starts."""
+    resolv = target / "etc" / "resolv.conf"
+    saved = resolv.read_bytes() if resolv.exists() and not resolv.is_symlink() else None
+    resolv.unlink(missing_ok=True)
+    shutil.copyfile("/etc/resolv.conf", resolv)
+    proc = target / "proc"
+    # Some maintainer scripts (the JVM's among them) read /proc.
+    _run(["mount", "-t", "proc", "proc", str(proc)])
+    try:
+        env = {"PATH": SBIN_PATH, "DEBIAN_FRONTEND": "noninteractive", "LANG": "C.UTF-8"}
+        for argv in (
+            ["apt-get", "update", "-q"],
+            ["apt-get", "install", "-y", "-q", "--no-install-recommends", *packages],
+            ["apt-get", "clean"],
+        ):
+            _run(
+                ["chroot", str(target), *argv], stdout=out, stderr=subprocess.STDOUT if out else None, env=env
+            )
+    finally:
+        subprocess.run(["umount", str(proc)], check=False)
+        resolv.unlink(missing_ok=True)
+        if saved is not None:
+            resolv.write_bytes(saved)
 
 
 def _children(pid: int) -> list[int]:
@@ -322,6 +390,22 @@ class Container:
         return self.merged / inside.lstrip("/")
 
 
+def copy_checkout(repo: Path, dest: Path) -> None:
+    """Copy what `make deb` would: the checkout's tracked and new-but-not-ignored files."""
+    r = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+    )
+    if r.returncode != 0:
+        unavailable("the source tree is not a git checkout")
+    for rel in (f for f in r.stdout.split("\0") if f and (repo / f).exists()):
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(repo / rel, target, follow_symlinks=False)
+
+
 RUN_PREFIX = "edge-certd-e2e-run-"
 
 
@@ -353,4 +437,9 @@ def booted(lower: Path, before_boot: Callable[[Path], None] | None = None) -> It
 
 
 if __name__ == "__main__":
-    print(ensure_cached_root(Path(sys.argv[1]) if len(sys.argv) > 1 else None))
+    # python3 e2e_nspawn.py [RELEASE [LOG]]: the release's plain root and its suite root.
+    _release = sys.argv[1] if len(sys.argv) > 1 else "bookworm"
+    _log = Path(sys.argv[2]) if len(sys.argv) > 2 else None
+    print(ensure_cached_root(_log, _release))
+    if _release != "bookworm":
+        print(ensure_cached_root(_log, _release, SUITE_PACKAGES))

@@ -10,13 +10,19 @@ build-essential, debhelper and the rest from the archive.
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from e2e_nspawn import SBIN_PATH, Container, booted, ensure_cached_root, missing_for_boot, unavailable
+from e2e_nspawn import (
+    SBIN_PATH,
+    Container,
+    booted,
+    copy_checkout,
+    ensure_cached_root,
+    missing_for_boot,
+    unavailable,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -39,25 +45,8 @@ BUILD_ONLY = (
 )
 
 
-def _source_files() -> list[str]:
-    """What `make deb` would copy: tracked and new-but-not-ignored files of the checkout."""
-    r = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-    )
-    if r.returncode != 0:
-        unavailable("the source tree is not a git checkout")
-    return [f for f in r.stdout.split("\0") if f and (REPO / f).exists()]
-
-
 def _copy_source(merged: Path) -> None:
-    dest = merged / SRC.lstrip("/")
-    for rel in _source_files():
-        target = dest / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO / rel, target, follow_symlinks=False)
+    copy_checkout(REPO, merged / SRC.lstrip("/"))
 
 
 def _installed(box: Container) -> set[str]:

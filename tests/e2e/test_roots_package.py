@@ -68,19 +68,6 @@ def _fingerprints(pem_text: str) -> set[str]:
     return {hashlib.sha256(base64.b64decode("".join(b.split()))).hexdigest() for b in blocks}
 
 
-def _build_edge_certd() -> Path:
-    missing = [t for t in ("make", "dpkg-buildpackage", "dh") if not shutil.which(t, path=SBIN_PATH)]
-    if missing:
-        unavailable(f"missing {', '.join(missing)}; run `make build-deps` as root")
-    # nocheck: the unit tests run on their own; this test is about the installed package.
-    env = {**os.environ, "DEB_BUILD_OPTIONS": "nocheck"}
-    build = subprocess.run(["make", "deb"], cwd=REPO, capture_output=True, text=True, env=env)
-    assert build.returncode == 0, f"make deb failed:\n{build.stdout[-3000:]}\n{build.stderr[-3000:]}"
-    debs = sorted((REPO / "dist").glob("edge-certd_*_all.deb"))
-    assert len(debs) == 1, debs
-    return debs[0]
-
-
 def _roots_package(out: Path, version: str, *roots: Path, name: str = NAME) -> Path:
     config = out / "config.yaml"
     config.write_text("{}\n")
@@ -157,7 +144,7 @@ class Fleet:
         return r.returncode == 0 and "Verify return code: 0 (ok)" in r.stdout
 
 
-def test_rotation_through_apt_install_upgrade_remove_purge(tmp_path: Path) -> None:
+def test_rotation_through_apt_install_upgrade_remove_purge(tmp_path: Path, built_deb: Path) -> None:
     reason = missing_for_boot()
     if reason:
         unavailable(reason)
@@ -169,7 +156,7 @@ def test_rotation_through_apt_install_upgrade_remove_purge(tmp_path: Path) -> No
         lower = ensure_cached_root(tmp_path / "debootstrap.log")
     finally:
         os.environ["PATH"] = old_path
-    edge_certd_deb = _build_edge_certd()
+    edge_certd_deb = built_deb  # conftest.py: the same .deb every e2e module installs
 
     # The gateway rotates from the old root to the new one; a leaf from each stands for it.
     host = tmp_path / "host"
