@@ -11,6 +11,7 @@ the mounted directory, changed only by a real `edge-certd sync`: never this mach
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import shlex
 import shutil
@@ -21,13 +22,29 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 from certs import CA
-from conftest import Tree, make_tree
 from e2e_nspawn import cache_key, ensure_cached_root, missing_for_boot, unavailable
 
 from edge_certd.cli.containers import MOUNT_POINT
+
+
+def _device_conftest() -> ModuleType:
+    """tests/conftest.py, by its path: tests/e2e/conftest.py holds the name `conftest` here."""
+    path = Path(__file__).resolve().parents[1] / "conftest.py"
+    spec = importlib.util.spec_from_file_location("edge_certd_tests_device_tree", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+_device = _device_conftest()
+Tree = _device.Tree
+make_tree = _device.make_tree
 
 IMAGE = f"localhost/edge-certd-e2e:{cache_key()}"
 # Quirks of hosts like CI's, harmless elsewhere: crun refuses a cgroup v1/v2 hybrid host ("cgroups in
