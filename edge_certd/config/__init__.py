@@ -15,6 +15,7 @@ import yaml
 
 from edge_certd.config import rules
 from edge_certd.config.loader import MAX_BYTES, Refused, load_yaml
+from edge_certd.config.paths import PATH_KEYS, PATH_LIST_KEYS
 from edge_certd.core.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = "/etc/edge-certd/config.yaml"
@@ -131,19 +132,6 @@ class Config(_Section):
 
 # Keys whose values are paths, tidied (`//`, `/./`, a trailing `/`) before validation so the
 # overlap rules compare like with like.
-_PATH_KEYS: tuple[tuple[str, ...], ...] = (
-    ("drop_dir",),
-    ("package_roots_dir",),
-    ("state_dir",),
-    ("control_socket",),
-    ("trust_store", "ca_dir"),
-    ("trust_store", "system_bundle"),
-    ("bundles", "dir"),
-    ("bundles", "env_file"),
-    ("gateway", "connection_string_file"),
-    ("metrics", "textfile_dir"),
-)
-_PATH_LIST_KEYS = ("keyvault_export_dirs", "pfx_password_files")
 
 
 def config_path(explicit: str | None) -> tuple[str, bool]:
@@ -231,13 +219,13 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
 
 
 def _tidy_paths(data: dict[str, Any]) -> None:
-    for key in _PATH_KEYS:
+    for key in PATH_KEYS:
         node: Any = data
         for part in key[:-1]:
             node = node.get(part) if isinstance(node, dict) else None
         if isinstance(node, dict) and key[-1] in node:
             node[key[-1]] = rules.tidy_path(node[key[-1]])
-    for name in _PATH_LIST_KEYS:
+    for name in PATH_LIST_KEYS:
         if isinstance(data.get(name), list):
             data[name] = [rules.tidy_path(item) for item in data[name]]
 

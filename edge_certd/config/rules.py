@@ -12,6 +12,8 @@ import posixpath
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from edge_certd.config.paths import PATH_KEYS, PATH_LIST_KEYS
+
 if TYPE_CHECKING:
     from edge_certd.config import Config
 
@@ -134,24 +136,14 @@ def _strings(config: Config) -> Iterator[Problem]:
 
 
 def _path_keys(config: Config) -> Iterator[tuple[tuple[str, ...], str]]:
-    for key in (
-        ("drop_dir",),
-        ("state_dir",),
-        ("control_socket",),
-        ("trust_store", "ca_dir"),
-        ("trust_store", "system_bundle"),
-        ("bundles", "dir"),
-        ("bundles", "env_file"),
-        ("metrics", "textfile_dir"),
-    ):
-        yield key, _get(config, key)
-    for name in ("keyvault_export_dirs", "pfx_password_files"):
+    """Every path the configuration holds: the keys config/__init__.py tidies, one list."""
+    for key in PATH_KEYS:
+        value = _get(config, key)
+        if value is not None:  # package_roots_dir and the connection string file are optional
+            yield key, value
+    for name in PATH_LIST_KEYS:
         for i, value in enumerate(getattr(config, name)):
             yield (name, str(i)), value
-    if config.gateway.connection_string_file is not None:
-        yield ("gateway", "connection_string_file"), config.gateway.connection_string_file
-    if config.package_roots_dir is not None:
-        yield ("package_roots_dir",), config.package_roots_dir
 
 
 def _paths(config: Config) -> Iterator[Problem]:
