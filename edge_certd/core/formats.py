@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.serialization import pkcs7, pkcs12
 from edge_certd.core import keys, pem, pfx, trust_settings
 from edge_certd.core.model import Reason
 from edge_certd.core.text import printable
+from edge_certd.core.wire import json_nests_deeper
 
 # Human names for what `detect` found, as `inspect` and `status` print them.
 FORMAT_LABELS = {
@@ -56,10 +57,6 @@ _LOAD_ERRORS = (ValueError, x509.InvalidVersion, InternalError, UnsupportedAlgor
 MAX_PROBLEMS = 20
 # `az keyvault ... show` nests four levels deep; json.loads recurses once per level.
 MAX_JSON_DEPTH = 32
-# A possessive string body (Python >= 3.11): linear, never backtracks.
-_JSON_STRING_REST = re.compile(rb'(?:[^"\\]++|\\.)*+"', re.DOTALL)
-_JSON_STRUCTURE = re.compile(rb'["\[\]{}]')
-
 
 class FormatError(Exception):
     """The content cannot be read as any supported format.
@@ -297,31 +294,8 @@ def _parse_pkcs12(data: bytes, passwords: Sequence[bytes]) -> Parsed:
     )
 
 
-def _json_too_deep(data: bytes) -> bool:
-    """Whether JSON nests deeper than MAX_JSON_DEPTH, in one pass that skips strings."""
-    if data.count(b"[") + data.count(b"{") <= MAX_JSON_DEPTH:
-        return False  # every Key Vault export: no need to walk
-    depth, at = 0, 0
-    while True:
-        match = _JSON_STRUCTURE.search(data, at)
-        if match is None:
-            return False
-        char, at = match.group(), match.end()
-        if char == b'"':
-            rest = _JSON_STRING_REST.match(data, at)
-            if rest is None:
-                return False  # an unterminated string: json.loads refuses it, cheaply
-            at = rest.end()
-        elif char in b"[{":
-            depth += 1
-            if depth > MAX_JSON_DEPTH:
-                return True
-        else:
-            depth -= 1
-
-
 def _parse_json(data: bytes) -> Parsed:
-    if _json_too_deep(data):
+    if json_nests_deeper(data, MAX_JSON_DEPTH):
         raise FormatError(
             Reason.TOO_COSTLY,
             f"JSON nested more than {MAX_JSON_DEPTH} levels deep; a Key Vault export never is",
