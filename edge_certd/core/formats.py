@@ -58,6 +58,7 @@ MAX_PROBLEMS = 20
 # `az keyvault ... show` nests four levels deep; json.loads recurses once per level.
 MAX_JSON_DEPTH = 32
 
+
 class FormatError(Exception):
     """The content cannot be read as any supported format.
 
