@@ -62,6 +62,7 @@ CORE_STDLIB = {
     "warnings",
     "math",
     "ipaddress",
+    "struct",  # core/wire: packing a frame's length is arithmetic, not I/O
 }
 CORE_THIRD_PARTY = {"cryptography"}
 
