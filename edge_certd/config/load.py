@@ -10,7 +10,7 @@ from typing import Any
 import pydantic
 import yaml
 
-from edge_certd.config import rules
+import edge_certd.config.rules as rules
 from edge_certd.config.loader import MAX_BYTES, Refused, load_yaml
 from edge_certd.config.model import CONFIG_ENV, DEFAULT_CONFIG_PATH, EXAMPLE_PATH, PYDANTIC_V2, Config
 from edge_certd.config.paths import PATH_KEYS, PATH_LIST_KEYS
