@@ -26,6 +26,7 @@ from loopback import LoopbackServer, free_port, tls_handler
 from edge_certd.config import load_config
 from edge_certd.core.model import InstalledCA
 from edge_certd.diagnose import doctor
+from edge_certd.diagnose.doctor import probes as doctor_probes
 from edge_certd.diagnose.doctor.judge import (
     AziotFacts,
     DirFacts,
@@ -95,7 +96,7 @@ def install_root(tree: Tree, root: CA, name: str = "gateway-root.crt") -> None:
 def make_device(tree: Tree, root: CA, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Device:
     systemd_dir = tmp_path / "run-systemd-system"
     systemd_dir.mkdir()
-    monkeypatch.setattr(doctor, "SYSTEMD_RUN_DIR", str(systemd_dir))
+    monkeypatch.setattr(doctor_probes, "SYSTEMD_RUN_DIR", str(systemd_dir))
     state = tmp_path / "service-state"
     state.write_text("active\n")
     systemctl = tmp_path / "systemctl"
@@ -258,7 +259,7 @@ def test_inactive_service_fails(device: Device) -> None:
 def test_without_systemd_the_service_is_skipped(
     device: Device, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.setattr(doctor, "SYSTEMD_RUN_DIR", str(tmp_path / "no-such-dir"))
+    monkeypatch.setattr(doctor_probes, "SYSTEMD_RUN_DIR", str(tmp_path / "no-such-dir"))
     device.systemctl_state.write_text("inactive\n")  # never asked
     code, out = device.doctor()
     assert code == 0, out
@@ -331,7 +332,7 @@ def test_corrupt_manifest_fails(device: Device) -> None:
 def test_a_sync_holding_the_lock_fails_instead_of_judging_half_applied_trust(
     device: Device, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(doctor, "LOCK_WAIT", 0.2)
+    monkeypatch.setattr(doctor_probes, "LOCK_WAIT", 0.2)
     with state_lock(StatePaths(str(device.tree.state))):
         code, out = device.doctor()
     assert code == 1

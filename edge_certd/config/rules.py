@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from edge_certd.config.paths import PATH_KEYS, PATH_LIST_KEYS
 
 if TYPE_CHECKING:
-    from edge_certd.config import Config
+    from edge_certd.config.model import Config
 
 __all__ = ["CA_DIR_PREFIX", "Problem", "check", "tidy_path"]
 

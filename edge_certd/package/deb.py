@@ -21,7 +21,7 @@ import tempfile
 from edge_certd.core.errors import ApplyError, UsageError, WriteError
 from edge_certd.core.pem import der_to_pem
 from edge_certd.core.text import printable
-from edge_certd.package import RootsPackage, minimum_edge_certd
+from edge_certd.package.plan import RootsPackage, minimum_edge_certd
 
 __all__ = ["DEFAULT_MAINTAINER", "build_deb"]
 

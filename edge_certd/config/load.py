@@ -1,0 +1,148 @@
+"""Reading the configuration: the file (bounded), YAML (loader.py), the models (model.py), and
+the rules the types cannot say (rules.py); every problem as "line N: key: what is wrong".
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pydantic
+import yaml
+
+import edge_certd.config.rules as rules
+from edge_certd.config.loader import MAX_BYTES, Refused, load_yaml
+from edge_certd.config.model import CONFIG_ENV, DEFAULT_CONFIG_PATH, EXAMPLE_PATH, PYDANTIC_V2, Config
+from edge_certd.config.paths import PATH_KEYS, PATH_LIST_KEYS
+from edge_certd.core.errors import ConfigError
+
+# Keys whose values are paths, tidied (`//`, `/./`, a trailing `/`) before validation so the
+# overlap rules compare like with like.
+
+
+def config_path(explicit: str | None) -> tuple[str, bool]:
+    """Return the config path to use and whether the user named it.
+
+    Order: --config, then $EDGE_CERTD_CONFIG, then the default path.
+    """
+    if explicit:
+        return explicit, True
+    from_env = os.environ.get(CONFIG_ENV)
+    if from_env:
+        return from_env, True
+    return DEFAULT_CONFIG_PATH, False
+
+
+def load_config(explicit: str | None = None) -> tuple[Config, str]:
+    """Load and validate the configuration.
+
+    Returns:
+        The config and the path it came from.
+
+    Raises:
+        ConfigError: the file named by the user is missing, or any file is invalid. Nothing
+            else, whatever the file holds: the daemon keeps its running configuration at a
+            reload only on ConfigError.
+    """
+    path, named = config_path(explicit)
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_BYTES + 1)
+    except FileNotFoundError:
+        if named:
+            raise ConfigError(path, ["file not found"]) from None
+        return Config(), path  # no config file: every default applies
+    except OSError as exc:
+        raise ConfigError(path, [f"cannot read: {exc}"]) from None
+    if len(raw) > MAX_BYTES:
+        raise ConfigError(path, [f"larger than {MAX_BYTES} bytes; this is not a configuration"])
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(path, [f"not UTF-8 text (byte {exc.start})"]) from None
+    return parse_config(text, path), path
+
+
+def parse_config(text: str, path: str = "<config>") -> Config:
+    """Validate YAML text as a configuration.
+
+    Raises:
+        ConfigError: every problem found, each as "line N: key: what is wrong".
+    """
+    try:
+        data, tree = load_yaml(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(path, [_yaml_problem(exc)]) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(path, ["the top level must be a mapping of keys"])
+    _tidy_paths(data)
+    try:
+        config = Config.model_validate(data) if PYDANTIC_V2 else Config.parse_obj(data)
+    except pydantic.ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = tuple(str(part) for part in err["loc"])
+            problems.append(_describe(tree, loc, _message(err)))
+        raise ConfigError(path, problems) from None
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+        # pydantic wraps a validator's ValueError itself; this is for anything it does not.
+        raise ConfigError(path, [f"cannot be validated ({type(exc).__name__}: {exc})"]) from None
+    problems = [_describe(tree, key, message) for key, message in rules.check(config)]
+    if problems:
+        raise ConfigError(path, problems)
+    return config
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    where = f"line {mark.line + 1}: " if mark is not None else ""
+    problem = getattr(exc, "problem", None) or str(exc)
+    if isinstance(exc, Refused):
+        return f"{where}{problem}"  # valid YAML, but nothing a configuration needs
+    return f"{where}not valid YAML: {problem}"
+
+
+def _tidy_paths(data: dict[str, Any]) -> None:
+    for key in PATH_KEYS:
+        node: Any = data
+        for part in key[:-1]:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and key[-1] in node:
+            node[key[-1]] = rules.tidy_path(node[key[-1]])
+    for name in PATH_LIST_KEYS:
+        if isinstance(data.get(name), list):
+            data[name] = [rules.tidy_path(item) for item in data[name]]
+
+
+def _message(err: Any) -> str:
+    # pydantic 1 and 2 word "extra" differently; say it the same way either way.
+    kind = str(err.get("type", ""))
+    if kind in ("extra_forbidden", "value_error.extra"):
+        return f"unknown key (check the spelling against {EXAMPLE_PATH})"
+    return str(err["msg"])
+
+
+def _describe(tree: yaml.Node | None, loc: tuple[str, ...], message: str) -> str:
+    line = _line_of(tree, loc)
+    where = f"line {line}: " if line else ""
+    return f"{where}{'.'.join(loc)}: {message}"
+
+
+def _line_of(node: yaml.Node | None, loc: tuple[str, ...]) -> int | None:
+    """The 1-based line of the deepest YAML node that `loc` reaches."""
+    line = None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            match = next((kv for kv in node.value if kv[0].value == part), None)
+            if match is None:
+                break
+            line = match[0].start_mark.line + 1
+            node = match[1]
+        elif isinstance(node, yaml.SequenceNode) and part.isdigit() and int(part) < len(node.value):
+            node = node.value[int(part)]
+            line = node.start_mark.line + 1
+        else:
+            break
+    return line
