@@ -155,7 +155,7 @@ class Engine:
                 continue  # not exported yet: nothing to trust, nothing wrong
             try:
                 check_directory(directory, self.dir_rules)
-                files = scan_directory(directory, self.config.policy.max_file_bytes)
+                files = scan_directory(directory, self.config.policy.max_file_bytes, self.dir_rules)
             except SourceError as exc:
                 problems.append(SourceProblem(path=exc.path, reason=exc.reason))
                 continue
