@@ -324,6 +324,37 @@ def _read_entry(
     return _read_limited(shown, dir_fd, target, max_bytes)
 
 
+def open_source(path: str) -> int:
+    """A descriptor for the file a person named (`add`, `package`), opened as sync reads
+    sources: a link only when it stays in its directory, O_NOFOLLOW, O_NONBLOCK, and a
+    regular file by fstat. The caller closes it.
+
+    Raises:
+        ReadError: the reason in a technician's words.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    name = os.path.basename(path)
+    if os.path.islink(path):
+        resolved = _resolve_inside(path, os.path.realpath(directory))
+        if isinstance(resolved, tuple):
+            raise ReadError(path, resolved[1], errno.ELOOP)
+        name = resolved
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+    try:
+        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            fd = os.open(name, flags, dir_fd=dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as exc:
+        raise ReadError(path, f"cannot be opened ({exc.strerror or exc})", exc.errno or errno.EIO) from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise ReadError(path, f"is {kind_of(info.st_mode)}, not a regular file")
+    return fd
+
+
 def _resolve_inside(link: str, real_dir: str) -> str | tuple[Reason, str]:
     """The symlink's target name when it stays inside the directory, else a problem."""
     try:
