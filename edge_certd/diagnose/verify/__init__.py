@@ -227,7 +227,7 @@ def _read_secret_file(path: str) -> str:
     try:
         return read_bounded(path, SECRET_FILE_LIMIT).decode("utf-8")
     except ReadError as exc:
-        raise ConnectionStringError(exc.reason, path) from None
+        raise ConnectionStringError(f"cannot read the file: it {exc.reason}", path) from None
     except UnicodeDecodeError as exc:
         raise ConnectionStringError(
             f"cannot read the file: not UTF-8 text (byte {exc.start})", path
