@@ -20,6 +20,7 @@ from planted import deadline, fifo, link_to_zero, sparse
 from edge_certd.config import load_config
 from edge_certd.core.errors import ConfigError, UsageError
 from edge_certd.diagnose.connstr import ConnectionStringError
+from edge_certd.diagnose.doctor import probe_env
 from edge_certd.diagnose.verify import _read_secret_file
 from edge_certd.package import check_name
 from edge_certd.package.protected import PROTECTED
@@ -140,6 +141,18 @@ def test_daemon_keeps_syncing_and_pinging_the_watchdog_with_a_fifo_planted_as_it
             assert daemon.count("WATCHDOG=1") > pings
         assert daemon.alive
         assert daemon.stop() == 0
+
+
+def test_a_fifo_as_the_env_files_old_copy_is_replaced_and_doctor_names_it(tree: Tree) -> None:
+    tree.env_file.parent.mkdir(parents=True, exist_ok=True)
+    fifo(tree.env_file)
+    with deadline():
+        assert "FIFO" in (probe_env(str(tree.env_file)).error or "")
+    tree.drop.mkdir(parents=True, exist_ok=True)
+    (tree.drop / "root.pem").write_bytes(CA.root("Env Plant").cert_pem)
+    result = tree.cli("sync", timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert stat.S_ISREG(tree.env_file.lstat().st_mode) and "EDGE_CERTD_ROOTS=" in tree.env_file.read_text()
 
 
 # -- add: the files a technician names ------------------------------------------------------
