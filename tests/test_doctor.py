@@ -22,6 +22,7 @@ import pytest
 from certs import CA, utcnow
 from conftest import Tree
 from loopback import LoopbackServer, free_port, tls_handler
+from planted import deadline, fifo, link_to_zero, sparse
 
 from edge_certd.config import load_config
 from edge_certd.core.model import InstalledCA
@@ -547,6 +548,33 @@ def test_unparsable_aziot_config_fails(device: Device) -> None:
     device.aziot.write_text("trust_bundle_cert = \n[[[")
     state, message = nested(device)
     assert state == "fail" and "cannot be read" in message
+
+
+@pytest.mark.parametrize(
+    ("plant", "reason"),
+    [
+        (fifo, "is a FIFO (named pipe), not a regular file"),
+        (link_to_zero, "is a symbolic link"),
+        (lambda p: sparse(p, 2 * 1024 * 1024), "is larger than"),
+        (lambda p: p.write_text("a = " + "[" * 100_000) and p, "nest too deeply"),
+        (lambda p: p.write_text("trust_bundle_cert = " + "{a = " * 100_000) and p, "nest too deeply"),
+    ],
+    ids=["fifo", "link-to-dev-zero", "2MB", "arrays-100000-deep", "tables-100000-deep"],
+)
+def test_a_planted_aziot_config_is_one_clear_doctor_line(device: Device, plant, reason: str) -> None:  # type: ignore[no-untyped-def]
+    device.aziot.parent.mkdir(parents=True, exist_ok=True)
+    plant(device.aziot)
+    with deadline():
+        state, message = nested(device)
+    assert state == "fail" and reason in message, message
+    assert str(device.aziot) in message
+
+
+def test_a_trust_bundle_cert_naming_a_fifo_is_one_clear_doctor_line(device: Device, tmp_path: Path) -> None:
+    write_aziot(device, f"file://{fifo(tmp_path / 'bundle.pem')}")
+    with deadline():
+        state, message = nested(device)
+    assert state == "fail" and "FIFO" in message, message
 
 
 def test_judges_name_the_cause_without_touching_the_disk() -> None:

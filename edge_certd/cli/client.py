@@ -10,6 +10,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from edge_certd.core.errors import UsageError
+from edge_certd.core.text import printable
+from edge_certd.store.fsutil import ReadError
+from edge_certd.store.sources import open_source
 
 # The daemon answers when the work is done: an update with Java hooks can take minutes.
 REPLY_TIMEOUT = 900.0
@@ -55,11 +58,12 @@ def ask(path: str, op: str, args: dict[str, Any], files: Sequence[str] = ()) -> 
 
 
 def _open(name: str) -> int:
+    # As sync reads sources: no link out of the file's directory, no FIFO or device (a
+    # technician racing one in under the name must not hang the CLI or the daemon).
     try:
-        # O_NONBLOCK: a FIFO must not hang the CLI; the daemon refuses what is not a file.
-        return os.open(name, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
-    except OSError as exc:
-        raise UsageError(f"{name}: cannot be opened ({exc.strerror})") from None
+        return open_source(name)
+    except ReadError as exc:
+        raise UsageError(f"{printable(name, limit=4096)}: {exc.reason}") from None
 
 
 def _read_reply(sock: socket.socket) -> dict[str, Any]:

@@ -4,7 +4,9 @@ the rules the types cannot say (rules.py); every problem as "line N: key: what i
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from typing import Any
 
 import pydantic
@@ -46,14 +48,13 @@ def load_config(explicit: str | None = None) -> tuple[Config, str]:
     """
     path, named = config_path(explicit)
     try:
-        with open(path, "rb") as handle:
-            raw = handle.read(MAX_BYTES + 1)
+        raw = _read_regular(path)
     except FileNotFoundError:
         if named:
             raise ConfigError(path, ["file not found"]) from None
         return Config(), path  # no config file: every default applies
     except OSError as exc:
-        raise ConfigError(path, [f"cannot read: {exc}"]) from None
+        raise ConfigError(path, [f"cannot read: {exc.strerror or exc}"]) from None
     if len(raw) > MAX_BYTES:
         raise ConfigError(path, [f"larger than {MAX_BYTES} bytes; this is not a configuration"])
     try:
@@ -61,6 +62,26 @@ def load_config(explicit: str | None = None) -> tuple[Config, str]:
     except UnicodeDecodeError as exc:
         raise ConfigError(path, [f"not UTF-8 text (byte {exc.start})"]) from None
     return parse_config(text, path), path
+
+
+def _read_regular(path: str) -> bytes:
+    """At most MAX_BYTES + 1 bytes of a regular file. O_NONBLOCK: a FIFO planted as the
+    config must not hang a reload; links are followed (the path is root's choice).
+    (config/ may import only core, so this is not store/fsutil's read_bounded.)"""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file (a FIFO, a device or a directory)", path)
+        chunks, remaining = [], MAX_BYTES + 1
+        while remaining > 0:
+            chunk = os.read(fd, remaining)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            remaining -= len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def parse_config(text: str, path: str = "<config>") -> Config:

@@ -32,6 +32,7 @@ class Reason(StrEnum):
     DANGLING_SYMLINK = "dangling_symlink"
     SYMLINK_LOOP = "symlink_loop"
     SYMLINK_OUTSIDE = "symlink_outside"
+    UNSAFE_MODE = "unsafe_mode"  # others may write it: a roots package's file not root's alone
     # judging itself
     JUDGE_LIMIT = "judge_limit"  # judging exceeded its CPU, memory or time budget
     # what a certificate is (policy)

@@ -15,6 +15,7 @@ from edge_certd.config import Config
 from edge_certd.core.errors import UsageError
 from edge_certd.core.model import TrustedCA
 from edge_certd.core.plan import file_name
+from edge_certd.package.protected import DPKG_TEMPORARY_SUFFIXES, PROTECTED
 from edge_certd.sync.operations import judge_as_drop
 
 # Where every roots package installs, whatever the building machine's configuration says: the
@@ -55,7 +56,8 @@ class RootsPackage:
 
 
 def check_name(name: str) -> None:
-    """Raises: UsageError: not a Debian package name, or edge-certd's own."""
+    """Raises: UsageError: not a Debian package name, edge-certd's own, one the device
+    needs (package/protected.py), or one ending like dpkg's temporary names."""
     if not _NAME.fullmatch(name) or len(name) > _MAX_NAME:
         raise UsageError(
             f"--name {name!r} is not a Debian package name: lower-case letters, digits, '+', '-' "
@@ -64,6 +66,17 @@ def check_name(name: str) -> None:
         )
     if name == "edge-certd" or name.startswith("edge-certd-build"):
         raise UsageError(f"--name {name!r} is edge-certd's own; name the roots (e.g. contoso-gateway-roots)")
+    if name in PROTECTED:
+        raise UsageError(
+            f"--name {name!r} is a package Debian or the device needs (essential, required, or "
+            "part of what decides trust); a roots package of that name would replace it on every "
+            "device that installs it; name the roots (e.g. contoso-gateway-roots)"
+        )
+    if name.endswith(DPKG_TEMPORARY_SUFFIXES):
+        raise UsageError(
+            f"--name {name!r} ends like a name dpkg uses for its temporary files, which edge-certd "
+            "never reads as a source; name the roots (e.g. contoso-gateway-roots)"
+        )
 
 
 def check_version(version: str) -> None:

@@ -6,6 +6,7 @@ never from a directory that someone other than root or the trusted group can wri
 
 from __future__ import annotations
 
+import errno
 import grp
 import hashlib
 import os
@@ -13,11 +14,12 @@ import re
 import stat
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from edge_certd.core.errors import SourceError
 from edge_certd.core.model import Reason
 from edge_certd.core.text import printable
-from edge_certd.store.fsutil import ensure_directory
+from edge_certd.store.fsutil import ReadError, ensure_directory, kind_of, read_bounded
 
 # Names that are half-written or editor leftovers; acting on them would install a partial file.
 # rsync and many tools write ".name.XXXXXX" and rename, so every dotfile is skipped.
@@ -178,9 +180,11 @@ def _check_shared(path: str, rules: DirectoryRules) -> os.stat_result:
     return info
 
 
-def scan_directory(path: str, max_bytes: int) -> Iterator[SourceFile]:
+def scan_directory(path: str, max_bytes: int, rules: DirectoryRules | None = None) -> Iterator[SourceFile]:
     """Read every candidate file directly inside `path`, in name order, one at a time, so
     that a directory of 50,000 files never holds more than one file's bytes in memory.
+
+    With `rules`, each file is held to its directory's standard (see file_rule).
 
     Raises:
         SourceError: the directory itself cannot be listed (raised here, not when iterating).
@@ -194,17 +198,37 @@ def scan_directory(path: str, max_bytes: int) -> Iterator[SourceFile]:
     except OSError as exc:
         os.close(dir_fd)
         raise SourceError(path, f"cannot be listed ({exc.strerror})") from None
-    return _read_entries(path, dir_fd, names, max_bytes)
+    rule = file_rule(path, os.fstat(dir_fd), rules) if rules is not None else None
+    return _read_entries(path, dir_fd, names, max_bytes, rule)
 
 
-def _read_entries(path: str, dir_fd: int, names: list[str], max_bytes: int) -> Iterator[SourceFile]:
+FileRule = Literal["root_only", "not_world_writable"]
+
+
+def file_rule(path: str, dir_info: os.stat_result, rules: DirectoryRules) -> FileRule | None:
+    """What a file in this directory must be, beyond a regular file of its own.
+
+    A roots package's files, like their directory, are root's alone (dpkg writes them); a
+    file of mode 0666 there could be rewritten by anyone. Elsewhere a world-writable file
+    matters only where others may reach it: the drop directory's 2770 keeps them out, a
+    Key Vault export directory of 0755 lets them in.
+    """
+    roots = rules.package_roots_dir
+    if roots is not None and os.path.dirname(path.rstrip("/")) == roots.rstrip("/"):
+        return "root_only" if rules.check_ownership else "not_world_writable"
+    return "not_world_writable" if dir_info.st_mode & stat.S_IXOTH else None
+
+
+def _read_entries(
+    path: str, dir_fd: int, names: list[str], max_bytes: int, rule: FileRule | None
+) -> Iterator[SourceFile]:
     try:
         real_dir = os.path.realpath(path)
         versions = linked_versions(path, real_dir, names)
         for name in names:
             if is_temporary_name(name) or name in versions:
                 continue
-            entry = read_entry(path, real_dir, dir_fd, name, max_bytes)
+            entry = read_entry(path, real_dir, dir_fd, name, max_bytes, rule)
             if not entry.gone:  # removed while we read: the next sync sees it gone
                 yield entry
     finally:
@@ -249,14 +273,18 @@ def _version_stem(name: str) -> str | None:
     return stem if stem and _KEYVAULT_VERSION.fullmatch(version) else None
 
 
-def read_entry(path: str, real_dir: str, dir_fd: int, name: str, max_bytes: int) -> SourceFile:
+def read_entry(
+    path: str, real_dir: str, dir_fd: int, name: str, max_bytes: int, rule: FileRule | None = None
+) -> SourceFile:
     """Read one directory entry under every rule above; never raises for a bad entry."""
     shown = display_path(os.path.join(path, name))
-    entry = _read_entry(shown, real_dir, dir_fd, path, name, max_bytes)
+    entry = _read_entry(shown, real_dir, dir_fd, path, name, max_bytes, rule)
     return SourceFile(entry.path, entry.data, entry.problem, os.path.join(path, name), entry.gone)
 
 
-def _read_entry(shown: str, real_dir: str, dir_fd: int, path: str, name: str, max_bytes: int) -> SourceFile:
+def _read_entry(
+    shown: str, real_dir: str, dir_fd: int, path: str, name: str, max_bytes: int, rule: FileRule | None
+) -> SourceFile:
     try:
         info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
     except OSError as exc:
@@ -288,9 +316,43 @@ def _read_entry(shown: str, real_dir: str, dir_fd: int, path: str, name: str, ma
                 f"is a hard link ({info.st_nlink} names); copy the file instead of linking it",
             ),
         )
+    mode_problem = _unsafe_mode(info, rule, os.path.join(path, target))
+    if mode_problem:
+        return SourceFile(shown, None, mode_problem)
     if info.st_size > max_bytes:
         return SourceFile(shown, None, _too_large(max_bytes))
     return _read_limited(shown, dir_fd, target, max_bytes)
+
+
+def open_source(path: str) -> int:
+    """A descriptor for the file a person named (`add`, `package`), opened as sync reads
+    sources: a link only when it stays in its directory, O_NOFOLLOW, O_NONBLOCK, and a
+    regular file by fstat. The caller closes it.
+
+    Raises:
+        ReadError: the reason in a technician's words.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    name = os.path.basename(path)
+    if os.path.islink(path):
+        resolved = _resolve_inside(path, os.path.realpath(directory))
+        if isinstance(resolved, tuple):
+            raise ReadError(path, resolved[1], errno.ELOOP)
+        name = resolved
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+    try:
+        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            fd = os.open(name, flags, dir_fd=dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as exc:
+        raise ReadError(path, f"cannot be opened ({exc.strerror or exc})", exc.errno or errno.EIO) from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise ReadError(path, f"is {kind_of(info.st_mode)}, not a regular file")
+    return fd
 
 
 def _resolve_inside(link: str, real_dir: str) -> str | tuple[Reason, str]:
@@ -313,15 +375,32 @@ def _resolve_inside(link: str, real_dir: str) -> str | tuple[Reason, str]:
 def _not_regular(info: os.stat_result) -> tuple[Reason, str] | None:
     if stat.S_ISREG(info.st_mode):
         return None
-    kinds = {
-        stat.S_IFDIR: "a directory",
-        stat.S_IFIFO: "a FIFO (named pipe)",
-        stat.S_IFSOCK: "a socket",
-        stat.S_IFCHR: "a character device",
-        stat.S_IFBLK: "a block device",
-    }
-    kind = kinds.get(stat.S_IFMT(info.st_mode), "not a regular file")
-    return (Reason.NOT_REGULAR_FILE, f"is {kind}, not a regular file")
+    return (Reason.NOT_REGULAR_FILE, f"is {kind_of(info.st_mode)}, not a regular file")
+
+
+def _unsafe_mode(info: os.stat_result, rule: FileRule | None, fs_path: str) -> tuple[Reason, str] | None:
+    mode = stat.S_IMODE(info.st_mode)
+    shown = printable(fs_path)
+    if rule == "root_only":
+        if info.st_uid not in (0, os.geteuid()):
+            return (
+                Reason.UNSAFE_MODE,
+                f"is owned by uid {info.st_uid}, not root; a roots package's files are written "
+                f"only by dpkg, as root; run: chown root:root {shown}",
+            )
+        if mode & (stat.S_IWGRP | stat.S_IWOTH):
+            return (
+                Reason.UNSAFE_MODE,
+                f"is writable by others (mode {mode:04o}); a roots package's files are written "
+                f"only by dpkg, as root; run: chmod go-w {shown}",
+            )
+    if rule is not None and mode & stat.S_IWOTH:
+        return (
+            Reason.UNSAFE_MODE,
+            f"is world-writable (mode {mode:04o}), so anyone on the device could make it "
+            f"trust a CA; run: chmod o-w {shown}",
+        )
+    return None
 
 
 def _too_large(max_bytes: int) -> tuple[Reason, str]:
@@ -332,47 +411,46 @@ def _too_large(max_bytes: int) -> tuple[Reason, str]:
 
 
 def _read_limited(shown: str, dir_fd: int, name: str, max_bytes: int) -> SourceFile:
-    # O_NOFOLLOW: the entry could be swapped for a symlink after the checks above.
-    # O_NONBLOCK: opening a FIFO swapped in must not hang the daemon.
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+    # read_bounded opens with O_NOFOLLOW (the entry could be swapped for a symlink after the
+    # checks above) and O_NONBLOCK (a FIFO swapped in must not hang the daemon).
     try:
-        fd = os.open(name, flags, dir_fd=dir_fd)
-    except OSError as exc:
-        return SourceFile(
-            shown,
-            None,
-            (Reason.UNREADABLE, f"cannot be opened ({exc.strerror})"),
-            gone=isinstance(exc, FileNotFoundError),
-        )
-    try:
-        info = os.fstat(fd)
-        kind_problem = _not_regular(info)
-        if kind_problem:
-            return SourceFile(shown, None, kind_problem)
-        chunks = []
-        remaining = max_bytes + 1  # one byte more tells "exactly the limit" from "over it"
-        while remaining > 0:
-            chunk = os.read(fd, min(remaining, 65536))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            remaining -= len(chunk)
-    except OSError as exc:
-        return SourceFile(shown, None, (Reason.UNREADABLE, f"cannot be read ({exc.strerror})"))
-    finally:
-        os.close(fd)
-    data = b"".join(chunks)
-    if len(data) > max_bytes:
-        return SourceFile(shown, None, _too_large(max_bytes))
+        data = read_bounded(name, max_bytes, dir_fd=dir_fd)
+    except ReadError as exc:
+        if exc.errno == errno.EFBIG:
+            return SourceFile(shown, None, _too_large(max_bytes))
+        if exc.errno == errno.EINVAL:
+            return SourceFile(shown, None, (Reason.NOT_REGULAR_FILE, exc.reason))
+        return SourceFile(shown, None, (Reason.UNREADABLE, exc.reason), gone=exc.missing)
     return SourceFile(shown, data)
 
 
 def tighten_mode(path: str) -> bool:
-    """chmod 0600 a file that holds a private key; True when the mode changed."""
+    """chmod 0600 a file that holds a private key; True when the mode changed.
+
+    A symlink is never chmodded through blindly: when it leads to a file inside its own
+    directory (a link to a hidden `.key.pem`, read as the link's content), that file is the
+    one that leaks the key and is tightened; a link out of the directory was never read, so
+    nothing is changed. The file is opened O_NOFOLLOW relative to the directory, so a link
+    swapped in after the check is not followed either.
+    """
+    directory, name = os.path.split(path)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        if os.path.islink(path):
+            resolved = _resolve_inside(path, os.path.realpath(directory))
+            if isinstance(resolved, tuple):
+                return False
+            name = resolved
+        dir_fd = os.open(directory or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError:
         return False
+    try:
+        fd = os.open(
+            name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY, dir_fd=dir_fd
+        )
+    except OSError:
+        return False
+    finally:
+        os.close(dir_fd)
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode) or stat.S_IMODE(info.st_mode) & 0o077 == 0:

@@ -22,7 +22,7 @@ from edge_certd.core.model import (
 from edge_certd.core.plan import Held, Wanted, make_plan, wanted_set
 from edge_certd.core.policy import Rules
 from edge_certd.core.text import iso
-from edge_certd.store.fsutil import read_bytes_quietly, remove_stale_temp_files
+from edge_certd.store.fsutil import ReadError, read_bounded, remove_stale_temp_files
 from edge_certd.store.sources import (
     DirectoryRules,
     check_directory,
@@ -64,13 +64,19 @@ def rules_from(config: Config) -> Rules:
     )
 
 
+# A password file holds one line; 64 KiB is far past any password a PFX export asks for.
+PASSWORD_LIMIT = 64 * 1024
+
+
 def read_passwords(config: Config) -> list[bytes]:
-    """PFX passwords, one per file (trailing newline dropped). Unreadable files are skipped."""
+    """PFX passwords, one per file (trailing newline dropped). Files that cannot be read
+    safely (missing, a link, a FIFO, past PASSWORD_LIMIT) are skipped."""
     passwords = []
     for path in config.pfx_password_files:
-        data = read_bytes_quietly(path)
-        if data is not None:
-            passwords.append(data.rstrip(b"\r\n"))
+        try:
+            passwords.append(read_bounded(path, PASSWORD_LIMIT).rstrip(b"\r\n"))
+        except ReadError:
+            continue
     return passwords
 
 
@@ -155,7 +161,7 @@ class Engine:
                 continue  # not exported yet: nothing to trust, nothing wrong
             try:
                 check_directory(directory, self.dir_rules)
-                files = scan_directory(directory, self.config.policy.max_file_bytes)
+                files = scan_directory(directory, self.config.policy.max_file_bytes, self.dir_rules)
             except SourceError as exc:
                 problems.append(SourceProblem(path=exc.path, reason=exc.reason))
                 continue

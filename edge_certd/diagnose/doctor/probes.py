@@ -13,10 +13,12 @@ import stat
 import subprocess
 import tomllib
 from collections.abc import Iterator
+from typing import Any
 
 from edge_certd.config import Config
 from edge_certd.core.errors import SourceError, WriteError
 from edge_certd.core.pem import pem_fingerprints
+from edge_certd.core.text import printable
 from edge_certd.diagnose.doctor.judge import (
     AziotFacts,
     DirFacts,
@@ -26,6 +28,7 @@ from edge_certd.diagnose.doctor.judge import (
     TargetFacts,
     env_paths,
 )
+from edge_certd.store.fsutil import ReadError, read_bounded
 from edge_certd.store.sources import DirectoryRules, check_directory
 from edge_certd.store.state import LoadedManifest, StatePaths, load_manifest, state_lock
 from edge_certd.targets.registry import enabled_targets
@@ -74,6 +77,12 @@ def _group(gid: int) -> str:
         return grp.getgrgid(gid).gr_name
     except KeyError:
         return str(gid)
+
+
+# Read limits: far above any real file of its kind, far below what would hurt a device.
+TOML_LIMIT = 1024 * 1024
+ENV_LIMIT = 1024 * 1024
+BUNDLE_LIMIT = 16 * 1024 * 1024
 
 
 def probe_service(systemctl: list[str]) -> ServiceFacts:
@@ -131,13 +140,13 @@ def _lock_if_possible(paths: StatePaths) -> Iterator[None]:
 
 def probe_env(env_file: str) -> EnvFacts:
     try:
-        with open(env_file, encoding="utf-8") as handle:
-            text = handle.read()
-    except FileNotFoundError:
-        return EnvFacts(env_file, present=False)
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        return EnvFacts(env_file, present=True, error=f"cannot be read ({reason})")
+        text = read_bounded(env_file, ENV_LIMIT).decode("utf-8")
+    except ReadError as exc:
+        if exc.missing:
+            return EnvFacts(env_file, present=False)
+        return EnvFacts(env_file, present=True, error=exc.reason)
+    except UnicodeDecodeError as exc:
+        return EnvFacts(env_file, present=True, error=f"cannot be read (not UTF-8 text: byte {exc.start})")
     found = tuple((key, value, os.path.isfile(value)) for key, value in env_paths(text))
     return EnvFacts(env_file, present=True, paths=found)
 
@@ -145,13 +154,11 @@ def probe_env(env_file: str) -> EnvFacts:
 def probe_aziot(path: str, edge_roots: str) -> AziotFacts:
     """IoT Edge's config.toml, and the fingerprints in the file its trust_bundle_cert names."""
     try:
-        with open(path, "rb") as handle:
-            document = tomllib.load(handle)
-    except FileNotFoundError:
-        return AziotFacts(path, present=False, edge_roots=edge_roots)
-    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        return AziotFacts(path, present=True, edge_roots=edge_roots, error=f"cannot be read ({reason})")
+        document = load_toml(path)
+    except ReadError as exc:
+        if exc.missing:
+            return AziotFacts(path, present=False, edge_roots=edge_roots)
+        return AziotFacts(path, present=True, edge_roots=edge_roots, error=exc.reason)
     value = document.get("trust_bundle_cert")
     if not isinstance(value, str):
         return AziotFacts(path, present=True, edge_roots=edge_roots)
@@ -161,8 +168,26 @@ def probe_aziot(path: str, edge_roots: str) -> AziotFacts:
     if bundle is None:
         return facts
     try:
-        with open(bundle, "rb") as handle:
-            data = handle.read()
-    except OSError as exc:
-        return dataclasses.replace(facts, bundle_error=f"{bundle}: {exc.strerror or exc}")
+        data = read_bounded(bundle, BUNDLE_LIMIT)
+    except ReadError as exc:
+        return dataclasses.replace(facts, bundle_error=str(exc))
     return dataclasses.replace(facts, installed=frozenset(pem_fingerprints(data)))
+
+
+def load_toml(path: str) -> dict[str, Any]:
+    """A TOML file read as every outside file is (no link, no FIFO, bounded), then parsed.
+
+    Raises:
+        ReadError: it cannot be read safely, is not UTF-8 TOML, or nests too deeply.
+    """
+    raw = read_bounded(path, TOML_LIMIT)
+    try:
+        return tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ReadError(path, f"cannot be read (not UTF-8 text: byte {exc.start})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ReadError(path, f"cannot be read ({printable(str(exc), limit=200)})") from None
+    except RecursionError:
+        # tomllib recurses once per nested array or inline table: 100,000 `[` would
+        # otherwise end doctor with a traceback. No real config.toml nests past a few levels.
+        raise ReadError(path, "cannot be read (arrays or tables nest too deeply)") from None

@@ -18,6 +18,7 @@ from edge_certd.diagnose.verify.model import (
     TrustStore,
     VerifyRequest,
 )
+from edge_certd.store.fsutil import ReadError, read_bounded
 from edge_certd.targets.bundles import RuntimeBundles
 from edge_certd.targets.java import JavaTruststore
 from edge_certd.targets.registry import followers
@@ -147,12 +148,20 @@ def request_from_args(
     )
 
 
+# A connection string is one line of a few hundred characters.
+SECRET_FILE_LIMIT = 64 * 1024
+
+
 def _read_secret_file(path: str) -> str:
+    # Read as every outside file is: no link followed, no FIFO waited on, bounded.
     try:
-        return Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise ConnectionStringError(f"cannot read the file: {reason}", path) from None
+        return read_bounded(path, SECRET_FILE_LIMIT).decode("utf-8")
+    except ReadError as exc:
+        raise ConnectionStringError(f"cannot read the file: it {exc.reason}", path) from None
+    except UnicodeDecodeError as exc:
+        raise ConnectionStringError(
+            f"cannot read the file: not UTF-8 text (byte {exc.start})", path
+        ) from None
 
 
 def ca_file_store(path: str) -> TrustStore:
