@@ -57,6 +57,7 @@ CORE_STDLIB = {
     "json",
     "re",
     "string",
+    "struct",
     "typing",
     "unicodedata",
     "warnings",

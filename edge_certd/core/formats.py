@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs7, pkcs12
 
 from edge_certd.core import keys, pem, pfx, trust_settings
+from edge_certd.core.der import declared_length
 from edge_certd.core.model import Reason
 from edge_certd.core.text import printable
 from edge_certd.core.wire import json_nests_deeper
@@ -198,7 +199,7 @@ def _parse_pem(data: bytes, markers: int = 0) -> Parsed:
             continue
         aux = b""
         if label == b"TRUSTED CERTIFICATE":
-            length = _der_length(der) or len(der)
+            length = declared_length(der) or len(der)
             der, aux = der[:length], der[length:]  # OpenSSL's trust settings follow
         cert, why = _load_der_certificate(der)
         if cert is None:
@@ -247,7 +248,7 @@ def _parse_der(data: bytes, passwords: Sequence[bytes]) -> Parsed:
     if keys.is_der_private_key(data) or _loads_as_private_key(data):
         return Parsed("private-key", (), 1)
     # `cat root.der key.der`: a key after the first element.
-    hidden = keys.der_keys_in(data, [(_der_length(data) or 1, len(data))])
+    hidden = keys.der_keys_in(data, [(declared_length(data) or 1, len(data))])
     raise FormatError(
         Reason.UNPARSEABLE,
         "binary data that is not a DER certificate, PKCS#7 or PKCS#12",
@@ -382,7 +383,7 @@ def _keys_in_secret(value: bytes) -> int:
 
 
 def _load_der_certificate(der: bytes) -> tuple[x509.Certificate | None, str]:
-    length = _der_length(der)
+    length = declared_length(der)
     if length is None:
         return None, "not DER-encoded data"
     if length < len(der):
@@ -439,19 +440,6 @@ def _usable(certs: Sequence[x509.Certificate]) -> tuple[list[x509.Certificate], 
         else:
             usable.append(cert)
     return usable, broken
-
-
-def _der_length(der: bytes) -> int | None:
-    """Total length of the outer DER SEQUENCE, or None when it is not one."""
-    if len(der) < 2 or der[0] != 0x30:
-        return None
-    first = der[1]
-    if first < 0x80:
-        return 2 + first
-    count = first & 0x7F
-    if count == 0 or count > 4 or len(der) < 2 + count:
-        return None
-    return 2 + count + int.from_bytes(der[2 : 2 + count], "big")
 
 
 def _looks_like_pkcs12(data: bytes) -> bool:

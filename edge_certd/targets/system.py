@@ -8,6 +8,7 @@ import hashlib
 import os
 import re
 import signal
+import ssl
 import subprocess
 import threading
 import time
@@ -18,7 +19,7 @@ from cryptography import x509
 
 from edge_certd.core.errors import UpdateCommandError, WriteError
 from edge_certd.core.model import InstalledCA, Note, TrustedCA
-from edge_certd.core.pem import der_to_pem, iter_pem_ders, pem_fingerprints
+from edge_certd.core.pem import iter_pem_ders, pem_fingerprints
 from edge_certd.core.plan import OWNED_FILE, file_name
 from edge_certd.core.policy import display_subject, validity
 from edge_certd.store.fsutil import (
@@ -126,7 +127,7 @@ class SystemStore:
         try:
             for ca in plan.add:
                 path = self.path_for(ca)
-                write_atomic(path, der_to_pem(ca.der), 0o644, sync_directory=False)
+                write_atomic(path, ssl.DER_cert_to_PEM_cert(ca.der).encode(), 0o644, sync_directory=False)
                 written.append(path)
             for gone in plan.remove:
                 removed.append((gone.path, read_bytes(gone.path)))

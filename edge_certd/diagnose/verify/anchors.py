@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import ssl
 import subprocess
 import tempfile
 from collections.abc import Sequence
@@ -28,7 +29,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
 
-from edge_certd.core.pem import der_to_pem, iter_pem_ders
+from edge_certd.core.pem import iter_pem_ders
 from edge_certd.core.text import printable
 from edge_certd.diagnose.verify.model import StoreCheck, TrustStore
 from edge_certd.store.fsutil import read_bytes
@@ -163,4 +164,4 @@ def _openssl_verify(
 
 def _write(path: str, ders: Sequence[bytes]) -> None:
     with open(path, "wb") as handle:
-        handle.write(b"".join(der_to_pem(der) for der in ders))
+        handle.write(b"".join(ssl.DER_cert_to_PEM_cert(der).encode() for der in ders))
