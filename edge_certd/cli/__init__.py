@@ -9,7 +9,8 @@ import os
 import sys
 from collections.abc import Sequence
 
-from edge_certd import __version__, journal
+from edge_certd import __version__
+from edge_certd.sync import journal
 from edge_certd.cli import render
 from edge_certd.config import Config, load_config
 from edge_certd.core.errors import (

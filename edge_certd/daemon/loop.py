@@ -18,7 +18,7 @@ from collections import deque
 from types import FrameType
 from typing import Any
 
-from edge_certd import journal as events
+from edge_certd.sync import journal as events
 from edge_certd.config import load_config
 from edge_certd.core.errors import ApplyError, ConfigError, EdgeCertdError, NotFound, UsageError
 from edge_certd.core.expiry import expiring

@@ -15,7 +15,7 @@ import os
 from array import array
 from bisect import bisect_left
 
-from edge_certd import journal
+from edge_certd.sync import journal
 from edge_certd.core.errors import ApplyError, EdgeCertdError
 from edge_certd.core.model import SyncResult
 from edge_certd.core.text import plural

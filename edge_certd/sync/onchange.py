@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import subprocess
 
-from edge_certd import journal as events
+from edge_certd.sync import journal as events
 from edge_certd.config import OnChangeConfig
 
 
