@@ -10,7 +10,6 @@ import re
 import signal
 import ssl
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -176,24 +175,25 @@ class SystemStore:
         )
 
     def _wait(self, proc: subprocess.Popen[bytes], argv: list[str]) -> bytes:
+        """The command's output once it has ended, feeding the watchdog while it runs.
+
+        communicate() in one-second slices: after a TimeoutExpired it may be called again
+        without losing output (subprocess docs, Popen.communicate), and between slices the
+        heartbeat keeps systemd's watchdog from killing a daemon whose update is slow.
+        """
         deadline = time.monotonic() + self.timeout
-        chunks: list[bytes] = []
-        reader = threading.Thread(
-            target=lambda: chunks.append(proc.stdout.read() if proc.stdout else b""), daemon=True
-        )
-        reader.start()
         while True:
             try:
-                proc.wait(timeout=min(1.0, max(0.0, deadline - time.monotonic())))
-                break
+                output, _ = proc.communicate(timeout=min(1.0, max(0.0, deadline - time.monotonic())))
+                return output or b""
             except subprocess.TimeoutExpired:
                 if time.monotonic() >= deadline:
                     _kill_group(proc)
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        proc.communicate(timeout=5)  # reap it; a pipe held elsewhere is let go
                     raise UpdateCommandError(argv, None, f"no result after {self.timeout:.0f} s") from None
                 if self.heartbeat:
                     self.heartbeat()
-        reader.join(timeout=5)
-        return b"".join(chunks)
 
     def _refresh_java_system_keystore(self) -> tuple[Note, ...]:
         """Drop removed CAs from /etc/ssl/certs/java/cacerts too.
