@@ -10,7 +10,6 @@ import sys
 from collections.abc import Sequence
 
 from edge_certd import __version__
-from edge_certd.sync import journal
 from edge_certd.cli import render
 from edge_certd.config import Config, load_config
 from edge_certd.core.errors import (
@@ -23,6 +22,7 @@ from edge_certd.core.errors import (
     WriteError,
 )
 from edge_certd.core.schema import SCHEMA_VERSIONS
+from edge_certd.sync import journal
 
 EXIT_OK = 0
 EXIT_APPLY_FAILED = 1
