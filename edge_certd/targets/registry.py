@@ -46,11 +46,10 @@ def enabled_targets(config: Config, heartbeat: Callable[[], None] | None = None)
 
 def bundle_paths(config: Config) -> dict[str, str | None]:
     """Where runtimes find the files, for `status` (None: not written here)."""
-    bundles, java, _ = followers(config)
-    assert isinstance(bundles, RuntimeBundles) and isinstance(java, JavaTruststore)
+    written = {store.key: store.path for target in followers(config) for store in target.stores()}
     return {
-        "edge_roots": bundles.edge_roots,
-        "ca_bundle": bundles.ca_bundle,
+        "edge_roots": written.get("edge-roots"),
+        "ca_bundle": written.get("ca-bundle"),
         "env_file": config.bundles.env_file,
-        "java": java.path,
+        "java": written.get("java"),
     }

@@ -29,7 +29,7 @@ from edge_certd.store.fsutil import (
     remove_file,
     write_atomic,
 )
-from edge_certd.targets.base import Change, Holding, Outcome
+from edge_certd.targets.base import Change, Holding, Outcome, StoreFile
 
 # ca-certificates-java's hook; present only where Java's system keystore is managed.
 JAVA_HOOK = "/etc/ca-certificates/update.d/jks-keystore"
@@ -109,6 +109,20 @@ class SystemStore:
 
     def env(self) -> tuple[tuple[str, str], ...]:
         return ()
+
+    def stores(self) -> tuple[StoreFile, ...]:
+        # OpenSSL's default paths are a CA file and the hashed directory beside it
+        # (/usr/lib/ssl/cert.pem -> /etc/ssl/certs/ca-certificates.crt, and /etc/ssl/certs);
+        # update-ca-certificates writes both.
+        return (
+            StoreFile(
+                key="system",
+                title="system store",
+                used_by="runtimes on OpenSSL's default paths (Python ssl, curl, Go, .NET, Debian's Node.js)",
+                path=self.system_bundle,
+                directory=os.path.dirname(self.system_bundle) or None,
+            ),
+        )
 
     def apply(self, change: Change) -> Outcome:
         """Write added CAs, remove dropped ones, then run the update command once.

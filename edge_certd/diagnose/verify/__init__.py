@@ -31,7 +31,6 @@ hiding the second; the `Verification:` line joins them into one verdict.
 from __future__ import annotations
 
 import datetime as dt
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -66,9 +65,7 @@ from edge_certd.diagnose.verify.model import (
 )
 from edge_certd.diagnose.verify.net import probe_dns, probe_tcp, probe_tls
 from edge_certd.diagnose.verify.render import render_text, report_to_json
-from edge_certd.targets.bundles import RuntimeBundles
-from edge_certd.targets.java import JavaTruststore
-from edge_certd.targets.registry import followers
+from edge_certd.targets.registry import enabled_targets
 
 __all__ = [
     "PROTOCOL_PORTS",
@@ -233,50 +230,19 @@ def ca_file_store(path: str) -> TrustStore:
 def default_stores(config: Config) -> list[TrustStore]:
     """The stores the device's runtimes use, each checked on its own, as the targets
     this configuration enables write them (README, "Runtimes: what to point them at")."""
-    system_bundle = config.trust_store.system_bundle
-    # OpenSSL's default paths are a CA file and the hashed directory beside it
-    # (/usr/lib/ssl/cert.pem -> /etc/ssl/certs/ca-certificates.crt, and /etc/ssl/certs);
-    # update-ca-certificates writes both.
-    stores = [
+    return [
         TrustStore(
-            key="system",
-            title="system store",
-            used_by="runtimes on OpenSSL's default paths (Python ssl, curl, Go, .NET, Debian's Node.js)",
-            path=system_bundle,
-            directory=os.path.dirname(system_bundle) or None,
+            key=store.key,
+            title=store.title,
+            used_by=store.used_by,
+            path=store.path,
+            directory=store.directory,
+            kind=store.kind,
+            password=store.password,
         )
+        for target in enabled_targets(config)
+        for store in target.stores()
     ]
-    for target in followers(config):
-        if isinstance(target, RuntimeBundles):
-            stores.append(
-                TrustStore(
-                    key="edge-roots",
-                    title="edge-roots.pem",
-                    used_by="the Azure IoT SDKs' ca / server_verification_cert / OPTION_TRUSTED_CERT "
-                    "and mosquitto --cafile",
-                    path=target.edge_roots,
-                )
-            )
-            stores.append(
-                TrustStore(
-                    key="ca-bundle",
-                    title="ca-bundle.pem",
-                    used_by="REQUESTS_CA_BUNDLE, SSL_CERT_FILE and CURL_CA_BUNDLE",
-                    path=target.ca_bundle,
-                )
-            )
-        elif isinstance(target, JavaTruststore) and target.path and target.store_type in ("jks", "pkcs12"):
-            stores.append(
-                TrustStore(
-                    key="java",
-                    title="Java truststore",
-                    used_by="Java started with $EDGE_CERTD_JAVA_OPTS",
-                    path=target.path,
-                    kind="jks" if target.store_type == "jks" else "pkcs12",
-                    password=target.password,
-                )
-            )
-    return stores
 
 
 def request_for_config(
