@@ -27,12 +27,17 @@ def system_store(config: Config, heartbeat: Callable[[], None] | None = None) ->
     )
 
 
-def followers(config: Config) -> tuple[Target, ...]:
-    """The targets after the system store, each enabled by the configuration."""
-    bundles = RuntimeBundles(bundle_dir=config.bundles.dir, system_bundle=config.trust_store.system_bundle)
+def followers(config: Config, *, bundle_dir: str | None = None) -> tuple[Target, ...]:
+    """The targets after the system store, each enabled by the configuration.
+
+    `bundle_dir` roots them elsewhere than bundles.dir: where a container mounts it, for
+    what `container-args` prints (nothing is written there).
+    """
+    bundle_dir = bundle_dir or config.bundles.dir
+    bundles = RuntimeBundles(bundle_dir=bundle_dir, system_bundle=config.trust_store.system_bundle)
     java = JavaTruststore(
         mode=config.bundles.java,
-        bundle_dir=config.bundles.dir,
+        bundle_dir=bundle_dir,
         system_bundle=config.trust_store.system_bundle,
         password=config.bundles.java_password,
     )
