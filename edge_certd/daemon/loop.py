@@ -404,7 +404,11 @@ class Daemon:
             )
         except EdgeCertdError:
             pass  # daemon.json is for people; a full disk must not stop the service
-        metrics.write_metrics(self.config)  # read from daemon.json and the state: never raises
+        metrics.write_metrics(  # never raises
+            self.config,
+            metrics.newest(self.engine.last_result, self.last_result),
+            metrics.daemon_state(state, self.status_now, self.expiry_checked),
+        )
 
 
 def run_daemon(config_path: str | None) -> int:
