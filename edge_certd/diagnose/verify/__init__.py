@@ -230,19 +230,7 @@ def ca_file_store(path: str) -> TrustStore:
 def default_stores(config: Config) -> list[TrustStore]:
     """The stores the device's runtimes use, each checked on its own, as the targets
     this configuration enables write them (README, "Runtimes: what to point them at")."""
-    return [
-        TrustStore(
-            key=store.key,
-            title=store.title,
-            used_by=store.used_by,
-            path=store.path,
-            directory=store.directory,
-            kind=store.kind,
-            password=store.password,
-        )
-        for target in enabled_targets(config)
-        for store in target.stores()
-    ]
+    return [store for target in enabled_targets(config) for store in target.stores()]
 
 
 def request_for_config(
