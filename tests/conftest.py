@@ -182,7 +182,7 @@ def tree(tmp_path: Path) -> Iterator[Tree]:
 
 @pytest.fixture(autouse=True)
 def _quiet_logging() -> Iterator[None]:
-    from edge_certd import journal as events
+    from edge_certd.sync import journal as events
 
     events.setup_logging(to_journal=False)
     yield

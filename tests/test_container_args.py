@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from certs import CA
-from conftest import Tree
+from conftest import Tree, require_tool
 
 from edge_certd.cli import EXIT_OK, EXIT_USAGE
 from edge_certd.cli.containers import MOUNT_POINT
@@ -63,7 +63,7 @@ def test_a_bundle_dir_with_shell_characters_reaches_the_runtime_unchanged(tree: 
 
 
 def test_java_options_name_the_truststore_inside_the_container(tree: Tree) -> None:
-    tree.write_config(bundles__java="jks", bundles__java_password="pass word")
+    tree.write_config(bundles__java="jks", bundles__java_password="pass;word")
     env = env_of(words_as_sh_reads_them(run_args(tree).stdout.strip()))
     store = f"{MOUNT_POINT}/java-truststore.jks"
     assert env["EDGE_CERTD_JAVA_TRUSTSTORE"] == store
@@ -107,3 +107,67 @@ def test_every_path_it_names_is_a_file_a_real_sync_wrote(tree: Tree) -> None:
         if value.startswith(MOUNT_POINT + "/"):
             host = tree.bundles / os.path.relpath(value, MOUNT_POINT)
             assert host.is_file(), f"{key}={value}: {host} was not written"
+
+
+# --------------------------------------------------------------- the Java password, as Java reads it
+
+# Every character the configuration lets through that a shell, Docker or the JVM could read
+# as something else: `$(...)`, backquotes, `;`, `&`, `|`, `<`, `#`, `*`, `\\` and `=` (Docker
+# splits `KEY=VALUE` at the first `=` only: docker run's --env and --env-file, and the Engine
+# API's Env items, so a later `=` is part of the value).
+HOSTILE_PASSWORD = "p;a$(id)`id`&|<x#*\\=y"
+
+JAVA_PRINTS_PROPERTIES = """
+public class Props {
+    public static void main(String[] args) {
+        for (String key : new String[] {"javax.net.ssl.trustStore", "javax.net.ssl.trustStoreType",
+                "javax.net.ssl.trustStorePassword"}) {
+            System.out.println(key + "=" + System.getProperty(key));
+        }
+    }
+}
+"""
+
+
+def java_properties(tmp_path: Path, java_tool_options: str) -> subprocess.CompletedProcess[str]:
+    """What a real JVM makes of JAVA_TOOL_OPTIONS (source-file mode, JDK 11 and later)."""
+    java = require_tool("java")
+    source = tmp_path / "Props.java"
+    source.write_text(JAVA_PRINTS_PROPERTIES)
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "JAVA_TOOL_OPTIONS": java_tool_options}
+    return subprocess.run([java, str(source)], capture_output=True, text=True, env=env, timeout=120)
+
+
+@pytest.mark.parametrize("fmt", ["docker", "iotedge"])
+def test_the_jvm_reads_the_printed_java_options_exactly(tree: Tree, tmp_path: Path, fmt: str) -> None:
+    tree.write_config(bundles__java="jks", bundles__java_password=HOSTILE_PASSWORD)
+    r = run_args(tree, "--format", fmt)
+    assert r.returncode == EXIT_OK, r.stderr
+    if fmt == "iotedge":
+        env = dict(item.split("=", 1) for item in json.loads(r.stdout)["Env"])
+    else:
+        env = env_of(words_as_sh_reads_them(r.stdout.strip()))
+    proc = java_properties(tmp_path, env["JAVA_TOOL_OPTIONS"])
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [
+        f"javax.net.ssl.trustStore={MOUNT_POINT}/java-truststore.jks",
+        "javax.net.ssl.trustStoreType=JKS",
+        f"javax.net.ssl.trustStorePassword={HOSTILE_PASSWORD}",
+    ]
+
+
+def test_the_jvm_splits_java_tool_options_at_a_space(tmp_path: Path) -> None:
+    """Why the configuration refuses a space: Java takes the rest of the password for an option
+    of its own (and JDKs before 9 have no quoting to prevent it)."""
+    proc = java_properties(tmp_path, "-Djavax.net.ssl.trustStorePassword=pass word")
+    assert proc.returncode != 0
+    assert "word" in proc.stderr
+
+
+@pytest.mark.parametrize("password", ["pass word", 'pass"word'])
+def test_a_java_password_java_would_misread_is_refused_by_name(tree: Tree, password: str) -> None:
+    tree.write_config(bundles__java="jks", bundles__java_password=password)
+    r = run_args(tree)
+    assert r.returncode != EXIT_OK
+    assert r.stdout == ""
+    assert "bundles.java_password" in r.stderr and "JAVA_TOOL_OPTIONS" in r.stderr

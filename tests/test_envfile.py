@@ -187,14 +187,14 @@ def test_configured_paths_and_password_reach_the_file_quoted(tmp_path: Path) -> 
     bundles = tmp_path / f"bundles $(touch {marker})"
     config = parse_config(
         f"bundles:\n  dir: '{bundles}'\n  env_file: {tmp_path}/ca.env\n  java: pkcs12\n"
-        f"  java_password: 'pa ss`touch {marker}`\"$x'\n"
+        f"  java_password: 'pa;ss$(touch${{IFS}}{marker})`id`$x\\#'\n"
     )
     (env,) = [t for t in followers(config) if isinstance(t, EnvFile)]
     path = tmp_path / "ca.env"
     path.write_text(env.text())
     assert _sourced(path, "NODE_EXTRA_CA_CERTS") == f"{bundles}/edge-roots.pem"
     opts = _sourced(path, "EDGE_CERTD_JAVA_OPTS")
-    assert opts.endswith(f'-Djavax.net.ssl.trustStorePassword=pa ss`touch {marker}`"$x')
+    assert opts.endswith(f"-Djavax.net.ssl.trustStorePassword=pa;ss$(touch${{IFS}}{marker})`id`$x\\#")
     assert systemd_env_file(path.read_text())["EDGE_CERTD_JAVA_OPTS"] == opts
     assert not marker.exists()
 
@@ -205,6 +205,8 @@ def test_configured_paths_and_password_reach_the_file_quoted(tmp_path: Path) -> 
         'bundles:\n  java_password: "it\'s"\n',
         'bundles:\n  dir: "/srv/it\'s"\n',
         'bundles:\n  java_password: "a\\nEVIL=1"\n',
+        'bundles:\n  java_password: "pass word"\n',
+        "bundles:\n  java_password: 'pass\"word'\n",
         'bundles:\n  env_file: "/etc/edge-certd/ca.env\\nEVIL=1"\n',
     ],
 )

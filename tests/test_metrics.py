@@ -19,8 +19,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from edge_certd.config import parse_config
 from edge_certd.core.errors import ConfigError
-from edge_certd.core.metrics import MAX_LABEL, CAFact, MetricsFacts, families, label_value
-from edge_certd.sync.metrics import TEXTFILE_NAME, render
+from edge_certd.core.model import FileVerdict, InstalledCA, Reason, Rejection, SyncResult
+from edge_certd.sync.metrics import MAX_LABEL, TEXTFILE_NAME, DaemonState, families, label_value, render
 
 
 def sha(ca: CA) -> str:
@@ -159,50 +159,79 @@ def test_daemon_writes_its_state_and_expiry_checks(tree: Tree, textfile_dir: Pat
 # ------------------------------------------------------------------------ pure rendering
 
 
-def _facts(**kw: object) -> MetricsFacts:
-    return MetricsFacts(version="9.9", **kw)  # type: ignore[arg-type]
+WHEN = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
+
+
+def _ca(sha256: str, subject: str, not_after: dt.datetime = WHEN) -> InstalledCA:
+    return InstalledCA(
+        sha256=sha256,
+        subject=subject,
+        not_before=WHEN - dt.timedelta(days=1),
+        not_after=not_after,
+        path=f"/ca/{sha256[:16]}.crt",
+        sources=("/srv/drop/x.pem",),
+        installed_at=WHEN,
+    )
+
+
+def _render(result: SyncResult, max_ca_series: int = 100) -> bytes:
+    return render(families(result, DaemonState(), update_runs=0, max_ca_series=max_ca_series))
 
 
 def test_hostile_subject_is_escaped_bounded_and_still_valid(tmp_path: Path) -> None:
     hostile = 'CN=a"b\\c\nforged_metric 1\x1b[2J' + "x" * 500
-    when = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
     prom = tmp_path / "x.prom"
-    prom.write_bytes(render(_facts(cas=[CAFact(sha256="ab" * 32, subject=hostile, not_after=when)])))
+    prom.write_bytes(_render(SyncResult(time=WHEN, managed={"ab" * 32: _ca("ab" * 32, hostile)})))
     ((labels, v),) = samples(prom)["edge_certd_ca_not_after_timestamp_seconds"]
     assert labels["subject"] == label_value(hostile) and len(labels["subject"]) <= MAX_LABEL
-    assert "\n" not in labels["subject"] and v == when.timestamp()
+    assert "\n" not in labels["subject"] and v == WHEN.timestamp()
     assert "forged_metric" not in samples(prom)
     promtool_accepts(prom)
 
 
 def test_ca_series_are_bounded_soonest_first() -> None:
-    base = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
-    cas = [
-        CAFact(sha256=f"{i:064x}", subject=f"CN=r{i}", not_after=base + dt.timedelta(days=i))
-        for i in range(5)
-    ]
-    found = {f.name: f for f in families(_facts(cas=cas, max_ca_series=2))}
+    cas = [_ca(f"{i:064x}", f"CN=r{i}", WHEN + dt.timedelta(days=i)) for i in range(5)]
+    result = SyncResult(time=WHEN, managed={ca.sha256: ca for ca in reversed(cas)})
+    found = {f.name: f for f in families(result, DaemonState(), update_runs=0, max_ca_series=2)}
     kept = found["edge_certd_ca_not_after_timestamp_seconds"].samples
-    assert [dict(s.labels)["subject"] for s in kept] == ["CN=r0", "CN=r1"]
+    assert [s.labels["subject"] for s in kept] == ["CN=r0", "CN=r1"]
     assert found["edge_certd_ca_series_omitted"].samples[0].value == 3
     assert found["edge_certd_trusted_cas"].samples[0].value == 5
 
 
-def test_unknown_reason_codes_collapse_into_other() -> None:
-    found = {f.name: f for f in families(_facts(rejected_files_by_reason={"not_ca": 2, "x" * 999: 1}))}
-    reasons = {
-        dict(s.labels)["reason"]: s.value for s in found["edge_certd_rejected_files_by_reason"].samples
-    }
-    assert reasons == {"not_ca": 2, "other": 1}
+def test_a_file_counts_once_per_reason_however_many_certificates_it_refused() -> None:
+    def rejection(source: str, code: Reason) -> Rejection:
+        return Rejection(source=source, code=code, message="m")
+
+    bundle = FileVerdict(
+        source="/srv/drop/leaves.pem",
+        format="pem",
+        rejected=tuple(rejection("/srv/drop/leaves.pem", Reason.NOT_CA) for _ in range(1000)),
+    )
+    mixed = FileVerdict(
+        source="/srv/drop/mixed.pem",
+        format="pem",
+        rejected=(rejection("m", Reason.NOT_CA), rejection("m", Reason.EXPIRED)),
+    )
+    result = SyncResult(time=WHEN, verdicts=(bundle, mixed))
+    found = {f.name: f for f in families(result, DaemonState(), update_runs=0, max_ca_series=100)}
+    reasons = {s.labels["reason"]: s.value for s in found["edge_certd_rejected_files_by_reason"].samples}
+    assert reasons == {"not_ca": 2, "expired": 1}
+    assert found["edge_certd_rejected_files"].samples[0].value == 2
 
 
 def test_same_state_renders_the_same_bytes() -> None:
-    when = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
-    cas = [
-        CAFact(sha256="cd" * 32, subject="CN=b", not_after=when),
-        CAFact(sha256="ab" * 32, subject="CN=a", not_after=when),
-    ]
-    assert render(_facts(cas=cas)) == render(_facts(cas=list(reversed(cas))))
+    cas = [_ca("cd" * 32, "CN=b"), _ca("ab" * 32, "CN=a")]
+    one = SyncResult(time=WHEN, managed={ca.sha256: ca for ca in cas})
+    other = SyncResult(time=WHEN, managed={ca.sha256: ca for ca in reversed(cas)})
+    assert _render(one) == _render(other)
+
+
+def test_before_the_first_sync_no_sync_time_or_success_is_claimed() -> None:
+    names = {f.name for f in families(None, DaemonState(), update_runs=0, max_ca_series=100)}
+    assert "edge_certd_trusted_cas" in names
+    assert "edge_certd_last_sync_success" not in names
+    assert "edge_certd_last_sync_timestamp_seconds" not in names
 
 
 # ------------------------------------------------------------------------ configuration

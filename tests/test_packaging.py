@@ -22,7 +22,7 @@ CONFFILE = TOP / "packaging" / "config.yaml"
 IN_CI = os.environ.get("CI") == "true"
 
 # Where the MESSAGE_IDS dict lives, newest layout first.
-MESSAGE_ID_MODULES = ("edge_certd/journal.py", "edge_certd/events.py")
+MESSAGE_ID_MODULES = ("edge_certd/sync/journal.py", "edge_certd/journal.py", "edge_certd/events.py")
 
 
 def _changelog() -> Path:

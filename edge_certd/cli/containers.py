@@ -8,6 +8,14 @@ mount looks the name up again on every open.
 
 The paths inside come from the same targets that write the host's env file, only rooted at
 MOUNT_POINT, so the two never disagree on a file name or on whether a Java truststore exists.
+
+What is printed is read exactly by each reader: the docker/podman line is shell-quoted
+(shlex.quote: single quotes, which sh takes literally, POSIX 2.2.2), so `eval` or `sh -c`
+hands docker each `-e KEY=VALUE` whole, and docker splits it at the first `=` only; the
+iotedge JSON's `Env` items are the same `KEY=VALUE` strings, which Docker's API takes as
+they are. The values themselves are bounded by the configuration: no control character, no
+single quote, and no space or `"` in the Java password, which the JVM would split or read
+as a quote inside JAVA_TOOL_OPTIONS (config/rules.py).
 """
 
 from __future__ import annotations
@@ -18,13 +26,11 @@ from typing import Literal
 
 from edge_certd.config import Config
 from edge_certd.core.errors import UsageError
-from edge_certd.targets.bundles import RuntimeBundles
-from edge_certd.targets.java import JavaTruststore
+from edge_certd.targets.registry import followers
 
-__all__ = ["FORMATS", "MOUNT_POINT", "container_env", "render"]
+__all__ = ["MOUNT_POINT", "container_env", "render"]
 
 Format = Literal["docker", "podman", "iotedge"]
-FORMATS: tuple[Format, ...] = ("docker", "podman", "iotedge")
 
 # Where the bundle directory appears inside every container. A constant, not a setting:
 # images and deployment manifests name it, so it must be the same on every device.
@@ -34,30 +40,22 @@ MOUNT_POINT = "/etc/edge-certd-bundles"
 # (and -v) is colon-separated; neither has an escape, so such a host path cannot be named.
 _UNSAFE_IN_MOUNT = (",", ":", "\n")
 
+# What a container needs beyond the host's env file, each the value of a variable a target
+# gives. SSL_CERT_FILE replaces OpenSSL's default roots (Python ssl, curl, Go, .NET): the
+# bundle holds the host's public roots plus ours, and the image's own store knows nothing
+# of ours. The JVM reads JAVA_TOOL_OPTIONS itself, so no start script expands a variable.
+_CONTAINER_ALSO = {"EDGE_CERTD_CA_BUNDLE": "SSL_CERT_FILE", "EDGE_CERTD_JAVA_OPTS": "JAVA_TOOL_OPTIONS"}
+
 
 def container_env(config: Config) -> list[tuple[str, str]]:
-    """The variables a container needs, with paths under MOUNT_POINT."""
-    bundles = RuntimeBundles(bundle_dir=MOUNT_POINT, system_bundle=config.trust_store.system_bundle)
-    java = JavaTruststore(
-        mode=config.bundles.java,
-        bundle_dir=MOUNT_POINT,
-        system_bundle=config.trust_store.system_bundle,
-        password=config.bundles.java_password,
-    )
-    env = [
-        ("NODE_EXTRA_CA_CERTS", bundles.edge_roots),
-        # Replaces OpenSSL's default roots (Python ssl, curl, Go, .NET): the bundle holds the
-        # host's public roots plus ours, because the image's own store knows nothing of ours.
-        ("SSL_CERT_FILE", bundles.ca_bundle),
-        ("REQUESTS_CA_BUNDLE", bundles.ca_bundle),
-        ("EDGE_CERTD_ROOTS", bundles.edge_roots),
-        ("EDGE_CERTD_CA_BUNDLE", bundles.ca_bundle),
-    ]
-    java_env = dict(java.env())
-    if "EDGE_CERTD_JAVA_OPTS" in java_env:
-        # The JVM reads JAVA_TOOL_OPTIONS itself, so no start script has to expand a variable.
-        env.append(("JAVA_TOOL_OPTIONS", java_env["EDGE_CERTD_JAVA_OPTS"]))
-        env += sorted(java_env.items())
+    """The variables a container needs: the targets' own (as in the env file), with paths
+    under MOUNT_POINT, and the container-only ones beside the variable they copy."""
+    env: list[tuple[str, str]] = []
+    for target in followers(config, bundle_dir=MOUNT_POINT):
+        for key, value in target.env():
+            env.append((key, value))
+            if key in _CONTAINER_ALSO:
+                env.append((_CONTAINER_ALSO[key], value))
     return env
 
 

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 
 import edge_certd.cli.render as render
-from edge_certd import __version__, journal
+from edge_certd import __version__
 from edge_certd.config import Config, load_config
 from edge_certd.core.errors import (
     ApplyError,
@@ -22,6 +22,7 @@ from edge_certd.core.errors import (
     WriteError,
 )
 from edge_certd.core.schema import SCHEMA_VERSIONS
+from edge_certd.sync import journal
 
 EXIT_OK = 0
 EXIT_APPLY_FAILED = 1

@@ -121,6 +121,16 @@ def _strings(config: Config) -> Iterator[Problem]:
     password = config.bundles.java_password
     if not 1 <= len(password) <= MAX_PASSWORD:
         yield ("bundles", "java_password"), f"must be 1 to {MAX_PASSWORD} characters"
+    if " " in password or '"' in password:
+        # The JVM splits JAVA_TOOL_OPTIONS at whitespace, with no quoting before JDK 9 and
+        # `"` as a quote from 9 on; a shell splits $EDGE_CERTD_JAVA_OPTS at spaces with none.
+        yield (
+            ("bundles", "java_password"),
+            (
+                'must not contain a space or a double quote ("): Java reads the password from '
+                "JAVA_TOOL_OPTIONS and $EDGE_CERTD_JAVA_OPTS, which are split at spaces"
+            ),
+        )
     if not config.sources.trusted_group:
         yield ("sources", "trusted_group"), "must not be empty"
     for key in (("trust_store", "update_command"), ("on_change", "systemctl")):

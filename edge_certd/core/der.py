@@ -54,25 +54,44 @@ def header(data: bytes, pos: int, end: int) -> tuple[int, int, int | None]:
     Raises:
         DerError: a multi-byte tag, a length over 4 bytes, or past `end`.
     """
+    tag, start, length = _header(data, pos, end)
+    if length is None:
+        return tag, start, None
+    if start + length > end:
+        raise DerError("element runs past its container")
+    return tag, start, start + length
+
+
+def declared_length(data: bytes) -> int | None:
+    """How long the SEQUENCE at the start of `data` says it is, header included, whether or
+    not `data` holds that much (a truncated or padded certificate is told apart by the
+    caller); None when `data` does not start with a definite-length SEQUENCE."""
+    try:
+        tag, start, length = _header(data, 0, len(data))
+    except DerError:
+        return None
+    if tag != SEQUENCE or length is None:
+        return None
+    return start + length
+
+
+def _header(data: bytes, pos: int, end: int) -> tuple[int, int, int | None]:
+    """(tag, offset of the content, declared content length or None when indefinite)."""
     if pos + 2 > end:
         raise DerError("truncated element")
     tag, first = data[pos], data[pos + 1]
     if tag & 0x1F == 0x1F:
         raise DerError("multi-byte tags are not used by these formats")
     if first < 0x80:
-        start, length = pos + 2, first
-    elif first == 0x80:
+        return tag, pos + 2, first
+    if first == 0x80:
         if not tag & 0x20:
             raise DerError("indefinite length on a primitive element")
         return tag, pos + 2, None
-    else:
-        count = first & 0x7F
-        if count > 4 or pos + 2 + count > end:
-            raise DerError("bad length")
-        start, length = pos + 2 + count, int.from_bytes(data[pos + 2 : pos + 2 + count], "big")
-    if start + length > end:
-        raise DerError("element runs past its container")
-    return tag, start, start + length
+    count = first & 0x7F
+    if count > 4 or pos + 2 + count > end:
+        raise DerError("bad length")
+    return tag, pos + 2 + count, int.from_bytes(data[pos + 2 : pos + 2 + count], "big")
 
 
 class _Reader:

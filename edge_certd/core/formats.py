@@ -1,4 +1,5 @@
-"""Bytes in, certificates out: PEM, DER, PKCS#7, PKCS#12 and the Azure Key Vault shapes.
+"""Bytes in, certificates out: PEM, DER, PKCS#7, PKCS#12 and what the Azure Key Vault exports
+wrap (unwrapped by `keyvault`).
 
 Pure: no disk, no subprocess. Private keys are counted, never kept or echoed, so no
 key material can reach a log line or an error message from here.
@@ -9,8 +10,6 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
-import hashlib
-import json
 import re
 import warnings
 from collections.abc import Sequence
@@ -21,10 +20,10 @@ from cryptography.exceptions import InternalError, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs7, pkcs12
 
-from edge_certd.core import keys, pem, pfx, trust_settings
+from edge_certd.core import keys, keyvault, pem, pfx, trust_settings
+from edge_certd.core.der import declared_length
 from edge_certd.core.model import Reason
 from edge_certd.core.text import printable
-from edge_certd.core.wire import json_nests_deeper
 
 # Human names for what `detect` found, as `inspect` and `status` print them.
 FORMAT_LABELS = {
@@ -44,8 +43,6 @@ FORMAT_LABELS = {
 
 _CERT_LABELS = {b"CERTIFICATE", b"X509 CERTIFICATE", b"TRUSTED CERTIFICATE"}
 _PKCS7_LABELS = {b"PKCS7", b"PKCS #7 SIGNED DATA", b"CMS"}
-# OID 1.2.840.113549.1.7.1 (pkcs7-data), which opens every PFX's authSafe.
-_PKCS7_DATA_OID = bytes.fromhex("06092a864886f70d010701")
 _BASE64_TEXT = re.compile(rb"^[A-Za-z0-9+/=\s]+$")
 # What cryptography's loaders raise for bad input: InvalidVersion (an X.509 version other
 # than 1-3) is not a ValueError, cryptography 38's OpenSSL-backed PKCS#7 loader raises
@@ -55,8 +52,6 @@ _LOAD_ERRORS = (ValueError, x509.InvalidVersion, InternalError, UnsupportedAlgor
 # Past this many unusable parts, one file's report is summarised: a file of 50,000 empty
 # blocks must not make a status.json of 50,000 lines.
 MAX_PROBLEMS = 20
-# `az keyvault ... show` nests four levels deep; json.loads recurses once per level.
-MAX_JSON_DEPTH = 32
 
 
 class FormatError(Exception):
@@ -198,7 +193,7 @@ def _parse_pem(data: bytes, markers: int = 0) -> Parsed:
             continue
         aux = b""
         if label == b"TRUSTED CERTIFICATE":
-            length = _der_length(der) or len(der)
+            length = declared_length(der) or len(der)
             der, aux = der[:length], der[length:]  # OpenSSL's trust settings follow
         cert, why = _load_der_certificate(der)
         if cert is None:
@@ -242,12 +237,12 @@ def _parse_der(data: bytes, passwords: Sequence[bytes]) -> Parsed:
         return Parsed("pkcs7-der", tuple(usable), problems=tuple(broken))
     except _LOAD_ERRORS:
         pass
-    if _looks_like_pkcs12(data):
+    if pfx.looks_like_pfx(data):
         return _parse_pkcs12(data, passwords)
     if keys.is_der_private_key(data) or _loads_as_private_key(data):
         return Parsed("private-key", (), 1)
     # `cat root.der key.der`: a key after the first element.
-    hidden = keys.der_keys_in(data, [(_der_length(data) or 1, len(data))])
+    hidden = keys.der_keys_in(data, [(declared_length(data) or 1, len(data))])
     raise FormatError(
         Reason.UNPARSEABLE,
         "binary data that is not a DER certificate, PKCS#7 or PKCS#12",
@@ -296,93 +291,27 @@ def _parse_pkcs12(data: bytes, passwords: Sequence[bytes]) -> Parsed:
 
 
 def _parse_json(data: bytes) -> Parsed:
-    if json_nests_deeper(data, MAX_JSON_DEPTH):
-        raise FormatError(
-            Reason.TOO_COSTLY,
-            f"JSON nested more than {MAX_JSON_DEPTH} levels deep; a Key Vault export never is",
-        )
     try:
-        doc = json.loads(data)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        raise FormatError(Reason.UNPARSEABLE, "starts like JSON but is not valid JSON") from None
-    if not isinstance(doc, dict):
-        raise FormatError(Reason.UNPARSEABLE, "JSON that is not a Key Vault certificate or secret")
-    if "cer" in doc:
-        return _parse_keyvault_certificate(doc)
-    if "value" in doc and "contentType" in doc:
-        return _parse_keyvault_secret(doc)
-    raise FormatError(
-        Reason.UNPARSEABLE,
-        "JSON without the 'cer' field of `az keyvault certificate show` or the "
-        "'value'/'contentType' fields of `az keyvault secret show`",
-    )
-
-
-def _parse_keyvault_certificate(doc: dict[str, object]) -> Parsed:
-    fmt = "keyvault-certificate-json"
-    try:
-        der = base64.b64decode(str(doc["cer"]), validate=True)
-    except (binascii.Error, ValueError):
-        raise FormatError(Reason.UNPARSEABLE, "the 'cer' field is not valid base64", fmt) from None
-    cert, why = _load_der_certificate(der)
-    if cert is None:
-        raise FormatError(Reason.UNPARSEABLE, f"the 'cer' field: {why}", fmt)
-    claimed = doc.get("x509ThumbprintHex")
-    if claimed is not None:
-        actual = hashlib.sha1(der).hexdigest()  # Key Vault's thumbprint is SHA-1 by definition
-        if str(claimed).lower() != actual:
-            # Escaped and cut: the value is the file's, and could be 900 KB of anything.
-            shown = printable(str(claimed), 64)
-            raise FormatError(
-                Reason.THUMBPRINT_MISMATCH,
-                f"x509ThumbprintHex {shown} does not match the certificate in 'cer' "
-                f"(its SHA-1 is {actual.upper()}); the export is corrupt or was edited",
-                fmt,
-            )
-    return Parsed(fmt, (cert,))
-
-
-def _parse_keyvault_secret(doc: dict[str, object]) -> Parsed:
-    fmt = "keyvault-secret-json"
-    content_type = str(doc.get("contentType") or "")
-    value = str(doc.get("value") or "")
-    raw_value = value.encode("utf-8", errors="replace")
-    if content_type == "application/x-pem-file":
-        inner = _parse_pem(raw_value, keys.pem_key_markers(raw_value))
-    elif content_type == "application/x-pkcs12":
-        try:
-            raw = base64.b64decode(value, validate=True)
-        except (binascii.Error, ValueError):
-            raise FormatError(Reason.UNPARSEABLE, "the secret 'value' is not valid base64", fmt) from None
-        # Key Vault stores certificate-backed PFX secrets with an empty password.
-        inner = _parse_pkcs12(raw, ())
+        export = keyvault.read(data)
+    except keyvault.KeyVaultError as exc:
+        raise FormatError(exc.reason, str(exc), exc.format, private_keys=exc.private_keys) from None
+    if export.content == "pem":
+        inner = _parse_pem(export.data, keys.pem_key_markers(export.data))
+    elif export.content == "pkcs12":
+        inner = _parse_pkcs12(export.data, ())  # Key Vault's certificate-backed PFX: no password
     else:
-        raise FormatError(
-            Reason.UNPARSEABLE,
-            f"secret contentType {printable(repr(content_type), 64)} is neither "
-            "application/x-pem-file nor application/x-pkcs12",
-            fmt,
-            private_keys=_keys_in_secret(raw_value),
-        )
-    return dataclasses.replace(inner, format=fmt)
-
-
-def _keys_in_secret(value: bytes) -> int:
-    """Keys in a secret whose contentType says nothing useful (`text/plain`, or none)."""
-    found = keys.pem_key_markers(value)
-    try:
-        decoded = base64.b64decode(b"".join(value.split()), validate=True)
-    except (binascii.Error, ValueError):
-        return found
-    if keys.is_der_private_key(decoded):
-        return found + 1
-    if _looks_like_pkcs12(decoded):
-        return found + max(pfx.inspect(decoded).visible_keys, 0)
-    return found
+        cert, why = _load_der_certificate(export.data)
+        if cert is None:
+            raise FormatError(Reason.UNPARSEABLE, f"the 'cer' field: {why}", export.format)
+        mismatch = keyvault.thumbprint_mismatch(export)
+        if mismatch:
+            raise FormatError(Reason.THUMBPRINT_MISMATCH, mismatch, export.format)
+        inner = Parsed(export.format, (cert,))
+    return dataclasses.replace(inner, format=export.format)
 
 
 def _load_der_certificate(der: bytes) -> tuple[x509.Certificate | None, str]:
-    length = _der_length(der)
+    length = declared_length(der)
     if length is None:
         return None, "not DER-encoded data"
     if length < len(der):
@@ -439,25 +368,6 @@ def _usable(certs: Sequence[x509.Certificate]) -> tuple[list[x509.Certificate], 
         else:
             usable.append(cert)
     return usable, broken
-
-
-def _der_length(der: bytes) -> int | None:
-    """Total length of the outer DER SEQUENCE, or None when it is not one."""
-    if len(der) < 2 or der[0] != 0x30:
-        return None
-    first = der[1]
-    if first < 0x80:
-        return 2 + first
-    count = first & 0x7F
-    if count == 0 or count > 4 or len(der) < 2 + count:
-        return None
-    return 2 + count + int.from_bytes(der[2 : 2 + count], "big")
-
-
-def _looks_like_pkcs12(data: bytes) -> bool:
-    # PFX ::= SEQUENCE { version INTEGER 3, authSafe ContentInfo (pkcs7-data), ... }
-    head = data[:32]
-    return b"\x02\x01\x03" in head and _PKCS7_DATA_OID in head
 
 
 def _loads_as_private_key(data: bytes) -> bool:

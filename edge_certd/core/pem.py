@@ -1,5 +1,8 @@
 """PEM: one linear scan for blocks, and small helpers shared by the targets and verify. Pure.
 
+Writing PEM is the stdlib's `ssl.DER_cert_to_PEM_cert`, called by the targets that write
+files: `ssl` loads OpenSSL's I/O side, so the pure core does not import it.
+
 The scan is a single pass over the BEGIN and END markers, in order. A regular expression
 of the shape `BEGIN (label)(.*?)END \\1` looks for the END of every BEGIN from that BEGIN
 on, so a file of BEGIN lines with no END cost time quadratic in its size (288 KB of
@@ -71,12 +74,6 @@ def gaps(data: bytes, blocks: list[Block]) -> Iterator[tuple[int, int]]:
         at = max(at, block.end)
     if at < len(data):
         yield at, len(data)
-
-
-def der_to_pem(der: bytes) -> bytes:
-    body = base64.encodebytes(der).replace(b"\n", b"")
-    lines = [body[i : i + 64] for i in range(0, len(body), 64)]
-    return b"-----BEGIN CERTIFICATE-----\n" + b"\n".join(lines) + b"\n-----END CERTIFICATE-----\n"
 
 
 def iter_pem_ders(data: bytes) -> Iterator[bytes]:

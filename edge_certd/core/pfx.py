@@ -49,6 +49,17 @@ class Facts:
     too_costly: bool = False
 
 
+# OID 1.2.840.113549.1.7.1 (pkcs7-data), which opens every PFX's authSafe.
+_PKCS7_DATA_OID = bytes.fromhex("06092a864886f70d010701")
+
+
+def looks_like_pfx(data: bytes) -> bool:
+    """A quick look at the first bytes: PFX ::= SEQUENCE { version INTEGER 3, authSafe
+    ContentInfo (pkcs7-data), ... } (RFC 7292, section 4)."""
+    head = data[:32]
+    return b"\x02\x01\x03" in head and _PKCS7_DATA_OID in head
+
+
 def inspect(data: bytes) -> Facts:
     """Read the costs and the visible key bags of the PFX in `data`."""
     try:

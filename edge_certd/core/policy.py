@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import warnings
 from dataclasses import dataclass
 
@@ -55,7 +54,8 @@ class Rules:
 
 
 def fingerprint(cert: x509.Certificate) -> str:
-    return hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest()
+    """The certificate's identity: SHA-256 over its DER, in lower-case hex."""
+    return cert.fingerprint(hashes.SHA256()).hex()
 
 
 def display_subject(cert: x509.Certificate) -> str:

@@ -18,7 +18,6 @@ from collections import deque
 from types import FrameType
 from typing import Any
 
-from edge_certd import journal as events
 from edge_certd.config import load_config
 from edge_certd.core.errors import ApplyError, ConfigError, EdgeCertdError, NotFound, UsageError
 from edge_certd.core.expiry import expiring
@@ -32,6 +31,7 @@ from edge_certd.daemon.watcher import SourceWatcher
 from edge_certd.store.fsutil import remove_stale_temp_files
 from edge_certd.store.sources import package_dirs
 from edge_certd.store.state import DAEMON_NAME, StatePaths, load_manifest, save_report
+from edge_certd.sync import journal as events
 from edge_certd.sync import metrics, operations, report
 from edge_certd.sync.engine import Engine, worker_limits
 from edge_certd.worker.pool import JudgeWorker
@@ -404,7 +404,11 @@ class Daemon:
             )
         except EdgeCertdError:
             pass  # daemon.json is for people; a full disk must not stop the service
-        metrics.write_metrics(self.config)  # read from daemon.json and the state: never raises
+        metrics.write_metrics(  # never raises
+            self.config,
+            metrics.newest(self.engine.last_result, self.last_result),
+            metrics.daemon_state(state, self.status_now, self.expiry_checked),
+        )
 
 
 def run_daemon(config_path: str | None) -> int:

@@ -115,6 +115,8 @@ class Engine:
         self.dir_rules = DirectoryRules(
             config.sources.trusted_group, config.sources.check_ownership, config.package_roots_dir
         )
+        # The last sync's result, failed or not: what the daemon's metrics say between syncs.
+        self.last_result: SyncResult | None = None
 
     def ensure_drop_dir(self, force: bool = False) -> None:
         """Create the drop directory when missing (see store.sources.ensure_drop_dir).
@@ -289,7 +291,10 @@ class Engine:
             )
             journal_events.log_failure(failed, exc)
             record.write_status(self.paths, failed, self.config)
-            metrics.after_sync(self.config, self.paths, update_ran=isinstance(exc, UpdateCommandError))
+            self.last_result = failed
+            metrics.after_sync(
+                self.config, self.paths, failed, update_ran=isinstance(exc, UpdateCommandError)
+            )
             raise
         result = SyncResult(
             time=now,
@@ -309,7 +314,8 @@ class Engine:
         if result.trust_changed:
             run_on_change(self.config.on_change)
         record.write_status(self.paths, result, self.config)
-        metrics.after_sync(self.config, self.paths, update_ran=bool(update_summary))
+        self.last_result = result
+        metrics.after_sync(self.config, self.paths, result, update_ran=bool(update_summary))
         return result
 
     def _manifest_entries(

@@ -15,12 +15,12 @@ import os
 from array import array
 from bisect import bisect_left
 
-from edge_certd import journal
 from edge_certd.core.errors import ApplyError, EdgeCertdError
 from edge_certd.core.model import SyncResult
 from edge_certd.core.text import plural
 from edge_certd.store.fsutil import read_bytes_quietly, write_atomic
 from edge_certd.store.state import StatePaths
+from edge_certd.sync import journal
 
 MEMORY_NAME = "journal-memory"
 # Past this many rejections in one sync the rest are summed up in one line (a directory of

@@ -1,21 +1,30 @@
-"""edge-certd.prom for node_exporter's textfile collector, and the update-run counter.
+"""edge-certd.prom for node_exporter's textfile collector, and the update-run counter. The one
+module that imports prometheus_client.
 
-The CLI and the daemon both sync, and the daemon also changes state between syncs, so the
-file is always rendered from what both of them leave in the state directory: the manifest,
-status.json, daemon.json and the `update-runs` counter. Whoever writes last writes the
-whole truth, and no writer needs the other's memory.
+The metrics are prometheus_client's own families, built by `families` (pure) from what a sync
+returned (`SyncResult`) and the daemon's state; `write_metrics` renders them with
+prometheus_client's writer, which escapes label values as the exposition format requires. A
+sync writes the file under the state lock; the daemon writes it again with its own state
+after each sync and expiry check. A sync outside the daemon takes the daemon's state from
+daemon.json, so it does not clear a degraded daemon's flag.
 
-The text is prometheus_client's (Debian's python3-prometheus-client): its writer escapes
-label values as the exposition format requires. The file is replaced atomically (a temp
-file whose name node_exporter ignores, then a rename), and only when its bytes change.
+Names follow node_exporter's textfile conventions: `edge_certd_<what>_<unit>`, gauges for
+states, `_total` for the one counter, `_timestamp_seconds` for times. Cardinality is bounded
+by construction: the only labels are a CA's fingerprint and subject (at most
+`metrics.max_ca_series` CAs, soonest to expire first), a `Reason` code (a closed set) and the
+version. No label ever names a file.
+
+The file is replaced atomically (a temp file whose name node_exporter ignores, then a rename),
+and only when its bytes change.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import os
-from collections.abc import Iterator, Mapping
-from typing import Any
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -23,21 +32,27 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from edge_certd import __version__
 from edge_certd.config import Config
 from edge_certd.core.errors import EdgeCertdError
-from edge_certd.core.metrics import CAFact, Family, MetricsFacts, families
-from edge_certd.core.text import parse_iso
+from edge_certd.core.model import SyncResult
+from edge_certd.core.text import parse_iso, printable
 from edge_certd.store.fsutil import (
     ensure_directory,
     read_bytes_quietly,
     remove_stale_temp_files,
     write_atomic,
 )
-from edge_certd.store.state import StatePaths, load_manifest, load_report
+from edge_certd.store.state import StatePaths, load_report
 
 __all__ = [
+    "MAX_LABEL",
     "RUNS_NAME",
     "TEXTFILE_NAME",
+    "DaemonState",
+    "after_sync",
     "count_update_run",
-    "gather",
+    "daemon_state",
+    "families",
+    "label_value",
+    "newest",
     "render",
     "textfile_path",
     "write_metrics",
@@ -48,6 +63,172 @@ TEXTFILE_NAME = "edge-certd.prom"
 # only under the state lock, so two syncs never lose a count; it survives restarts, so
 # edge_certd_update_runs_total is a true counter (it resets only when the state is purged).
 RUNS_NAME = "update-runs"
+# A subject is copied from a certificate anyone could have dropped: cut it so one hostile CA
+# cannot make a label kilobytes long. 128 characters hold every real gateway root's DN.
+MAX_LABEL = 128
+
+
+@dataclass(frozen=True, kw_only=True)
+class DaemonState:
+    """What the metrics say about the daemon: `degraded` is its own word (STATUS=)."""
+
+    degraded: bool = False
+    expiry_checked: dt.datetime | None = None
+
+
+def daemon_state(state: object, status_line: object, expiry_checked: dt.datetime | None) -> DaemonState:
+    """The daemon's state from what it records: degraded while it says so, never once stopped."""
+    degraded = state == "degraded" or (
+        state != "stopped" and isinstance(status_line, str) and status_line.startswith("degraded")
+    )
+    return DaemonState(degraded=degraded, expiry_checked=expiry_checked)
+
+
+def newest(*results: SyncResult | None) -> SyncResult | None:
+    """The latest of the results given (None when there is none)."""
+    found = [r for r in results if r is not None]
+    return max(found, key=lambda r: r.time) if found else None
+
+
+def label_value(text: str, limit: int = MAX_LABEL) -> str:
+    """A label value safe to expose: control characters escaped, cut to `limit`.
+
+    The exposition format's own escaping (backslash, double quote, newline) is the
+    writer's job; this only bounds what a certificate can put there.
+    """
+    return printable(text, limit)
+
+
+def _gauge(name: str, help_text: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, help_text, value=float(value))
+
+
+def families(
+    result: SyncResult | None,
+    daemon: DaemonState,
+    *,
+    update_runs: int,
+    max_ca_series: int,
+    version: str = __version__,
+) -> list[Metric]:
+    """Every family, in a fixed order, so an unchanged state renders unchanged bytes. Pure.
+
+    `result` is the last sync's (None before the first one): on a failed sync, its
+    `managed` is what stayed installed.
+    """
+    managed = list(result.managed.values()) if result else []
+    cas = sorted(managed, key=lambda c: (c.not_after, c.sha256))[:max_ca_series]
+    # Files, not rejections: one bundle of 1,000 leaves is one file.
+    by_reason = Counter(
+        code for v in (result.verdicts if result else ()) for code in {str(r.code) for r in v.rejected}
+    )
+    info = GaugeMetricFamily(
+        "edge_certd_info",
+        "Always 1; the version label is the edge-certd that wrote this file.",
+        labels=["version"],
+    )
+    info.add_metric([label_value(version)], 1.0)
+    not_after = GaugeMetricFamily(
+        "edge_certd_ca_not_after_timestamp_seconds",
+        "notAfter of each managed CA, as a Unix time (the soonest to expire first, "
+        f"at most {max_ca_series}).",
+        labels=["sha256", "subject"],
+    )
+    for ca in cas:
+        not_after.add_metric([ca.sha256, label_value(ca.subject)], ca.not_after.timestamp())
+    reasons = GaugeMetricFamily(
+        "edge_certd_rejected_files_by_reason",
+        "Source files the last sync refused, by reason code (a file may count under several).",
+        labels=["reason"],
+    )
+    for code in sorted(by_reason):
+        reasons.add_metric([code], float(by_reason[code]))
+    out: list[Metric] = [
+        info,
+        _gauge("edge_certd_trusted_cas", "CAs edge-certd manages and the system store trusts.", len(managed)),
+        not_after,
+        _gauge(
+            "edge_certd_ca_series_omitted",
+            "Managed CAs left out of edge_certd_ca_not_after_timestamp_seconds by metrics.max_ca_series.",
+            len(managed) - len(cas),
+        ),
+        _gauge(
+            "edge_certd_rejected_files",
+            "Source files the last sync refused, whole or in part.",
+            result.rejected_files if result else 0,
+        ),
+        reasons,
+        _gauge(
+            "edge_certd_source_errors",
+            "Source directories the last sync could not read safely (what they gave is kept).",
+            len(result.source_problems) if result else 0,
+        ),
+        _gauge(
+            "edge_certd_target_failures",
+            "Trust targets (bundles, Java, env file) the last sync could not write.",
+            len(result.target_failures) if result else 0,
+        ),
+        _gauge(
+            "edge_certd_degraded",
+            "1 while the daemon reports itself degraded (STATUS= starts with degraded).",
+            1 if daemon.degraded else 0,
+        ),
+        CounterMetricFamily(
+            "edge_certd_update_runs",
+            "Runs of trust_store.update_command (update-ca-certificates), successful or not.",
+            value=float(update_runs),
+        ),
+    ]
+    if result is not None:
+        ok = result.error is None and not result.target_failures
+        out.append(
+            _gauge(
+                "edge_certd_last_sync_timestamp_seconds",
+                "When the last sync (CLI or daemon) ran, as a Unix time.",
+                result.time.timestamp(),
+            )
+        )
+        out.append(
+            _gauge(
+                "edge_certd_last_sync_success",
+                "1 when the last sync applied everything, 0 when it failed or a target was not written.",
+                1 if ok else 0,
+            )
+        )
+        if result.last_change is not None:
+            out.append(
+                _gauge(
+                    "edge_certd_last_change_timestamp_seconds",
+                    "When trust last changed (a CA added or removed), as a Unix time.",
+                    result.last_change.time.timestamp(),
+                )
+            )
+    if daemon.expiry_checked is not None:
+        out.append(
+            _gauge(
+                "edge_certd_last_expiry_check_timestamp_seconds",
+                "When the daemon last checked the managed CAs for expiry, as a Unix time.",
+                daemon.expiry_checked.timestamp(),
+            )
+        )
+    return out
+
+
+class _Collected:
+    """A prometheus_client collector over families already built."""
+
+    def __init__(self, found: Sequence[Metric]) -> None:
+        self._found = found
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self._found)
+
+
+def render(found: Sequence[Metric]) -> bytes:
+    """The text exposition format (0.0.4) of `found`."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Collected(found))  # type: ignore[arg-type]
+    return generate_latest(registry)
 
 
 def textfile_path(config: Config) -> str | None:
@@ -76,85 +257,20 @@ def count_update_run(paths: StatePaths) -> None:
         pass
 
 
-def _time(doc: Mapping[str, Any], key: str) -> dt.datetime | None:
-    value = doc.get(key)
-    if not isinstance(value, str):
-        return None
+def _daemon_state_on_disk(paths: StatePaths) -> DaemonState:
+    """The daemon's state as it last recorded it (daemon.json), for a sync outside it."""
+    doc = load_report(paths.daemon)
+    checked = doc.get("expiry_checked")
     try:
-        return parse_iso(value)
+        expiry_checked = parse_iso(checked) if isinstance(checked, str) else None
     except ValueError:
-        return None
+        expiry_checked = None
+    return daemon_state(doc.get("state"), doc.get("status_line"), expiry_checked)
 
 
-def _count(value: Any) -> int:
-    if isinstance(value, list):
-        return len(value)
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
-
-def gather(config: Config) -> MetricsFacts:
-    """Read what the metrics say from the state directory. Reads only; never raises."""
-    paths = StatePaths(config.state_dir)
-    status = load_report(paths.status)
-    daemon = load_report(paths.daemon)
-    last = status.get("last_sync") if isinstance(status.get("last_sync"), dict) else {}
-    assert isinstance(last, dict)
-    by_reason = status.get("rejected_files_by_reason")
-    state = daemon.get("state")
-    line = daemon.get("status_line")
-    degraded = state == "degraded" or (
-        state != "stopped" and isinstance(line, str) and line.startswith("degraded")
-    )
-    return MetricsFacts(
-        version=__version__,
-        cas=tuple(
-            CAFact(sha256=e.sha256, subject=e.subject, not_after=e.not_after)
-            for e in load_manifest(paths).entries.values()
-        ),
-        last_sync=_time(last, "time"),
-        last_sync_ok=last.get("result") == "ok" if last else None,
-        last_change=_time(status, "last_change"),
-        rejected_files=_count(status.get("rejected_files_total")),
-        rejected_files_by_reason=(
-            {str(k): _count(v) for k, v in by_reason.items()} if isinstance(by_reason, dict) else {}
-        ),
-        source_errors=_count(status.get("source_errors")),
-        target_failures=_count(status.get("target_failures")),
-        degraded=degraded,
-        expiry_checked=_time(daemon, "expiry_checked"),
-        update_runs=read_update_runs(paths),
-        max_ca_series=config.metrics.max_ca_series,
-    )
-
-
-class _Families:
-    """A prometheus_client collector over families already computed."""
-
-    def __init__(self, found: list[Family]) -> None:
-        self._found = found
-
-    def collect(self) -> Iterator[Metric]:
-        for family in self._found:
-            names = [name for name, _ in family.samples[0].labels] if family.samples else []
-            metric: GaugeMetricFamily | CounterMetricFamily
-            if family.kind == "counter":
-                metric = CounterMetricFamily(family.name, family.help, labels=names)
-            else:
-                metric = GaugeMetricFamily(family.name, family.help, labels=names)
-            for sample in family.samples:
-                metric.add_metric([value for _, value in sample.labels], sample.value)
-            yield metric
-
-
-def render(facts: MetricsFacts) -> bytes:
-    """The text exposition format (0.0.4) of every family."""
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Families(families(facts)))  # type: ignore[arg-type]
-    return generate_latest(registry)
-
-
-def write_metrics(config: Config) -> bool:
-    """Rewrite edge-certd.prom from the state directory. True when the file changed.
+def write_metrics(config: Config, result: SyncResult | None, daemon: DaemonState | None = None) -> bool:
+    """Rewrite edge-certd.prom from the last sync's result and the daemon's state (None: as
+    daemon.json says). True when the file changed.
 
     Never raises: metrics are for people far away, and a full disk or a missing directory
     must not fail a sync or stop the daemon. A file that stops changing is what the
@@ -163,17 +279,24 @@ def write_metrics(config: Config) -> bool:
     path = textfile_path(config)
     if path is None:
         return False
+    paths = StatePaths(config.state_dir)
+    found = families(
+        result,
+        daemon if daemon is not None else _daemon_state_on_disk(paths),
+        update_runs=read_update_runs(paths),
+        max_ca_series=config.metrics.max_ca_series,
+    )
     try:
         if config.metrics.textfile == "always":
             ensure_directory(config.metrics.textfile_dir)
-        return write_atomic(path, render(gather(config)), 0o644)
+        return write_atomic(path, render(found), 0o644)
     except EdgeCertdError:
         return False
 
 
-def after_sync(config: Config, paths: StatePaths, *, update_ran: bool) -> None:
+def after_sync(config: Config, paths: StatePaths, result: SyncResult, *, update_ran: bool) -> None:
     """The sync's one call, under the state lock: count the update, then rewrite the file."""
     remove_stale_temp_files(paths.state_dir, (RUNS_NAME,))  # a crash mid-write; no writer now
     if update_ran:
         count_update_run(paths)
-    write_metrics(config)
+    write_metrics(config, result)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 import subprocess
 
-from edge_certd import journal as events
 from edge_certd.config import OnChangeConfig
+from edge_certd.sync import journal as events
 
 
 def run_on_change(on_change: OnChangeConfig) -> None:

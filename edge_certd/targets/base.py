@@ -2,7 +2,10 @@
 
 - `apply(change)`: make the target hold exactly `change.managed`; say what changed.
 - `holdings()`: what the target holds now, for `doctor` to compare with the manifest.
-- `env()`: the variables the target contributes to the env file.
+- `env()`: the variables the target contributes to the env file (and, rooted at the mount
+  point, to a container: cli/containers.py).
+- `stores()`: the files runtimes read trust anchors from, as this target writes them, for
+  `verify` to check one by one and `status` to name. `core/truststore.py` reads any of them.
 
 Targets never log: what a person should know comes back as `Outcome.notes`, and the sync
 logs it in one place. They raise only `ApplyError` subclasses.
@@ -11,10 +14,11 @@ logs it in one place. They raise only `ApplyError` subclasses.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from edge_certd.core.model import Note, Plan, TrustedCA
+from edge_certd.core.truststore import StoreKind
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -41,6 +45,30 @@ class Holding:
     fix: str = ""  # what a technician can do when a CA is missing here
 
 
+@dataclass(frozen=True, kw_only=True)
+class StoreFile:
+    """One file a runtime reads its trust anchors from.
+
+    Attributes:
+        key: a stable name: "edge-roots", "ca-bundle" or "java" (verify's --json, status).
+        title: what a report calls it, e.g. "edge-roots.pem".
+        used_by: who reads it, in a few words.
+        path: where it is.
+        kind: how it is read (core/truststore.certificates).
+        directory: a hashed certificate directory OpenSSL also reads beside `path`
+            (-CApath); only the system store has one (/etc/ssl/certs on a device).
+        password: the truststore's password (JKS, PKCS#12); never printed.
+    """
+
+    key: str
+    title: str
+    used_by: str
+    path: str
+    kind: StoreKind = "pem"
+    directory: str | None = None
+    password: str = field(default="", repr=False)
+
+
 class Target(Protocol):
     name: str
 
@@ -49,3 +77,5 @@ class Target(Protocol):
     def holdings(self) -> tuple[Holding, ...]: ...
 
     def env(self) -> tuple[tuple[str, str], ...]: ...
+
+    def stores(self) -> tuple[StoreFile, ...]: ...

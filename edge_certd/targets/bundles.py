@@ -10,10 +10,11 @@
 from __future__ import annotations
 
 import os
+import ssl
 
-from edge_certd.core.pem import der_to_pem, pem_fingerprints
+from edge_certd.core.pem import pem_fingerprints
 from edge_certd.store.fsutil import ensure_directory, read_bytes, read_bytes_quietly, write_atomic
-from edge_certd.targets.base import Change, Holding, Outcome
+from edge_certd.targets.base import Change, Holding, Outcome, StoreFile
 
 EDGE_ROOTS = "edge-roots.pem"
 CA_BUNDLE = "ca-bundle.pem"
@@ -53,11 +54,30 @@ class RuntimeBundles:
             ("EDGE_CERTD_CA_BUNDLE", self.ca_bundle),
         )
 
+    def stores(self) -> tuple[StoreFile, ...]:
+        return (
+            StoreFile(
+                key="edge-roots",
+                title=EDGE_ROOTS,
+                used_by="the Azure IoT SDKs' ca / server_verification_cert / OPTION_TRUSTED_CERT "
+                "and mosquitto --cafile",
+                path=self.edge_roots,
+            ),
+            StoreFile(
+                key="ca-bundle",
+                title=CA_BUNDLE,
+                used_by="REQUESTS_CA_BUNDLE, SSL_CERT_FILE and CURL_CA_BUNDLE",
+                path=self.ca_bundle,
+            ),
+        )
+
     def apply(self, change: Change) -> Outcome:
         """Rewrite each file whose content differs. Raises WriteError."""
         ensure_directory(self.bundle_dir, 0o755)
         changed = []
-        roots = b"".join(der_to_pem(ca.der) for ca in sorted(change.managed, key=lambda c: c.sha256))
+        roots = b"".join(
+            ssl.DER_cert_to_PEM_cert(ca.der).encode() for ca in sorted(change.managed, key=lambda c: c.sha256)
+        )
         if write_atomic(self.edge_roots, roots, 0o644):
             changed.append(EDGE_ROOTS)
         system = read_bytes(self.system_bundle)

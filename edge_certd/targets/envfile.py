@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 from edge_certd.core.errors import WriteError
 from edge_certd.store.fsutil import ensure_directory, write_atomic
-from edge_certd.targets.base import Change, Holding, Outcome, Target
+from edge_certd.targets.base import Change, Holding, Outcome, StoreFile, Target
 
 
 def quote(value: str) -> str:
@@ -42,6 +42,9 @@ class EnvFile:
         return ()  # doctor checks the file's paths itself (judge_env)
 
     def env(self) -> tuple[tuple[str, str], ...]:
+        return ()
+
+    def stores(self) -> tuple[StoreFile, ...]:
         return ()
 
     def text(self) -> str:

@@ -11,10 +11,10 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import struct
 import subprocess
 import tempfile
 from collections.abc import Sequence
+from typing import Literal
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
@@ -23,12 +23,12 @@ from edge_certd.core.errors import WriteError
 from edge_certd.core.model import Note, TrustedCA
 from edge_certd.core.pem import iter_pem_ders
 from edge_certd.core.text import printable
+from edge_certd.core.truststore import StoreKind, certificates, jks_truststore
 from edge_certd.store.fsutil import ensure_directory, read_bytes, read_bytes_quietly, write_atomic
-from edge_certd.targets.base import Change, Holding, Outcome
+from edge_certd.targets.base import Change, Holding, Outcome, StoreFile
 
+JavaStoreKind = Literal["jks", "pkcs12"]
 FILE_NAMES = {"pkcs12": "java-truststore.p12", "jks": "java-truststore.jks"}
-_JKS_MAGIC = 0xFEEDFEED
-_JKS_TRUSTED_CERT = 2
 # keytool runs allowed to find the certificates it refuses (about 2 log2(n) per bad one).
 _MAX_ISOLATION_RUNS = 40
 
@@ -68,6 +68,20 @@ class JavaTruststore:
             ("EDGE_CERTD_JAVA_TRUSTSTORE", self.path),
             ("EDGE_CERTD_JAVA_TRUSTSTORE_TYPE", kind),
             ("EDGE_CERTD_JAVA_OPTS", opts),
+        )
+
+    def stores(self) -> tuple[StoreFile, ...]:
+        if self.path is None or self.store_type is None:
+            return ()
+        return (
+            StoreFile(
+                key="java",
+                title="Java truststore",
+                used_by="Java started with $EDGE_CERTD_JAVA_OPTS",
+                path=self.path,
+                kind=self.store_type,
+                password=self.password,
+            ),
         )
 
     def holdings(self) -> tuple[Holding, ...]:
@@ -193,19 +207,6 @@ class JavaTruststore:
         return _keytool_pkcs12(entries, self.password)
 
 
-def jks_truststore(entries: Sequence[tuple[str, bytes]], password: str) -> bytes:
-    """A JKS keystore holding only trustedCertEntry items (the format keytool reads)."""
-    body = struct.pack(">III", _JKS_MAGIC, 2, len(entries))
-    for alias, der in entries:
-        name = alias.encode("utf-8")
-        # A fixed timestamp keeps the output byte-identical for the same set.
-        body += struct.pack(">IH", _JKS_TRUSTED_CERT, len(name)) + name + struct.pack(">Q", 0)
-        body += struct.pack(">H", 5) + b"X.509" + struct.pack(">I", len(der)) + der
-    # JKS integrity check: SHA-1 over the UTF-16BE password, a fixed salt and the body.
-    check = hashlib.sha1(password.encode("utf-16-be") + b"Mighty Aphrodite" + body).digest()
-    return body + check
-
-
 def _refusal_notes(lines: Sequence[bytes]) -> tuple[Note, ...]:
     notes = []
     for line in lines:
@@ -223,42 +224,12 @@ def _refusal_notes(lines: Sequence[bytes]) -> tuple[Note, ...]:
     return tuple(notes)
 
 
-def truststore_fingerprints(data: bytes, store_type: str, password: str) -> frozenset[str]:
+def truststore_fingerprints(data: bytes, store_type: StoreKind, password: str) -> frozenset[str]:
     """SHA-256 of every trusted certificate in a truststore; empty when it cannot be read."""
-    if store_type == "jks":
-        return frozenset(hashlib.sha256(der).hexdigest() for der in _jks_certificates(data))
     try:
-        loaded = pkcs12.load_pkcs12(data, password.encode())
-    except (ValueError, TypeError):
+        return frozenset(hashlib.sha256(der).hexdigest() for der in certificates(data, store_type, password))
+    except ValueError:
         return frozenset()
-    return frozenset(
-        hashlib.sha256(item.certificate.public_bytes(serialization.Encoding.DER)).hexdigest()
-        for item in loaded.additional_certs
-    )
-
-
-def _jks_certificates(data: bytes) -> list[bytes]:
-    """The trustedCertEntry certificates of a JKS file (the subset jks_truststore writes)."""
-    found: list[bytes] = []
-    try:
-        magic, _version, count = struct.unpack_from(">III", data, 0)
-        if magic != _JKS_MAGIC:
-            return []
-        offset = 12
-        for _ in range(count):
-            tag, alias_len = struct.unpack_from(">IH", data, offset)
-            offset += 6 + alias_len + 8  # alias, then the timestamp
-            if tag != _JKS_TRUSTED_CERT:
-                return found  # a key entry: not one of ours, stop reading
-            (type_len,) = struct.unpack_from(">H", data, offset)
-            offset += 2 + type_len
-            (der_len,) = struct.unpack_from(">I", data, offset)
-            offset += 4
-            found.append(data[offset : offset + der_len])
-            offset += der_len
-    except struct.error:
-        pass  # truncated: what was read so far is what it holds
-    return found
 
 
 def _keytool_pkcs12(entries: list[tuple[str, bytes]], password: str) -> bytes:
@@ -295,7 +266,7 @@ def _keytool_pkcs12(entries: list[tuple[str, bytes]], password: str) -> bytes:
             return handle.read()
 
 
-def _choose(mode: str) -> tuple[str | None, str]:
+def _choose(mode: str) -> tuple[JavaStoreKind | None, str]:
     """Pick the store type once; (None, why) when none can be written."""
     if mode == "off":
         return None, "bundles.java is off"

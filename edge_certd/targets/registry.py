@@ -27,12 +27,17 @@ def system_store(config: Config, heartbeat: Callable[[], None] | None = None) ->
     )
 
 
-def followers(config: Config) -> tuple[Target, ...]:
-    """The targets after the system store, each enabled by the configuration."""
-    bundles = RuntimeBundles(bundle_dir=config.bundles.dir, system_bundle=config.trust_store.system_bundle)
+def followers(config: Config, *, bundle_dir: str | None = None) -> tuple[Target, ...]:
+    """The targets after the system store, each enabled by the configuration.
+
+    `bundle_dir` roots them elsewhere than bundles.dir: where a container mounts it, for
+    what `container-args` prints (nothing is written there).
+    """
+    bundle_dir = bundle_dir or config.bundles.dir
+    bundles = RuntimeBundles(bundle_dir=bundle_dir, system_bundle=config.trust_store.system_bundle)
     java = JavaTruststore(
         mode=config.bundles.java,
-        bundle_dir=config.bundles.dir,
+        bundle_dir=bundle_dir,
         system_bundle=config.trust_store.system_bundle,
         password=config.bundles.java_password,
     )
@@ -46,11 +51,10 @@ def enabled_targets(config: Config, heartbeat: Callable[[], None] | None = None)
 
 def bundle_paths(config: Config) -> dict[str, str | None]:
     """Where runtimes find the files, for `status` (None: not written here)."""
-    bundles, java, _ = followers(config)
-    assert isinstance(bundles, RuntimeBundles) and isinstance(java, JavaTruststore)
+    written = {store.key: store.path for target in followers(config) for store in target.stores()}
     return {
-        "edge_roots": bundles.edge_roots,
-        "ca_bundle": bundles.ca_bundle,
+        "edge_roots": written.get("edge-roots"),
+        "ca_bundle": written.get("ca-bundle"),
         "env_file": config.bundles.env_file,
-        "java": java.path,
+        "java": written.get("java"),
     }

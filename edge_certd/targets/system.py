@@ -8,8 +8,8 @@ import hashlib
 import os
 import re
 import signal
+import ssl
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -18,7 +18,7 @@ from cryptography import x509
 
 from edge_certd.core.errors import UpdateCommandError, WriteError
 from edge_certd.core.model import InstalledCA, Note, TrustedCA
-from edge_certd.core.pem import der_to_pem, iter_pem_ders, pem_fingerprints
+from edge_certd.core.pem import iter_pem_ders, pem_fingerprints
 from edge_certd.core.plan import OWNED_FILE, file_name
 from edge_certd.core.policy import display_subject, validity
 from edge_certd.store.fsutil import (
@@ -29,7 +29,7 @@ from edge_certd.store.fsutil import (
     remove_file,
     write_atomic,
 )
-from edge_certd.targets.base import Change, Holding, Outcome
+from edge_certd.targets.base import Change, Holding, Outcome, StoreFile
 
 # ca-certificates-java's hook; present only where Java's system keystore is managed.
 JAVA_HOOK = "/etc/ca-certificates/update.d/jks-keystore"
@@ -110,6 +110,20 @@ class SystemStore:
     def env(self) -> tuple[tuple[str, str], ...]:
         return ()
 
+    def stores(self) -> tuple[StoreFile, ...]:
+        # OpenSSL's default paths are a CA file and the hashed directory beside it
+        # (/usr/lib/ssl/cert.pem -> /etc/ssl/certs/ca-certificates.crt, and /etc/ssl/certs);
+        # update-ca-certificates writes both.
+        return (
+            StoreFile(
+                key="system",
+                title="system store",
+                used_by="runtimes on OpenSSL's default paths (Python ssl, curl, Go, .NET, Debian's Node.js)",
+                path=self.system_bundle,
+                directory=os.path.dirname(self.system_bundle) or None,
+            ),
+        )
+
     def apply(self, change: Change) -> Outcome:
         """Write added CAs, remove dropped ones, then run the update command once.
 
@@ -126,7 +140,7 @@ class SystemStore:
         try:
             for ca in plan.add:
                 path = self.path_for(ca)
-                write_atomic(path, der_to_pem(ca.der), 0o644, sync_directory=False)
+                write_atomic(path, ssl.DER_cert_to_PEM_cert(ca.der).encode(), 0o644, sync_directory=False)
                 written.append(path)
             for gone in plan.remove:
                 removed.append((gone.path, read_bytes(gone.path)))
@@ -175,24 +189,25 @@ class SystemStore:
         )
 
     def _wait(self, proc: subprocess.Popen[bytes], argv: list[str]) -> bytes:
+        """The command's output once it has ended, feeding the watchdog while it runs.
+
+        communicate() in one-second slices: after a TimeoutExpired it may be called again
+        without losing output (subprocess docs, Popen.communicate), and between slices the
+        heartbeat keeps systemd's watchdog from killing a daemon whose update is slow.
+        """
         deadline = time.monotonic() + self.timeout
-        chunks: list[bytes] = []
-        reader = threading.Thread(
-            target=lambda: chunks.append(proc.stdout.read() if proc.stdout else b""), daemon=True
-        )
-        reader.start()
         while True:
             try:
-                proc.wait(timeout=min(1.0, max(0.0, deadline - time.monotonic())))
-                break
+                output, _ = proc.communicate(timeout=min(1.0, max(0.0, deadline - time.monotonic())))
+                return output or b""
             except subprocess.TimeoutExpired:
                 if time.monotonic() >= deadline:
                     _kill_group(proc)
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        proc.communicate(timeout=5)  # reap it; a pipe held elsewhere is let go
                     raise UpdateCommandError(argv, None, f"no result after {self.timeout:.0f} s") from None
                 if self.heartbeat:
                     self.heartbeat()
-        reader.join(timeout=5)
-        return b"".join(chunks)
 
     def _refresh_java_system_keystore(self) -> tuple[Note, ...]:
         """Drop removed CAs from /etc/ssl/certs/java/cacerts too.

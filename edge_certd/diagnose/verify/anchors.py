@@ -20,19 +20,17 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import ssl
 import subprocess
 import tempfile
 from collections.abc import Sequence
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.serialization import pkcs12
 
-from edge_certd.core.pem import der_to_pem, iter_pem_ders
 from edge_certd.core.text import printable
+from edge_certd.core.truststore import certificates
 from edge_certd.diagnose.verify.model import StoreCheck, TrustStore
 from edge_certd.store.fsutil import read_bytes
-from edge_certd.targets.java import _jks_certificates
 
 __all__ = ["check_store", "find_openssl"]
 
@@ -86,16 +84,10 @@ def _read_anchors(store: TrustStore) -> tuple[list[bytes], str | None]:
         return [], f"cannot be read: {exc.strerror or exc}"
     if data is None:
         return [], "not found"
-    if store.kind == "pem":
-        return list(iter_pem_ders(data)), None
-    if store.kind == "jks":
-        return _jks_certificates(data), None
     try:
-        loaded = pkcs12.load_pkcs12(data, store.password.encode())
-    except (ValueError, TypeError):
+        return certificates(data, store.kind, store.password), None
+    except ValueError:
         return [], "cannot be read as PKCS#12 with the configured password (bundles.java_password)"
-    certs = [item.certificate.public_bytes(serialization.Encoding.DER) for item in loaded.additional_certs]
-    return certs, None
 
 
 def _issuer_in(anchors: Sequence[bytes], chain_der: Sequence[bytes]) -> tuple[str | None, bool]:
@@ -163,4 +155,4 @@ def _openssl_verify(
 
 def _write(path: str, ders: Sequence[bytes]) -> None:
     with open(path, "wb") as handle:
-        handle.write(b"".join(der_to_pem(der) for der in ders))
+        handle.write(b"".join(ssl.DER_cert_to_PEM_cert(der).encode() for der in ders))

@@ -16,7 +16,9 @@ from typing import Literal
 from cryptography import x509
 
 from edge_certd.core.text import printable
+from edge_certd.core.truststore import StoreKind
 from edge_certd.diagnose.connstr import ConnectionString
+from edge_certd.targets.base import StoreFile
 
 __all__ = [
     "DEFAULT_PROTOCOL",
@@ -62,32 +64,10 @@ STEP_TITLES: dict[str, str] = {
 }
 
 
-StoreKind = Literal["pem", "jks", "pkcs12"]
-
-
-@dataclass(frozen=True)
-class TrustStore:
-    """One set of trust anchors a runtime on this device uses, checked on its own.
-
-    Attributes:
-        key: a stable name for --json and the step name: "system", "edge-roots",
-            "ca-bundle", "java", or "ca" for --ca.
-        title: what the report calls it, e.g. "edge-roots.pem".
-        used_by: who reads it, in a few words.
-        path: the CA file (PEM) or the truststore (JKS, PKCS#12).
-        directory: a hashed certificate directory OpenSSL also reads (-CApath); only the
-            system store has one (/etc/ssl/certs on a device).
-        kind: how `path` is read.
-        password: the truststore's password (JKS, PKCS#12); never printed.
-    """
-
-    key: str
-    title: str
-    used_by: str
-    path: str
-    directory: str | None = None
-    kind: StoreKind = "pem"
-    password: str = field(default="", repr=False)
+# One set of trust anchors a runtime on this device uses, checked on its own: the same
+# description the targets give of the files they write (targets/base.py), with the key
+# "ca" for --ca FILE.
+TrustStore = StoreFile
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,6 @@ use, each checked on its own.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,9 +18,7 @@ from edge_certd.diagnose.verify.model import (
     VerifyRequest,
 )
 from edge_certd.store.fsutil import ReadError, read_bounded
-from edge_certd.targets.bundles import RuntimeBundles
-from edge_certd.targets.java import JavaTruststore
-from edge_certd.targets.registry import followers
+from edge_certd.targets.registry import enabled_targets
 
 
 def parse_host_port(text: str) -> tuple[str, int | None]:
@@ -172,50 +169,7 @@ def ca_file_store(path: str) -> TrustStore:
 def default_stores(config: Config) -> list[TrustStore]:
     """The stores the device's runtimes use, each checked on its own, as the targets
     this configuration enables write them (README, "Runtimes: what to point them at")."""
-    system_bundle = config.trust_store.system_bundle
-    # OpenSSL's default paths are a CA file and the hashed directory beside it
-    # (/usr/lib/ssl/cert.pem -> /etc/ssl/certs/ca-certificates.crt, and /etc/ssl/certs);
-    # update-ca-certificates writes both.
-    stores = [
-        TrustStore(
-            key="system",
-            title="system store",
-            used_by="runtimes on OpenSSL's default paths (Python ssl, curl, Go, .NET, Debian's Node.js)",
-            path=system_bundle,
-            directory=os.path.dirname(system_bundle) or None,
-        )
-    ]
-    for target in followers(config):
-        if isinstance(target, RuntimeBundles):
-            stores.append(
-                TrustStore(
-                    key="edge-roots",
-                    title="edge-roots.pem",
-                    used_by="the Azure IoT SDKs' ca / server_verification_cert / OPTION_TRUSTED_CERT "
-                    "and mosquitto --cafile",
-                    path=target.edge_roots,
-                )
-            )
-            stores.append(
-                TrustStore(
-                    key="ca-bundle",
-                    title="ca-bundle.pem",
-                    used_by="REQUESTS_CA_BUNDLE, SSL_CERT_FILE and CURL_CA_BUNDLE",
-                    path=target.ca_bundle,
-                )
-            )
-        elif isinstance(target, JavaTruststore) and target.path and target.store_type in ("jks", "pkcs12"):
-            stores.append(
-                TrustStore(
-                    key="java",
-                    title="Java truststore",
-                    used_by="Java started with $EDGE_CERTD_JAVA_OPTS",
-                    path=target.path,
-                    kind="jks" if target.store_type == "jks" else "pkcs12",
-                    password=target.password,
-                )
-            )
-    return stores
+    return [store for target in enabled_targets(config) for store in target.stores()]
 
 
 def request_for_config(

@@ -49,7 +49,10 @@ def emit(
         fields["SOURCE_PATH"] = source
     if reason:
         fields["REASON"] = reason
-    log.log(level, "%s", message, extra=fields)
+    # The message is the whole format string and no arguments follow: python-systemd's
+    # JournalHandler stores a record's args again as CODE_ARGS, and logging formats with
+    # `%` only when there are args, so a `%` in a file name is still printed as itself.
+    log.log(level, message, extra=fields)
 
 
 class _StderrFormatter(logging.Formatter):
