@@ -95,6 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
         "not the subject",
     )
     sub.add_parser("check-config", help="validate the configuration and print it")
+    sub.add_parser(
+        "reload",
+        help="ask the running daemon to re-read its configuration (needs root; systemctl reload runs it)",
+        description="Ask the running daemon, through its control socket, to re-read its "
+        "configuration file. Exits 0 once the new configuration runs; exits 2 with the "
+        "reasons when it is refused, and the daemon keeps the previous one. Needs root.",
+    )
     sub.add_parser("run", help="run the daemon in the foreground (systemd Type=notify)")
     _add_verify_parser(sub)
     _add_package_parser(sub)
@@ -181,6 +188,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         from edge_certd.daemon.loop import run_daemon
 
         return run_daemon(args.config)
+    if command == "reload":
+        return _reload(args.config)
     config, path = load_config(args.config)
     if command == "check-config":
         print(f"{path}: valid")
@@ -234,7 +243,7 @@ def _change(config: Config, command: str, args: argparse.Namespace) -> int:
         kind, message = str(error.get("kind")), str(error.get("message"))
         if kind == "notfound":
             raise NotFound(message)
-        if kind == "apply":
+        if kind in ("apply", "internal"):
             raise ApplyError(message)
         raise UsageError(message)
     print(reply.get("text", ""))
@@ -244,6 +253,34 @@ def _change(config: Config, command: str, args: argparse.Namespace) -> int:
     # rejected file elsewhere is a note in their output, not their failure.
     if command == "sync" and (reply.get("rejected") or reply.get("source_problems")):
         return EXIT_REJECTED
+    return EXIT_OK
+
+
+def _reload(config_path: str | None) -> int:
+    """Ask the daemon to re-read its own configuration file; non-zero when it refuses it
+    (the daemon then keeps the previous one and logs why), so `systemctl reload` fails."""
+    from edge_certd.cli import client
+
+    problem: ConfigError | None = None
+    try:
+        socket_path = load_config(config_path)[0].control_socket
+    except ConfigError as broken:
+        # The daemon judges the file it runs from and says why it refuses it; its socket
+        # is where the default puts it, unless the broken file moved it.
+        socket_path, problem = client.DEFAULT_SOCKET, broken
+    try:
+        reply = client.ask(socket_path, "reload", {})
+    except client.NoDaemon:
+        if problem is not None:
+            raise problem from None
+        raise ApplyError(f"the edge-certd daemon is not running (nothing listens on {socket_path})") from None
+    error = reply.get("error")
+    if isinstance(error, dict):
+        message = str(error.get("message"))
+        if error.get("kind") in ("config", "usage", "denied"):
+            raise UsageError(message)
+        raise ApplyError(message)
+    print(reply.get("text", ""))
     return EXIT_OK
 
 
