@@ -29,9 +29,9 @@ EXIT_USAGE = 2
 EXIT_REJECTED = 3
 
 EPILOG = """\
-sync, add and remove go to the running daemon through its control socket
+sync, add, remove and reload go to the running daemon through its control socket
 (/run/edge-certd/control, group edge-certd): members of that group may add and
-sync, remove needs root. With no daemon running, they do the work here, which
+sync, remove and reload need root. With no daemon running, they do the work here, which
 needs root on a device. status, list and inspect need only read access.
 
 exit codes:
@@ -265,9 +265,9 @@ def _reload(config_path: str | None) -> int:
     try:
         socket_path = load_config(config_path)[0].control_socket
     except ConfigError as broken:
-        # The daemon judges the file it runs from and says why it refuses it; its socket
-        # is where the default puts it, unless the broken file moved it.
-        socket_path, problem = client.DEFAULT_SOCKET, broken
+        # The daemon judges the file it runs from and says why it refuses it: find its
+        # socket in what can be read of the broken file.
+        socket_path, problem = _control_socket_of(broken.path), broken
     try:
         reply = client.ask(socket_path, "reload", {})
     except client.NoDaemon:
@@ -282,6 +282,20 @@ def _reload(config_path: str | None) -> int:
         raise ApplyError(message)
     print(reply.get("text", ""))
     return EXIT_OK
+
+
+def _control_socket_of(path: str) -> str:
+    """control_socket from a configuration file that does not validate, else the default."""
+    from edge_certd.cli import client
+    from edge_certd.config.loader import MAX_BYTES, load_yaml
+
+    try:
+        with open(path, "rb") as file:  # a regular file root owns: reload needs root anyway
+            data, _ = load_yaml(file.read(MAX_BYTES).decode("utf-8", "replace"))
+    except Exception:  # noqa: BLE001 - unreadable or not YAML: the default it is
+        return client.DEFAULT_SOCKET
+    value = data.get("control_socket") if isinstance(data, dict) else None
+    return value if isinstance(value, str) and value else client.DEFAULT_SOCKET
 
 
 def _change_here(config: Config, command: str, args: argparse.Namespace) -> dict[str, object]:
