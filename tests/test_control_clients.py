@@ -218,10 +218,20 @@ def _fill_backlog(path: str) -> list[socket.socket]:
     raise AssertionError("the backlog never filled")
 
 
+def _stopped(pid: int) -> bool:
+    """Whether every thread of `pid` is stopped (a signal is delivered to each in its turn)."""
+    states = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            states.append((task / "stat").read_text().rpartition(")")[2].split()[0])
+    return bool(states) and all(state == "T" for state in states)
+
+
 def test_a_full_backlog_gives_the_cli_a_clear_message_and_a_retry(tree: Tree) -> None:
     with RunningDaemon(tree) as daemon:
         daemon.wait_ready()
         daemon.signal(signal.SIGSTOP)  # accepts nothing, so the kernel's queue fills
+        wait_until(lambda: _stopped(daemon.pid), DEADLINE, "every thread of the daemon stopped")
         filler: list[socket.socket] = []
         try:
             filler = _fill_backlog(_socket_path(tree))
