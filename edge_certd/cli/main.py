@@ -30,9 +30,9 @@ EXIT_USAGE = 2
 EXIT_REJECTED = 3
 
 EPILOG = """\
-sync, add and remove go to the running daemon through its control socket
+sync, add, remove and reload go to the running daemon through its control socket
 (/run/edge-certd/control, group edge-certd): members of that group may add and
-sync, remove needs root. With no daemon running, they do the work here, which
+sync, remove and reload need root. With no daemon running, they do the work here, which
 needs root on a device. status, list and inspect need only read access.
 
 exit codes:
@@ -96,6 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
         "not the subject",
     )
     sub.add_parser("check-config", help="validate the configuration and print it")
+    sub.add_parser(
+        "reload",
+        help="ask the running daemon to re-read its configuration (needs root; systemctl reload runs it)",
+        description="Ask the running daemon, through its control socket, to re-read its "
+        "configuration file. Exits 0 once the new configuration runs; exits 2 with the "
+        "reasons when it is refused, and the daemon keeps the previous one. Needs root.",
+    )
     sub.add_parser("run", help="run the daemon in the foreground (systemd Type=notify)")
     _add_verify_parser(sub)
     _add_package_parser(sub)
@@ -182,6 +189,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         from edge_certd.daemon.loop import run_daemon
 
         return run_daemon(args.config)
+    if command == "reload":
+        return _reload(args.config)
     config, path = load_config(args.config)
     if command == "check-config":
         print(f"{path}: valid")
@@ -235,7 +244,7 @@ def _change(config: Config, command: str, args: argparse.Namespace) -> int:
         kind, message = str(error.get("kind")), str(error.get("message"))
         if kind == "notfound":
             raise NotFound(message)
-        if kind == "apply":
+        if kind in ("apply", "internal"):
             raise ApplyError(message)
         raise UsageError(message)
     print(reply.get("text", ""))
@@ -246,6 +255,48 @@ def _change(config: Config, command: str, args: argparse.Namespace) -> int:
     if command == "sync" and (reply.get("rejected") or reply.get("source_problems")):
         return EXIT_REJECTED
     return EXIT_OK
+
+
+def _reload(config_path: str | None) -> int:
+    """Ask the daemon to re-read its own configuration file; non-zero when it refuses it
+    (the daemon then keeps the previous one and logs why), so `systemctl reload` fails."""
+    from edge_certd.cli import client
+
+    problem: ConfigError | None = None
+    try:
+        socket_path = load_config(config_path)[0].control_socket
+    except ConfigError as broken:
+        # The daemon judges the file it runs from and says why it refuses it: find its
+        # socket in what can be read of the broken file.
+        socket_path, problem = _control_socket_of(broken.path), broken
+    try:
+        reply = client.ask(socket_path, "reload", {})
+    except client.NoDaemon:
+        if problem is not None:
+            raise problem from None
+        raise ApplyError(f"the edge-certd daemon is not running (nothing listens on {socket_path})") from None
+    error = reply.get("error")
+    if isinstance(error, dict):
+        message = str(error.get("message"))
+        if error.get("kind") in ("config", "usage", "denied"):
+            raise UsageError(message)
+        raise ApplyError(message)
+    print(reply.get("text", ""))
+    return EXIT_OK
+
+
+def _control_socket_of(path: str) -> str:
+    """control_socket from a configuration file that does not validate, else the default."""
+    from edge_certd.cli import client
+    from edge_certd.config.loader import MAX_BYTES, load_yaml
+
+    try:
+        with open(path, "rb") as file:  # a regular file root owns: reload needs root anyway
+            data, _ = load_yaml(file.read(MAX_BYTES).decode("utf-8", "replace"))
+    except Exception:  # noqa: BLE001 - unreadable or not YAML: the default it is
+        return client.DEFAULT_SOCKET
+    value = data.get("control_socket") if isinstance(data, dict) else None
+    return value if isinstance(value, str) and value else client.DEFAULT_SOCKET
 
 
 def _change_here(config: Config, command: str, args: argparse.Namespace) -> dict[str, object]:

@@ -24,7 +24,7 @@ from edge_certd.core.expiry import expiring
 from edge_certd.core.model import SyncResult
 from edge_certd.core.text import iso, plural
 from edge_certd.daemon.clock import ClockWatch
-from edge_certd.daemon.control import ControlServer, Peer, Request, RequestError
+from edge_certd.daemon.control import ControlServer, Job, Peer, Request, RequestError, error_reply
 from edge_certd.daemon.notify import Notifier
 from edge_certd.daemon.status import status_line
 from edge_certd.daemon.watcher import SourceWatcher
@@ -105,9 +105,10 @@ class Daemon:
         selector.register(self._wake_r, selectors.EVENT_READ)
         if clock.fd is not None:
             selector.register(clock.fd, selectors.EVENT_READ)
+        # Its thread reads each request and wakes this loop through the self-pipe.
         control = self.control = self._open_control()
         if control is not None:
-            selector.register(control.fileno(), selectors.EVENT_READ)
+            control.start()
         self._start_watching()
         self._sync("start-up")
         self._check_expiry()
@@ -146,9 +147,9 @@ class Daemon:
                         return self._stop()
                     if request == "reload":
                         self._reload()
-                if control is not None and control.fileno() in ready:
+                if control is not None:
                     # After the signals: a stop is not held up by a request.
-                    control.serve_one(self._handle_request)
+                    self._serve_jobs(control)
                 changed, rewatch = self.watcher.take()
                 changed = changed or clock_set
                 now = time.monotonic()
@@ -251,6 +252,7 @@ class Daemon:
                 self.config.control_socket,
                 self.config.sources.trusted_group,
                 self.config.policy.max_file_bytes,
+                wake=self.wake,
             )
         except OSError as exc:
             events.emit(
@@ -262,10 +264,52 @@ class Daemon:
             )
             return None
 
+    def _serve_jobs(self, control: ControlServer) -> None:
+        """Answer what clients asked (root's first). One sync answers every `sync` queued
+        before it: a hundred clients asking at once cost one sync, not a hundred."""
+        synced: dict[str, Any] | None = None
+        for job in control.take():
+            if "stop" in self.requests:
+                job.answer(error_reply("apply", "edge-certd is stopping; ask again when it is back"))
+            elif job.request.op == "sync" and synced is not None:
+                job.answer(synced)
+            else:
+                reply = self._serve_one(job)
+                if job.request.op == "sync":
+                    synced = reply
+                job.answer(reply)
+
+    def _serve_one(self, job: Job) -> dict[str, Any]:
+        """One request's answer; whatever a handler raises is that client's answer, logged
+        once, and the daemon goes on."""
+        try:
+            return self._handle_request(job.peer, job.request)
+        except RequestError as exc:
+            return error_reply(exc.kind, exc.message)
+        except Exception as exc:  # noqa: BLE001 - one request must never end the daemon
+            who = "root" if job.peer.uid == 0 else f"uid {job.peer.uid}"
+            events.emit(
+                "control",
+                f"internal error while serving `edge-certd {job.request.op}` for {who}: {exc!r}\n"
+                f"{traceback.format_exc()}",
+                logging.ERROR,
+                reason="internal_error",
+            )
+            return error_reply(
+                "internal",
+                f"edge-certd hit an internal error ({type(exc).__name__}) serving this request; "
+                "see journalctl -u edge-certd",
+            )
+
     def _handle_request(self, peer: Peer, request: Request) -> dict[str, Any]:
         """Do what a client asked, as the daemon: under its unit, in its journal."""
         who = "root" if peer.uid == 0 else f"uid {peer.uid}"
         try:
+            if request.op == "reload":
+                refused = self._reload()
+                if refused is not None:
+                    raise RequestError("config", refused)
+                return {"text": f"configuration reloaded; {self.status_now}"}
             if request.op == "sync":
                 self._sync(f"edge-certd sync by {who}")
                 if self.degraded or self.last_result is None:
@@ -279,7 +323,7 @@ class Daemon:
             what = request.args.get("what")
             if not isinstance(what, str) or not what:
                 raise RequestError("usage", "remove needs a SHA-256 prefix or a file name")
-            result = operations.remove(self.config, what, engine=self.engine)
+            result = operations.remove(self.engine.config, what, engine=self.engine)
             self._after_request(result)
             return report.summary("remove", result)
         except SyncCancelled:
@@ -318,11 +362,15 @@ class Daemon:
         if "stop" in self.requests:
             raise SyncCancelled
 
-    def _reload(self) -> None:
+    def _reload(self) -> str | None:
+        """Re-read the configuration; keep the running one if the new one is refused.
+        Returns why it was refused (for `edge-certd reload`), or None."""
+        refused: str | None = None
         self.notifier.reloading()
         try:
             config, _ = load_config(self.config_path)
         except ConfigError as exc:
+            refused = f"the new configuration is refused; edge-certd keeps running the previous one: {exc}"
             events.emit(
                 "config",
                 f"reload refused, keeping the running configuration: {exc}",
@@ -345,6 +393,7 @@ class Daemon:
         self._start_watching()
         self._sync("reload")
         self.notifier.ready(self.status_now)
+        return refused
 
     def _stop(self) -> int:
         self.notifier.stopping()

@@ -14,11 +14,19 @@ from edge_certd.core.model import FileVerdict, SourceKind, SyncResult
 from edge_certd.core.text import printable
 from edge_certd.store.fsutil import write_atomic
 from edge_certd.store.sources import SourceFile, read_entry
-from edge_certd.store.state import StatePaths, load_blocked, load_manifest, save_blocked, state_lock
+from edge_certd.store.state import load_blocked, load_manifest, save_blocked, state_lock
 from edge_certd.sync.engine import Engine, read_passwords, rules_from, worker_limits
 from edge_certd.worker.pool import JudgeWorker, judge_in_worker
 
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+# A file name in the drop directory stays well inside NAME_MAX (255 bytes), with room for
+# the "-N" that keeps two different files apart: a client's 5,000-character name must not
+# turn into ENAMETOOLONG at write time.
+MAX_STEM = 120
+# A name as it is shown (journal, STATUS=, status.json, replies): long enough to recognise.
+MAX_SHOWN_NAME = 256
+# What `remove` accepts as NAME: a SHA-256 prefix, a file name or a path's last part.
+MAX_WHAT = 255
 
 
 def sync(config: Config) -> SyncResult:
@@ -52,7 +60,7 @@ def _judge_files(
             source = _read_one(path, config.policy.max_file_bytes)
             # Named as sync names sources: a newline, an escape or a byte that is not UTF-8
             # in a file name must neither forge an output line nor crash print().
-            shown = printable(path, limit=4096)
+            shown = printable(path, limit=MAX_SHOWN_NAME)
             judged.append(
                 (
                     source,
@@ -126,7 +134,7 @@ def add_judged(engine: Engine, items: Sequence[tuple[str, bytes]], verdicts: Seq
 def judge_items(config: Config, worker: JudgeWorker, items: Sequence[tuple[str, bytes]]) -> list[FileVerdict]:
     """Judge bytes a client sent, named as the client named them (escaped)."""
     now = dt.datetime.now(dt.UTC)
-    files = [(printable(name, limit=4096), data, SourceKind.DROP) for name, data in items]
+    files = [(printable(name, limit=MAX_SHOWN_NAME), data, SourceKind.DROP) for name, data in items]
     return worker.judge_batch(files, rules=rules_from(config), now=now, passwords=read_passwords(config))
 
 
@@ -134,13 +142,19 @@ def remove(config: Config, what: str, engine: Engine | None = None) -> SyncResul
     """Stop trusting a managed CA, named by SHA-256 prefix or by installed/source file name.
 
     The source file is left where it is (edge-certd never deletes sources); the CA is
-    remembered as removed until `add` brings it back.
+    remembered as removed until `add` brings it back. The daemon passes its own engine, so
+    the sync that follows uses its warm judge worker and keeps its watchdog fed.
 
     Raises:
-        NotFound: nothing managed matches. UsageError: more than one CA matches.
+        NotFound: nothing managed matches. UsageError: more than one CA matches, or NAME
+            is longer than any name edge-certd gives.
     """
-    paths = StatePaths(config.state_dir)
-    entries = load_manifest(paths).entries
+    if len(what) > MAX_WHAT:
+        raise UsageError(
+            f"NAME is {len(what)} characters long; a SHA-256 prefix or a file name has at most {MAX_WHAT}"
+        )
+    engine = engine or Engine(config)
+    entries = load_manifest(engine.paths).entries
     needle = what.lower()
     matches = [
         e
@@ -149,11 +163,12 @@ def remove(config: Config, what: str, engine: Engine | None = None) -> SyncResul
         or what in (os.path.basename(e.path), *(os.path.basename(s) for s in e.sources))
     ]
     if not matches:
-        raise NotFound(f"no managed CA matches {what!r}; see `edge-certd list`")
+        raise NotFound(f"no managed CA matches {printable(repr(what))}; see `edge-certd list`")
     if len(matches) > 1:
         names = ", ".join(f"{m.sha256[:16]} ({m.subject})" for m in matches)
-        raise UsageError(f"{what!r} matches more than one CA: {names}; give more of the SHA-256")
-    engine = Engine(config)
+        raise UsageError(
+            f"{printable(repr(what))} matches more than one CA: {names}; give more of the SHA-256"
+        )
     with state_lock(engine.paths):
         save_blocked(engine.paths, load_blocked(engine.paths) | {matches[0].sha256})
     return engine.sync()
@@ -179,6 +194,10 @@ def _drop_target(drop_dir: str, path: str, data: bytes, max_bytes: int) -> str:
     the directory is followed): a technician may plant anything in the drop directory.
     """
     stem = _SAFE_NAME.sub("-", os.path.basename(path)).lstrip(".-") or "ca.pem"
+    if len(stem) > MAX_STEM:  # keep the extension, which says what the file holds
+        base, ext = os.path.splitext(stem)
+        ext = ext if len(ext) <= 16 else ""
+        stem = base[: MAX_STEM - len(ext)] + ext
     candidate = os.path.join(drop_dir, stem)
     counter = 1
     while os.path.lexists(candidate):
