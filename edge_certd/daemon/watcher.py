@@ -79,6 +79,7 @@ class SourceWatcher(FileSystemEventHandler):
         self._busy: dict[str, float] = {}
         self._created: dict[str, float] = {}
         self._settling: set[str] = set()  # changed in a polled directory; complete when unchanged
+        self._stale: set[str] = set()  # watched directories deleted or renamed: watch afresh
         self._changed = False
         self._rewatch = False
         self._notes: dict[str, tuple[str, str, int]] = {}  # key: (path, text, level), for the loop
@@ -117,11 +118,13 @@ class SourceWatcher(FileSystemEventHandler):
             if parent_identity is not None:
                 targets[parent] = parent_identity
         self._dirs = frozenset(wanted)
+        with self._lock:
+            stale, self._stale = self._stale, set()
         with self._watch_lock:
             self._expected = expected
             observer, retired = self._live_observer()
             for target, identity in sorted(targets.items()):
-                self._ensure(observer, target, identity)
+                self._ensure(observer, target, identity, fresh=target in stale)
             for target in set(self._watches) - set(targets):
                 observer.unschedule(self._watches.pop(target).handle)
             for target in set(self._polled) - set(targets):
@@ -145,6 +148,16 @@ class SourceWatcher(FileSystemEventHandler):
             self._watches.clear()
             self._polled.clear()
             self._expected = {}
+
+    def watching(self) -> dict[str, str]:
+        """Each directory watched now and how: "inotify", or "poll" where inotify refused it.
+        A watch whose thread ended is not listed."""
+        with self._watch_lock:
+            observer = self._observer
+            if observer is None or not observer.is_alive():
+                return dict.fromkeys(self._polled, "poll")
+            found = {t: "inotify" for t, w in self._watches.items() if _alive(observer, w.handle)}
+            return found | dict.fromkeys(self._polled, "poll")
 
     def take(self) -> tuple[bool, bool]:
         """(files changed, directories need rewatching) since the last call."""
@@ -186,10 +199,10 @@ class SourceWatcher(FileSystemEventHandler):
         self._watches.clear()
         return observer, current
 
-    def _ensure(self, observer: BaseObserver, target: str, identity: _Identity) -> None:
+    def _ensure(self, observer: BaseObserver, target: str, identity: _Identity, *, fresh: bool) -> None:
         current = self._watches.get(target)
         if current is not None:
-            if current.identity == identity and _alive(observer, current.handle):
+            if not fresh and current.identity == identity and _alive(observer, current.handle):
                 return
             # Its thread ended, or the directory left this name: nothing comes through it.
             # watchdog keeps one watch per path, so the old one goes before the new one.
@@ -320,7 +333,12 @@ class SourceWatcher(FileSystemEventHandler):
             self._mark(changed=True)
             return
         if src in self._dirs or dest in self._dirs:
-            if isinstance(event, _DIR_EVENTS):
+            if event.event_type in ("created", "deleted", "moved"):
+                if src in self._dirs and event.event_type != "created":
+                    # The directory left its name. Its watch goes even if the name holds a
+                    # directory that looks the same: one made again may reuse the inode.
+                    with self._lock:
+                        self._stale.add(src)
                 self._mark(rewatch=True)
             return
         inside_src = os.path.dirname(src) in self._dirs
