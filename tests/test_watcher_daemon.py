@@ -127,3 +127,43 @@ def test_packages_renamed_into_place_are_followed_on_a_loaded_machine(tree: Tree
         f"\n{len(follow)} of {4 * ROUNDS} steps followed; time to follow: "
         f"median {statistics.median(follow):.2f} s, max {max(follow):.2f} s"
     )
+
+
+def _user_namespaces() -> bool:
+    probe = ["unshare", "-Ur", "sh", "-c", "echo 3 > /proc/sys/user/max_inotify_watches"]
+    try:
+        return subprocess.run(probe, capture_output=True, check=False).returncode == 0
+    except FileNotFoundError:
+        return False
+
+
+def test_directories_past_the_inotify_limits_are_polled_and_said_once(tree: Tree) -> None:
+    if not _user_namespaces():
+        pytest.skip("needs unshare -Ur and per-namespace inotify limits (Linux >= 5.11)")
+    roots = tree.root / "usr/share/edge-certd/roots.d"
+    for name in ("p1", "p2", "p3"):
+        (roots / name).mkdir(parents=True)
+    tree.drop.mkdir(parents=True, exist_ok=True)
+    tree.write_config(package_roots_dir=str(roots), watch__rescan_interval=86400)
+    # Limits of this user namespace only: three watches (watchdog >= 3 shares one inotify
+    # instance) or three instances (watchdog 2.2 opens one per directory). Of roots.d,
+    # p1, p2, p3 and the drop directory, the last two in name order are past them.
+    limits = (
+        'echo 3 > /proc/sys/user/max_inotify_watches; echo 3 > /proc/sys/user/max_inotify_instances; "$@"'
+    )
+    dropped, packaged = CA.root("Dropped Past The Limit"), CA.root("Packaged Past The Limit")
+    with RunningDaemon(tree, prefix=["unshare", "-Ur", "sh", "-c", limits, "sh"]) as daemon:
+        daemon.wait_ready()
+        mark = daemon.mark()
+        (tree.drop / "root.pem").write_bytes(dropped.cert_pem)
+        daemon.wait_synced(mark, check=lambda: _trusted(tree) == {_sha(dropped)}, timeout=FOLLOW_DEADLINE)
+        mark = daemon.mark()
+        _unpack_file(roots / "p3", "root.pem", packaged)
+        wanted = {_sha(dropped), _sha(packaged)}
+        daemon.wait_synced(mark, check=lambda: _trusted(tree) == wanted, timeout=FOLLOW_DEADLINE)
+        log = daemon.log()
+    said = [line for line in log.splitlines() if "inotify limits are reached" in line]
+    assert sorted(line.split(" cannot be watched")[0].split()[-1] for line in said) == [
+        str(roots / "p3"),
+        str(tree.drop),
+    ], log
