@@ -21,9 +21,31 @@ from edge_certd.core.model import Reason
 from edge_certd.core.text import printable
 from edge_certd.store.fsutil import ReadError, ensure_directory, kind_of, read_bounded
 
+# The names the package managers give a file or directory that is not (or no longer) the
+# package's: dpkg unpacks each file, and a new directory, as NAME.dpkg-new and renames it
+# into place; a conffile's other versions are .dpkg-old, .dpkg-dist and .dpkg-tmp
+# (lib/dpkg/dpkg.h in dpkg's source; run-parts(8) skips the same four);
+# dpkg-maintscript-helper(1) leaves .dpkg-remove, .dpkg-backup, .dpkg-bak and .dpkg-staging;
+# ucf(1) leaves .ucf-old, .ucf-new and .ucf-dist. None of them is ever a source, whether a
+# file in a source directory or a directory in package_roots_dir.
+PACKAGE_MANAGER_SUFFIXES = (
+    ".dpkg-new",
+    ".dpkg-tmp",
+    ".dpkg-old",
+    ".dpkg-dist",
+    ".dpkg-remove",
+    ".dpkg-backup",
+    ".dpkg-bak",
+    ".dpkg-staging",
+    ".ucf-new",
+    ".ucf-old",
+    ".ucf-dist",
+)
+
 # Names that are half-written or editor leftovers; acting on them would install a partial file.
 # rsync and many tools write ".name.XXXXXX" and rename, so every dotfile is skipped.
 TEMPORARY_SUFFIXES = (
+    *PACKAGE_MANAGER_SUFFIXES,
     "~",
     ".swp",
     ".swx",
@@ -34,9 +56,6 @@ TEMPORARY_SUFFIXES = (
     ".temp",
     ".filepart",  # WinSCP, which many technicians use instead of scp
     ".crdownload",
-    ".dpkg-new",
-    ".dpkg-tmp",
-    ".dpkg-old",
     ".bak",
 )
 
@@ -73,7 +92,8 @@ class DirectoryRules:
 
 
 def is_temporary_name(name: str) -> bool:
-    """True for dotfiles and the temp names that scp, rsync, WinSCP and editors leave."""
+    """True for dotfiles and the temp names that scp, rsync, WinSCP, editors and the package
+    managers leave: never a source file, never a roots package's directory."""
     return name.startswith(".") or name.endswith(TEMPORARY_SUFFIXES)
 
 
@@ -119,13 +139,14 @@ def _check_root_only(path: str, rules: DirectoryRules) -> None:
 def package_dirs(roots_dir: str) -> list[str]:
     """The roots packages' directories: each real subdirectory of `roots_dir`, by name.
 
-    A symlink or a dotfile is no package's (dpkg makes real directories); a missing
-    `roots_dir` means no package is installed.
+    A symlink or a dotfile is no package's (dpkg makes real directories), and neither is
+    a temporary name: dpkg makes a new package's directory as NAME.dpkg-new and renames it
+    to NAME at once. A missing `roots_dir` means no package is installed.
     """
     try:
         with os.scandir(roots_dir) as entries:
             names = sorted(
-                e.name for e in entries if not e.name.startswith(".") and e.is_dir(follow_symlinks=False)
+                e.name for e in entries if not is_temporary_name(e.name) and e.is_dir(follow_symlinks=False)
             )
     except (FileNotFoundError, NotADirectoryError):
         return []
