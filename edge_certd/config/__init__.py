@@ -8,6 +8,7 @@ checks what the types cannot say). It works with pydantic 1.10
 from __future__ import annotations
 
 import os
+import shutil
 from typing import Any, Literal
 
 import pydantic
@@ -41,9 +42,16 @@ else:  # pragma: no cover - exercised by the Debian 12 test run
 EXAMPLE_PATH = "/usr/share/doc/edge-certd/examples/config.example.yaml"
 
 
+# Where Debian's and Ubuntu's ca-certificates install it. An absolute path: /usr/sbin is not on
+# a normal user's PATH, and a bare name there made a non-root trial fail with exit 127.
+UPDATE_CA_CERTIFICATES = "/usr/sbin/update-ca-certificates"
+# Where a bare program name in update_command is also looked for, after $PATH.
+SBIN_DIRS = ("/usr/local/sbin", "/usr/sbin", "/sbin")
+
+
 class TrustStoreConfig(_Section):
     ca_dir: str = "/usr/local/share/ca-certificates/edge-certd"
-    update_command: list[str] = ["update-ca-certificates"]
+    update_command: list[str] = [UPDATE_CA_CERTIFICATES]
     system_bundle: str = "/etc/ssl/certs/ca-certificates.crt"
     update_timeout: float = 300.0
 
@@ -192,6 +200,7 @@ def parse_config(text: str, path: str = "<config>") -> Config:
     if not isinstance(data, dict):
         raise ConfigError(path, ["the top level must be a mapping of keys"])
     _tidy_paths(data)
+    _resolve_update_command(data)
     try:
         config = Config.model_validate(data) if _PYDANTIC_V2 else Config.parse_obj(data)
     except pydantic.ValidationError as exc:
@@ -228,6 +237,23 @@ def _tidy_paths(data: dict[str, Any]) -> None:
     for name in PATH_LIST_KEYS:
         if isinstance(data.get(name), list):
             data[name] = [rules.tidy_path(item) for item in data[name]]
+
+
+def _resolve_update_command(data: dict[str, Any]) -> None:
+    """A bare program name in trust_store.update_command becomes the path it resolves to on
+    $PATH or in the sbin directories, so the same configuration works for root and for a
+    user whose PATH lacks /usr/sbin. A name found nowhere is left as written."""
+    section = data.get("trust_store")
+    argv = section.get("update_command") if isinstance(section, dict) else None
+    if not isinstance(argv, list) or not argv or not isinstance(argv[0], str):
+        return
+    program = argv[0]
+    if not program or "/" in program:
+        return
+    search = os.pathsep.join([os.environ.get("PATH", ""), *SBIN_DIRS])
+    found = shutil.which(program, path=search)
+    if found:
+        argv[0] = found
 
 
 def _message(err: Any) -> str:
