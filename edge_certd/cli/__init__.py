@@ -98,7 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("run", help="run the daemon in the foreground (systemd Type=notify)")
     _add_verify_parser(sub)
     _add_package_parser(sub)
-    p = sub.add_parser("doctor", help="check the whole device, then verify the gateway")
+    p = sub.add_parser(
+        "doctor",
+        help="check the whole device, then verify the gateway (the same gateway arguments as verify)",
+    )
+    _add_gateway_arguments(p)
     p.add_argument("--json", action="store_true", help="print every check as one JSON object")
     p = sub.add_parser(
         "container-args",
@@ -114,6 +118,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_verify_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("verify", help="check the TLS connection to the gateway, with a diagnosis")
+    _add_gateway_arguments(p)
+    p.add_argument("--json", action="store_true")
+
+
+# verify's and doctor's gateway arguments: run_doctor passes them on to verify as they are.
+GATEWAY_ARGUMENTS = (
+    "target",
+    "protocol",
+    "connection_string",
+    "connection_string_file",
+    "ca",
+    "servername",
+    "timeout",
+)
+
+
+def _add_gateway_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("target", nargs="?", metavar="HOST[:PORT]")
     p.add_argument("--protocol", choices=["mqtts", "amqps", "https"])
     group = p.add_mutually_exclusive_group()
@@ -122,7 +143,6 @@ def _add_verify_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     p.add_argument("--ca", metavar="FILE", help="trust only this CA file")
     p.add_argument("--servername", metavar="NAME", help="SNI and hostname to check")
     p.add_argument("--timeout", type=float, metavar="SECONDS")
-    p.add_argument("--json", action="store_true")
 
 
 def _add_package_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -207,7 +227,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     if command == "doctor":
         from edge_certd.diagnose import doctor
 
-        return doctor.run_doctor(config, path, as_json=args.json)
+        gateway = {name: getattr(args, name) for name in GATEWAY_ARGUMENTS}
+        return doctor.run_doctor(config, path, as_json=args.json, gateway=gateway)
     if command == "package":
         return _package(config, args)
     if command == "container-args":

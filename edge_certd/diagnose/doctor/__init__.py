@@ -13,8 +13,11 @@ connects to the gateway) followed by a pure judgement in `doctor_judge`:
 7. the clock is not before the newest managed CA's notBefore;
 8. on an IoT Edge device (/etc/aziot/config.toml exists), its trust_bundle_cert names a file
    that holds every managed CA, ideally edge-roots.pem itself (nested edge);
-9. `verify` against the configured gateway, exactly as `edge-certd verify` with no
-   arguments would run it.
+9. the last sync (status.json): no file rejected, no private key in a source, and the CAs
+   an operator removed that a source still provides (they stay removed);
+10. `verify` against the gateway, exactly as `edge-certd verify` with the same gateway
+   arguments (HOST[:PORT], --connection-string, ...) would run it; without any, and none
+   configured, doctor says plainly that no gateway was checked.
 
 A check that fails makes the exit code 1; a warning does not (the same rule as
 `verify`). Doctor only reads, with one exception shared with sync: while it looks
@@ -34,7 +37,7 @@ import stat
 import subprocess
 import sys
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any, TextIO
 
 from edge_certd.config import Config
@@ -42,10 +45,12 @@ from edge_certd.core.errors import EdgeCertdError, LockTimeout, SourceError, Wri
 from edge_certd.core.pem import pem_fingerprints
 from edge_certd.core.schema import SCHEMA_VERSIONS
 from edge_certd.diagnose.doctor.judge import (
+    NO_GATEWAY,
     AziotFacts,
     Check,
     DirFacts,
     EnvFacts,
+    ReportFacts,
     Role,
     ServiceFacts,
     TargetFacts,
@@ -56,14 +61,17 @@ from edge_certd.diagnose.doctor.judge import (
     judge_env,
     judge_expiry,
     judge_gateway,
+    judge_keys,
     judge_manifest,
     judge_nested_edge,
+    judge_rejected,
+    judge_removed,
     judge_service,
     judge_target,
 )
-from edge_certd.diagnose.verify import request_for_config, verify_gateway
+from edge_certd.diagnose.verify import removed_roots, request_for_config, verify_gateway
 from edge_certd.store.sources import DirectoryRules, check_directory
-from edge_certd.store.state import LoadedManifest, StatePaths, load_manifest, state_lock
+from edge_certd.store.state import LoadedManifest, StatePaths, load_manifest, load_report, state_lock
 from edge_certd.targets.registry import bundle_paths, enabled_targets
 
 __all__ = ["doctor_document", "run_doctor"]
@@ -89,6 +97,7 @@ def run_doctor(
     out: TextIO | None = None,
     as_json: bool = False,
     aziot_config: str = AZIOT_CONFIG,
+    gateway: Mapping[str, Any] | None = None,
 ) -> int:
     """Run every check, print one line each, and return 0 when none failed, else 1.
 
@@ -100,11 +109,13 @@ def run_doctor(
         out: where to print; stdout if None.
         as_json: print one JSON document (`doctor_document`) instead of lines.
         aziot_config: IoT Edge's configuration, for the nested edge check.
+        gateway: verify's gateway arguments (target, protocol, connection_string,
+            connection_string_file, ca, servername, timeout); None or empty: the configured one.
     """
     stream = out or sys.stdout
     moment = now or dt.datetime.now(dt.UTC)
     results: list[Check] = []
-    for check in _checks(config, config_path, moment, aziot_config):
+    for check in _checks(config, config_path, moment, aziot_config, dict(gateway or {})):
         results.append(check)
         if as_json:
             continue  # one document at the end
@@ -128,7 +139,9 @@ def doctor_document(results: list[Check]) -> dict[str, Any]:
     }
 
 
-def _checks(config: Config, config_path: str, now: dt.datetime, aziot_config: str) -> Iterator[Check]:
+def _checks(
+    config: Config, config_path: str, now: dt.datetime, aziot_config: str, gateway: dict[str, Any]
+) -> Iterator[Check]:
     yield judge_config(config_path, os.path.exists(config_path))
     rules = DirectoryRules(config.sources.trusted_group, config.sources.check_ownership)
     yield judge_directory(probe_directory(config.drop_dir, "drop", rules))
@@ -147,7 +160,8 @@ def _checks(config: Config, config_path: str, now: dt.datetime, aziot_config: st
         # The manifest is replaced atomically, so it is safe to read for the checks below.
         manifest, targets = load_manifest(StatePaths(config.state_dir)), []
     entries = list(manifest.entries.values())
-    yield judge_manifest(entries, manifest.problem, config.drop_dir)
+    report = probe_report(config)
+    yield judge_manifest(entries, manifest.problem, config.drop_dir, report.removed)
     if entries:
         for target in targets:
             yield judge_target(target, entries)
@@ -155,7 +169,10 @@ def _checks(config: Config, config_path: str, now: dt.datetime, aziot_config: st
     yield judge_expiry(entries, config.expiry.warn_days, now, config.drop_dir)
     yield judge_clock(entries, now)
     yield judge_nested_edge(probe_aziot(aziot_config, bundle_paths(config)["edge_roots"] or ""), entries)
-    yield check_gateway(config)
+    yield judge_rejected(report)
+    yield judge_keys(report)
+    yield judge_removed(report)
+    yield check_gateway(config, gateway)
 
 
 # --------------------------------------------------------------------------- probes (I/O)
@@ -290,13 +307,34 @@ def probe_aziot(path: str, edge_roots: str) -> AziotFacts:
     return dataclasses.replace(facts, installed=frozenset(pem_fingerprints(data)))
 
 
-def check_gateway(config: Config) -> Check:
-    """Run `verify` as `edge-certd verify` with no arguments does, and judge its report."""
+def probe_report(config: Config) -> ReportFacts:
+    """The last sync's status.json: what it rejected, and the CAs that stay removed."""
+    doc = load_report(StatePaths(config.state_dir).status)
+    if not doc:
+        return ReportFacts(present=False, removed=removed_roots(config))
+    rejected = tuple(
+        (str(item.get("source", "")), str(item.get("code", "")), str(item.get("message", "")))
+        for item in doc.get("rejected") or []
+        if isinstance(item, dict)
+    )
+    total = doc.get("rejected_files_total")
+    return ReportFacts(
+        present=True,
+        rejected=rejected,
+        rejected_files=total if isinstance(total, int) else len({r[0] for r in rejected}),
+        removed=removed_roots(config),
+    )
+
+
+def check_gateway(config: Config, args: Mapping[str, Any] | None = None) -> Check:
+    """Run `verify` as `edge-certd verify` with the same arguments does, and judge its report."""
+    given = {key: value for key, value in (args or {}).items() if value is not None}
+    asked = any(key in given for key in ("target", "connection_string", "connection_string_file"))
     gateway = config.gateway
-    if not gateway.host and not gateway.connection_string_file:
-        return Check("gateway", "skip", "no gateway configured (set gateway.host in the config)")
+    if not asked and not gateway.host and not gateway.connection_string_file:
+        return Check("gateway", "skip", NO_GATEWAY)
     try:
-        request = request_for_config(config)
+        request = request_for_config(config, **given)
     except EdgeCertdError as exc:
         return Check(
             "gateway", "fail", f"cannot verify: {exc}", "fix the gateway section of the configuration"
@@ -307,10 +345,14 @@ def check_gateway(config: Config) -> Check:
 def _summary(results: list[Check]) -> str:
     failed = [c.name for c in results if c.status == "fail"]
     warned = [c.name for c in results if c.status == "warn"]
+    # Never "every check passed" when the gateway, the point of it all, was not checked.
+    unchecked = "; no gateway was checked" if any(c.message == NO_GATEWAY for c in results) else ""
     if failed:
         names = ", ".join(dict.fromkeys(failed))
-        return f"doctor: {len(failed)} of {len(results)} checks failed ({names})"
+        return f"doctor: {len(failed)} of {len(results)} checks failed ({names}){unchecked}"
     if warned:
         noun = "warning" if len(warned) == 1 else "warnings"
-        return f"doctor: no check failed; {len(warned)} {noun} (warnings do not fail doctor)"
+        return f"doctor: no check failed; {len(warned)} {noun} (warnings do not fail doctor){unchecked}"
+    if unchecked:
+        return "doctor: no check failed, but no gateway was checked (edge-certd doctor HOST[:PORT])"
     return "doctor: every check passed"
