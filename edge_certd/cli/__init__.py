@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -193,6 +194,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_APPLY_FAILED
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        return _stdout_closed()
+
+
+# What a shell reports for a command killed by SIGPIPE (128 + 13), as `status | head` does
+# for any other Unix tool whose reader went away.
+EXIT_BROKEN_PIPE = 128 + 13
+
+
+def _stdout_closed() -> int:
+    """The reader of stdout went away (`| head`, `| grep -q`): stop quietly, no traceback.
+
+    stdout is pointed at /dev/null first, so the interpreter's flush at exit does not fail on
+    the same pipe again (the recipe in Python's signal module documentation).
+    """
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    return EXIT_BROKEN_PIPE
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -243,13 +264,20 @@ def _change(config: Config, command: str, args: argparse.Namespace) -> int:
     """sync, add and remove: the running daemon does the work (it is the only writer and
     logs it under its unit); without one, root does it here."""
     from edge_certd.cli import client
+    from edge_certd.sync.operations import require_files
 
     files: list[str] = list(getattr(args, "files", []) or [])
+    require_files(files)
     request_args = {"what": args.what} if command == "remove" else {}
     try:
         reply = client.ask(config.control_socket, command, request_args, files)
     except client.NoDaemon:
         reply = _change_here(config, command, args)
+    except UsageError:
+        if command == "remove" and os.geteuid() != 0:
+            # The socket refused a non-member; joining the group would not help, remove needs root.
+            raise UsageError(f"`edge-certd remove` needs root (sudo edge-certd remove {args.what})") from None
+        raise
     error = reply.get("error")
     if isinstance(error, dict):
         kind, message = str(error.get("kind")), str(error.get("message"))
@@ -283,6 +311,8 @@ def _change_here(config: Config, command: str, args: argparse.Namespace) -> dict
     except WriteError as exc:
         if os.geteuid() == 0:
             raise
+        if command == "remove":
+            raise UsageError(f"`edge-certd remove` needs root (sudo edge-certd remove {args.what})") from None
         raise UsageError(
             f"{exc}; the edge-certd daemon is not running (nothing listens on "
             f"{config.control_socket}), and without it `edge-certd {command}` needs root: "
