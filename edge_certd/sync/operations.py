@@ -43,8 +43,12 @@ def require_files(files: Sequence[str]) -> None:
         NotFound: "<FILE>: no such file", for the first one missing.
     """
     for path in files:
-        if not os.path.lexists(path):
-            raise NotFound(f"{printable(path)}: no such file")
+        try:
+            os.lstat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            raise NotFound(f"{printable(path)}: no such file") from None
+        except OSError:
+            continue  # not "missing": opening it names the real reason (permission denied)
 
 
 def _judge_files(
