@@ -312,3 +312,22 @@ def test_a_missing_file_has_one_wording_everywhere(tree: Tree, tmp_path: Path) -
         result = tree.cli(*args)
         assert result.returncode == 2, (args, result.stderr)
         assert result.stderr.strip().endswith(": no such file"), (args, result.stderr)
+
+
+def test_the_daemon_logs_one_line_at_start_with_what_it_watches_writes_and_checks(tree: Tree) -> None:
+    tree.write_config(gateway__host="gateway.example:8883")
+    with RunningDaemon(tree) as daemon:
+        daemon.wait_ready()
+        started = [line for line in daemon.log().splitlines() if " started: " in line]
+    (line,) = started  # one line, before the first sync (READY=1 comes after it)
+    assert f"edge-certd {__version__} started: watching {tree.drop}" in line
+    assert f"system store ({tree.ca_dir})" in line and f"env file ({tree.env_file})" in line
+    assert "Java truststore" not in line  # bundles.java: off in this tree
+    assert "gateway gateway.example:8883" in line and "EDGE_CERTD_EVENT=started" in line
+
+
+def test_the_start_line_says_when_no_gateway_is_configured(tree: Tree) -> None:
+    from edge_certd.daemon.startup import start_line
+
+    line = start_line(tree.load())
+    assert line.endswith("no gateway configured") and "\n" not in line

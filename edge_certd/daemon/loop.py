@@ -27,6 +27,7 @@ from edge_certd.core.text import iso, plural
 from edge_certd.daemon.clock import ClockWatch
 from edge_certd.daemon.control import ControlServer, Peer, Request, RequestError
 from edge_certd.daemon.notify import Notifier
+from edge_certd.daemon.startup import start_line
 from edge_certd.daemon.status import status_line
 from edge_certd.daemon.watcher import SourceWatcher
 from edge_certd.store.fsutil import remove_stale_temp_files
@@ -109,6 +110,7 @@ class Daemon:
         if control is not None:
             selector.register(control.fileno(), selectors.EVENT_READ)
         self._start_watching()
+        events.emit("started", start_line(self.config))
         self._sync("start-up")
         self._check_expiry()
         self.notifier.ready(self.status_now)
