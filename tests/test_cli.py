@@ -9,9 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 from certs import CA
 from conftest import Tree
+from daemonrun import RunningDaemon
 
 from edge_certd import __version__
 from edge_certd.config import Config, parse_config
@@ -206,3 +208,126 @@ def test_a_file_with_odd_bytes_in_its_name_is_held_while_rewritten(tree: Tree) -
     assert not result.removed, "the CA of a file being rewritten was removed"
     (entry,) = result.managed.values()
     assert entry.sources == (display_path(os.fsdecode(odd)),)
+
+
+# --------------------------------------------------------------------------- what a new user trips on
+
+
+def test_status_and_list_into_a_closed_pipe_exit_quietly(tree: Tree) -> None:
+    tree.drop.mkdir(parents=True, exist_ok=True)
+    (tree.drop / "root.pem").write_bytes(CA.root("Pipe Root").cert_pem)
+    assert tree.cli("sync").returncode == 0
+    for command in ("status", "list"):
+        read_end, write_end = os.pipe()
+        os.close(read_end)  # the reader is gone before the CLI writes a byte: `| head -0`
+        try:
+            proc = subprocess.run(
+                [sys.executable, "-m", "edge_certd", "--config", str(tree.config_path), command],
+                stdout=write_end,
+                stderr=subprocess.PIPE,
+                text=True,
+                timeout=120,
+                cwd=str(Path(__file__).resolve().parent.parent),
+                check=False,
+            )
+        finally:
+            os.close(write_end)
+        assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr
+        assert proc.stderr == ""
+        assert proc.returncode == 141  # as a shell reports a tool SIGPIPE ended
+    # With a reader that stays, the same command works and exits 0.
+    assert tree.cli("status").returncode == 0
+
+
+def test_status_piped_into_head_prints_its_first_line_only(tree: Tree) -> None:
+    done = subprocess.run(
+        f"{sys.executable} -m edge_certd --config {tree.config_path} status | head -n 1",
+        shell=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=str(Path(__file__).resolve().parent.parent),
+        check=False,
+    )
+    assert done.returncode == 0 and len(done.stdout.splitlines()) == 1
+    assert "Traceback" not in done.stderr
+
+
+def test_remove_of_a_name_that_matches_nothing_says_what_name_may_be_and_lists_near_matches(
+    tree: Tree,
+) -> None:
+    tree.drop.mkdir(parents=True, exist_ok=True)
+    root = CA.root("Contoso Gateway Root")
+    (tree.drop / "contoso-root.pem").write_bytes(root.cert_pem)
+    assert tree.cli("sync").returncode == 0
+    sha = hashlib.sha256(root.der).hexdigest()
+    missed = tree.cli("remove", "contoso-roots.pem")
+    assert missed.returncode == 2
+    for words in ("file name", "SHA-256 prefix", "not the subject", "near matches", sha[:16]):
+        assert words in missed.stderr, (words, missed.stderr)
+    far = tree.cli("remove", "zzzzzzzz")
+    assert far.returncode == 2 and "near matches" not in far.stderr and "file name" in far.stderr
+    assert tree.cli("remove", "contoso-root.pem").returncode == 0  # the right name works
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="running the CLI as another user needs root")
+def test_remove_as_a_non_member_says_remove_needs_root_not_join_the_group(tree: Tree) -> None:
+    from test_control import _as_user
+
+    tree.write_config(sources__trusted_group="root")  # nobody is not a member
+    tree.drop.mkdir(parents=True, exist_ok=True)
+    (tree.drop / "root.pem").write_bytes(CA.root("Member Root").cert_pem)
+    with RunningDaemon(tree) as daemon:
+        daemon.wait_ready()
+        result = _as_user(tree, "nobody", "nogroup", "remove", "root.pem")
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert "needs root" in result.stderr and "adduser" not in result.stderr, result.stderr
+        # add is what a member may do: for it the group is still the advice.
+        added = _as_user(tree, "nobody", "nogroup", "add", "/nonexistent-but-checked-first.pem")
+        assert added.returncode == 2 and "no such file" in added.stderr
+
+
+def test_package_of_a_leaf_says_a_roots_package_takes_roots(tree: Tree, tmp_path: Path) -> None:
+    leaf = CA.root("Package Root").issue_server("gateway", ["gateway.local"])
+    path = tmp_path / "gateway.pem"
+    path.write_bytes(leaf.cert_pem)
+    out = tmp_path / "out"
+    out.mkdir()
+    result = tree.cli("package", str(path), "--name", "contoso-roots", "--version", "1", "--output", str(out))
+    assert result.returncode == 2
+    assert "a roots package takes root CA certificates only" in result.stderr, result.stderr
+    assert "copy the root CA" not in result.stderr
+    assert list(out.iterdir()) == []
+
+
+def test_a_missing_file_has_one_wording_everywhere(tree: Tree, tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere" / "root.pem"
+    for args in (
+        ("inspect", str(missing)),
+        ("add", str(missing)),
+        ("package", str(missing), "--name", "contoso-roots", "--version", "1"),
+        ("verify", "localhost", "--ca", str(missing)),
+        ("inspect", str(tmp_path / "root.pem")),
+    ):
+        result = tree.cli(*args)
+        assert result.returncode == 2, (args, result.stderr)
+        assert result.stderr.strip().endswith(": no such file"), (args, result.stderr)
+
+
+def test_the_daemon_logs_one_line_at_start_with_what_it_watches_writes_and_checks(tree: Tree) -> None:
+    tree.write_config(gateway__host="gateway.example:8883")
+    with RunningDaemon(tree) as daemon:
+        daemon.wait_ready()
+        started = [line for line in daemon.log().splitlines() if " started: " in line]
+    (line,) = started  # one line, before the first sync (READY=1 comes after it)
+    assert f"edge-certd {__version__} started: watching {tree.drop}" in line
+    assert f"system store ({tree.ca_dir})" in line and f"env file ({tree.env_file})" in line
+    assert "Java truststore" not in line  # bundles.java: off in this tree
+    assert "gateway gateway.example:8883" in line and "EDGE_CERTD_EVENT=started" in line
+
+
+def test_the_start_line_says_when_no_gateway_is_configured(tree: Tree) -> None:
+    from edge_certd.daemon.startup import start_line
+
+    line = start_line(tree.load())
+    assert line.endswith("no gateway configured") and "\n" not in line

@@ -29,6 +29,7 @@ from edge_certd.core.model import InstalledCA
 from edge_certd.diagnose import doctor
 from edge_certd.diagnose.doctor import probes as doctor_probes
 from edge_certd.diagnose.doctor.judge import (
+    NO_GATEWAY,
     AziotFacts,
     DirFacts,
     ServiceFacts,
@@ -58,10 +59,12 @@ class Device:
     def sha256(self) -> str:
         return hashlib.sha256(self.root.der).hexdigest()
 
-    def doctor(self, now: dt.datetime | None = None) -> tuple[int, str]:
+    def doctor(self, now: dt.datetime | None = None, **gateway: object) -> tuple[int, str]:
         out = io.StringIO()
         config, path = load_config(str(self.tree.config_path))
-        code = doctor.run_doctor(config, path, now=now, out=out, aziot_config=str(self.aziot))
+        code = doctor.run_doctor(
+            config, path, now=now, out=out, aziot_config=str(self.aziot), gateway=gateway
+        )
         return code, out.getvalue()
 
 
@@ -161,15 +164,22 @@ def test_healthy_device_passes_every_check(device: Device) -> None:
         "expiry",
         "clock",
         "nested edge",
+        "rejected files",
+        "keys in sources",
+        "removed CAs",
         "gateway",
     ]
     assert status(out, "java truststore") == "skip"  # bundles.java: off in this tree
     assert status(out, "nested edge") == "skip"  # no IoT Edge config.toml
-    assert found["gateway"] == [("skip", "no gateway configured (set gateway.host in the config)")]
+    assert found["gateway"] == [("skip", NO_GATEWAY)]
     others = {name: items[0][0] for name, items in found.items()}
     del others["java truststore"], others["nested edge"], others["gateway"]
     assert set(others.values()) == {"pass"}, out
-    assert out.rstrip().endswith("doctor: every check passed")
+    # The gateway was not checked, so doctor never says that every check passed.
+    assert "every check passed" not in out
+    assert out.rstrip().endswith(
+        "doctor: no check failed, but no gateway was checked (edge-certd doctor HOST[:PORT])"
+    )
 
 
 def test_healthy_device_with_gateway_verified_over_real_tls(
@@ -610,3 +620,107 @@ def test_judges_name_the_cause_without_touching_the_disk() -> None:
     assert judge_nested_edge(dataclasses.replace(ours, bundle_path="/copy.pem"), [entry]).status == "warn"
     assert judge_nested_edge(dataclasses.replace(ours, installed=frozenset()), [entry]).status == "fail"
     assert judge_nested_edge(dataclasses.replace(ours, present=False), [entry]).status == "skip"
+
+
+# --------------------------------------------------------------------------- the sources and the gateway
+
+
+def fixes(output: str, name: str) -> list[str]:
+    """The `fix:` lines printed under check `name`."""
+    lines = output.splitlines()
+    found = []
+    for i, line in enumerate(lines):
+        match = LINE.match(line)
+        if match and match[2] == name and i + 1 < len(lines) and lines[i + 1].lstrip().startswith("fix: "):
+            found.append(lines[i + 1].strip().removeprefix("fix: "))
+    return found
+
+
+def test_rejected_files_are_a_doctor_check_naming_file_and_reason(device: Device) -> None:
+    edge = device.root.intermediate("Edge CA rejected")
+    (device.tree.drop / "gateway-leaf.pem").write_bytes(edge.issue_server("gw", ["gw.local"]).cert_pem)
+    (device.tree.drop / "edge-ca.pem").write_bytes(edge.cert_pem)
+    actions.sync(load_config(str(device.tree.config_path))[0])
+    code, out = device.doctor()
+    ((state, message),) = checks(out)["rejected files"]
+    assert state == "warn", out
+    assert "2 files rejected" in message
+    assert "gateway-leaf.pem (not_ca:" in message and "edge-ca.pem (not_self_signed:" in message
+    assert status(out, "keys in sources") == "pass"
+
+
+def test_a_private_key_left_in_the_drop_directory_fails_doctor(device: Device) -> None:
+    leaf = device.root.issue_server("gw", ["gw.local"])
+    (device.tree.drop / "gateway.key").write_bytes(leaf.key_pem)
+    actions.sync(load_config(str(device.tree.config_path))[0])
+    code, out = device.doctor()
+    assert code == 1
+    ((state, message),) = checks(out)["keys in sources"]
+    assert state == "fail" and "gateway.key" in message
+    assert "treat the key as exposed" in fixes(out, "keys in sources")[0]
+    assert "gateway.key" not in checks(out)["rejected files"][0][1]  # said once, where it belongs
+
+
+def test_a_removed_root_is_named_and_every_fix_says_edge_certd_add(
+    device: Device, tmp_path: Path, served: list[LoopbackServer]
+) -> None:
+    port = serve_gateway(device.root, tmp_path, served)
+    config = load_config(str(device.tree.config_path))[0]
+    actions.remove(config, device.sha256[:12])
+    code, out = device.doctor(target=f"localhost:{port}", timeout=3.0)
+    assert code == 1, out
+    ((state, message),) = checks(out)["removed CAs"]
+    assert state == "warn" and "CN=Doctor Gateway Root" in message and device.sha256[:16] in message
+    assert status(out, "gateway") == "fail"
+    for name in ("removed CAs", "managed CAs", "gateway"):
+        (fix,) = fixes(out, name)
+        assert "edge-certd add FILE" in fix, (name, fix)
+        assert "copy the root CA" not in fix and "into the drop directory" not in fix, fix
+    checked = device.tree.cli("verify", f"localhost:{port}", "--timeout", "3")
+    assert checked.returncode == 1
+    verify_fixes = [line for line in checked.stdout.splitlines() if line.startswith("Fix:")]
+    assert verify_fixes and all("edge-certd add FILE" in line for line in verify_fixes), checked.stdout
+    # `add` brings it back, and the advice goes with it.
+    assert device.tree.cli("add", str(device.tree.drop / "gateway-root.crt")).returncode == 0
+    code, out = device.doctor(target=f"localhost:{port}", timeout=3.0)
+    assert code == 0, out
+    assert status(out, "removed CAs") == "pass"
+
+
+def test_a_root_that_was_never_there_still_gets_the_drop_directory_fix(
+    device: Device, tmp_path: Path, served: list[LoopbackServer]
+) -> None:
+    port = serve_gateway(CA.root("Another Gateway Root"), tmp_path, served)
+    code, out = device.doctor(target=f"localhost:{port}", timeout=3.0)
+    assert code == 1
+    (fix,) = fixes(out, "gateway")
+    assert "into the drop directory" in fix and "edge-certd add" not in fix
+
+
+def test_doctor_takes_verifys_gateway_arguments(
+    device: Device, tmp_path: Path, served: list[LoopbackServer]
+) -> None:
+    port = serve_gateway(device.root, tmp_path, served)
+    result = device.tree.cli("doctor", f"localhost:{port}", "--timeout", "3", "--protocol", "https")
+    assert result.returncode in (0, 1), result.stderr  # the service line depends on this host
+    ((state, message),) = checks(result.stdout)["gateway"]
+    assert state == "pass", result.stdout
+    assert f"localhost:{port} (https)" in message
+    assert "no gateway was checked" not in result.stdout
+    # The same bad argument verify refuses is a failed gateway line, never a traceback.
+    bad = device.tree.cli("doctor", "localhost:99999")
+    assert "Traceback" not in bad.stderr
+    assert status(bad.stdout, "gateway") == "fail" and "1 to 65535" in bad.stdout
+
+
+def test_without_java_the_java_line_is_information_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    from edge_certd.targets import java
+
+    monkeypatch.setattr(java.shutil, "which", lambda _name: None)
+    monkeypatch.delattr(java.pkcs12, "serialize_java_truststore", raising=False)
+    store_type, reason = java._choose("auto")
+    assert store_type is None
+    check = judge_target(TargetFacts("java truststore", "", None, reason), [])
+    assert check.status == "skip" and "install" not in check.line() and "no Java" in check.line()
+    # Asked for explicitly (bundles.java: pkcs12), a missing Java is something to fix.
+    assert "install a Java runtime" in java._choose("pkcs12")[1]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -106,7 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("run", help="run the daemon in the foreground (systemd Type=notify)")
     _add_verify_parser(sub)
     _add_package_parser(sub)
-    p = sub.add_parser("doctor", help="check the whole device, then verify the gateway")
+    p = sub.add_parser(
+        "doctor",
+        help="check the whole device, then verify the gateway (the same gateway arguments as verify)",
+    )
+    _add_gateway_arguments(p)
     p.add_argument("--json", action="store_true", help="print every check as one JSON object")
     p = sub.add_parser(
         "container-args",
@@ -122,6 +127,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_verify_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("verify", help="check the TLS connection to the gateway, with a diagnosis")
+    _add_gateway_arguments(p)
+    p.add_argument("--json", action="store_true")
+
+
+# verify's and doctor's gateway arguments: run_doctor passes them on to verify as they are.
+GATEWAY_ARGUMENTS = (
+    "target",
+    "protocol",
+    "connection_string",
+    "connection_string_file",
+    "ca",
+    "servername",
+    "timeout",
+)
+
+
+def _add_gateway_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("target", nargs="?", metavar="HOST[:PORT]")
     p.add_argument("--protocol", choices=["mqtts", "amqps", "https"])
     group = p.add_mutually_exclusive_group()
@@ -130,7 +152,6 @@ def _add_verify_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     p.add_argument("--ca", metavar="FILE", help="trust only this CA file")
     p.add_argument("--servername", metavar="NAME", help="SNI and hostname to check")
     p.add_argument("--timeout", type=float, metavar="SECONDS")
-    p.add_argument("--json", action="store_true")
 
 
 def _add_package_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -181,6 +202,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_APPLY_FAILED
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        return _stdout_closed()
+
+
+# What a shell reports for a command killed by SIGPIPE (128 + 13), as `status | head` does
+# for any other Unix tool whose reader went away.
+EXIT_BROKEN_PIPE = 128 + 13
+
+
+def _stdout_closed() -> int:
+    """The reader of stdout went away (`| head`, `| grep -q`): stop quietly, no traceback.
+
+    stdout is pointed at /dev/null first, so the interpreter's flush at exit does not fail on
+    the same pipe again (the recipe in Python's signal module documentation).
+    """
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    return EXIT_BROKEN_PIPE
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -217,7 +258,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     if command == "doctor":
         from edge_certd.diagnose import doctor
 
-        return doctor.run_doctor(config, path, as_json=args.json)
+        gateway = {name: getattr(args, name) for name in GATEWAY_ARGUMENTS}
+        return doctor.run_doctor(config, path, as_json=args.json, gateway=gateway)
     if command == "package":
         return _package(config, args)
     if command == "container-args":
@@ -232,13 +274,20 @@ def _change(config: Config, command: str, args: argparse.Namespace) -> int:
     """sync, add and remove: the running daemon does the work (it is the only writer and
     logs it under its unit); without one, root does it here."""
     import edge_certd.cli.client as client
+    from edge_certd.sync.operations import require_files
 
     files: list[str] = list(getattr(args, "files", []) or [])
+    require_files(files)
     request_args = {"what": args.what} if command == "remove" else {}
     try:
         reply = client.ask(config.control_socket, command, request_args, files)
     except client.NoDaemon:
         reply = _change_here(config, command, args)
+    except UsageError:
+        if command == "remove" and os.geteuid() != 0:
+            # The socket refused a non-member; joining the group would not help, remove needs root.
+            raise UsageError(f"`edge-certd remove` needs root (sudo edge-certd remove {args.what})") from None
+        raise
     error = reply.get("error")
     if isinstance(error, dict):
         kind, message = str(error.get("kind")), str(error.get("message"))
@@ -314,6 +363,8 @@ def _change_here(config: Config, command: str, args: argparse.Namespace) -> dict
     except WriteError as exc:
         if os.geteuid() == 0:
             raise
+        if command == "remove":
+            raise UsageError(f"`edge-certd remove` needs root (sudo edge-certd remove {args.what})") from None
         raise UsageError(
             f"{exc}; the edge-certd daemon is not running (nothing listens on "
             f"{config.control_socket}), and without it `edge-certd {command}` needs root: "

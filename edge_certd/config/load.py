@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import stat
 from typing import Any
 
@@ -14,7 +15,14 @@ import yaml
 
 import edge_certd.config.rules as rules
 from edge_certd.config.loader import MAX_BYTES, Refused, load_yaml
-from edge_certd.config.model import CONFIG_ENV, DEFAULT_CONFIG_PATH, EXAMPLE_PATH, PYDANTIC_V2, Config
+from edge_certd.config.model import (
+    CONFIG_ENV,
+    DEFAULT_CONFIG_PATH,
+    EXAMPLE_PATH,
+    PYDANTIC_V2,
+    SBIN_DIRS,
+    Config,
+)
 from edge_certd.config.paths import PATH_KEYS, PATH_LIST_KEYS
 from edge_certd.core.errors import ConfigError
 
@@ -99,6 +107,7 @@ def parse_config(text: str, path: str = "<config>") -> Config:
     if not isinstance(data, dict):
         raise ConfigError(path, ["the top level must be a mapping of keys"])
     _tidy_paths(data)
+    _resolve_update_command(data)
     try:
         config = Config.model_validate(data) if PYDANTIC_V2 else Config.parse_obj(data)
     except pydantic.ValidationError as exc:
@@ -135,6 +144,23 @@ def _tidy_paths(data: dict[str, Any]) -> None:
     for name in PATH_LIST_KEYS:
         if isinstance(data.get(name), list):
             data[name] = [rules.tidy_path(item) for item in data[name]]
+
+
+def _resolve_update_command(data: dict[str, Any]) -> None:
+    """A bare program name in trust_store.update_command becomes the path it resolves to on
+    $PATH or in the sbin directories, so the same configuration works for root and for a
+    user whose PATH lacks /usr/sbin. A name found nowhere is left as written."""
+    section = data.get("trust_store")
+    argv = section.get("update_command") if isinstance(section, dict) else None
+    if not isinstance(argv, list) or not argv or not isinstance(argv[0], str):
+        return
+    program = argv[0]
+    if not program or "/" in program:
+        return
+    search = os.pathsep.join([os.environ.get("PATH", ""), *SBIN_DIRS])
+    found = shutil.which(program, path=search)
+    if found:
+        argv[0] = found
 
 
 def _message(err: Any) -> str:

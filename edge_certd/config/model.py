@@ -33,9 +33,16 @@ else:  # pragma: no cover - exercised by the Debian 12 test run
 EXAMPLE_PATH = "/usr/share/doc/edge-certd/examples/config.example.yaml"
 
 
+# Where Debian's and Ubuntu's ca-certificates install it. An absolute path: /usr/sbin is not on
+# a normal user's PATH, and a bare name there made a non-root trial fail with exit 127.
+UPDATE_CA_CERTIFICATES = "/usr/sbin/update-ca-certificates"
+# Where a bare program name in update_command is also looked for, after $PATH.
+SBIN_DIRS = ("/usr/local/sbin", "/usr/sbin", "/sbin")
+
+
 class TrustStoreConfig(_Section):
     ca_dir: str = "/usr/local/share/ca-certificates/edge-certd"
-    update_command: list[str] = ["update-ca-certificates"]
+    update_command: list[str] = [UPDATE_CA_CERTIFICATES]
     system_bundle: str = "/etc/ssl/certs/ca-certificates.crt"
     update_timeout: float = 300.0
 

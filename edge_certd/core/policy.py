@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -231,7 +232,53 @@ def _signature_hash_problem(cert: x509.Certificate, rules: Rules) -> str | None:
     return None
 
 
+def issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    """True when `issuer`'s subject is `cert`'s issuer and its key verifies `cert`'s signature.
+
+    Names alone prove nothing (anyone can write a name); the signature check is what ties a
+    chain certificate to the root above it.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # see judge(): over-long names warn when compared
+        if cert.issuer != issuer.subject:
+            return False
+    try:
+        key = issuer.public_key()
+    except (UnsupportedAlgorithm, ValueError):
+        return False
+    try:
+        return _signature_verifies(cert, issuer, key)
+    except (UnsupportedAlgorithm, ValueError, TypeError):
+        return False
+
+
+def chains_to(
+    cert: x509.Certificate, roots: Sequence[x509.Certificate], pool: Sequence[x509.Certificate]
+) -> bool:
+    """True when `cert` reaches one of `roots` through `pool`'s intermediate CAs, every link
+    checked by its signature (RFC 5280 section 6.1, without the policy and time checks: this
+    only decides whether a file's extra certificates are the chain below its root).
+
+    The caller bounds `pool`: each link may cost a signature check per candidate.
+    """
+    intermediates = [c for c in pool if is_ca(c) and not is_self_issued(c)]
+    current, used = cert, {id(cert)}
+    # Each step moves to a certificate not used yet, so the walk ends within len(pool) steps.
+    while True:
+        if any(issued_by(current, root) for root in roots):
+            return True
+        parent = next((c for c in intermediates if id(c) not in used and issued_by(current, c)), None)
+        if parent is None:
+            return False
+        used.add(id(parent))
+        current = parent
+
+
 def _self_signature_verifies(cert: x509.Certificate, key: object) -> bool:
+    return _signature_verifies(cert, cert, key)
+
+
+def _signature_verifies(cert: x509.Certificate, issuer: x509.Certificate, key: object) -> bool:
     # Verify by hand for PKCS#1 v1.5 and ECDSA: cryptography >= 40's verify_directly_issued_by
     # refuses SHA-1, which policy.allow_sha1_signature may allow. It handles RSA-PSS, which
     # cryptography 38 (Debian 12) cannot check at all.
@@ -239,7 +286,7 @@ def _self_signature_verifies(cert: x509.Certificate, key: object) -> bool:
         if not hasattr(cert, "verify_directly_issued_by"):
             return False
         try:
-            cert.verify_directly_issued_by(cert)
+            cert.verify_directly_issued_by(issuer)
             return True
         except (InvalidSignature, ValueError, TypeError, UnsupportedAlgorithm):
             return False

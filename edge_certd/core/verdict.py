@@ -6,16 +6,33 @@ import datetime as dt
 import hashlib
 from collections.abc import Sequence
 
+from cryptography import x509
+
 from edge_certd.core.formats import FormatError, parse
 from edge_certd.core.model import FileVerdict, Ignored, Reason, Rejection, SourceKind, TrustedCA
-from edge_certd.core.policy import Rules, display_subject, fingerprint, is_ca, is_self_issued, judge
+from edge_certd.core.policy import (
+    Rules,
+    chains_to,
+    display_subject,
+    fingerprint,
+    is_ca,
+    is_self_issued,
+    judge,
+)
 
 DROP = SourceKind.DROP
 KEYVAULT = SourceKind.KEYVAULT
 
 # Bump whenever judging changes what any input gives: the verdict cache is keyed by it, so
 # verdicts an older judge gave are not answered from the cache after an upgrade.
-JUDGE_VERSION = 2
+JUDGE_VERSION = 3
+
+# A full-chain file (Azure's certGen.sh writes server or Edge CA certificate, intermediates and
+# root in one PEM) holds a handful of certificates. Chains are only looked for in files up to
+# this size: each link costs a signature check per candidate, and a hostile file may hold many.
+MAX_CHAIN_FILE = 16
+CHAIN_NOTE = "the gateway's chain in this file is ignored; only its root is trusted"
+_CHAIN_CODES = frozenset({Reason.NOT_CA, Reason.NOT_SELF_SIGNED})
 
 PRIVATE_KEY_MESSAGE = (
     "the file contains a private key, so the whole file is refused and nothing in it is "
@@ -152,6 +169,10 @@ def _judge_file(
             accepted.append(outcome)
         else:
             rejected.append(outcome)
+    if kind == DROP and accepted and rejected:
+        rejected, chain = _split_chain(parsed.certificates, accepted, rejected)
+        if chain:
+            ignored.append(Ignored(source=source, what=f"{CHAIN_NOTE} ({_names(chain)})"))
     return FileVerdict(
         source=source,
         format=parsed.format,
@@ -160,6 +181,38 @@ def _judge_file(
         ignored=tuple(ignored),
         content_sha256=content_sha,
     )
+
+
+def _split_chain(
+    certificates: Sequence[x509.Certificate], accepted: Sequence[TrustedCA], rejected: list[Rejection]
+) -> tuple[list[Rejection], list[Rejection]]:
+    """Split off the rejections that are the chain below a root this file has trusted.
+
+    A leaf or an intermediate that reaches an accepted root of this file, each link checked
+    by its signature, is the gateway's own chain, copied with its root: a note, not a
+    rejection. Anything else (an unrelated leaf, a chain to a root not here) stays rejected.
+    """
+    if len(certificates) > MAX_CHAIN_FILE:
+        return rejected, []
+    by_sha = {fingerprint(c): c for c in certificates}
+    roots = [
+        by_sha[ca.sha256] for ca in accepted if ca.sha256 in by_sha and is_self_issued(by_sha[ca.sha256])
+    ]
+    keep: list[Rejection] = []
+    chain: list[Rejection] = []
+    for rejection in rejected:
+        cert = by_sha.get(rejection.sha256 or "")
+        if rejection.code in _CHAIN_CODES and cert is not None and chains_to(cert, roots, certificates):
+            chain.append(rejection)
+        else:
+            keep.append(rejection)
+    return keep, chain
+
+
+def _names(chain: Sequence[Rejection], limit: int = 3) -> str:
+    names = [r.subject or "<no subject>" for r in chain]
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
 
 
 def _why(exc: FormatError) -> str:

@@ -26,6 +26,7 @@ from edge_certd.core.text import iso, plural
 from edge_certd.daemon.clock import ClockWatch
 from edge_certd.daemon.control import ControlServer, Job, Peer, Request, RequestError, error_reply
 from edge_certd.daemon.notify import Notifier
+from edge_certd.daemon.startup import start_line
 from edge_certd.daemon.status import status_line
 from edge_certd.daemon.watcher import SourceWatcher
 from edge_certd.store.fsutil import remove_stale_temp_files
@@ -110,6 +111,7 @@ class Daemon:
         if control is not None:
             control.start()
         self._start_watching()
+        events.emit("started", start_line(self.config))
         self._sync("start-up")
         self._check_expiry()
         self.notifier.ready(self.status_now)

@@ -13,7 +13,7 @@ from typing import Any
 from edge_certd import __version__
 from edge_certd.config import Config
 from edge_certd.core.errors import UsageError
-from edge_certd.core.model import TrustedCA
+from edge_certd.core.model import Reason, Rejection, TrustedCA
 from edge_certd.core.plan import file_name
 from edge_certd.package.protected import DPKG_TEMPORARY_SUFFIXES, PROTECTED
 from edge_certd.sync.operations import judge_as_drop
@@ -104,13 +104,28 @@ def plan_package(config: Config, files: Sequence[str], name: str, version: str) 
     refused: list[str] = []
     for verdict in verdicts:
         if verdict.rejected:
-            refused.extend(r.describe() for r in verdict.rejected)
+            refused.extend(_refusal(r) for r in verdict.rejected)
         elif not verdict.accepted:
             refused.append(f"{verdict.source}: holds no CA certificate")
     if refused:
         raise UsageError("nothing was packaged:\n  " + "\n  ".join(refused))
     unique = {ca.sha256: ca for verdict in verdicts for ca in verdict.accepted}
     return RootsPackage(name=name, version=version, roots=tuple(unique[sha] for sha in sorted(unique)))
+
+
+def _refusal(rejection: Rejection) -> str:
+    # The drop directory's advice ("copy the root CA instead") does not fit a package.
+    if rejection.code in (Reason.NOT_CA, Reason.NOT_SELF_SIGNED):
+        what = (
+            "a leaf (server or device) certificate"
+            if rejection.code is Reason.NOT_CA
+            else "an intermediate CA"
+        )
+        return (
+            f"{rejection.source}: certificate {rejection.subject} is {what}, and a roots package takes "
+            "root CA certificates only: package the root CA that issued it"
+        )
+    return rejection.describe()
 
 
 def minimum_edge_certd() -> str:

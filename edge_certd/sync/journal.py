@@ -23,6 +23,7 @@ MESSAGE_IDS = {
     "source_error": "bd6dc1e0aefc418dac0e06f0a172db65",
     "config": "cfabecacc0ca4843a8b55319d1fe6f55",
     "control": "b1b7b4a5cb024b529906f5f6717553b2",
+    "started": "4442b9094bcd4d89ac850da17ada2b97",
 }
 
 _FIELDS = ("EDGE_CERTD_EVENT", "CERT_SHA256", "CERT_SUBJECT", "SOURCE_PATH", "REASON")

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
+import difflib
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from edge_certd.config import Config
 from edge_certd.core.errors import NotFound, UsageError
-from edge_certd.core.model import FileVerdict, SourceKind, SyncResult
+from edge_certd.core.model import FileVerdict, InstalledCA, SourceKind, SyncResult
 from edge_certd.core.text import printable
 from edge_certd.store.fsutil import write_atomic
 from edge_certd.store.sources import SourceFile, read_entry
@@ -43,10 +44,26 @@ def judge_as_drop(config: Config, files: Sequence[str]) -> list[FileVerdict]:
     return [verdict for _, verdict in _judge_files(config, files, as_drop=True)]
 
 
+def require_files(files: Sequence[str]) -> None:
+    """The one wording for a FILE argument that is not there (verify's --ca says it too).
+
+    Raises:
+        NotFound: "<FILE>: no such file", for the first one missing.
+    """
+    for path in files:
+        try:
+            os.lstat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            raise NotFound(f"{printable(path)}: no such file") from None
+        except OSError:
+            continue  # not "missing": opening it names the real reason (permission denied)
+
+
 def _judge_files(
     config: Config, files: Sequence[str], keyvault: bool = False, as_drop: bool = False
 ) -> list[tuple[SourceFile, FileVerdict]]:
     """Read each file once and judge those bytes in the judge worker."""
+    require_files(files)
     now = dt.datetime.now(dt.UTC)
     rules, passwords = rules_from(config), read_passwords(config)
     kv_dirs = {os.path.realpath(d) for d in config.keyvault_export_dirs}
@@ -138,6 +155,9 @@ def judge_items(config: Config, worker: JudgeWorker, items: Sequence[tuple[str, 
     return worker.judge_batch(files, rules=rules_from(config), now=now, passwords=read_passwords(config))
 
 
+MAX_NEAR = 3  # near matches a failed `remove NAME` lists
+
+
 def remove(config: Config, what: str, engine: Engine | None = None) -> SyncResult:
     """Stop trusting a managed CA, named by SHA-256 prefix or by installed/source file name.
 
@@ -163,7 +183,7 @@ def remove(config: Config, what: str, engine: Engine | None = None) -> SyncResul
         or what in (os.path.basename(e.path), *(os.path.basename(s) for s in e.sources))
     ]
     if not matches:
-        raise NotFound(f"no managed CA matches {printable(repr(what))}; see `edge-certd list`")
+        raise NotFound(_no_match(what, entries.values()))
     if len(matches) > 1:
         names = ", ".join(f"{m.sha256[:16]} ({m.subject})" for m in matches)
         raise UsageError(
@@ -172,6 +192,24 @@ def remove(config: Config, what: str, engine: Engine | None = None) -> SyncResul
     with state_lock(engine.paths):
         save_blocked(engine.paths, load_blocked(engine.paths) | {matches[0].sha256})
     return engine.sync()
+
+
+def _no_match(what: str, entries: Iterable[InstalledCA]) -> str:
+    """What NAME may be, and the managed CAs whose names come close (difflib's ratio)."""
+    names: dict[str, InstalledCA] = {}
+    for entry in entries:
+        for name in (os.path.basename(entry.path), *(os.path.basename(s) for s in entry.sources)):
+            names[name] = entry
+        names[entry.sha256[:16]] = entry
+        names[entry.subject] = entry
+    near = difflib.get_close_matches(what, list(names), n=MAX_NEAR, cutoff=0.5)
+    shown = list(dict.fromkeys(f"{names[n].sha256[:16]} ({names[n].subject})" for n in near))
+    hint = f"; near matches: {', '.join(shown)}" if shown else ""
+    return (
+        f"no managed CA matches {printable(what, 80)!r}: NAME is a file name (the installed "
+        "<CN slug>-<sha256[:16]>.crt or a source file's name) or a SHA-256 prefix of at least "
+        f"6 hex digits, not the subject{hint}; `edge-certd list` shows every managed CA"
+    )
 
 
 def _read_one(path: str, max_bytes: int) -> SourceFile:

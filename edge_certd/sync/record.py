@@ -11,7 +11,7 @@ from edge_certd.config import Config
 from edge_certd.core.errors import EdgeCertdError
 from edge_certd.core.model import SyncResult
 from edge_certd.core.text import iso
-from edge_certd.store.state import StatePaths, save_report
+from edge_certd.store.state import StatePaths, load_blocked, save_report
 from edge_certd.targets.registry import bundle_paths
 
 # status.json lists this many rejected and ignored items and counts the rest: 50,000 junk
@@ -20,7 +20,11 @@ MAX_LISTED = 200
 MAX_PER_FILE = 5
 
 
-def status_document(result: SyncResult, config: Config) -> dict[str, Any]:
+def status_document(
+    result: SyncResult, config: Config, blocked: frozenset[str] = frozenset()
+) -> dict[str, Any]:
+    """status.json. `blocked`: the SHA-256s an operator removed (removed-by-operator.json);
+    those a source still holds are listed, for doctor and verify to name in their advice."""
     # Iterated, not copied: with 50,000 junk files the verdicts are most of the memory.
     # Every rejected file is named (up to MAX_LISTED files), with at most MAX_PER_FILE of its
     # rejections: one bundle of 1,000 leaves must not hide the other files.
@@ -71,6 +75,7 @@ def status_document(result: SyncResult, config: Config) -> dict[str, Any]:
         ],
         "target_failures": [{"target": f.target, "message": f.message} for f in result.target_failures],
         "bundles": bundle_paths(config),
+        "removed_by_operator": _stay_removed(result, blocked),
     }
     if result.last_change is not None:
         doc["last_change"] = iso(result.last_change.time)
@@ -78,8 +83,22 @@ def status_document(result: SyncResult, config: Config) -> dict[str, Any]:
     return doc
 
 
+def _stay_removed(result: SyncResult, blocked: frozenset[str]) -> list[dict[str, Any]]:
+    """CAs a source still provides that stay removed because an operator removed them."""
+    found: dict[str, dict[str, Any]] = {}
+    for verdict in result.verdicts:
+        for ca in verdict.accepted:
+            if ca.sha256 in blocked:
+                entry = found.setdefault(
+                    ca.sha256, {"sha256": ca.sha256, "subject": ca.subject, "sources": []}
+                )
+                if len(entry["sources"]) < MAX_PER_FILE:
+                    entry["sources"].append(verdict.source)
+    return [found[sha] for sha in sorted(found)][:MAX_LISTED]
+
+
 def write_status(paths: StatePaths, result: SyncResult, config: Config) -> None:
     try:
-        save_report(paths.status, status_document(result, config))
+        save_report(paths.status, status_document(result, config, load_blocked(paths)))
     except EdgeCertdError:
         pass  # a full disk must not turn a good sync into a failed one

@@ -274,7 +274,10 @@ def _choose(mode: str) -> tuple[JavaStoreKind | None, str]:
         return "jks", ""
     if hasattr(pkcs12, "serialize_java_truststore") or shutil.which("keytool"):
         return "pkcs12", ""
-    why = "this device has no Java (keytool not found); install a Java runtime, or set bundles.java: jks"
     if mode == "pkcs12":
-        return None, why
-    return None, why + " (bundles.java: auto)"
+        return (
+            None,
+            "this device has no Java (keytool not found); install a Java runtime, or set bundles.java: jks",
+        )
+    # auto: no Java here is the common case and nothing to fix, so this is information only.
+    return None, "no Java on this device (keytool not found), so none is needed (bundles.java: auto)"

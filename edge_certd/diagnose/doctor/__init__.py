@@ -13,8 +13,11 @@ connects to the gateway) followed by a pure judgement in `doctor_judge`:
 7. the clock is not before the newest managed CA's notBefore;
 8. on an IoT Edge device (/etc/aziot/config.toml exists), its trust_bundle_cert names a file
    that holds every managed CA, ideally edge-roots.pem itself (nested edge);
-9. `verify` against the configured gateway, exactly as `edge-certd verify` with no
-   arguments would run it.
+9. the last sync (status.json): no file rejected, no private key in a source, and the CAs
+   an operator removed that a source still provides (they stay removed);
+10. `verify` against the gateway, exactly as `edge-certd verify` with the same gateway
+   arguments (HOST[:PORT], --connection-string, ...) would run it; without any, and none
+   configured, doctor says plainly that no gateway was checked.
 
 - `run`: the checklist in order, and the output;
 - `probes`: the side effects, each returning frozen facts;

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from edge_certd.core.expiry import expiring
-from edge_certd.core.model import InstalledCA
-from edge_certd.diagnose.verify.model import VerifyReport, when
+from edge_certd.core.model import InstalledCA, Reason
+from edge_certd.diagnose.verify.model import RemovedRoot, VerifyReport, when
 
 __all__ = [
     "AziotFacts",
@@ -31,6 +31,11 @@ __all__ = [
     "judge_env",
     "judge_expiry",
     "judge_gateway",
+    "judge_keys",
+    "judge_rejected",
+    "judge_removed",
+    "NO_GATEWAY",
+    "ReportFacts",
     "judge_manifest",
     "judge_nested_edge",
     "judge_service",
@@ -42,6 +47,12 @@ CheckStatus = Literal["pass", "warn", "fail", "skip"]
 Role = Literal["drop", "keyvault"]  # which kind of source directory
 
 _SYNC = "run `edge-certd sync`"
+# The gateway line's message when none was given or configured; the summary says it again.
+NO_GATEWAY = (
+    "no gateway was checked: none given (edge-certd doctor HOST[:PORT]) and none configured "
+    "(gateway.host or gateway.connection_string_file)"
+)
+_KEY_CODES = frozenset({Reason.PRIVATE_KEY, Reason.PKCS12_SEALED})
 
 
 @dataclass(frozen=True)
@@ -107,6 +118,20 @@ class AziotFacts:
     bundle_error: str | None = None
 
 
+@dataclass(frozen=True)
+class ReportFacts:
+    """What the last sync's status.json says about the sources.
+
+    `rejected` holds (source, code, message) for the files it lists; `removed` the CAs an
+    operator removed that a source still provides (and that are still removed).
+    """
+
+    present: bool
+    rejected: tuple[tuple[str, str, str], ...] = ()
+    rejected_files: int = 0
+    removed: tuple[RemovedRoot, ...] = ()
+
+
 def judge_config(path: str, exists: bool) -> Check:
     # An invalid file never reaches doctor: loading it fails first, with exit code 2.
     if exists:
@@ -147,14 +172,80 @@ def judge_service(facts: ServiceFacts) -> Check:
     )
 
 
-def judge_manifest(entries: Sequence[InstalledCA], problem: str | None, drop_dir: str) -> Check:
+def judge_manifest(
+    entries: Sequence[InstalledCA], problem: str | None, drop_dir: str, removed: Sequence[RemovedRoot] = ()
+) -> Check:
     if problem:
         return Check(
             "managed CAs", "fail", problem, f"{_SYNC}; it rebuilds the manifest from ca_dir and the sources"
         )
+    if not entries and removed:
+        return Check("managed CAs", "warn", "none: every CA the sources provide was removed", _ADD_FIX)
     if not entries:
         return Check("managed CAs", "warn", "none yet", f"copy the gateway's root CA (PEM) into {drop_dir}")
     return Check("managed CAs", "pass", f"{_count(len(entries))}: {_subjects(entries)}")
+
+
+_ADD_FIX = (
+    "an operator removed them with `edge-certd remove`, and a copy in the drop directory changes "
+    "nothing; `edge-certd add FILE` (FILE: the root CA file) trusts one again"
+)
+MAX_NAMED = 5  # files or CAs one line names; the rest are counted
+
+
+def judge_rejected(facts: ReportFacts) -> Check:
+    """Files the last sync refused (a private key has its own check below)."""
+    name = "rejected files"
+    if not facts.present:
+        return Check(name, "skip", "no sync has reported yet (no status.json)")
+    files: dict[str, str] = {}
+    for source, code, message in facts.rejected:
+        if code not in _KEY_CODES:
+            files.setdefault(source, f"{code}: {message}")
+    if not files:
+        return Check(name, "pass", "the last sync rejected no file")
+    shown = "; ".join(f"{source} ({why})" for source, why in list(files.items())[:MAX_NAMED])
+    total = max(facts.rejected_files, len(files))
+    more = f"; and {total - MAX_NAMED} more (edge-certd status)" if total > MAX_NAMED else ""
+    return Check(
+        name,
+        "warn",
+        f"{total} file{'s' if total != 1 else ''} rejected: {shown}{more}",
+        "replace each with the gateway's root CA file or delete it; `edge-certd inspect FILE` "
+        "shows what a file holds",
+    )
+
+
+def judge_keys(facts: ReportFacts) -> Check:
+    """A private key (or a PFX nobody can open) in a source: refused, and it should not be here."""
+    name = "keys in sources"
+    if not facts.present:
+        return Check(name, "skip", "no sync has reported yet (no status.json)")
+    sources = list(dict.fromkeys(source for source, code, _ in facts.rejected if code in _KEY_CODES))
+    if not sources:
+        return Check(name, "pass", "no source file holds a private key")
+    shown = ", ".join(sources[:MAX_NAMED]) + (" and more" if len(sources) > MAX_NAMED else "")
+    return Check(
+        name,
+        "fail",
+        f"{shown} hold{'s' if len(sources) == 1 else ''} (or may hold) a private key",
+        "delete the file, copy only the root CA certificate, and treat the key as exposed",
+    )
+
+
+def judge_removed(facts: ReportFacts) -> Check:
+    name = "removed CAs"
+    if not facts.removed:
+        return Check(name, "pass", "no CA a source provides was removed by an operator")
+    shown = ", ".join(f"{r.subject} (sha256 {r.sha256[:16]})" for r in facts.removed[:MAX_NAMED])
+    count = len(facts.removed)
+    return Check(
+        name,
+        "warn",
+        f"{count} CA{'s' if count != 1 else ''} stay{'s' if count == 1 else ''} removed although "
+        f"a source still provides {'it' if count == 1 else 'them'}: {shown}",
+        _ADD_FIX,
+    )
 
 
 def judge_target(facts: TargetFacts, entries: Sequence[InstalledCA]) -> Check:

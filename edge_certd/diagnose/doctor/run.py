@@ -8,22 +8,27 @@ import datetime as dt
 import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any, TextIO
 
 from edge_certd.config import Config
 from edge_certd.core.errors import EdgeCertdError, LockTimeout
 from edge_certd.core.schema import SCHEMA_VERSIONS
 from edge_certd.diagnose.doctor.judge import (
+    NO_GATEWAY,
     Check,
+    ReportFacts,
     judge_clock,
     judge_config,
     judge_directory,
     judge_env,
     judge_expiry,
     judge_gateway,
+    judge_keys,
     judge_manifest,
     judge_nested_edge,
+    judge_rejected,
+    judge_removed,
     judge_service,
     judge_target,
 )
@@ -34,9 +39,9 @@ from edge_certd.diagnose.doctor.probes import (
     probe_service,
     probe_trust,
 )
-from edge_certd.diagnose.verify import request_for_config, verify_gateway
+from edge_certd.diagnose.verify import removed_roots, request_for_config, verify_gateway
 from edge_certd.store.sources import DirectoryRules
-from edge_certd.store.state import StatePaths, load_manifest
+from edge_certd.store.state import StatePaths, load_manifest, load_report
 from edge_certd.targets.registry import bundle_paths
 
 # Where aziotctl reads an IoT Edge device's configuration (`iotedge config apply`).
@@ -53,6 +58,7 @@ def run_doctor(
     out: TextIO | None = None,
     as_json: bool = False,
     aziot_config: str = AZIOT_CONFIG,
+    gateway: Mapping[str, Any] | None = None,
 ) -> int:
     """Run every check, print one line each, and return 0 when none failed, else 1.
 
@@ -64,11 +70,13 @@ def run_doctor(
         out: where to print; stdout if None.
         as_json: print one JSON document (`doctor_document`) instead of lines.
         aziot_config: IoT Edge's configuration, for the nested edge check.
+        gateway: verify's gateway arguments (target, protocol, connection_string,
+            connection_string_file, ca, servername, timeout); None or empty: the configured one.
     """
     stream = out or sys.stdout
     moment = now or dt.datetime.now(dt.UTC)
     results: list[Check] = []
-    for check in _checks(config, config_path, moment, aziot_config):
+    for check in _checks(config, config_path, moment, aziot_config, dict(gateway or {})):
         results.append(check)
         if as_json:
             continue  # one document at the end
@@ -92,7 +100,9 @@ def doctor_document(results: list[Check]) -> dict[str, Any]:
     }
 
 
-def _checks(config: Config, config_path: str, now: dt.datetime, aziot_config: str) -> Iterator[Check]:
+def _checks(
+    config: Config, config_path: str, now: dt.datetime, aziot_config: str, gateway: dict[str, Any]
+) -> Iterator[Check]:
     yield judge_config(config_path, os.path.exists(config_path))
     rules = DirectoryRules(config.sources.trusted_group, config.sources.check_ownership)
     yield judge_directory(probe_directory(config.drop_dir, "drop", rules))
@@ -111,7 +121,8 @@ def _checks(config: Config, config_path: str, now: dt.datetime, aziot_config: st
         # The manifest is replaced atomically, so it is safe to read for the checks below.
         manifest, targets = load_manifest(StatePaths(config.state_dir)), []
     entries = list(manifest.entries.values())
-    yield judge_manifest(entries, manifest.problem, config.drop_dir)
+    report = probe_report(config)
+    yield judge_manifest(entries, manifest.problem, config.drop_dir, report.removed)
     if entries:
         for target in targets:
             yield judge_target(target, entries)
@@ -119,16 +130,40 @@ def _checks(config: Config, config_path: str, now: dt.datetime, aziot_config: st
     yield judge_expiry(entries, config.expiry.warn_days, now, config.drop_dir)
     yield judge_clock(entries, now)
     yield judge_nested_edge(probe_aziot(aziot_config, bundle_paths(config)["edge_roots"] or ""), entries)
-    yield check_gateway(config)
+    yield judge_rejected(report)
+    yield judge_keys(report)
+    yield judge_removed(report)
+    yield check_gateway(config, gateway)
 
 
-def check_gateway(config: Config) -> Check:
-    """Run `verify` as `edge-certd verify` with no arguments does, and judge its report."""
+def probe_report(config: Config) -> ReportFacts:
+    """The last sync's status.json: what it rejected, and the CAs that stay removed."""
+    doc = load_report(StatePaths(config.state_dir).status)
+    if not doc:
+        return ReportFacts(present=False, removed=removed_roots(config))
+    rejected = tuple(
+        (str(item.get("source", "")), str(item.get("code", "")), str(item.get("message", "")))
+        for item in doc.get("rejected") or []
+        if isinstance(item, dict)
+    )
+    total = doc.get("rejected_files_total")
+    return ReportFacts(
+        present=True,
+        rejected=rejected,
+        rejected_files=total if isinstance(total, int) else len({r[0] for r in rejected}),
+        removed=removed_roots(config),
+    )
+
+
+def check_gateway(config: Config, args: Mapping[str, Any] | None = None) -> Check:
+    """Run `verify` as `edge-certd verify` with the same arguments does, and judge its report."""
+    given = {key: value for key, value in (args or {}).items() if value is not None}
+    asked = any(key in given for key in ("target", "connection_string", "connection_string_file"))
     gateway = config.gateway
-    if not gateway.host and not gateway.connection_string_file:
-        return Check("gateway", "skip", "no gateway configured (set gateway.host in the config)")
+    if not asked and not gateway.host and not gateway.connection_string_file:
+        return Check("gateway", "skip", NO_GATEWAY)
     try:
-        request = request_for_config(config)
+        request = request_for_config(config, **given)
     except EdgeCertdError as exc:
         return Check(
             "gateway", "fail", f"cannot verify: {exc}", "fix the gateway section of the configuration"
@@ -139,10 +174,14 @@ def check_gateway(config: Config) -> Check:
 def _summary(results: list[Check]) -> str:
     failed = [c.name for c in results if c.status == "fail"]
     warned = [c.name for c in results if c.status == "warn"]
+    # Never "every check passed" when the gateway, the point of it all, was not checked.
+    unchecked = "; no gateway was checked" if any(c.message == NO_GATEWAY for c in results) else ""
     if failed:
         names = ", ".join(dict.fromkeys(failed))
-        return f"doctor: {len(failed)} of {len(results)} checks failed ({names})"
+        return f"doctor: {len(failed)} of {len(results)} checks failed ({names}){unchecked}"
     if warned:
         noun = "warning" if len(warned) == 1 else "warnings"
-        return f"doctor: no check failed; {len(warned)} {noun} (warnings do not fail doctor)"
+        return f"doctor: no check failed; {len(warned)} {noun} (warnings do not fail doctor){unchecked}"
+    if unchecked:
+        return "doctor: no check failed, but no gateway was checked (edge-certd doctor HOST[:PORT])"
     return "doctor: every check passed"

@@ -45,6 +45,7 @@ from edge_certd.diagnose.verify.request import (
     ca_file_store,
     default_stores,
     parse_host_port,
+    removed_roots,
     request_for_config,
     request_from_args,
 )
@@ -61,6 +62,7 @@ __all__ = [
     "ca_file_store",
     "default_stores",
     "parse_host_port",
+    "removed_roots",
     "render_text",
     "report_to_json",
     "request_for_config",

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from edge_certd.diagnose.verify.model import (
     CertInfo,
     Diagnosis,
+    RemovedRoot,
     Step,
     StoreCheck,
     TrustStore,
@@ -223,11 +224,30 @@ def _root_name(chain: tuple[CertInfo, ...]) -> str:
     return top.subject if top.self_signed else top.issuer
 
 
-def _drop_fix(request: VerifyRequest, needed: str) -> str:
+def _drop_fix(request: VerifyRequest, needed: str, chain: tuple[CertInfo, ...] = ()) -> str:
+    removed = removed_root(request, chain)
+    if removed is not None:
+        # A copy in the drop directory changes nothing: the CA stays removed until `add`.
+        return (
+            f"the root CA {removed.subject} (sha256 {removed.sha256[:16]}) was removed by an "
+            "operator with `edge-certd remove` and stays removed whatever the drop directory "
+            "holds; to trust it again, run `edge-certd add FILE` with its root CA file"
+        )
     return (
         f"copy the root CA certificate {needed} ({ROOT_EXAMPLE}) into the drop directory "
         f"{request.drop_dir}; edge-certd installs it for every runtime"
     )
+
+
+def removed_root(request: VerifyRequest, chain: tuple[CertInfo, ...]) -> RemovedRoot | None:
+    """The operator-removed CA the chain needs: the root it sent, by fingerprint, or else the
+    issuer its top names, by subject."""
+    if not request.removed or not chain:
+        return None
+    top = chain[-1]
+    if top.self_signed:
+        return next((r for r in request.removed if r.sha256 == top.sha256), None)
+    return next((r for r in request.removed if r.subject == top.issuer), None)
 
 
 def _store_unusable(
@@ -252,10 +272,10 @@ def _store_unusable(
     if problem == "not found" or "could not load" in problem:
         fix = (
             "start edge-certd (systemctl enable --now edge-certd) or run `edge-certd sync`, so "
-            f"it writes every runtime's store; first {_drop_fix(request, needed)}"
+            f"it writes every runtime's store; first {_drop_fix(request, needed, chain)}"
         )
         return Diagnosis("no-trust", message, fix)
-    return Diagnosis("no-trust", message, _drop_fix(request, needed))
+    return Diagnosis("no-trust", message, _drop_fix(request, needed, chain))
 
 
 def _untrusted_root(
@@ -294,13 +314,15 @@ def _untrusted_root(
             "edge-certd already manages this root: run `edge-certd sync` and read "
             "`edge-certd status` for the step that failed"
         )
+    elif removed_root(request, chain) is not None:
+        fix = _drop_fix(request, needed, chain)
     elif check.holds_issuer:
         fix = (
             f"the gateway's root CA was regenerated: {_drop_fix(request, needed)}, and remove "
             "the old one with `edge-certd remove`"
         )
     else:
-        fix = _drop_fix(request, needed)
+        fix = _drop_fix(request, needed, chain)
     return Diagnosis("untrusted-root", message, fix)
 
 

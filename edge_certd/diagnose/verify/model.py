@@ -94,6 +94,15 @@ class StoreCheck:
     holds_issuer: bool = False
 
 
+@dataclass(frozen=True, kw_only=True)
+class RemovedRoot:
+    """A CA an operator removed with `edge-certd remove`: it stays removed whatever the drop
+    directory holds, so the advice for a missing root must name `edge-certd add`."""
+
+    sha256: str
+    subject: str
+
+
 @dataclass(frozen=True)
 class VerifyRequest:
     """What to check and against which trust.
@@ -111,6 +120,7 @@ class VerifyRequest:
         connection_string: the device connection string, when one was given.
         connection_string_source: where it came from, for messages.
         warn_days: certificates expiring within this many days get a warning.
+        removed: the CAs an operator removed that a source still provides.
     """
 
     host: str | None
@@ -123,6 +133,7 @@ class VerifyRequest:
     connection_string: ConnectionString | None = None
     connection_string_source: str | None = None
     warn_days: int = 30
+    removed: tuple[RemovedRoot, ...] = ()
 
     @property
     def expected_name(self) -> str | None:

@@ -14,10 +14,12 @@ from edge_certd.diagnose.connstr import ConnectionString, ConnectionStringError,
 from edge_certd.diagnose.verify.model import (
     DEFAULT_PROTOCOL,
     PROTOCOL_PORTS,
+    RemovedRoot,
     TrustStore,
     VerifyRequest,
 )
 from edge_certd.store.fsutil import ReadError, read_bounded
+from edge_certd.store.state import StatePaths, load_blocked, load_report
 from edge_certd.targets.registry import enabled_targets
 
 
@@ -67,6 +69,7 @@ def request_from_args(
     *,
     connection_string_file: str | None = None,
     warn_days: int = 30,
+    removed: tuple[RemovedRoot, ...] = (),
 ) -> VerifyRequest:
     """Build a VerifyRequest from command-line values, filling gaps from `gateway:` config.
 
@@ -142,6 +145,7 @@ def request_from_args(
         connection_string=parsed,
         connection_string_source=source,
         warn_days=warn_days,
+        removed=removed,
     )
 
 
@@ -202,4 +206,20 @@ def request_for_config(
         config.drop_dir,
         connection_string_file=connection_string_file,
         warn_days=max(config.expiry.warn_days, default=30),
+        removed=removed_roots(config),
     )
+
+
+def removed_roots(config: Config) -> tuple[RemovedRoot, ...]:
+    """The CAs that stay removed (`edge-certd remove`), as the last sync's status.json names
+    them, less any `edge-certd add` has brought back since. Empty when neither is readable."""
+    paths = StatePaths(config.state_dir)
+    blocked = load_blocked(paths)
+    listed = load_report(paths.status).get("removed_by_operator")
+    if not isinstance(listed, list):
+        return ()
+    found = []
+    for item in listed:
+        if isinstance(item, dict) and item.get("sha256") in blocked and isinstance(item.get("subject"), str):
+            found.append(RemovedRoot(sha256=str(item["sha256"]), subject=item["subject"]))
+    return tuple(found)
