@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import require_tool
+from support.tree import require_tool
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 

@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 import yaml
-from certs import CA
-from conftest import Tree
+from support.certs import CA
+from support.tree import Tree
 
 from edge_certd import __version__
 from edge_certd.config import Config, parse_config

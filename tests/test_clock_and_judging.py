@@ -15,10 +15,10 @@ import time
 from pathlib import Path
 
 import pytest
-from certs import CA
-from conftest import Tree
-from daemonrun import RunningDaemon
-from invariants import installed_cas
+from support.certs import CA
+from support.daemonrun import RunningDaemon
+from support.invariants import installed_cas
+from support.tree import Tree
 
 from edge_certd.core.pem import pem_fingerprints
 from edge_certd.sync.engine import Engine

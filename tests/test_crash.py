@@ -40,10 +40,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from certs import CA
-from conftest import Tree, make_tree, require_tool
-from daemonrun import RunningDaemon, wait_until
-from invariants import check_mid_crash, check_settled, fingerprints
+from support.certs import CA
+from support.daemonrun import RunningDaemon, wait_until
+from support.invariants import check_mid_crash, check_settled, fingerprints
+from support.tree import Tree, make_tree, require_tool
 
 from edge_certd.sync.engine import Engine
 

@@ -1,6 +1,6 @@
 """`edge-certd run` with real inotify, real files, real signals and a real NOTIFY_SOCKET.
 
-Every wait is for an event: READY=1, or the end of a sync (tests/daemonrun.py).
+Every wait is for an event: READY=1, or the end of a sync (tests/support/daemonrun.py).
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ import signal
 from collections.abc import Iterator
 
 import pytest
-from certs import CA
-from conftest import Tree
-from daemonrun import RunningDaemon
-from oddcerts import pem, self_signed
+from support.certs import CA
+from support.daemonrun import RunningDaemon
+from support.oddcerts import pem, self_signed
+from support.tree import Tree
 
 from edge_certd.core.pem import pem_fingerprints
 

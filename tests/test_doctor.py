@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from certs import CA, utcnow
-from conftest import Tree
-from loopback import LoopbackServer, free_port, tls_handler
+from support.certs import CA, utcnow
+from support.loopback import LoopbackServer, free_port, tls_handler
+from support.tree import Tree
 
 from edge_certd.config import load_config
 from edge_certd.core.model import InstalledCA

@@ -1,4 +1,4 @@
-"""The hostile corpus (tests/hostile.py) through `inspect`, `sync` and the running daemon.
+"""The hostile corpus (tests/support/hostile.py) through `inspect`, `sync` and the running daemon.
 
 For every case: nothing wrong is trusted, the reason is one of the expected rejection
 codes with a message, every name is shown with its control characters escaped, and
@@ -19,10 +19,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import make_tree, require_tool
-from daemonrun import RunningDaemon
-from hostile import Case, Growing, Material, corpus, make_material, materialise
-from invariants import check_settled, fingerprints, installed_cas
+from support.daemonrun import RunningDaemon
+from support.hostile import Case, Growing, Material, corpus, make_material, materialise
+from support.invariants import check_settled, fingerprints, installed_cas
+from support.tree import make_tree, require_tool
 
 from edge_certd import cli
 from edge_certd.core.text import printable

@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 
 import pytest
-from certs import CA
-from conftest import Tree, require_tool
+from support.certs import CA
+from support.tree import Tree, require_tool
 
 from edge_certd import __version__
 from edge_certd.config import parse_config

@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import require_tool
+from support.tree import require_tool
 
 from edge_certd.cli import build_parser
 

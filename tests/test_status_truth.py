@@ -10,9 +10,9 @@ import hashlib
 import json
 from pathlib import Path
 
-from certs import CA
-from conftest import Tree
-from daemonrun import RunningDaemon, wait_until
+from support.certs import CA
+from support.daemonrun import RunningDaemon, wait_until
+from support.tree import Tree
 
 
 def _sha(ca: CA) -> str:

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from certs import CA, Issued, utcnow
-from loopback import LoopbackServer, free_port, tls_handler
+from support.certs import CA, Issued, utcnow
+from support.loopback import LoopbackServer, free_port, tls_handler
 
 from edge_certd import cli
 from edge_certd.config import GatewayConfig

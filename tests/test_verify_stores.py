@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from certs import CA
-from conftest import Tree, make_tree, require_tool
-from loopback import LoopbackServer, tls_handler
+from support.certs import CA
+from support.loopback import LoopbackServer, tls_handler
+from support.tree import Tree, make_tree, require_tool
 
 from edge_certd import cli
 from edge_certd.core.pem import iter_pem_ders

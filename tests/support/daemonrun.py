@@ -42,9 +42,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from conftest import Tree
+from support.tree import Tree
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 # Variables that would make the daemon log to the journal, or ping a watchdog nobody reads.
 _SYSTEMD_VARS = (
     "JOURNAL_STREAM",

@@ -1,4 +1,4 @@
-"""Shared fixtures: a temporary trust tree driven by the real update-ca-certificates.
+"""A temporary trust tree driven by the real update-ca-certificates (tests/conftest.py's `tree`).
 
 The tree mirrors a device: etc/ssl/certs, usr/local/share/ca-certificates/edge-certd, a
 certsconf naming a few of this machine's Mozilla roots (read-only), an empty hooks dir.
@@ -12,15 +12,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
 
-sys.path.insert(0, os.path.dirname(__file__))
-
+REPO = Path(__file__).resolve().parents[2]
 REAL_UPDATE = shutil.which("update-ca-certificates") or "/usr/sbin/update-ca-certificates"
 MOZILLA_DIR = Path("/usr/share/ca-certificates")
 IN_CI = os.environ.get("CI") == "true"
@@ -112,7 +110,7 @@ class Tree:
             text=True,
             timeout=timeout,
             env=full_env,
-            cwd=str(Path(__file__).resolve().parent.parent),
+            cwd=str(REPO),
             check=False,
         )
 
@@ -172,17 +170,3 @@ def make_tree(root: Path, mozilla_count: int = 3, java: str = "off") -> Tree:
     subprocess.run([str(wrapper), "--fresh"], check=True, capture_output=True)
     count_file.unlink()
     return tree
-
-
-@pytest.fixture
-def tree(tmp_path: Path) -> Iterator[Tree]:
-    require_tool("update-ca-certificates")
-    yield make_tree(tmp_path / "device")
-
-
-@pytest.fixture(autouse=True)
-def _quiet_logging() -> Iterator[None]:
-    from edge_certd import journal as events
-
-    events.setup_logging(to_journal=False)
-    yield
