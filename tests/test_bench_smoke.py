@@ -33,7 +33,7 @@ EXPECTED = {
 }
 
 
-def run_bench(*argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def run_bench(*argv: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, *argv], capture_output=True, text=True, timeout=timeout, check=False
     )

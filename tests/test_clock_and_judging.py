@@ -110,10 +110,10 @@ def test_the_watchdog_is_fed_and_sigterm_is_answered_while_a_file_is_judged(tree
             assert _sha(second) not in installed_cas(tree), "the stopped judge answered?"
             sent = time.monotonic()
             daemon.signal(signal.SIGTERM)
-            assert daemon.proc is not None and daemon.proc.wait(10) == 0
+            assert daemon.proc is not None and daemon.proc.wait(60) == 0
             took = time.monotonic() - sent
             # Structural: the daemon left long before the judge's 17 s deadline.
-            assert took < 5, f"SIGTERM took {took:.1f} s while a file was judged\n{daemon.report()}"
+            assert took < 12, f"SIGTERM took {took:.1f} s while a file was judged\n{daemon.report()}"
             assert daemon.count("STOPPING=1") == 1
         finally:
             try:

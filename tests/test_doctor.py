@@ -174,7 +174,7 @@ def test_healthy_device_with_gateway_verified_over_real_tls(
     device: Device, tmp_path: Path, served: list[LoopbackServer]
 ) -> None:
     port = serve_gateway(device.root, tmp_path, served)
-    device.tree.write_config(gateway__host=f"localhost:{port}", gateway__timeout=3)
+    device.tree.write_config(gateway__host=f"localhost:{port}", gateway__timeout=30)
     code, out = device.doctor()
     assert code == 0, out
     (gateway,) = checks(out)["gateway"]
@@ -443,7 +443,7 @@ def test_gateway_under_a_root_that_is_not_installed_fails(
     device: Device, tmp_path: Path, served: list[LoopbackServer]
 ) -> None:
     port = serve_gateway(CA.root("Some Other Root"), tmp_path, served)
-    device.tree.write_config(gateway__host=f"localhost:{port}", gateway__timeout=3)
+    device.tree.write_config(gateway__host=f"localhost:{port}", gateway__timeout=30)
     code, out = device.doctor()
     assert code == 1
     assert failed(out) == {"gateway"}, out

@@ -97,7 +97,7 @@ def test_an_expiry_warning_is_given_once_per_threshold(tree: Tree) -> None:
                 seen.add(stamp)
             return len(seen) >= 3
 
-        wait_until(checked, 30, "three expiry checks")
+        wait_until(checked, 120, "three expiry checks")
         assert daemon.log().count("expires in 10 days") == 1, daemon.log()
     listed = tree.cli("list", "--json")
     (item,) = json.loads(listed.stdout)["trusted"]

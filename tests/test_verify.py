@@ -105,7 +105,7 @@ def serve() -> Iterator[Serve]:
 
 
 def wait_for_port(proc: subprocess.Popen[bytes], port: int, what: str, log: Path) -> None:
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             pytest.fail(f"{what} exited with {proc.returncode}: {log.read_text(errors='replace')}")

@@ -262,7 +262,7 @@ def test_pkcs12_truststore_is_read_with_the_configured_password(tmp_path: Path, 
             password=password,
         )
         report = verify_gateway(
-            VerifyRequest(host="localhost", port=gateway.port, stores=(store,), timeout=3)
+            VerifyRequest(host="localhost", port=gateway.port, stores=(store,), timeout=30)
         )
         (step,) = report.store_steps
         assert "s3cret" not in render_text(report)

@@ -100,7 +100,7 @@ class Tree:
         return load_config(str(self.config_path))[0]
 
     def cli(
-        self, *args: str, env: dict[str, str] | None = None, timeout: float = 120
+        self, *args: str, env: dict[str, str] | None = None, timeout: float = 300
     ) -> subprocess.CompletedProcess[str]:
         """Run the real console entry point in a subprocess with this interpreter."""
         full_env = {**os.environ, "EDGE_CERTD_LOG": "stderr", **(env or {})}
