@@ -68,6 +68,9 @@ def test_an_installed_root_stays_when_the_clock_falls_behind_its_not_before(tree
     assert _sha(other) not in {ca.sha256 for ca in engine.sync().added}
 
 
+# Serial: every daemon on the machine sees the clock set (timerfd's cancel-on-set), not only
+# this test's, so no other test runs beside it.
+@pytest.mark.serial
 @pytest.mark.skipif(os.geteuid() != 0, reason="setting the clock needs CAP_SYS_TIME")
 def test_setting_the_clock_makes_the_daemon_judge_again_at_once(tree: Tree) -> None:
     # A root that becomes valid in a few seconds, and a rescan far away: only the clock

@@ -62,6 +62,7 @@ JRE = {"bookworm": "openjdk-17-jre-headless", "trixie": "openjdk-21-jre-headless
 # builds the PyPI venv), and lintian to check the .deb with that release's rules.
 SUITE_PACKAGES = (
     "python3-pytest",
+    "python3-pytest-xdist",  # tests/unit-suite
     "python3-hypothesis",
     "python3-pydantic",
     "python3-cryptography",
