@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import benchlib as bl
-from certs import CA
+from support.certs import CA
 
 from edge_certd.config import Config
 from edge_certd.diagnose.verify import request_for_config, verify_gateway

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import benchlib as bl
-from certs import CA
+from support.certs import CA
 
 
 def _add(parser: object) -> None:

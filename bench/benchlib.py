@@ -1,6 +1,6 @@
 """What every benchmark shares: a full-size device tree, bare update-ca-certificates runs,
 trust probes and the final JSON line. The daemon runs under the tests' own harness
-(tests/daemonrun.py: a real NOTIFY_SOCKET, waits for READY=1 and the end of a sync).
+(tests/support/daemonrun.py: a real NOTIFY_SOCKET, waits for READY=1 and the end of a sync).
 
 Timings on a shared machine drift, so every script compares figures taken in the same run
 (a drop against a bare update run on the same tree, a minute apart at most). Nothing here
@@ -30,9 +30,9 @@ for _extra in (REPO, REPO / "tests"):
 
 # The test suite's tree and CA helpers, so the bench measures the layout the tests prove,
 # and its daemon harness (bl.RunningDaemon): the same waits for READY=1 and a sync's end.
-from certs import CA  # noqa: E402
-from conftest import MOZILLA_DIR, Tree, make_tree  # noqa: E402
-from daemonrun import RunningDaemon  # noqa: E402, F401
+from support.certs import CA  # noqa: E402
+from support.daemonrun import RunningDaemon  # noqa: E402, F401
+from support.tree import MOZILLA_DIR, Tree, make_tree  # noqa: E402
 
 from edge_certd.config import WatchConfig  # noqa: E402
 from edge_certd.core.pem import pem_fingerprints  # noqa: E402

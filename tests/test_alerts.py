@@ -8,7 +8,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from conftest import require_tool
+from support.tree import require_tool
 
 REPO = Path(__file__).resolve().parent.parent
 RULES = REPO / "docs" / "alerts.yml"

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import require_tool
+from support.tree import require_tool
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 
@@ -33,7 +33,7 @@ EXPECTED = {
 }
 
 
-def run_bench(*argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def run_bench(*argv: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, *argv], capture_output=True, text=True, timeout=timeout, check=False
     )

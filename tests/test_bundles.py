@@ -10,9 +10,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from certs import CA
-from conftest import Tree, require_tool
-from tlsserver import tls_server
+from support.certs import CA
+from support.tlsserver import tls_server
+from support.tree import Tree, require_tool
 
 NODE_CLIENT = """
 const tls = require('tls');

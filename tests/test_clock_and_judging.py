@@ -15,10 +15,10 @@ import time
 from pathlib import Path
 
 import pytest
-from certs import CA
-from conftest import Tree
-from daemonrun import RunningDaemon
-from invariants import installed_cas
+from support.certs import CA
+from support.daemonrun import RunningDaemon
+from support.invariants import installed_cas
+from support.tree import Tree
 
 from edge_certd.core.pem import pem_fingerprints
 from edge_certd.sync.engine import Engine
@@ -68,6 +68,9 @@ def test_an_installed_root_stays_when_the_clock_falls_behind_its_not_before(tree
     assert _sha(other) not in {ca.sha256 for ca in engine.sync().added}
 
 
+# Serial: every daemon on the machine sees the clock set (timerfd's cancel-on-set), not only
+# this test's, so no other test runs beside it.
+@pytest.mark.serial
 @pytest.mark.skipif(os.geteuid() != 0, reason="setting the clock needs CAP_SYS_TIME")
 def test_setting_the_clock_makes_the_daemon_judge_again_at_once(tree: Tree) -> None:
     # A root that becomes valid in a few seconds, and a rescan far away: only the clock
@@ -110,10 +113,10 @@ def test_the_watchdog_is_fed_and_sigterm_is_answered_while_a_file_is_judged(tree
             assert _sha(second) not in installed_cas(tree), "the stopped judge answered?"
             sent = time.monotonic()
             daemon.signal(signal.SIGTERM)
-            assert daemon.proc is not None and daemon.proc.wait(10) == 0
+            assert daemon.proc is not None and daemon.proc.wait(60) == 0
             took = time.monotonic() - sent
             # Structural: the daemon left long before the judge's 17 s deadline.
-            assert took < 5, f"SIGTERM took {took:.1f} s while a file was judged\n{daemon.report()}"
+            assert took < 12, f"SIGTERM took {took:.1f} s while a file was judged\n{daemon.report()}"
             assert daemon.count("STOPPING=1") == 1
         finally:
             try:

@@ -15,10 +15,10 @@ import sys
 import threading
 from pathlib import Path
 
-from certs import CA
-from conftest import Tree
-from daemonrun import RunningDaemon
-from invariants import check_settled, fingerprints
+from support.certs import CA
+from support.daemonrun import RunningDaemon
+from support.invariants import check_settled, fingerprints
+from support.tree import Tree
 
 from edge_certd.store.state import BLOCKED_NAME
 

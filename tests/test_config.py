@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from certs import CA
-from conftest import Tree
-from daemonrun import RunningDaemon
-from invariants import fingerprints
+from support.certs import CA
+from support.daemonrun import RunningDaemon
+from support.invariants import fingerprints
+from support.tree import Tree
 
 from edge_certd.config import Config, load_config, parse_config
 from edge_certd.core.errors import ConfigError

@@ -9,8 +9,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from certs import CA
-from conftest import Tree, require_tool
+from support.certs import CA
+from support.tree import Tree, require_tool
 
 from edge_certd.cli import EXIT_OK, EXIT_USAGE
 from edge_certd.cli.containers import MOUNT_POINT

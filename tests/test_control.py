@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from certs import CA
-from conftest import Tree
-from daemonrun import RunningDaemon
+from support.certs import CA
+from support.daemonrun import RunningDaemon
+from support.tree import Tree
 
 from edge_certd.core.pem import pem_fingerprints
 

@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 
 import pytest
-from certs import CA
-from conftest import Tree
-from daemonrun import Mark, RunningDaemon, wait_until
+from support.certs import CA
+from support.daemonrun import Mark, RunningDaemon, wait_until
+from support.tree import Tree
 
 from edge_certd.cli import client
 from edge_certd.core import wire

@@ -16,7 +16,8 @@ How the kills are placed, with no hook in the product:
   is the same call in both runs, and the update command's processes are never traced.
 - The update command is killed from outside: a wrapper around the real
   update-ca-certificates writes its pid, then either holds (a kill before the tool does
-  anything) or runs the tool (a kill at spread offsets inside it). The test then
+  anything) or runs the tool (a kill at spread offsets inside it) and holds after it, so
+  a kill that a busy machine delays still lands inside the update command. The test then
   SIGKILLs edge-certd and the wrapper's process group, as systemd would kill the unit's
   cgroup.
 
@@ -40,10 +41,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from certs import CA
-from conftest import Tree, make_tree, require_tool
-from daemonrun import RunningDaemon, wait_until
-from invariants import check_mid_crash, check_settled, fingerprints
+from support.certs import CA
+from support.daemonrun import RunningDaemon, wait_until
+from support.invariants import check_mid_crash, check_settled, fingerprints
+from support.tree import Tree, make_tree, require_tool
 
 from edge_certd.sync.engine import Engine
 
@@ -141,11 +142,11 @@ def attach(tree: Tree, pid: int, args: list[str]) -> subprocess.Popen[bytes]:
         except OSError:
             return False
 
-    wait_until(waiting, 60, "edge-certd to wait for the state lock", interval=0.01)
+    wait_until(waiting, 120, "edge-certd to wait for the state lock", interval=0.01)
     tracer = subprocess.Popen(
         ["strace", "-p", str(pid), *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
-    wait_until(lambda: _tracer_of(pid) == tracer.pid, 10, "strace to attach", interval=0.01)
+    wait_until(lambda: _tracer_of(pid) == tracer.pid, 120, "strace to attach", interval=0.01)
     return tracer
 
 
@@ -240,12 +241,17 @@ def scene(tmp_path: Path) -> Iterator[Scene]:
     ctl.mkdir()
     wrapper = tree.root / "crash-wrapper"
     # When armed: record our pid (we lead our own process group, start_new_session), then
-    # hold before the real tool, or run it while the test kills at an offset.
+    # hold before the real tool, or run it while the test kills at an offset. After the tool
+    # the command holds too, not returning: on a busy machine the kill can land later than
+    # the tool's run, and it must still land inside the update command, never after a sync
+    # that went on to finish.
     wrapper.write_text(
         "#!/bin/sh\n"
         f'if [ -e "{ctl}/armed" ]; then\n'
         f'  echo $$ > "{ctl}/pid.tmp" && mv "{ctl}/pid.tmp" "{ctl}/pid"\n'
-        f'  if [ -e "{ctl}/hold" ]; then sleep 60; fi\n'
+        f'  if [ -e "{ctl}/hold" ]; then sleep 600; fi\n'
+        f'  "{tree.root}/update-wrapper" "$@"\n'
+        "  sleep 600\n"
         "fi\n"
         f'exec "{tree.root}/update-wrapper" "$@"\n'
     )
@@ -307,18 +313,18 @@ def _kill_during_update(
         start, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env(), cwd=REPO_ROOT
     )
     try:
-        wait_until(pid_file.exists, 30, "the update command to start")
+        wait_until(pid_file.exists, 120, "the update command to start")
         time.sleep(offset)
         os.kill(proc.pid, signal.SIGKILL)
-        group = int(pid_file.read_text())
-        try:
-            os.killpg(group, signal.SIGKILL)
-        except ProcessLookupError:
-            pass  # the update already finished
     finally:
         if proc.poll() is None:
             proc.kill()
         proc.wait()
+        # The wrapper holds until killed, so its group is there to kill: as systemd kills
+        # the unit's cgroup.
+        if pid_file.exists():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(int(pid_file.read_text()), signal.SIGKILL)
         for name in ("armed", "hold", "pid"):
             (scene.ctl / name).unlink(missing_ok=True)
     assert proc.returncode == -signal.SIGKILL

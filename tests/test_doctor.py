@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from certs import CA, utcnow
-from conftest import Tree
-from loopback import LoopbackServer, free_port, tls_handler
-from planted import deadline, fifo, link_to_zero, sparse
+from support.certs import CA, utcnow
+from support.loopback import LoopbackServer, free_port, tls_handler
+from support.planted import deadline, fifo, link_to_zero, sparse
+from support.tree import Tree
 
 from edge_certd.config import load_config
 from edge_certd.core.model import InstalledCA
@@ -186,7 +186,7 @@ def test_healthy_device_with_gateway_verified_over_real_tls(
     device: Device, tmp_path: Path, served: list[LoopbackServer]
 ) -> None:
     port = serve_gateway(device.root, tmp_path, served)
-    device.tree.write_config(gateway__host=f"localhost:{port}", gateway__timeout=3)
+    device.tree.write_config(gateway__host=f"localhost:{port}", gateway__timeout=30)
     code, out = device.doctor()
     assert code == 0, out
     (gateway,) = checks(out)["gateway"]
@@ -455,7 +455,7 @@ def test_gateway_under_a_root_that_is_not_installed_fails(
     device: Device, tmp_path: Path, served: list[LoopbackServer]
 ) -> None:
     port = serve_gateway(CA.root("Some Other Root"), tmp_path, served)
-    device.tree.write_config(gateway__host=f"localhost:{port}", gateway__timeout=3)
+    device.tree.write_config(gateway__host=f"localhost:{port}", gateway__timeout=30)
     code, out = device.doctor()
     assert code == 1
     assert failed(out) == {"gateway"}, out

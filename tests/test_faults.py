@@ -22,10 +22,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from certs import CA
-from conftest import Tree, make_tree, require_tool
-from daemonrun import Mark, RunningDaemon, wait_until
-from invariants import check_settled, fingerprints
+from support.certs import CA
+from support.daemonrun import Mark, RunningDaemon, wait_until
+from support.invariants import check_settled, fingerprints
+from support.tree import Tree, make_tree, require_tool
 
 RETRY = {"watch__retry_initial_seconds": 0.3, "watch__retry_max_seconds": 1.0}
 

@@ -9,8 +9,8 @@ import json
 from pathlib import Path
 
 import pytest
-from certs import CA, pem_bundle
-from conftest import Tree
+from support.certs import CA, pem_bundle
+from support.tree import Tree
 from test_metrics import value
 
 from edge_certd.core.model import Reason, SourceKind

@@ -18,7 +18,6 @@ import json
 from dataclasses import dataclass
 
 import pytest
-from certs import CA
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -26,6 +25,7 @@ from cryptography.hazmat.primitives.serialization import pkcs7, pkcs12
 from cryptography.x509.oid import ExtensionOID, NameOID
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support.certs import CA
 
 from edge_certd.core.formats import FormatError, parse
 from edge_certd.core.model import FileVerdict

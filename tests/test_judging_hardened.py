@@ -1,7 +1,7 @@
 """Judging one file is total, bounded, as strict as OpenSSL, and finds every private key.
 
 Each class of the issue has a "fails" case beside a "works" case. Certificates are made at
-run time; what cryptography will not build is edited as DER (tests/derbuild.py) and signed
+run time; what cryptography will not build is edited as DER (tests/support/derbuild.py) and signed
 again, so the self-signature still verifies and the policy, not the signature, is tested.
 """
 
@@ -16,15 +16,15 @@ import subprocess
 import time
 from pathlib import Path
 
-import derbuild as d
 import pytest
-from certs import CA
-from conftest import require_tool
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import pkcs7, pkcs12
 from cryptography.x509.oid import NameOID
+from support import derbuild as d
+from support.certs import CA
+from support.tree import require_tool
 
 from edge_certd.core import formats, pem, pfx
 from edge_certd.core.model import FileVerdict, Reason

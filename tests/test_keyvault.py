@@ -19,13 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import kv_exports as kv
 import pytest
-from certs import CA, Issued
-from conftest import Tree
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from support import kv_exports as kv
+from support.certs import CA, Issued
+from support.tree import Tree
 
 from edge_certd.core.pem import pem_fingerprints
 

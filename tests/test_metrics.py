@@ -12,10 +12,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from certs import CA
-from conftest import Tree, require_tool
-from daemonrun import RunningDaemon
 from prometheus_client.parser import text_string_to_metric_families
+from support.certs import CA
+from support.daemonrun import RunningDaemon
+from support.tree import Tree, require_tool
 
 from edge_certd.config import parse_config
 from edge_certd.core.errors import ConfigError

@@ -7,8 +7,8 @@ import datetime as dt
 import hashlib
 
 import pytest
-from certs import CA
-from conftest import Tree
+from support.certs import CA
+from support.tree import Tree
 
 from edge_certd.config import load_config
 from edge_certd.core.errors import UsageError

@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 
 import pytest
-from certs import CA
-from conftest import Tree, require_tool
+from support.certs import CA
+from support.tree import Tree, require_tool
 
 from edge_certd import __version__
 from edge_certd.config import parse_config
@@ -316,7 +316,7 @@ def test_a_new_package_directory_makes_the_watcher_rewatch(tmp_path: Path) -> No
     watcher.watch([str(tmp_path)])
     try:
         (tmp_path / NAME).mkdir()
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 120
         seen = (False, False)
         while time.monotonic() < deadline and seen != (True, True):
             time.sleep(0.05)

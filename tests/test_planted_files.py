@@ -12,10 +12,10 @@ import stat
 from pathlib import Path
 
 import pytest
-from certs import CA
-from conftest import Tree
-from daemonrun import RunningDaemon
-from planted import deadline, fifo, link_to_zero, sparse
+from support.certs import CA
+from support.daemonrun import RunningDaemon
+from support.planted import deadline, fifo, link_to_zero, sparse
+from support.tree import Tree
 
 from edge_certd.config import load_config
 from edge_certd.core.errors import ConfigError, UsageError

@@ -7,10 +7,10 @@ import datetime as dt
 from pathlib import Path
 
 import pytest
-from certs import CA
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs7, pkcs12
-from oddcerts import dsa_root, ec_root, openssl_root, pem, self_signed, tampered, v1_root
+from support.certs import CA
+from support.oddcerts import dsa_root, ec_root, openssl_root, pem, self_signed, tampered, v1_root
 
 from edge_certd.core.formats import FormatError, parse
 from edge_certd.core.model import TrustedCA

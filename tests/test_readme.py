@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import require_tool
+from support.tree import require_tool
 
 from edge_certd.cli import build_parser
 

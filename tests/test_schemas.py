@@ -16,11 +16,11 @@ from typing import Any
 
 import jsonschema
 import pytest
-from certs import CA
-from conftest import Tree
-from daemonrun import RunningDaemon
-from loopback import free_port
-from tlsserver import tls_server
+from support.certs import CA
+from support.daemonrun import RunningDaemon
+from support.loopback import free_port
+from support.tlsserver import tls_server
+from support.tree import Tree
 
 from edge_certd.core.schema import SCHEMA_VERSIONS
 

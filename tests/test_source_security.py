@@ -16,8 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from certs import CA
-from conftest import Tree
+from support.certs import CA
+from support.tree import Tree
 
 from edge_certd.core.errors import SourceError
 from edge_certd.store.sources import DirectoryRules, _read_limited, check_directory, scan_directory

@@ -10,9 +10,9 @@ import hashlib
 import json
 from pathlib import Path
 
-from certs import CA
-from conftest import Tree
-from daemonrun import RunningDaemon, wait_until
+from support.certs import CA
+from support.daemonrun import RunningDaemon, wait_until
+from support.tree import Tree
 
 
 def _sha(ca: CA) -> str:
@@ -97,7 +97,7 @@ def test_an_expiry_warning_is_given_once_per_threshold(tree: Tree) -> None:
                 seen.add(stamp)
             return len(seen) >= 3
 
-        wait_until(checked, 30, "three expiry checks")
+        wait_until(checked, 120, "three expiry checks")
         assert daemon.log().count("expires in 10 days") == 1, daemon.log()
     listed = tree.cli("list", "--json")
     (item,) = json.loads(listed.stdout)["trusted"]

@@ -8,9 +8,9 @@ import os
 import stat
 from pathlib import Path
 
-from certs import CA
-from conftest import Tree
-from oddcerts import pem, self_signed
+from support.certs import CA
+from support.oddcerts import pem, self_signed
+from support.tree import Tree
 
 from edge_certd.core.pem import pem_fingerprints
 from edge_certd.core.plan import OWNED_FILE

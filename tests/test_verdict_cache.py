@@ -5,9 +5,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 
-from certs import CA
-from conftest import Tree
-from oddcerts import pem, self_signed
+from support.certs import CA
+from support.oddcerts import pem, self_signed
+from support.tree import Tree
 
 from edge_certd.store.verdict_cache import CACHE_NAME
 from edge_certd.sync.engine import Engine

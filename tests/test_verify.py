@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from certs import CA, Issued, utcnow
-from loopback import LoopbackServer, free_port, tls_handler
+from support.certs import CA, Issued, utcnow
+from support.loopback import LoopbackServer, free_port, tls_handler
 
 from edge_certd import cli
 from edge_certd.config import GatewayConfig
@@ -105,7 +105,7 @@ def serve() -> Iterator[Serve]:
 
 
 def wait_for_port(proc: subprocess.Popen[bytes], port: int, what: str, log: Path) -> None:
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             pytest.fail(f"{what} exited with {proc.returncode}: {log.read_text(errors='replace')}")

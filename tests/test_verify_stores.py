@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from certs import CA
-from conftest import Tree, make_tree, require_tool
-from loopback import LoopbackServer, tls_handler
+from support.certs import CA
+from support.loopback import LoopbackServer, tls_handler
+from support.tree import Tree, make_tree, require_tool
 
 from edge_certd import cli
 from edge_certd.core.pem import iter_pem_ders
@@ -262,7 +262,7 @@ def test_pkcs12_truststore_is_read_with_the_configured_password(tmp_path: Path, 
             password=password,
         )
         report = verify_gateway(
-            VerifyRequest(host="localhost", port=gateway.port, stores=(store,), timeout=3)
+            VerifyRequest(host="localhost", port=gateway.port, stores=(store,), timeout=30)
         )
         (step,) = report.store_steps
         assert "s3cret" not in render_text(report)

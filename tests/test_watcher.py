@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from certs import CA
+from support.certs import CA
 
 from edge_certd.daemon.watcher import SourceWatcher
 from edge_certd.store.sources import PACKAGE_MANAGER_SUFFIXES, package_dirs, scan_directory

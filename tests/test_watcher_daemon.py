@@ -21,9 +21,9 @@ from functools import partial
 from pathlib import Path
 
 import pytest
-from certs import CA
-from conftest import Tree
-from daemonrun import RunningDaemon
+from support.certs import CA
+from support.daemonrun import RunningDaemon
+from support.tree import Tree
 
 from edge_certd.sync import report
 

@@ -12,7 +12,7 @@ import signal
 from pathlib import Path
 
 import pytest
-from certs import CA
+from support.certs import CA
 
 from edge_certd.core.model import Reason, SourceKind
 from edge_certd.core.policy import Rules

@@ -1,14 +1,17 @@
-"""What the e2e modules share: the .deb, built once per session and installed on every release."""
+"""What the e2e modules share: the .deb, built once per session and installed on every release,
+and the cached root each boots (tests/support/nspawn.py holds the machinery)."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import subprocess
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
-from e2e_nspawn import SBIN_PATH, unavailable
+from support import nspawn
+from support.nspawn import SBIN_PATH, unavailable
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD_TOOLS = ("make", "dpkg-buildpackage", "dh", "dh_python3")
@@ -35,3 +38,18 @@ def built_deb() -> Path:
     debs = sorted((REPO / "dist").glob("edge-certd_*_all.deb"))
     assert len(debs) == 1, f"expected one .deb in dist/, found {debs}"
     return debs[0]
+
+
+@pytest.fixture(scope="session")
+def cached_root(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """cached_root(release="bookworm", extra=()): the pristine root to boot an overlay on.
+
+    Built once per machine (debootstrap, then apt for `extra`) and cached; skips, or fails
+    in CI, where no container can boot here.
+    """
+    log_dir = tmp_path_factory.mktemp("debootstrap")
+
+    def get(release: str = "bookworm", extra: Sequence[str] = ()) -> Path:
+        return nspawn.cached_root(log_dir, release, extra)
+
+    return get

@@ -4,14 +4,13 @@ dropped on the host reaches a container that is already running, without a resta
 The runtime is Debian's podman; the image is imported from the cached debootstrap root that
 the booted e2e test uses (`tar | podman import`), so it holds Debian 12's openssl and nodejs.
 The gateway is `openssl s_server` on the host's 127.0.0.1, and the containers share the host's
-network. The host side is a temporary trust tree (conftest `make_tree`) whose bundles.dir is
+network. The host side is a temporary trust tree (`support.tree.make_tree`) whose bundles.dir is
 the mounted directory, changed only by a real `edge-certd sync`: never this machine's store.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
 import shlex
 import shutil
@@ -20,31 +19,19 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import ModuleType
 
 import pytest
-from certs import CA
-from e2e_nspawn import cache_key, ensure_cached_root, missing_for_boot, unavailable
+from support.certs import CA
+from support.loopback import free_port
+from support.nspawn import cache_key, unavailable
+from support.tree import Tree, make_tree
 
 from edge_certd.cli.containers import MOUNT_POINT
 
+pytestmark = pytest.mark.e2e
 
-def _device_conftest() -> ModuleType:
-    """tests/conftest.py, by its path: tests/e2e/conftest.py holds the name `conftest` here."""
-    path = Path(__file__).resolve().parents[1] / "conftest.py"
-    spec = importlib.util.spec_from_file_location("edge_certd_tests_device_tree", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
-
-
-_device = _device_conftest()
-Tree = _device.Tree
-make_tree = _device.make_tree
 
 IMAGE = f"localhost/edge-certd-e2e:{cache_key()}"
 # Quirks of hosts like CI's, harmless elsewhere: crun refuses a cgroup v1/v2 hybrid host ("cgroups in
@@ -72,14 +59,11 @@ def podman(*args: str, check: bool = True, timeout: float = 120) -> subprocess.C
 
 
 @pytest.fixture(scope="module")
-def image() -> str:
-    why = missing_for_boot()
-    if why:
-        unavailable(why)
+def image(cached_root: Callable[..., Path]) -> str:
+    root = cached_root()  # first: skips (or fails in CI) where no container can boot
     if not shutil.which("podman") or not shutil.which("runc"):
         unavailable("podman and runc are not installed (tests/run-all installs them)")
     if podman("image", "exists", IMAGE, check=False).returncode != 0:
-        root = ensure_cached_root()
         tar = subprocess.Popen(["tar", "-C", str(root), "-c", "."], stdout=subprocess.PIPE)
         imported = subprocess.run(
             ["podman", "import", "-", IMAGE], stdin=tar.stdout, capture_output=True, text=True, timeout=600
@@ -94,9 +78,7 @@ def image() -> str:
 def gateway(tmp_path: Path, root: CA) -> Iterator[int]:
     """`openssl s_server` on 127.0.0.1 presenting a leaf for localhost issued under `root`."""
     cert, key = root.issue_server("localhost", ["localhost", "127.0.0.1"]).write(tmp_path / "gateway")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     server = subprocess.Popen(
         ["openssl", "s_server", "-accept", f"127.0.0.1:{port}", "-cert", str(cert), "-key", str(key), "-www"],
         stdin=subprocess.DEVNULL,

@@ -5,7 +5,7 @@ parametrized by release, so pytest runs every step on bookworm, then every step 
 one booted container at a time); the same .deb, built once, is installed on both. Once a step
 fails, the later ones of that release skip (see `step`) instead of failing with confusing
 follow-on errors. The container is a
-systemd-nspawn boot of an overlay on a cached debootstrap root (e2e_nspawn.py), so nothing of
+systemd-nspawn boot of an overlay on a cached debootstrap root (tests/support/nspawn.py), so nothing of
 this machine's own trust store is ever touched: every command that changes trust runs inside
 the container through nsenter.
 
@@ -15,12 +15,10 @@ missing piece skips with the reason; with CI=true it fails, so CI can never pass
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import functools
 import hashlib
 import json
-import os
 import re
 import shutil
 import socket
@@ -31,16 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from certs import CA, Issued  # tests/certs.py (tests/ is on sys.path via tests/conftest.py)
-from e2e_nspawn import (
-    RELEASES,
-    SBIN_PATH,
-    Container,
-    booted,
-    ensure_cached_root,
-    missing_for_boot,
-    unavailable,
-)
+from support.certs import CA, Issued
+from support.loopback import free_port
+from support.nspawn import RELEASES, Container, booted, pem_fingerprints, unavailable, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -66,29 +57,6 @@ s.on('error', (e) => {
   console.log('handshake failed: ' + (e.code || e.message)); process.exit(1);
 });
 """
-
-
-def _free_port() -> int:
-    # The container shares the host's network namespace (apt inside must reach the archive),
-    # so its servers take ports from the host's space: pick free ones on loopback.
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_for(check: Callable[[], bool], timeout: float, what: str) -> float:
-    start = time.monotonic()
-    while not check():
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"not within {timeout}s: {what}")
-        time.sleep(0.25)
-    return time.monotonic() - start
-
-
-def _fingerprints(pem_text: str) -> set[str]:
-    """SHA-256 of every certificate in a PEM bundle, lowercase hex."""
-    blocks = re.findall(r"-----BEGIN CERTIFICATE-----(.*?)-----END CERTIFICATE-----", pem_text, re.S)
-    return {hashlib.sha256(base64.b64decode("".join(b.split()))).hexdigest() for b in blocks}
 
 
 def _colon_hex(hex_digest: str) -> str:
@@ -146,7 +114,7 @@ class Scenario:
         return self.box.run(["systemctl", "show", "-P", prop, unit]).stdout.strip()
 
     def bundle(self) -> set[str]:
-        return _fingerprints(self.box.path(SYSTEM_BUNDLE).read_text())
+        return pem_fingerprints(self.box.path(SYSTEM_BUNDLE).read_text())
 
     def journal(self, event: str) -> list[dict[str, str]]:
         r = self.box.run(["journalctl", "-u", "edge-certd", "-o", "json", "--no-pager",
@@ -266,19 +234,13 @@ def _before_boot(ssh_port: int, deb: Path, host_work: Path) -> Callable[[Path], 
 
 @pytest.fixture(scope="module", params=RELEASES)
 def scenario(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, built_deb: Path
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    built_deb: Path,
+    cached_root: Callable[..., Path],
 ) -> Iterator[Scenario]:
     release: str = request.param
-    reason = missing_for_boot()
-    if reason:
-        unavailable(reason)
-
-    old_path = os.environ.get("PATH", "")
-    os.environ["PATH"] = f"{SBIN_PATH}:{old_path}"  # debootstrap and chroot live in sbin
-    try:
-        lower = ensure_cached_root(tmp_path_factory.mktemp("log") / "debootstrap.log", release)
-    finally:
-        os.environ["PATH"] = old_path
+    lower = cached_root(release)
 
     # Root -> intermediate -> server for localhost: only the root is ever dropped, so the
     # handshakes pass only if trust really leads from the served chain to the dropped root.
@@ -290,7 +252,9 @@ def scenario(
     (host_work / "server-chain.pem").write_bytes(server.chain_pem()[len(server.cert_pem) :])
     (host_work / "server.key").write_bytes(server.key_pem)
 
-    ssh_port, tls_port = _free_port(), _free_port()
+    # The container shares the host's network namespace (apt inside must reach the archive),
+    # so its servers take free ports from the host's space, on loopback.
+    ssh_port, tls_port = free_port(), free_port()
     with booted(lower, _before_boot(ssh_port, built_deb, host_work)) as box:
         sc = Scenario(box, ssh_port, tls_port, root, server, hashlib.sha256(root.der).hexdigest(), release)
         sc.baseline = sc.bundle()
@@ -312,7 +276,7 @@ def scenario(
             with socket.socket() as s:
                 return s.connect_ex(("127.0.0.1", tls_port)) == 0
 
-        _wait_for(listening, 20, "openssl s_server listening")
+        wait_for(listening, 20, "openssl s_server listening")
         yield sc
 
 
@@ -332,7 +296,7 @@ def test_install_pulls_dependencies_and_starts_the_service(scenario: Scenario) -
     assert re.search(rf"Get:\d+ \S+ {sc.release}/main \S+ python3-pydantic ", out), out[-3000:]
     sc.started = time.monotonic()
 
-    _wait_for(lambda: sc.show("edge-certd", "ActiveState") == "active", 60, "edge-certd active")
+    wait_for(lambda: sc.show("edge-certd", "ActiveState") == "active", 60, "edge-certd active")
     assert sc.box.run(["systemctl", "is-active", "edge-certd"]).stdout.strip() == "active"
     status = sc.box.run(["systemctl", "status", "--no-pager", "edge-certd"], check=False).stdout
     assert re.search(r'^\s+Status: ".+"', status, re.M), status
@@ -424,7 +388,7 @@ def test_scp_into_drop_dir_makes_every_client_trust_the_gateway(scenario: Scenar
             for e in sc.journal("installed")
         )
 
-    took = _wait_for(installed_event, 20, "journal shows EDGE_CERTD_EVENT=installed for the CA")
+    took = wait_for(installed_event, 20, "journal shows EDGE_CERTD_EVENT=installed for the CA")
     print(f"installed event {took:.1f}s after scp")
     # The package's journal catalog is live: systemd's dpkg trigger compiled it at install.
     explained = sc.box.run(["journalctl", "-x", "-u", "edge-certd", "--no-pager",
@@ -434,7 +398,7 @@ def test_scp_into_drop_dir_makes_every_client_trust_the_gateway(scenario: Scenar
     assert f"found in {DROP}/gateway-root.pem" in explained, explained[-2000:]
     assert "@" not in explained.split("Subject:", 1)[1], f"a field left unfilled:\n{explained[-2000:]}"
     assert "Documentation: man:edge-certd(8)" in explained, explained[-2000:]
-    _wait_for(lambda: sc.root_sha256 in sc.bundle(), 10, f"the CA in {SYSTEM_BUNDLE}")
+    wait_for(lambda: sc.root_sha256 in sc.bundle(), 10, f"the CA in {SYSTEM_BUNDLE}")
 
     out = sc.s_client()
     assert "Verify return code: 0 (ok)" in out, out[-2000:]
@@ -471,7 +435,7 @@ def test_scp_into_drop_dir_makes_every_client_trust_the_gateway(scenario: Scenar
     # to /etc/ssl/certs/java and /var/lib/ca-certificates-java.
     assert sc.java_has_root(), "the CA is missing from the Java system keystore"
 
-    _wait_for(
+    wait_for(
         lambda: sc.show("e2e-consumer.service", "InvocationID") != sc.consumer_invocation,
         20,
         "systemctl try-restart of on_change.restart_units from inside the sandbox",
@@ -487,12 +451,12 @@ def test_deleting_the_file_removes_the_ca_from_the_system_bundle(scenario: Scena
         f"-o UserKnownHostsFile=/dev/null -o LogLevel=ERROR tech@127.0.0.1 "
         f"rm {DROP}/gateway-root.pem"
     )
-    _wait_for(lambda: sc.root_sha256 not in sc.bundle(), 30, f"the CA gone from {SYSTEM_BUNDLE}")
+    wait_for(lambda: sc.root_sha256 not in sc.bundle(), 30, f"the CA gone from {SYSTEM_BUNDLE}")
     assert sc.bundle() == sc.baseline
     assert "Verify return code: 0 (ok)" not in sc.s_client()
     # update-ca-certificates never tells its hooks about a deleted local CA; edge-certd runs
     # ca-certificates-java's "fresh" trigger itself, from inside the sandbox.
-    _wait_for(lambda: not sc.java_has_root(), 60, "the CA gone from the Java system keystore")
+    wait_for(lambda: not sc.java_has_root(), 60, "the CA gone from the Java system keystore")
 
 
 @step
@@ -505,7 +469,7 @@ def test_file_leaking_a_private_key_is_refused_and_tightened(scenario: Scenario)
         "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR "
         f"{WORK}/leaky.pem tech@127.0.0.1:{DROP}/leaky.pem"
     )
-    _wait_for(lambda: bool(sc.journal("private_key")), 20, "journal shows the private_key event")
+    wait_for(lambda: bool(sc.journal("private_key")), 20, "journal shows the private_key event")
     mode = sc.box.run(["stat", "-c", "%a %U", f"{DROP}/leaky.pem"]).stdout.split()
     assert mode == ["600", "tech"], mode
     assert sc.root_sha256 not in sc.bundle()
@@ -549,7 +513,7 @@ def test_a_technician_adds_without_sudo_and_the_daemon_does_and_logs_it(scenario
         f"-o UserKnownHostsFile=/dev/null -o LogLevel=ERROR {WORK}/gateway-root.pem "
         f"tech@127.0.0.1:{DROP}/gateway-root-again.pem"
     )
-    _wait_for(lambda: any("stays removed" in e.get("MESSAGE", "") for e in sc.journal("rejected")), 20,
+    wait_for(lambda: any("stays removed" in e.get("MESSAGE", "") for e in sc.journal("rejected")), 20,
               "the journal saying the CA stays removed")  # fmt: skip
     assert sc.root_sha256 not in sc.bundle()
     shown = sc.box.run(["sh", "-c", ssh + "edge-certd status"], check=False)
@@ -557,7 +521,7 @@ def test_a_technician_adds_without_sudo_and_the_daemon_does_and_logs_it(scenario
     # Back as it was for the steps after this one: trusted again by add, then the file goes.
     assert sc.box.run(["edge-certd", "add", "/home/tech/gateway-root.pem"]).returncode == 0
     sc.sh(f"rm -f {DROP}/gateway-root.pem {DROP}/gateway-root-again.pem")
-    _wait_for(lambda: sc.root_sha256 not in sc.bundle(), 30, "the CA gone once its files are")
+    wait_for(lambda: sc.root_sha256 not in sc.bundle(), 30, "the CA gone once its files are")
 
 
 @step
@@ -586,7 +550,7 @@ def test_stop_during_an_update_lets_the_update_finish(scenario: Scenario) -> Non
     sc.sh(f"chmod 0755 {hook} && rm -rf {marks}")
     try:
         sc.scp_root_ca()
-        _wait_for(lambda: sc.box.path(f"{marks}/started").exists(), 30, "the slow hook to start")
+        wait_for(lambda: sc.box.path(f"{marks}/started").exists(), 30, "the slow hook to start")
         assert not sc.box.path(f"{marks}/finished").exists(), "the hook ended before the stop"
         sc.box.run(["systemctl", "stop", "edge-certd"])
         # KillMode=mixed: SIGTERM reached the daemon only; the update it was running ended
@@ -597,7 +561,7 @@ def test_stop_during_an_update_lets_the_update_finish(scenario: Scenario) -> Non
     finally:
         sc.sh(f"rm -rf {hook} {marks}")
         sc.box.run(["systemctl", "start", "edge-certd"])
-    _wait_for(lambda: sc.show("edge-certd", "ActiveState") == "active", 60, "edge-certd again")
+    wait_for(lambda: sc.show("edge-certd", "ActiveState") == "active", 60, "edge-certd again")
 
 
 def _scrape(sc: Scenario) -> dict[str, list[tuple[dict[str, str], float]]]:
@@ -644,7 +608,7 @@ def test_node_exporter_serves_metrics_that_agree_with_list(scenario: Scenario) -
     # node_exporter on a free loopback port (the box shares the host's network), with the
     # textfile directory Debian's package uses; promtool comes from `prometheus`, whose own
     # server is masked so it never starts.
-    sc.metrics_port = _free_port()
+    sc.metrics_port = free_port()
     sc.box.path("/etc/default/prometheus-node-exporter").write_text(
         f'ARGS="--web.listen-address=127.0.0.1:{sc.metrics_port} '
         '--collector.textfile.directory=/var/lib/prometheus/node-exporter"\n'
@@ -656,15 +620,15 @@ def test_node_exporter_serves_metrics_that_agree_with_list(scenario: Scenario) -
         env=env, timeout=600,
     )  # fmt: skip
     assert sc.box.path("/var/lib/prometheus/node-exporter").is_dir()
-    _wait_for(
+    wait_for(
         lambda: sc.show("prometheus-node-exporter", "ActiveState") == "active", 60, "node_exporter active"
     )
     # The unit's sandbox fixed its writable paths when it started; the directory is new.
     sc.box.run(["systemctl", "restart", "edge-certd"])
-    _wait_for(lambda: sc.box.path(PROM_FILE).exists(), 60, f"{PROM_FILE} written")
+    wait_for(lambda: sc.box.path(PROM_FILE).exists(), 60, f"{PROM_FILE} written")
 
     # After a drop (the CA came back in the step before): one CA, its notAfter, no problem.
-    _wait_for(lambda: _agrees_with_list(sc), 30, "metrics that agree with `edge-certd list --json`")
+    wait_for(lambda: _agrees_with_list(sc), 30, "metrics that agree with `edge-certd list --json`")
     scraped = _scrape(sc)
     assert scraped["edge_certd_trusted_cas"] == [({}, 1.0)], scraped
     ((labels, _),) = scraped["edge_certd_ca_not_after_timestamp_seconds"]
@@ -680,8 +644,8 @@ def test_node_exporter_serves_metrics_that_agree_with_list(scenario: Scenario) -
     # After a removal: the technician deletes the file; the metrics follow.
     runs = scraped["edge_certd_update_runs_total"][0][1]
     sc.sh(f"rm {DROP}/gateway-root.pem")
-    _wait_for(lambda: sc.root_sha256 not in sc.bundle(), 30, f"the CA gone from {SYSTEM_BUNDLE}")
-    _wait_for(lambda: _agrees_with_list(sc) and not _listed(sc), 30, "metrics showing no CA, as list does")
+    wait_for(lambda: sc.root_sha256 not in sc.bundle(), 30, f"the CA gone from {SYSTEM_BUNDLE}")
+    wait_for(lambda: _agrees_with_list(sc) and not _listed(sc), 30, "metrics showing no CA, as list does")
     scraped = _scrape(sc)
     assert "edge_certd_ca_not_after_timestamp_seconds" not in scraped
     assert scraped["edge_certd_update_runs_total"][0][1] > runs
@@ -700,8 +664,8 @@ def test_node_exporter_serves_metrics_that_agree_with_list(scenario: Scenario) -
 def test_remove_keeps_trust_and_purge_takes_only_edge_certds_away(scenario: Scenario) -> None:
     sc = scenario
     sc.scp_root_ca()
-    _wait_for(lambda: sc.root_sha256 in sc.bundle(), 30, "the CA trusted again")
-    _wait_for(sc.java_has_root, 10, "the CA in the Java system keystore again")
+    wait_for(lambda: sc.root_sha256 in sc.bundle(), 30, "the CA trusted again")
+    wait_for(sc.java_has_root, 10, "the CA in the Java system keystore again")
     env = {"DEBIAN_FRONTEND": "noninteractive"}
 
     sc.box.run(["apt-get", "remove", "-y", "-q", "edge-certd"], env=env)

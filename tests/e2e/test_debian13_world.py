@@ -1,7 +1,7 @@
 """Debian 13's own world: lintian of trixie on the .deb, and the unit suite on trixie's packages.
 
 The host is Debian 12, so its lintian and /usr/bin/python3 only speak for Debian 12. Here a
-booted trixie container (e2e_nspawn.py, an overlay on the cached trixie root with
+booted trixie container (tests/support/nspawn.py, an overlay on the cached trixie root with
 SUITE_PACKAGES installed once, when the cache is built) checks the same .deb that
 test_container.py installs with trixie's lintian, and runs the unit suite on Python 3.13 with
 trixie's python3-pydantic 2, python3-cryptography, python3-watchdog and python3-systemd.
@@ -11,23 +11,13 @@ Needs what test_container.py needs. With CI=true a missing tool fails, as in tes
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from e2e_nspawn import (
-    SBIN_PATH,
-    SUITE_PACKAGES,
-    Container,
-    booted,
-    copy_checkout,
-    ensure_cached_root,
-    missing_for_boot,
-    unavailable,
-)
+from support.nspawn import SUITE_PACKAGES, Container, booted, copy_checkout
 
 pytestmark = pytest.mark.e2e
 
@@ -41,17 +31,8 @@ MASKED = ("mosquitto.service", "prometheus.service", "prometheus-node-exporter.s
 
 
 @pytest.fixture(scope="module")
-def box(tmp_path_factory: pytest.TempPathFactory, built_deb: Path) -> Iterator[Container]:
-    reason = missing_for_boot()
-    if reason:
-        unavailable(reason)
-    old_path = os.environ.get("PATH", "")
-    os.environ["PATH"] = f"{SBIN_PATH}:{old_path}"  # debootstrap and chroot live in sbin
-    try:
-        log = tmp_path_factory.mktemp("log") / "debootstrap.log"
-        lower = ensure_cached_root(log, RELEASE, SUITE_PACKAGES)
-    finally:
-        os.environ["PATH"] = old_path
+def box(built_deb: Path, cached_root: Callable[..., Path]) -> Iterator[Container]:
+    lower = cached_root(RELEASE, SUITE_PACKAGES)
 
     def prepare(merged: Path) -> None:
         for unit in MASKED:
@@ -86,11 +67,12 @@ def test_unit_suite_passes_on_trixies_python_packages(box: Container) -> None:
     assert re.search(r"Python 3\.13\.\S+, pydantic 2\.", versions), versions
     # As tests/run-all runs it on the host: as root, CI=true so that a missing tool fails.
     r = box.run(
-        ["sh", "-c", f"cd {SRC} && python3 -m pytest -q -p no:cacheprovider --ignore=tests/e2e tests"],
+        ["sh", "-c", f"cd {SRC} && tests/unit-suite python3"],
         env={"CI": "true", "PYTHONDONTWRITEBYTECODE": "1"},
         check=False,
         timeout=2400,
     )
-    summary = r.stdout.strip().splitlines()[-1:] or [""]
-    print(f"{versions.strip()}\n{summary[0]}")
+    # One summary line for the parallel part, one for the serial part.
+    summary = [ln for ln in r.stdout.splitlines() if re.search(r"\d+ (passed|failed)", ln)]
+    print(versions.strip(), *summary, sep="\n")
     assert r.returncode == 0, f"the suite failed on trixie:\n{r.stdout[-6000:]}\n{r.stderr[-2000:]}"

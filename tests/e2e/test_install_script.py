@@ -2,27 +2,18 @@
 packaging/debian/control's Build-Depends, installs and starts it, and leaves behind no package
 that only the build needed.
 
-It runs in its own container (e2e_nspawn.py, an overlay on the cached root), never on this
+It runs in its own container (tests/support/nspawn.py, an overlay on the cached root), never on this
 machine: ./install would put edge-certd into the machine's own trust store. Slow: apt fetches
 build-essential, debhelper and the rest from the archive.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from e2e_nspawn import (
-    SBIN_PATH,
-    Container,
-    booted,
-    copy_checkout,
-    ensure_cached_root,
-    missing_for_boot,
-    unavailable,
-)
+from support.nspawn import Container, booted, copy_checkout
 
 pytestmark = pytest.mark.e2e
 
@@ -67,20 +58,10 @@ def _listed_after(heading: str, out: str) -> set[str]:
     return names
 
 
-@pytest.fixture(scope="module")
-def lower(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    reason = missing_for_boot()
-    if reason:
-        unavailable(reason)
-    old_path = os.environ.get("PATH", "")
-    os.environ["PATH"] = f"{SBIN_PATH}:{old_path}"  # debootstrap and chroot live in sbin
-    try:
-        return ensure_cached_root(tmp_path_factory.mktemp("log") / "debootstrap.log")
-    finally:
-        os.environ["PATH"] = old_path
-
-
-def test_install_script_starts_the_service_and_purges_build_only_packages(lower: Path) -> None:
+def test_install_script_starts_the_service_and_purges_build_only_packages(
+    cached_root: Callable[..., Path],
+) -> None:
+    lower = cached_root()
     before_boot: Callable[[Path], None] = _copy_source
     with booted(lower, before_boot) as box:
         before = _installed(box)

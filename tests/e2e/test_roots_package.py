@@ -7,17 +7,14 @@ the container reads it through a `file:` source, exactly as it would read an HTT
 Two loopback `openssl s_server`s stand in for the gateway before and after the rotation: one
 serves a leaf from the old root, one a leaf from the new root.
 
-Like test_container.py it boots its own container (e2e_nspawn.py) and needs root, debootstrap,
+Like test_container.py it boots its own container (tests/support/nspawn.py) and needs root, debootstrap,
 systemd-nspawn and the Debian archive; nothing touches this machine's trust store.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
-import os
-import re
 import shutil
 import socket
 import subprocess
@@ -27,8 +24,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from certs import CA
-from e2e_nspawn import SBIN_PATH, Container, booted, ensure_cached_root, missing_for_boot, unavailable
+from support.certs import CA
+from support.loopback import free_port
+from support.nspawn import Container, booted, pem_fingerprints, unavailable, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -46,26 +44,6 @@ UPDATE_OURS = [
     "-o", "Dir::Etc::sourceparts=-", "-o", "APT::Get::List-Cleanup=0",
 ]  # fmt: skip
 TRUST_WITHIN = 20.0  # seconds from apt's return to the new trust
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_for(check: Callable[[], bool], timeout: float, what: str) -> float:
-    start = time.monotonic()
-    while not check():
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"not within {timeout}s: {what}")
-        time.sleep(0.2)
-    return time.monotonic() - start
-
-
-def _fingerprints(pem_text: str) -> set[str]:
-    blocks = re.findall(r"-----BEGIN CERTIFICATE-----(.*?)-----END CERTIFICATE-----", pem_text, re.S)
-    return {hashlib.sha256(base64.b64decode("".join(b.split()))).hexdigest() for b in blocks}
 
 
 def _roots_package(out: Path, version: str, *roots: Path, name: str = NAME) -> Path:
@@ -107,7 +85,7 @@ class Fleet:
 
     def trusted(self) -> set[str]:
         path = self.box.path(EDGE_ROOTS)
-        return _fingerprints(path.read_text()) if path.exists() else set()
+        return pem_fingerprints(path.read_text()) if path.exists() else set()
 
     def listed(self) -> set[str]:
         listed = json.loads(self.box.run(["edge-certd", "list", "--json"]).stdout)
@@ -118,7 +96,7 @@ class Fleet:
         want = {self.sha[n] for n in names}
         # The bundles are written before the manifest is saved: wait for both.
         try:
-            _wait_for(
+            wait_for(
                 lambda: self.trusted() == want and self.listed() == want,
                 TRUST_WITHIN,
                 f"{what}: edge-roots.pem and edge-certd list hold {sorted(names)}",
@@ -144,18 +122,12 @@ class Fleet:
         return r.returncode == 0 and "Verify return code: 0 (ok)" in r.stdout
 
 
-def test_rotation_through_apt_install_upgrade_remove_purge(tmp_path: Path, built_deb: Path) -> None:
-    reason = missing_for_boot()
-    if reason:
-        unavailable(reason)
+def test_rotation_through_apt_install_upgrade_remove_purge(
+    tmp_path: Path, built_deb: Path, cached_root: Callable[..., Path]
+) -> None:
+    lower = cached_root()
     if shutil.which("dpkg-scanpackages") is None:
         unavailable("dpkg-scanpackages is not installed (dpkg-dev)")
-    old_path = os.environ.get("PATH", "")
-    os.environ["PATH"] = f"{SBIN_PATH}:{old_path}"
-    try:
-        lower = ensure_cached_root(tmp_path / "debootstrap.log")
-    finally:
-        os.environ["PATH"] = old_path
     edge_certd_deb = built_deb  # conftest.py: the same .deb every e2e module installs
 
     # The gateway rotates from the old root to the new one; a leaf from each stands for it.
@@ -192,13 +164,13 @@ def test_rotation_through_apt_install_upgrade_remove_purge(tmp_path: Path, built
             f"deb [trusted=yes] file:{APT_REPO} ./\n"
         )
 
-    ports = {"old": _free_port(), "new": _free_port()}
+    ports = {"old": free_port(), "new": free_port()}
     with booted(lower, prepare) as box:
         fleet = Fleet(box, ports, sha)
         started = time.monotonic()
         box.run(["apt-get", "update", "-q"], env=APT_ENV, timeout=600)
         fleet.apt("install", f"{WORK}/{edge_certd_deb.name}")
-        _wait_for(
+        wait_for(
             lambda: box.run(["systemctl", "is-active", "edge-certd"], check=False).stdout.strip() == "active",
             60,
             "edge-certd active",
@@ -210,7 +182,7 @@ def test_rotation_through_apt_install_upgrade_remove_purge(tmp_path: Path, built
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )  # fmt: skip
         for port in ports.values():
-            _wait_for(
+            wait_for(
                 lambda p=port: socket.socket().connect_ex(("127.0.0.1", p)) == 0, 20, "s_server listening"
             )
         assert not fleet.s_client(ports["old"]), "nothing is trusted yet: the handshake must fail"

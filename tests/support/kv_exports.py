@@ -30,10 +30,11 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from certs import Issued
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
+
+from support.certs import Issued
 
 __all__ = [
     "VAULT",

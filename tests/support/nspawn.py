@@ -6,14 +6,17 @@ booted itself: each run boots an overlayfs on top of it, so whatever the test do
 A root with extra packages (the unit suite's Python world) is cached as a copy of the plain
 one with those installed by apt, so the plain root keeps edge-certd's dependencies out.
 
-Run ``python3 tests/e2e/e2e_nspawn.py [RELEASE]`` as root to build the caches ahead of a run.
+Run ``python3 tests/support/nspawn.py [RELEASE]`` as root to build the caches ahead of a run.
+tests/e2e/conftest.py's `cached_root` fixture is how a test module gets a root to boot.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -59,6 +62,7 @@ JRE = {"bookworm": "openjdk-17-jre-headless", "trixie": "openjdk-21-jre-headless
 # builds the PyPI venv), and lintian to check the .deb with that release's rules.
 SUITE_PACKAGES = (
     "python3-pytest",
+    "python3-pytest-xdist",  # tests/unit-suite
     "python3-hypothesis",
     "python3-pydantic",
     "python3-cryptography",
@@ -154,6 +158,22 @@ def ensure_cached_root(log: Path | None = None, release: str = "bookworm", extra
         if out:
             out.close()
     return root
+
+
+def cached_root(log_dir: Path, release: str = "bookworm", extra: Sequence[str] = ()) -> Path:
+    """The cached root of `release` (with `extra` installed), built first if missing.
+
+    Where this machine cannot boot a container it skips, or fails in CI (`unavailable`).
+    """
+    reason = missing_for_boot()
+    if reason:
+        unavailable(reason)
+    old_path = os.environ.get("PATH", "")
+    os.environ["PATH"] = f"{SBIN_PATH}:{old_path}"  # debootstrap and chroot live in sbin
+    try:
+        return ensure_cached_root(log_dir / f"debootstrap-{cache_key(release, extra)}.log", release, extra)
+    finally:
+        os.environ["PATH"] = old_path
 
 
 def _debootstrap(release: str, target: Path, out: IO[str] | None) -> None:
@@ -406,6 +426,23 @@ def copy_checkout(repo: Path, dest: Path) -> None:
         shutil.copy2(repo / rel, target, follow_symlinks=False)
 
 
+def wait_for(check: Callable[[], bool], timeout: float, what: str, interval: float = 0.2) -> float:
+    """Poll `check` until it holds; the seconds that took. AssertionError naming `what` after `timeout`."""
+    start = time.monotonic()
+    while not check():
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"not within {timeout}s: {what}")
+        time.sleep(interval)
+    return time.monotonic() - start
+
+
+def pem_fingerprints(pem_text: str) -> set[str]:
+    """SHA-256 of every certificate in a PEM bundle, lowercase hex (the test's own reading,
+    not edge-certd's)."""
+    blocks = re.findall(r"-----BEGIN CERTIFICATE-----(.*?)-----END CERTIFICATE-----", pem_text, re.S)
+    return {hashlib.sha256(base64.b64decode("".join(b.split()))).hexdigest() for b in blocks}
+
+
 RUN_PREFIX = "edge-certd-e2e-run-"
 
 
@@ -437,7 +474,7 @@ def booted(lower: Path, before_boot: Callable[[Path], None] | None = None) -> It
 
 
 if __name__ == "__main__":
-    # python3 e2e_nspawn.py [RELEASE [LOG]]: the release's plain root and its suite root.
+    # python3 tests/support/nspawn.py [RELEASE [LOG]]: the release's plain root and its suite root.
     _release = sys.argv[1] if len(sys.argv) > 1 else "bookworm"
     _log = Path(sys.argv[2]) if len(sys.argv) > 2 else None
     print(ensure_cached_root(_log, _release))

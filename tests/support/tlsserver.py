@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from certs import CA
+from support.certs import CA
 
 
 @contextmanager

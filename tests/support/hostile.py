@@ -21,14 +21,15 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import derbuild as d
-from certs import CA
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
-from oddcerts import dsa_root, ec_root, openssl_root, pem, self_signed, tampered, v1_root
+
+from support import derbuild as d
+from support.certs import CA
+from support.oddcerts import dsa_root, ec_root, openssl_root, pem, self_signed, tampered, v1_root
 
 # The growing file starts just under the 1 MiB default limit and keeps growing.
 GROWING_START = 1_000_000

@@ -74,7 +74,7 @@ def v1_root(work: Path) -> bytes:
     Built by hand rather than by `openssl x509 -req`: OpenSSL 3.2 and later (Debian 13) add
     key identifiers there by default, which makes the certificate version 3.
     """
-    import derbuild as d  # tests/derbuild.py
+    from support import derbuild as d
 
     work.mkdir(parents=True, exist_ok=True)
     key = ec.generate_private_key(ec.SECP256R1())

@@ -15,7 +15,6 @@ import hashlib
 import json
 from pathlib import Path
 
-from conftest import Tree
 from cryptography import x509
 
 from edge_certd.core.model import TrustedCA
@@ -26,6 +25,7 @@ from edge_certd.store.state import PENDING_NAME
 from edge_certd.targets.envfile import EnvFile
 from edge_certd.targets.java import JavaTruststore, jks_truststore
 from edge_certd.targets.registry import followers
+from support.tree import Tree
 
 
 def fingerprints(path: Path) -> set[str]:
