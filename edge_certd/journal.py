@@ -22,6 +22,7 @@ MESSAGE_IDS = {
     "private_key": "b51c69361c6443ed98a1f12b2664bb83",
     "source_error": "bd6dc1e0aefc418dac0e06f0a172db65",
     "config": "cfabecacc0ca4843a8b55319d1fe6f55",
+    "judge_unavailable": "6637b5b89d9e466e903400015f0cff81",
 }
 
 _FIELDS = ("EDGE_CERTD_EVENT", "CERT_SHA256", "CERT_SUBJECT", "SOURCE_PATH", "REASON")

@@ -53,6 +53,7 @@ class MetricsFacts:
     rejected_files_by_reason: Mapping[str, int] = field(default_factory=dict)
     source_errors: int = 0
     target_failures: int = 0
+    judge_unavailable_files: int = 0
     degraded: bool = False
     expiry_checked: dt.datetime | None = None
     update_runs: int = 0
@@ -143,6 +144,11 @@ def families(facts: MetricsFacts) -> list[Family]:
             "edge_certd_target_failures",
             "Trust targets (bundles, Java, env file) the last sync could not write.",
             facts.target_failures,
+        ),
+        _one(
+            "edge_certd_judge_unavailable_files",
+            "Source files the last sync could not judge, not by their fault (held as they were, retried).",
+            facts.judge_unavailable_files,
         ),
         _one(
             "edge_certd_degraded",

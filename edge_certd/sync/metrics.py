@@ -120,6 +120,7 @@ def gather(config: Config) -> MetricsFacts:
         ),
         source_errors=_count(status.get("source_errors")),
         target_failures=_count(status.get("target_failures")),
+        judge_unavailable_files=_count(status.get("judge_unavailable_total")),
         degraded=degraded,
         expiry_checked=_time(daemon, "expiry_checked"),
         update_runs=read_update_runs(paths),
