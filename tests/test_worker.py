@@ -46,6 +46,21 @@ def judge_one(worker: JudgeWorker, data: bytes, ctx: JudgeContext | None = None)
     return judgement
 
 
+def _starved(judgement: Judgement) -> bool:
+    return judgement.outcome is Outcome.UNAVAILABLE and "CPU time in" in judgement.verdict.rejected[0].message
+
+
+def judge_until_not_starved(worker: JudgeWorker, data: bytes, ctx: JudgeContext) -> Judgement:
+    """A 1 s budget has a 5 s wall deadline; on a loaded machine (CI runs two CPU-bound
+    processes beside the suite) the child may get less than 1 s of CPU in 5 s, which is
+    correctly `unavailable` (starvation). Try again then: the file's own outcome is LIMIT."""
+    for _ in range(5):
+        judgement = judge_one(worker, data, ctx)
+        if not _starved(judgement):
+            return judgement
+    return judgement
+
+
 def status_of(pid: int) -> dict[str, str]:
     lines = Path(f"/proc/{pid}/status").read_text().splitlines()
     return {k: v.strip() for k, _, v in (line.partition(":") for line in lines)}
@@ -104,7 +119,7 @@ def test_a_batch_is_judged_in_one_server_and_answers_in_order(worker: JudgeWorke
 
 
 def test_a_file_that_uses_its_whole_cpu_budget_is_refused_as_judge_limit(worker: JudgeWorker) -> None:
-    bomb = judge_one(worker, COSTLY, context(cpu=1, passwords=MANY_PASSWORDS))
+    bomb = judge_until_not_starved(worker, COSTLY, context(cpu=1, passwords=MANY_PASSWORDS))
     assert bomb.outcome is Outcome.LIMIT
     assert [r.code for r in bomb.verdict.rejected] == [Reason.JUDGE_LIMIT]
     assert "more than 1 s of CPU time" in bomb.verdict.rejected[0].message
@@ -117,7 +132,7 @@ def test_new_limits_in_a_request_reach_the_running_judge(worker: JudgeWorker) ->
     generous = judge_one(worker, COSTLY, context(cpu=60, passwords=MANY_PASSWORDS[:8]))
     assert generous.outcome is Outcome.OK
     assert [r.code for r in generous.verdict.rejected] == [Reason.PKCS12_SEALED]
-    tight = judge_one(worker, COSTLY, context(cpu=1, passwords=MANY_PASSWORDS))
+    tight = judge_until_not_starved(worker, COSTLY, context(cpu=1, passwords=MANY_PASSWORDS))
     assert tight.outcome is Outcome.LIMIT and worker.spawned == 1
     # And the live child runs under exactly those limits, hard ones.
     catch = CatchChild(worker, COSTLY, context(cpu=7, memory_mb=300, passwords=MANY_PASSWORDS))
@@ -183,7 +198,10 @@ def test_a_stopped_child_past_its_deadline_is_held_not_refused(worker: JudgeWork
 def test_a_batch_that_fails_blames_only_the_file_at_fault(worker: JudgeWorker) -> None:
     requests = [request(CA.root("Good A").cert_pem, "/drop/a.pem"), request(COSTLY, "/drop/bomb.pfx")]
     requests.append(request(CA.root("Good B").cert_pem, "/drop/b.pem"))
-    judgements = worker.judge(requests, context(cpu=1, passwords=MANY_PASSWORDS))
+    for _ in range(5):  # on a loaded machine the 1 s budget may be starved: not the file's fault
+        judgements = worker.judge(requests, context(cpu=1, passwords=MANY_PASSWORDS))
+        if not any(_starved(j) for j in judgements):
+            break
     assert [j.outcome for j in judgements] == [Outcome.OK, Outcome.LIMIT, Outcome.OK]
 
 

@@ -86,13 +86,16 @@ def _assert_isolated(status: dict[str, str], who: str) -> None:
     assert status["Seccomp"] == "2", who
 
 
-def _sealed_pfx(i: int) -> bytes:
-    import sys
+def _sealed_pfx(mac_iterations: int) -> bytes:
+    """A PFX no password opens whose MAC asks for `mac_iterations` (at most the ceiling)."""
+    import derbuild as d  # tests/derbuild.py
 
-    sys.path.insert(0, str(REPO / "tests"))
-    from test_judging_hardened import _pfx_with
-
-    return _pfx_with(1_000_000 - i)
+    data_oid = d.oid("1.2.840.113549.1.7.1")
+    safe = d.seq(data_oid, d.explicit(0, d.octets(d.seq())))
+    auth_safe = d.seq(data_oid, d.explicit(0, d.octets(d.seq(safe))))
+    sha1 = d.seq(d.oid("1.3.14.3.2.26"), b"\x05\x00")
+    mac = d.seq(d.seq(sha1, d.octets(b"\x00" * 20)), d.octets(b"macsalt!"), d.integer(mac_iterations))
+    return d.seq(d.integer(3), auth_safe, mac)
 
 
 def test_the_live_judge_and_its_child_hold_nothing(box: Container) -> None:
@@ -102,7 +105,7 @@ def test_the_live_judge_and_its_child_hold_nothing(box: Container) -> None:
     _wait(lambda: sha[:16] in box.run(["edge-certd", "list"], check=False).stdout, 120, "the root trusted")
     # Sealed PFX files at the iteration ceiling: judging them keeps a child busy for seconds.
     for i in range(30):
-        box.path(f"{DROP}/sealed-{i}.pfx").write_bytes(_sealed_pfx(i))
+        box.path(f"{DROP}/sealed-{i}.pfx").write_bytes(_sealed_pfx(1_000_000 - i))
     main: list[str] = []
     child: list[str] = []
 
