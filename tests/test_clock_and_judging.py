@@ -41,7 +41,7 @@ def _judge_children(pid: int) -> list[int]:
     for task in Path(f"/proc/{pid}/task").iterdir():
         for child in (task / "children").read_text().split():
             cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
-            if b"edge_certd.worker.child" in cmdline:
+            if b"edge_certd.worker.server" in cmdline:
                 found.append(int(child))
     return found
 

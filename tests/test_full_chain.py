@@ -15,14 +15,17 @@ from test_metrics import value
 
 from edge_certd.core.model import Reason, SourceKind
 from edge_certd.core.policy import Rules
-from edge_certd.core.verdict import CHAIN_NOTE, MAX_CHAIN_FILE, judge_file
+from edge_certd.core.verdict import CHAIN_NOTE, MAX_CHAIN_FILE, JudgeContext, JudgeRequest, judge_file
 from edge_certd.sync.metrics import TEXTFILE_NAME
 
 NOW = dt.datetime.now(dt.UTC)
 
 
 def judged(data: bytes) -> object:
-    return judge_file("chain.pem", data, None, SourceKind.DROP, Rules(), NOW)
+    return judge_file(
+        JudgeRequest(source="chain.pem", data=data, kind=SourceKind.DROP),
+        JudgeContext(rules=Rules(), now=NOW),
+    )
 
 
 def certgen_chain() -> tuple[CA, CA, bytes]:

@@ -28,9 +28,9 @@ from hypothesis import strategies as st
 from support.certs import CA
 
 from edge_certd.core.formats import FormatError, parse
-from edge_certd.core.model import FileVerdict
+from edge_certd.core.model import FileVerdict, SourceKind
 from edge_certd.core.policy import Rules
-from edge_certd.core.verdict import DROP, KEYVAULT, judge_file
+from edge_certd.core.verdict import DROP, KEYVAULT, JudgeContext, JudgeRequest, judge_file
 
 # The generators below build odd names on purpose; cryptography warns about each one.
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -299,8 +299,18 @@ def _parse_only_format_errors(data: bytes) -> None:
         assert exc.code and exc.message
 
 
+def _request(data: bytes, kind: str) -> JudgeRequest:
+    return JudgeRequest(source="fuzz.pem", data=data, kind=SourceKind(kind))
+
+
+def _context(rules: Rules) -> JudgeContext:
+    return JudgeContext(rules=rules, now=NOW, passwords=tuple(SEEDS.passwords))
+
+
 def _judge_never_raises(data: bytes, kind: str, rules: Rules) -> None:
-    verdict = judge_file("fuzz.pem", data, None, kind, rules, NOW, SEEDS.passwords)
+    verdict = judge_file(
+        _request(data, kind), JudgeContext(rules=rules, now=NOW, passwords=tuple(SEEDS.passwords))
+    )
     assert isinstance(verdict, FileVerdict)
     for rejection in verdict.rejected:
         assert rejection.code and rejection.message
@@ -385,7 +395,9 @@ def mutated_format(draw: st.DrawFn, name: str) -> bytes:
 
 def _total_and_expected(data: bytes, kind: str) -> None:
     _judge_never_raises(data, kind, Rules())
-    verdict = judge_file("fuzz.pem", data, None, kind, Rules(), NOW, SEEDS.passwords)
+    verdict = judge_file(
+        _request(data, kind), JudgeContext(rules=Rules(), now=NOW, passwords=tuple(SEEDS.passwords))
+    )
     assert all(r.code != "judge_failed" for r in verdict.rejected), verdict.rejected
 
 

@@ -27,9 +27,9 @@ from support.certs import CA
 from support.tree import require_tool
 
 from edge_certd.core import formats, pem, pfx
-from edge_certd.core.model import FileVerdict, Reason
+from edge_certd.core.model import FileVerdict, Reason, SourceKind
 from edge_certd.core.policy import Rules
-from edge_certd.core.verdict import DROP, KEYVAULT, judge_file
+from edge_certd.core.verdict import DROP, KEYVAULT, JudgeContext, JudgeRequest, judge_file
 
 NOW = dt.datetime.now(dt.UTC)
 PKCS8 = serialization.PrivateFormat.PKCS8
@@ -37,7 +37,8 @@ NO_PASSWORD = serialization.NoEncryption()
 
 
 def judged(data: bytes, kind: str = DROP, passwords: tuple[bytes, ...] = ()) -> FileVerdict:
-    return judge_file("/drop/x", data, None, kind, Rules(), NOW, passwords)  # type: ignore[arg-type]
+    request = JudgeRequest(source="/drop/x", data=data, kind=SourceKind(kind))
+    return judge_file(request, JudgeContext(rules=Rules(), now=NOW, passwords=passwords))
 
 
 def codes(data: bytes, kind: str = DROP) -> list[str]:

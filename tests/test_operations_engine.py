@@ -15,7 +15,7 @@ from edge_certd.core.errors import UsageError
 from edge_certd.core.model import SyncResult
 from edge_certd.core.pem import pem_fingerprints
 from edge_certd.sync import operations
-from edge_certd.sync.engine import Engine, worker_limits
+from edge_certd.sync.engine import Engine
 from edge_certd.worker.pool import JudgeWorker
 
 
@@ -39,16 +39,18 @@ def test_remove_syncs_with_the_engine_and_worker_it_is_given(tree: Tree) -> None
     sha = hashlib.sha256(root.der).hexdigest()
     tree.drop.mkdir(parents=True, exist_ok=True)
     (tree.drop / "root.pem").write_bytes(root.cert_pem)
-    worker = JudgeWorker(worker_limits(config))
+    worker = JudgeWorker(socket_path="")  # the judge as this process's child
     try:
         engine = RecordingEngine(config, worker=worker)
         engine.sync()
         assert sha in _trusted(tree)
-        warm = worker._proc
-        assert warm is not None and warm.poll() is None
+        warm = worker.server_pid
+        assert warm is not None
         operations.remove(config, sha[:16], engine=engine)
         assert engine.syncs == 2, "remove must sync with the engine it was given"
-        assert worker._proc is warm, "and with that engine's warm worker, not a new one"
+        assert worker.server_pid == warm and worker.spawned == 1, (
+            "and with that engine's judge, not a new one"
+        )
         assert sha not in _trusted(tree)
     finally:
         worker.close()

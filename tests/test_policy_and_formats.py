@@ -13,17 +13,18 @@ from support.certs import CA
 from support.oddcerts import dsa_root, ec_root, openssl_root, pem, self_signed, tampered, v1_root
 
 from edge_certd.core.formats import FormatError, parse
-from edge_certd.core.model import TrustedCA
+from edge_certd.core.model import SourceKind, TrustedCA
 from edge_certd.core.plan import OWNED_FILE, file_name
 from edge_certd.core.policy import Rules
-from edge_certd.core.verdict import DROP, KEYVAULT, judge_file
+from edge_certd.core.verdict import DROP, KEYVAULT, JudgeContext, JudgeRequest, judge_file
 
 NOW = dt.datetime.now(dt.UTC)
 
 
 def verdict_of(data: bytes, kind: str = DROP, rules: Rules | None = None, passwords=()):  # type: ignore[no-untyped-def]
     now = dt.datetime.now(dt.UTC)
-    return judge_file("/drop/x.pem", data, None, kind, rules or Rules(), now, passwords)
+    request = JudgeRequest(source="/drop/x.pem", data=data, kind=SourceKind(kind))
+    return judge_file(request, JudgeContext(rules=rules or Rules(), now=now, passwords=tuple(passwords)))
 
 
 def codes(data: bytes, **kwargs: object) -> list[str]:

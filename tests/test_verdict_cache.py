@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import time
 
 from support.certs import CA
 from support.oddcerts import pem, self_signed
 from support.tree import Tree
+from test_judging_hardened import _pfx_with
 
-from edge_certd.store.verdict_cache import CACHE_NAME
+from edge_certd.core.model import Reason
+from edge_certd.core.policy import Rules
+from edge_certd.core.verdict import JudgeContext, JudgeLimits
+from edge_certd.store.verdict_cache import CACHE_NAME, VerdictCache
 from edge_certd.sync.engine import Engine
+from edge_certd.worker.pool import JudgeWorker
 
 
 def judged(tree: Tree, now: dt.datetime | None = None) -> list[tuple[str, list[str], list[str]]]:
-    verdicts, _ = Engine(tree.load()).judge_sources(now or dt.datetime.now(dt.UTC))
+    verdicts = Engine(tree.load()).judge_sources(now or dt.datetime.now(dt.UTC)).verdicts
     return [(v.source, [c.sha256 for c in v.accepted], [r.code for r in v.rejected]) for v in verdicts]
 
 
@@ -67,11 +73,11 @@ def test_a_tampered_cache_entry_is_ignored(tree: Tree) -> None:
 
 
 def test_a_new_judge_does_not_reuse_an_old_judges_verdicts(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    from edge_certd.core.policy import Rules
     from edge_certd.store import verdict_cache
 
     def key() -> str:
-        return verdict_cache.VerdictCache(str(tmp_path), Rules(), ()).key("ab" * 32, "drop")
+        context = JudgeContext(rules=Rules(), now=dt.datetime.now(dt.UTC))
+        return verdict_cache.VerdictCache(str(tmp_path), context).key("ab" * 32, "drop")
 
     same = key()
     assert key() == same  # works: the same judge answers from its own cache
@@ -84,10 +90,8 @@ def test_a_new_judge_does_not_reuse_an_old_judges_verdicts(tmp_path, monkeypatch
 
 def test_an_internal_judging_error_is_never_cached(tmp_path) -> None:  # type: ignore[no-untyped-def]
     from edge_certd.core.model import FileVerdict, Reason, Rejection
-    from edge_certd.core.policy import Rules
-    from edge_certd.store.verdict_cache import VerdictCache
 
-    cache = VerdictCache(str(tmp_path), Rules(), ())
+    cache = VerdictCache(str(tmp_path), JudgeContext(rules=Rules(), now=dt.datetime.now(dt.UTC)))
     failed = FileVerdict(
         source="x",
         format="unknown",
@@ -100,3 +104,52 @@ def test_an_internal_judging_error_is_never_cached(tmp_path) -> None:  # type: i
     cache.save()
     entries = json.loads((tmp_path / CACHE_NAME).read_text())["entries"]
     assert list(entries) == [cache.key("ef" * 32, "drop")]
+
+
+def test_new_judge_limits_are_not_answered_from_the_cache(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A judge_limit verdict is the file's fault under those limits only."""
+
+    def key(cpu: int) -> str:
+        context = JudgeContext(
+            rules=Rules(), now=dt.datetime.now(dt.UTC), limits=JudgeLimits(cpu_seconds=cpu)
+        )
+        return VerdictCache(str(tmp_path), context).key("ab" * 32, "drop")
+
+    assert key(5) == key(5)
+    assert key(5) != key(6)
+
+
+class CountingWorker(JudgeWorker):
+    def __init__(self) -> None:
+        super().__init__(socket_path="")
+        self.judged = 0
+
+    def judge(self, requests, context):  # type: ignore[no-untyped-def]
+        self.judged += len(requests)
+        return super().judge(requests, context)
+
+
+def test_a_flood_of_sealed_pfx_files_is_judged_once(tree: Tree) -> None:
+    """Issue 19.6: 150 sealed PFX files of 1,000,000 MAC iterations cost 69 s at every sync."""
+    tree.drop.mkdir(parents=True)
+    for i in range(12):
+        (tree.drop / f"sealed-{i}.pfx").write_bytes(_pfx_with(1_000_000 - i))  # distinct bytes
+    for i in range(40):
+        (tree.drop / f"junk-{i}.txt").write_bytes(b"junk %d" % i)  # refused in microseconds
+    worker = CountingWorker()
+    try:
+        engine = Engine(tree.load(), worker=worker)
+        first = engine.judge_sources(dt.datetime.now(dt.UTC))
+        assert worker.judged == 52
+        sealed = [v for v in first.verdicts if v.source.endswith(".pfx")]
+        assert {r.code for v in sealed for r in v.rejected} == {Reason.PKCS12_SEALED}
+        started = time.monotonic()
+        second = Engine(tree.load(), worker=worker).judge_sources(dt.datetime.now(dt.UTC))
+        took = time.monotonic() - started
+        assert worker.judged == 52 + 40, "the sealed files were judged again"  # junk is not cached
+        assert [v.rejected[0].code for v in second.verdicts] == [v.rejected[0].code for v in first.verdicts]
+        assert took < 5.0, f"a sync of cached sealed files took {took:.1f} s"
+    finally:
+        worker.close()
+    entries = json.loads((tree.state / CACHE_NAME).read_text())["entries"]
+    assert len(entries) == 12  # the costly ones, not the junk

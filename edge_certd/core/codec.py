@@ -1,7 +1,7 @@
-"""FileVerdict to and from JSON-safe dicts: for the verdict cache and the judge worker.
+"""FileVerdict and JudgeContext to and from JSON-safe dicts: for the verdict cache and the judge.
 
-Decoding is strict: a verdict that comes back from the worker process is untrusted until it
-decodes, and a certificate whose bytes do not hash to its fingerprint is refused.
+Decoding is strict: a verdict that comes back from the judge is untrusted until it decodes,
+and a certificate whose bytes do not hash to its fingerprint is refused.
 """
 
 from __future__ import annotations
@@ -12,7 +12,43 @@ import hashlib
 from typing import Any
 
 from edge_certd.core.model import FileVerdict, Ignored, Reason, Rejection, TrustedCA
+from edge_certd.core.policy import Rules
 from edge_certd.core.text import iso, parse_iso
+from edge_certd.core.verdict import JudgeContext, JudgeLimits
+
+
+def context_to_json(context: JudgeContext) -> dict[str, Any]:
+    rules = context.rules
+    return {
+        "rules": {
+            "allow_intermediate": rules.allow_intermediate,
+            "allow_expired": rules.allow_expired,
+            "min_rsa_bits": rules.min_rsa_bits,
+            "allow_sha1_signature": rules.allow_sha1_signature,
+        },
+        "now": iso(context.now),
+        "passwords": [base64.b64encode(p).decode() for p in context.passwords],
+        "limits": {"cpu_seconds": context.limits.cpu_seconds, "memory_mb": context.limits.memory_mb},
+    }
+
+
+def context_from_json(item: Any) -> JudgeContext:
+    """Raises ValueError for anything that is not exactly what context_to_json makes."""
+    try:
+        rules, limits = item["rules"], item["limits"]
+        return JudgeContext(
+            rules=Rules(
+                allow_intermediate=_bool(rules["allow_intermediate"]),
+                allow_expired=_bool(rules["allow_expired"]),
+                min_rsa_bits=_int(rules["min_rsa_bits"]),
+                allow_sha1_signature=_bool(rules["allow_sha1_signature"]),
+            ),
+            now=parse_iso(_text(item["now"])),
+            passwords=tuple(base64.b64decode(_text(p), validate=True) for p in item["passwords"]),
+            limits=JudgeLimits(cpu_seconds=_int(limits["cpu_seconds"]), memory_mb=_int(limits["memory_mb"])),
+        )
+    except (KeyError, TypeError, AttributeError, binascii.Error) as exc:
+        raise ValueError(f"malformed judge context ({type(exc).__name__})") from None
 
 
 def verdict_to_json(verdict: FileVerdict) -> dict[str, Any]:
@@ -93,6 +129,18 @@ def _shared(text: str) -> str:
 def _text(value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError("expected a string")
+    return value
+
+
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError("expected true or false")
+    return value
+
+
+def _int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 1 << 20:
+        raise ValueError("expected a positive integer")
     return value
 
 

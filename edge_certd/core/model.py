@@ -195,6 +195,8 @@ class SyncResult:
     removed_by_operator: tuple[str, ...] = ()  # SHA-256s `edge-certd remove` took away
     last_change: LastChange | None = None
     error: str | None = None  # set when trust could not be applied; the old state stays
+    # Sources the judge could not judge (not their fault): held as they were, judged again.
+    judge_unavailable: tuple[str, ...] = ()
 
     @property
     def rejected(self) -> tuple[Rejection, ...]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from cryptography import x509
 
@@ -46,31 +47,63 @@ SEALED_MESSAGE = (
 )
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class JudgeLimits:
+    """What judging one request may cost: policy.judge_cpu_seconds and judge_memory_mb.
+
+    They travel in every request, so a reload with new limits reaches the judge at once.
+    """
+
+    cpu_seconds: int = 5
+    memory_mb: int = 256
+
+    @property
+    def wall_seconds(self) -> float:
+        # CPU time is what the file may use; wall time also covers a judge that waits (a
+        # loaded machine, a stopped process) rather than computes. Past it the judgement is
+        # given up, but not blamed on the file.
+        return self.cpu_seconds * 3 + 2.0
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class JudgeContext:
+    """What every file of one sync is judged against."""
+
+    rules: Rules
+    now: dt.datetime  # aware UTC
+    passwords: tuple[bytes, ...] = ()  # PKCS#12 passwords to try
+    limits: JudgeLimits = JudgeLimits()
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class JudgeRequest:
+    """One file's bytes to judge, named as messages name it."""
+
+    source: str
+    data: bytes
+    kind: SourceKind  # DROP or KEYVAULT
+
+
 def judge_file(
-    source: str,
-    data: bytes | None,
-    problem: tuple[Reason, str] | None,
-    kind: SourceKind,
-    rules: Rules,
-    now: dt.datetime,
-    passwords: Sequence[bytes] = (),
+    request: JudgeRequest, context: JudgeContext, *, raise_memory_error: bool = False
 ) -> FileVerdict:
     """Judge everything in one file.
 
-    Args:
-        source: the path to name in messages.
-        data: the bytes read, or None when reading failed with `problem` (code, message).
-        kind: DROP or KEYVAULT. In Key Vault exports leaves, intermediates and private keys
-            are expected and ignored; in the drop directory a private key refuses the file.
-        rules: the policy.
-        now: the current time, aware UTC.
-        passwords: PKCS#12 passwords to try.
+    In Key Vault exports leaves, intermediates and private keys are expected and ignored; in
+    the drop directory a private key refuses the file.
 
-    Never raises. An unexpected failure while judging (a decoder bug, RecursionError,
-    MemoryError) refuses this file alone, with the code `judge_failed`.
+    Never raises, except MemoryError when `raise_memory_error` (the judge's child, whose only
+    MemoryError is its own address-space limit: a limit the file exceeded, not a bug). An
+    unexpected failure while judging (a decoder bug, RecursionError) refuses this file alone,
+    with the code `judge_failed`.
     """
+    source, data = request.source, request.data
     try:
-        return _judge_file(source, data, problem, kind, rules, now, passwords)
+        return _judge_file(request, context)
+    except MemoryError:
+        if raise_memory_error:
+            raise
+        return _failed(source, data, "MemoryError")
     except Exception as exc:  # noqa: BLE001 - the contract: every input becomes a verdict
         return _failed(source, data, type(exc).__name__)
     except BaseException as exc:
@@ -81,11 +114,19 @@ def judge_file(
         return _failed(source, data, type(exc).__name__)
 
 
-def _failed(source: str, data: bytes | None, kind_of_error: str) -> FileVerdict:
+def unreadable(source: str, problem: tuple[Reason, str] | None) -> FileVerdict:
+    """The verdict on a file that could not be read: `problem` is (code, message)."""
+    code, message = problem or (Reason.UNREADABLE, "cannot be read")
+    return FileVerdict(
+        source=source, format="unknown", rejected=(Rejection(source=source, code=code, message=message),)
+    )
+
+
+def _failed(source: str, data: bytes, kind_of_error: str) -> FileVerdict:
     # The exception's type only: its text could quote the file's bytes, a key among them.
     message = f"edge-certd could not judge this file (internal error {kind_of_error}); it is not trusted"
     try:
-        content_sha = hashlib.sha256(data).hexdigest() if data is not None else ""
+        content_sha = hashlib.sha256(data).hexdigest()
     except Exception:  # noqa: BLE001 - MemoryError again, most likely
         content_sha = ""
     return FileVerdict(
@@ -96,23 +137,11 @@ def _failed(source: str, data: bytes | None, kind_of_error: str) -> FileVerdict:
     )
 
 
-def _judge_file(
-    source: str,
-    data: bytes | None,
-    problem: tuple[Reason, str] | None,
-    kind: SourceKind,
-    rules: Rules,
-    now: dt.datetime,
-    passwords: Sequence[bytes],
-) -> FileVerdict:
-    if data is None:
-        code, message = problem or (Reason.UNREADABLE, "cannot be read")
-        return FileVerdict(
-            source=source, format="unknown", rejected=(Rejection(source=source, code=code, message=message),)
-        )
+def _judge_file(request: JudgeRequest, context: JudgeContext) -> FileVerdict:
+    source, data, kind, rules, now = request.source, request.data, request.kind, context.rules, context.now
     content_sha = hashlib.sha256(data).hexdigest()
     try:
-        parsed = parse(data, passwords)
+        parsed = parse(data, context.passwords)
     except FormatError as exc:
         code, message = exc.code, exc.message
         if kind == DROP and exc.private_keys:

@@ -34,7 +34,7 @@ from edge_certd.store.sources import package_dirs
 from edge_certd.store.state import DAEMON_NAME, StatePaths, load_manifest, save_report
 from edge_certd.sync import journal as events
 from edge_certd.sync import metrics, operations, report
-from edge_certd.sync.engine import Engine, worker_limits
+from edge_certd.sync.engine import Engine
 from edge_certd.worker.pool import JudgeWorker
 
 
@@ -54,7 +54,7 @@ class Daemon:
         self.config, _ = load_config(config_path)
         self.requests: deque[str] = deque()  # "reload", "stop", "rescan" from signal handlers
         # One warm judge process for the daemon's life; see edge_certd/worker.
-        self.worker = JudgeWorker(worker_limits(self.config), poll=self._poll_while_judging)
+        self.worker = JudgeWorker(poll=self._poll_while_judging)
         self.engine = Engine(self.config, heartbeat=self._heartbeat, worker=self.worker)
         self.last_result: SyncResult | None = None
         self.notifier = Notifier()
@@ -234,6 +234,11 @@ class Daemon:
             if failures:
                 # The rest is applied; retry the target that failed, with the same backoff.
                 self._degrade("; ".join(f"{f.target} not updated: {f.message}" for f in failures))
+            elif self.last_result.judge_unavailable:
+                # Held, not refused: judged again with the same backoff (5 s doubling to 5 min).
+                self._degrade(
+                    f"{len(self.last_result.judge_unavailable)} file(s) held: the judge is unavailable"
+                )
             else:
                 if self.degraded:
                     events.emit("synced", f"recovered after {why}: trust is up to date again")
@@ -386,7 +391,6 @@ class Daemon:
         else:
             self.config_problem = None
             self.config = config
-            self.worker.limits = worker_limits(config)
             if self.control is not None:  # who may ask follows the configuration
                 self.control.group = config.sources.trusted_group
                 self.control.max_file_bytes = config.policy.max_file_bytes

@@ -21,6 +21,8 @@ def status_line(
     if result.last_change is not None:
         stamp = result.last_change.time.astimezone().strftime("%H:%M:%S")
         parts.append(f"last change {stamp} (+{result.last_change.added} −{result.last_change.removed})")
+    if result.judge_unavailable:
+        parts.append(f"{plural(len(result.judge_unavailable), 'file')} held: the judge is unavailable")
     if result.rejected_files:
         parts.append(f"{plural(result.rejected_files, 'file')} rejected")
     # A source that cannot be read safely keeps what it gave, but nothing new comes in.

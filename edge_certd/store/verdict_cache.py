@@ -3,7 +3,8 @@
 Judging a root costs a public-key decode and a signature check (about 0.4 ms with OpenSSL 3);
 with 1,000 managed CAs that was most of a restart and of every sync the daemon ran. The
 cache is keyed by the SHA-256 of the file's bytes, the source kind, the policy, the PFX
-passwords and the judge itself (core's JUDGE_VERSION and the package version, so verdicts
+passwords, the judge's limits (a `judge_limit` verdict is the file's fault under those
+limits only) and the judge itself (core's JUDGE_VERSION and the package version, so verdicts
 an older release gave are judged again after an upgrade), and lives in state_dir
 (root-only), so a hit is exactly the verdict a fresh judgement would give, except for the
 clock: verdicts are re-checked against `now` and judged again when a date boundary was
@@ -16,15 +17,13 @@ import datetime as dt
 import hashlib
 import json
 import os
-from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
 from edge_certd import __version__
 from edge_certd.core.codec import verdict_from_json, verdict_to_json
 from edge_certd.core.model import FileVerdict, Reason
-from edge_certd.core.policy import Rules
-from edge_certd.core.verdict import JUDGE_VERSION
+from edge_certd.core.verdict import JUDGE_VERSION, JudgeContext
 from edge_certd.store.fsutil import read_bytes, write_atomic
 
 CACHE_NAME = "verdict-cache.json"
@@ -35,11 +34,12 @@ _VERSION = 1
 
 
 class VerdictCache:
-    def __init__(self, state_dir: str, rules: Rules, passwords: Sequence[bytes]) -> None:
+    def __init__(self, state_dir: str, context: JudgeContext) -> None:
         self.path = os.path.join(state_dir, CACHE_NAME)
         judge = {"judge_version": JUDGE_VERSION, "edge_certd": __version__}
-        digest = hashlib.sha256(json.dumps([judge, asdict(rules)], sort_keys=True).encode())
-        for password in passwords:
+        parts = [judge, asdict(context.rules), asdict(context.limits)]
+        digest = hashlib.sha256(json.dumps(parts, sort_keys=True).encode())
+        for password in context.passwords:
             digest.update(hashlib.sha256(password).digest())
         self._context = digest.hexdigest()[:32]
         self._old = self._load()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 from edge_certd.config import Config
 from edge_certd.core.errors import ApplyError, EdgeCertdError, SourceError, UpdateCommandError
@@ -22,6 +23,7 @@ from edge_certd.core.model import (
 from edge_certd.core.plan import Held, Wanted, make_plan, wanted_set
 from edge_certd.core.policy import Rules
 from edge_certd.core.text import iso
+from edge_certd.core.verdict import JudgeContext, JudgeLimits
 from edge_certd.store.fsutil import ReadError, read_bounded, remove_stale_temp_files
 from edge_certd.store.sources import (
     DirectoryRules,
@@ -51,7 +53,7 @@ from edge_certd.sync.onchange import run_on_change
 from edge_certd.targets.base import Change
 from edge_certd.targets.registry import followers, system_store
 from edge_certd.targets.system import load_installed
-from edge_certd.worker.pool import JudgeWorker, Limits
+from edge_certd.worker.pool import JudgeWorker
 
 
 def rules_from(config: Config) -> Rules:
@@ -80,8 +82,24 @@ def read_passwords(config: Config) -> list[bytes]:
     return passwords
 
 
-def worker_limits(config: Config) -> Limits:
-    return Limits(cpu_seconds=config.policy.judge_cpu_seconds, memory_mb=config.policy.judge_memory_mb)
+def judge_context(config: Config, now: dt.datetime) -> JudgeContext:
+    """What every file is judged against: the policy, the clock, the PFX passwords and the
+    judge's limits, read afresh for each sync, so a reload reaches the judge at once."""
+    p = config.policy
+    return JudgeContext(
+        rules=rules_from(config),
+        now=now,
+        passwords=tuple(read_passwords(config)),
+        limits=JudgeLimits(cpu_seconds=p.judge_cpu_seconds, memory_mb=p.judge_memory_mb),
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class JudgedSources:
+    verdicts: list[FileVerdict]
+    problems: list[SourceProblem]
+    # Files the judge could not judge (not their fault): held like busy files, retried.
+    unavailable: list[str]
 
 
 def source_dirs(config: Config) -> list[tuple[str, SourceKind]]:
@@ -135,28 +153,23 @@ class Engine:
         if force or not provided:
             ensure_drop_dir(self.config.drop_dir, self.config.sources.trusted_group)
 
-    def judge_sources(
-        self, now: dt.datetime, busy: frozenset[str] = frozenset()
-    ) -> tuple[list[FileVerdict], list[SourceProblem]]:
+    def judge_sources(self, now: dt.datetime, busy: frozenset[str] = frozenset()) -> JudgedSources:
         """Read and judge every source file. Bad files become verdicts, never exceptions.
 
         Files in `busy` are still being written; they are skipped this time. Files that
         leak a private key from the drop directory get mode 0600 afterwards.
         """
-        worker = self.worker or JudgeWorker(worker_limits(self.config))
+        worker = self.worker or JudgeWorker()
         try:
             return self._judge_sources(worker, now, busy)
         finally:
             if self.worker is None:
                 worker.close()
 
-    def _judge_sources(
-        self, worker: JudgeWorker, now: dt.datetime, busy: frozenset[str]
-    ) -> tuple[list[FileVerdict], list[SourceProblem]]:
-        rules = rules_from(self.config)
-        passwords = read_passwords(self.config)
-        cache = VerdictCache(self.config.state_dir, rules, passwords)
-        judging = Judging(worker=worker, cache=cache, rules=rules, now=now, passwords=passwords)
+    def _judge_sources(self, worker: JudgeWorker, now: dt.datetime, busy: frozenset[str]) -> JudgedSources:
+        context = judge_context(self.config, now)
+        cache = VerdictCache(self.config.state_dir, context)
+        judging = Judging(worker=worker, cache=cache, context=context)
         problems: list[SourceProblem] = []
         for directory, kind in source_dirs(self.config):
             if kind is SourceKind.KEYVAULT and not os.path.exists(directory):
@@ -177,7 +190,7 @@ class Engine:
             cache.save()
         except EdgeCertdError:
             pass  # a full state disk costs time on the next start, nothing else
-        return verdicts, problems
+        return JudgedSources(verdicts=verdicts, problems=problems, unavailable=judging.unavailable)
 
     def sync(self, now: dt.datetime | None = None, busy: frozenset[str] = frozenset()) -> SyncResult:
         """Bring every target in line with the sources.
@@ -210,11 +223,15 @@ class Engine:
         if loaded.problem:
             notes.append(Note(code="manifest_corrupt", message=loaded.problem))
         present = self.system.present()
-        verdicts, problems = self.judge_sources(now, busy)
+        judged = self.judge_sources(now, busy)
+        verdicts, problems = judged.verdicts, judged.problems
         # Busy files are named as the manifest names sources: an odd byte in a file name must
-        # not stop its old content from being held while it is rewritten.
-        held_paths = [p.path.rstrip("/") + "/" for p in problems] + sorted(
-            display_path(path) for path in busy
+        # not stop its old content from being held while it is rewritten. A file the judge
+        # could not judge is held the same way: a judge failure is not the file's fault.
+        held_paths = (
+            [p.path.rstrip("/") + "/" for p in problems]
+            + sorted(display_path(path) for path in busy)
+            + judged.unavailable
         )
         held = _held(held_paths, loaded.entries, present)
         early = _not_yet_valid_but_installed(verdicts, present)
@@ -227,6 +244,18 @@ class Engine:
                         f'"{kept.ca.subject}" (sha256 {sha[:16]}…) is not valid until '
                         f"{iso(kept.ca.not_before)} by this device's clock, but it is installed: it "
                         "stays trusted; check the clock (timedatectl, NTP)"
+                    ),
+                )
+            )
+        if judged.unavailable:
+            count = len(judged.unavailable)
+            notes.append(
+                Note(
+                    code="judge_unavailable",
+                    message=(
+                        f"{count} file{'s' if count != 1 else ''} could not be judged now, not by "
+                        f"their fault (first: {judged.unavailable[0]}); what they provided stays "
+                        "trusted and they are judged again shortly"
                     ),
                 )
             )
@@ -288,6 +317,7 @@ class Engine:
                 notes=tuple(notes),
                 last_change=loaded.last_change,
                 error=str(exc),
+                judge_unavailable=tuple(judged.unavailable),
             )
             journal_events.log_failure(failed, exc)
             record.write_status(self.paths, failed, self.config)
@@ -309,6 +339,7 @@ class Engine:
             target_failures=tuple(failures),
             removed_by_operator=tuple(ca.sha256 for ca in plan.remove if ca.sha256 in blocked),
             last_change=last_change,
+            judge_unavailable=tuple(judged.unavailable),
         )
         journal_events.log_sync(result, self.paths)
         if result.trust_changed:

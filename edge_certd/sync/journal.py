@@ -24,6 +24,7 @@ MESSAGE_IDS = {
     "config": "cfabecacc0ca4843a8b55319d1fe6f55",
     "control": "b1b7b4a5cb024b529906f5f6717553b2",
     "started": "4442b9094bcd4d89ac850da17ada2b97",
+    "judge_unavailable": "6637b5b89d9e466e903400015f0cff81",
 }
 
 _FIELDS = ("EDGE_CERTD_EVENT", "CERT_SHA256", "CERT_SUBJECT", "SOURCE_PATH", "REASON")

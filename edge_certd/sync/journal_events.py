@@ -35,6 +35,7 @@ _JOURNALED_NOTES = {
     "clock_behind": ("expiring", logging.WARNING),
     "java_refused": ("update_failed", logging.WARNING),
     "stays_removed": ("rejected", logging.WARNING),
+    "judge_unavailable": ("judge_unavailable", logging.WARNING),
 }
 
 

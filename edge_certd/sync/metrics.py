@@ -169,6 +169,11 @@ def families(
             len(result.target_failures) if result else 0,
         ),
         _gauge(
+            "edge_certd_judge_unavailable_files",
+            "Source files the last sync could not judge, not by their fault (held as they were, retried).",
+            len(result.judge_unavailable) if result else 0,
+        ),
+        _gauge(
             "edge_certd_degraded",
             "1 while the daemon reports itself degraded (STATUS= starts with degraded).",
             1 if daemon.degraded else 0,

@@ -13,11 +13,12 @@ from edge_certd.config import Config
 from edge_certd.core.errors import NotFound, UsageError
 from edge_certd.core.model import FileVerdict, InstalledCA, SourceKind, SyncResult
 from edge_certd.core.text import printable
+from edge_certd.core.verdict import JudgeRequest, unreadable
 from edge_certd.store.fsutil import write_atomic
 from edge_certd.store.sources import SourceFile, read_entry
 from edge_certd.store.state import load_blocked, load_manifest, save_blocked, state_lock
-from edge_certd.sync.engine import Engine, read_passwords, rules_from, worker_limits
-from edge_certd.worker.pool import JudgeWorker, judge_in_worker
+from edge_certd.sync.engine import Engine, judge_context
+from edge_certd.worker.pool import JudgeWorker
 
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 # A file name in the drop directory stays well inside NAME_MAX (255 bytes), with room for
@@ -62,13 +63,12 @@ def require_files(files: Sequence[str]) -> None:
 def _judge_files(
     config: Config, files: Sequence[str], keyvault: bool = False, as_drop: bool = False
 ) -> list[tuple[SourceFile, FileVerdict]]:
-    """Read each file once and judge those bytes in the judge worker."""
+    """Read each file once and judge those bytes in the judge."""
     require_files(files)
-    now = dt.datetime.now(dt.UTC)
-    rules, passwords = rules_from(config), read_passwords(config)
+    context = judge_context(config, dt.datetime.now(dt.UTC))
     kv_dirs = {os.path.realpath(d) for d in config.keyvault_export_dirs}
     judged = []
-    worker = JudgeWorker(worker_limits(config))
+    worker = JudgeWorker()
     try:
         for path in files:
             directory = os.path.dirname(os.path.abspath(path))
@@ -78,21 +78,13 @@ def _judge_files(
             # Named as sync names sources: a newline, an escape or a byte that is not UTF-8
             # in a file name must neither forge an output line nor crash print().
             shown = printable(path, limit=MAX_SHOWN_NAME)
-            judged.append(
-                (
-                    source,
-                    judge_in_worker(
-                        worker,
-                        source=shown,
-                        data=source.data,
-                        problem=source.problem,
-                        kind=kind,
-                        rules=rules,
-                        now=now,
-                        passwords=passwords,
-                    ),
-                )
-            )
+            if source.data is None:
+                verdict = unreadable(shown, source.problem)
+            else:
+                request = JudgeRequest(source=shown, data=source.data, kind=kind)
+                (judgement,) = worker.judge([request], context)
+                verdict = judgement.verdict
+            judged.append((source, verdict))
     finally:
         worker.close()
     return judged
@@ -150,9 +142,12 @@ def add_judged(engine: Engine, items: Sequence[tuple[str, bytes]], verdicts: Seq
 
 def judge_items(config: Config, worker: JudgeWorker, items: Sequence[tuple[str, bytes]]) -> list[FileVerdict]:
     """Judge bytes a client sent, named as the client named them (escaped)."""
-    now = dt.datetime.now(dt.UTC)
-    files = [(printable(name, limit=MAX_SHOWN_NAME), data, SourceKind.DROP) for name, data in items]
-    return worker.judge_batch(files, rules=rules_from(config), now=now, passwords=read_passwords(config))
+    context = judge_context(config, dt.datetime.now(dt.UTC))
+    requests = [
+        JudgeRequest(source=printable(name, limit=MAX_SHOWN_NAME), data=data, kind=SourceKind.DROP)
+        for name, data in items
+    ]
+    return [judgement.verdict for judgement in worker.judge(requests, context)]
 
 
 MAX_NEAR = 3  # near matches a failed `remove NAME` lists

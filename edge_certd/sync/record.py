@@ -74,6 +74,9 @@ def status_document(
             if n.code != "java_skipped"
         ],
         "target_failures": [{"target": f.target, "message": f.message} for f in result.target_failures],
+        # Files the judge could not judge (not their fault): held as they were, judged again.
+        "judge_unavailable": list(result.judge_unavailable[:MAX_LISTED]),
+        "judge_unavailable_total": len(result.judge_unavailable),
         "bundles": bundle_paths(config),
         "removed_by_operator": _stay_removed(result, blocked),
     }

@@ -1,295 +1,286 @@
-"""The daemon's side of the judge worker: one warm child process, reused across syncs.
+"""The daemon's and the CLI's side of the judge (`worker.server`).
 
-Each job gets a CPU budget (RLIMIT_CPU in the child) and a wall-clock deadline (the parent
-kills the child at it). While it waits, the parent calls `poll` a few times a second, so the
-daemon keeps pinging systemd's watchdog and can stop on SIGTERM in the middle of a sync.
+Under systemd the judge is `edge-certd-judge.service`, reached through its socket
+(EDGE_CERTD_JUDGE_SOCKET, /run/edge-certd/judge by default); elsewhere the same server runs
+as a child process over a socketpair, started on the first request and kept for the
+worker's life. Each request carries its limits, so a reload reaches the judge at once.
+
+While it waits the client calls `poll` a few times a second, so the daemon keeps pinging
+systemd's watchdog and can stop on SIGTERM in the middle of a sync. Every answer is
+untrusted until `core.codec` has decoded it.
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import dataclasses
-import datetime as dt
 import hashlib
-import json
 import os
 import select
-import signal
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 
-from edge_certd.core.codec import verdict_from_json
-from edge_certd.core.model import FileVerdict, Reason, Rejection, SourceKind
-from edge_certd.core.policy import Rules
-from edge_certd.core.text import iso
-from edge_certd.core.verdict import judge_file
-from edge_certd.worker.protocol import ProtocolError, encode_json, read_frame, write_frame
+from edge_certd.core.codec import context_to_json, verdict_from_json
+from edge_certd.core.model import FileVerdict, Reason, Rejection
+from edge_certd.core.verdict import JudgeContext, JudgeRequest
+from edge_certd.core.wire import FrameReader, WireError, decode_object, encode, frame
 
+SOCKET_ENV = "EDGE_CERTD_JUDGE_SOCKET"
+DEFAULT_SOCKET = "/run/edge-certd/judge"
+# A verdict for a 1 MB file is a few KB; anything far larger is a misbehaving judge.
+MAX_FRAME = 16 * 1024 * 1024
 _POLL_INTERVAL = 0.25
+# The judge enforces the wall deadline itself; this much more is for a judge that does not
+# answer at all (stopped, or still importing Python and cryptography on a loaded machine).
+_CLIENT_SLACK = 10.0
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-_CHILD = (
+_SERVER = (
     "import sys; sys.path.insert(0, sys.argv.pop(1)); "
-    "from edge_certd.worker.child import main; sys.exit(main())"
+    "from edge_certd.worker.server import main; sys.exit(main())"
 )
 
 
-@dataclass(frozen=True, kw_only=True)
-class Limits:
-    cpu_seconds: int = 5
-    memory_mb: int = 256
+class Outcome(StrEnum):
+    OK = "ok"  # the verdict stands
+    LIMIT = "limit"  # the file itself used its whole CPU or memory budget: refused
+    UNAVAILABLE = "unavailable"  # not judged, and not the file's fault: hold and retry
 
-    @property
-    def wall_seconds(self) -> float:
-        # CPU time is what the child may use; wall time also covers a child that waits
-        # (a loaded machine, a stopped process) rather than computes.
-        return self.cpu_seconds * 3 + 2.0
+
+@dataclass(frozen=True, kw_only=True)
+class Judgement:
+    """One file's verdict and how it was reached. For UNAVAILABLE the verdict refuses the
+    file for now (what `add` and `inspect` show); a sync holds such a file instead."""
+
+    outcome: Outcome
+    verdict: FileVerdict
+    cpu_seconds: float = 0.0
+
+
+class _Failed(Exception):
+    def __init__(self, outcome: Outcome, why: str, *, unreachable: bool = False) -> None:
+        super().__init__(why)
+        self.outcome, self.why, self.unreachable = outcome, why, unreachable
 
 
 class JudgeWorker:
-    """Judges files in a child process. `judge` never raises except what `poll` raises."""
+    """Judges files in the judge. `judge` never raises except what `poll` raises.
 
-    def __init__(self, limits: Limits | None = None, poll: Callable[[], None] | None = None) -> None:
-        self.limits = limits or Limits()
+    Args:
+        socket_path: the judge's socket; "" runs the judge as a child process. By default
+            EDGE_CERTD_JUDGE_SOCKET, else DEFAULT_SOCKET when it exists.
+        poll: called a few times a second while waiting; may raise to give up.
+    """
+
+    def __init__(self, *, socket_path: str | None = None, poll: Callable[[], None] | None = None) -> None:
+        if socket_path is None:
+            socket_path = os.environ.get(SOCKET_ENV)
+            if socket_path is None and os.path.exists(DEFAULT_SOCKET):
+                socket_path = DEFAULT_SOCKET
+        self.socket_path = socket_path or None
         self.poll = poll
         self._proc: subprocess.Popen[bytes] | None = None
-        # Contents that exceeded a limit; judged once per process, not on every rescan.
-        self._over_limit: dict[str, FileVerdict] = {}
-        self.spawned = 0  # for tests and benchmarks: how many children were started
-        self._rules: Rules | None = None
-        self._rules_doc: dict[str, object] = {}
+        self._conn: socket.socket | None = None
+        self.spawned = 0  # for tests and benchmarks: how many judge processes were started
 
-    def judge(
-        self,
-        *,
-        source: str,
-        data: bytes,
-        kind: SourceKind,
-        rules: Rules,
-        now: dt.datetime,
-        passwords: Sequence[bytes],
-    ) -> FileVerdict:
-        (verdict,) = self.judge_batch([(source, data, kind)], rules=rules, now=now, passwords=passwords)
-        return verdict
+    @property
+    def server_pid(self) -> int | None:
+        """The judge's pid when it runs as this process's child."""
+        return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
 
-    def judge_batch(
-        self,
-        files: Sequence[tuple[str, bytes, SourceKind]],
-        *,
-        rules: Rules,
-        now: dt.datetime,
-        passwords: Sequence[bytes],
-    ) -> list[FileVerdict]:
-        """Judge (source, bytes, kind) triples, in one round trip when all goes well.
+    def judge(self, requests: Sequence[JudgeRequest], context: JudgeContext) -> list[Judgement]:
+        """Judge files, in one round trip when all goes well.
 
-        A batch that fails (a limit, a crash, a malformed answer) is judged again one file
-        at a time, so that only the file at fault is refused and gets the full budget.
+        A batch that fails is judged again one file at a time, so that only a file that
+        itself exceeds a limit is refused; a batch the judge could not finish is blamed on
+        no file. When the judge cannot be reached, the rest are UNAVAILABLE at once.
         """
-        shas = [hashlib.sha256(data).hexdigest() for _, data, _ in files]
-        results: list[FileVerdict | None] = [
-            self._remembered(source, sha, kind) for (source, _, kind), sha in zip(files, shas, strict=True)
-        ]
-        todo = [i for i, verdict in enumerate(results) if verdict is None]
-        context: dict[str, object] = {
-            "rules": self._rules_json(rules),
-            "now": iso(now),
-            "passwords": [base64.b64encode(p).decode() for p in passwords],
-        }
-        if len(todo) > 1:
-            answers = self._try_batch([files[i] for i in todo], context)
-            if answers is not None:
-                for i, verdict in zip(todo, answers, strict=True):
-                    results[i] = verdict
-                todo = []
-        for i in todo:
-            source, data, kind = files[i]
-            results[i] = self._judge_one(source, data, kind, shas[i], context)
-        return [verdict for verdict in results if verdict is not None]
-
-    def _remembered(self, source: str, content_sha: str, kind: SourceKind) -> FileVerdict | None:
-        memo = self._over_limit.get(f"{content_sha}:{kind}")
-        if memo is None:
-            return None
-        return dataclasses.replace(
-            memo, source=source, rejected=tuple(dataclasses.replace(r, source=source) for r in memo.rejected)
-        )
-
-    def _try_batch(
-        self, files: Sequence[tuple[str, bytes, SourceKind]], context: dict[str, object]
-    ) -> list[FileVerdict] | None:
-        header = {**context, "files": [{"source": s, "kind": str(k)} for s, _, k in files]}
-        try:
-            answer = self._ask(encode_json(header), [data for _, data, _ in files])
-            doc = json.loads(answer)
-            verdicts = [
-                verdict_from_json(item, source)
-                for item, (source, _, _) in zip(doc["verdicts"], files, strict=True)
-            ]
-        except (_OverLimit, ProtocolError, OSError, ValueError, KeyError, TypeError):
-            self._kill()  # start the one-at-a-time pass with a fresh child
-            return None
-        return verdicts
-
-    def _judge_one(
-        self, source: str, data: bytes, kind: SourceKind, content_sha: str, context: dict[str, object]
-    ) -> FileVerdict:
-        header = {**context, "files": [{"source": source, "kind": str(kind)}]}
-        try:
-            answer = self._ask(encode_json(header), [data])
-        except _OverLimit as exc:
-            verdict = _refused(source, content_sha, Reason.JUDGE_LIMIT, exc.message)
-            self._over_limit[f"{content_sha}:{kind}"] = verdict
-            return verdict
-        except (ProtocolError, OSError) as exc:
-            return _refused(
-                source,
-                content_sha,
-                Reason.JUDGE_FAILED,
-                f"edge-certd could not judge this file ({exc}); it is not trusted",
-            )
-        try:
-            (item,) = json.loads(answer)["verdicts"]
-            return verdict_from_json(item, source)
-        except (ValueError, KeyError, TypeError):
-            self.close()  # a worker that answers nonsense is not used again
-            return _refused(
-                source,
-                content_sha,
-                Reason.JUDGE_FAILED,
-                "edge-certd could not judge this file (the judge's answer was malformed); it is not trusted",
-            )
-
-    def _rules_json(self, rules: Rules) -> dict[str, object]:
-        if self._rules != rules:
-            self._rules, self._rules_doc = rules, dataclasses.asdict(rules)
-        return self._rules_doc
-
-    def _ask(self, header: bytes, datas: Sequence[bytes]) -> bytes:
-        proc = self._start()
-        assert proc.stdin is not None and proc.stdout is not None
-        try:
-            write_frame(proc.stdin.fileno(), header, *datas)
-        except OSError:
-            self._reap()
-            raise ProtocolError("the judge process died") from None
-        deadline = time.monotonic() + self.limits.wall_seconds
-        out = proc.stdout.fileno()
-        try:
-            while True:
-                if self.poll is not None:
-                    self.poll()  # may raise to cancel the sync; the child is killed below
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    self._kill()
-                    raise _OverLimit(f"judging it took more than {self.limits.wall_seconds:.0f} s")
-                ready, _, _ = select.select([out], [], [], min(_POLL_INTERVAL, remaining))
-                if ready:
-                    break
-            return read_frame(out)
-        except ProtocolError:
-            code = self._reap()
-            if code in (-signal.SIGXCPU, -signal.SIGKILL):
-                raise _OverLimit(
-                    f"judging it used more than {self.limits.cpu_seconds} s of CPU time"
-                ) from None
-            raise ProtocolError(f"the judge process ended ({_describe_exit(code)})") from None
-        except BaseException:
-            self._kill()
-            raise
+        if len(requests) > 1:
+            try:
+                return self._ask(requests, context)
+            except _Failed as exc:
+                if exc.unreachable:
+                    return [_unavailable(r, exc.why) for r in requests]
+        results: list[Judgement] = []
+        unreachable: str | None = None
+        for request in requests:
+            if unreachable is not None:
+                results.append(_unavailable(request, unreachable))
+                continue
+            try:
+                results.extend(self._ask([request], context))
+            except _Failed as exc:
+                if exc.outcome is Outcome.LIMIT:
+                    results.append(_over_limit(request, exc.why))
+                else:
+                    results.append(_unavailable(request, exc.why))
+                    if exc.unreachable:
+                        unreachable = exc.why
+        return results
 
     def warm_up(self) -> None:
-        """Start the child now, so the first file dropped later does not wait for Python
-        and cryptography to load (it imports them while the parent carries on)."""
-        self._start()
-
-    def _start(self) -> subprocess.Popen[bytes]:
-        if self._proc is not None and self._proc.poll() is None:
-            return self._proc
-        limits = json.dumps(
-            {"cpu_seconds": self.limits.cpu_seconds, "memory_bytes": self.limits.memory_mb * 1024 * 1024}
-        )
-        self._proc = subprocess.Popen(
-            [sys.executable, "-s", "-E", "-c", _CHILD, _PACKAGE_ROOT, limits],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            close_fds=True,
-            cwd="/",
-            env={"PATH": "/usr/bin:/bin", "LC_ALL": "C.UTF-8"},
-        )
-        self.spawned += 1
-        return self._proc
-
-    def _kill(self) -> None:
-        if self._proc is not None:
-            with contextlib.suppress(ProcessLookupError):
-                self._proc.kill()
-        self._reap()
-
-    def _reap(self) -> int | None:
-        proc, self._proc = self._proc, None
-        if proc is None:
-            return None
-        for pipe in (proc.stdin, proc.stdout):
-            with contextlib.suppress(OSError):
-                if pipe is not None:
-                    pipe.close()
-        try:
-            return proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            return proc.wait()
+        """Start the child judge now, so the first file dropped later does not wait for
+        Python and cryptography to load. Under systemd the socket starts it on demand."""
+        if self.socket_path is None:
+            with contextlib.suppress(_Failed):
+                self._connect()
 
     def close(self) -> None:
-        """End the child at once: it holds no state, and a stuck one must not hold up a
-        daemon that is stopping."""
-        self._kill()
+        """End the child judge at once: it holds no state, and a stuck one must not hold up
+        a daemon that is stopping."""
+        self._drop_connection()
+
+    # -- one round trip ----------------------------------------------------------------
+
+    def _ask(self, requests: Sequence[JudgeRequest], context: JudgeContext) -> list[Judgement]:
+        header = {
+            "context": context_to_json(context),
+            "files": [{"source": r.source, "kind": str(r.kind)} for r in requests],
+        }
+        message = frame(encode(header), *(r.data for r in requests))
+        conn = self._connect()
+        deadline = time.monotonic() + context.limits.wall_seconds + _CLIENT_SLACK
+        try:
+            answer, payload = self._exchange(conn, message, deadline)
+        except _Failed:
+            self._drop_connection()
+            raise
+        except BaseException:
+            self._drop_connection()  # a cancelled sync: the judge's child ends with it
+            raise
+        finally:
+            if self.socket_path is not None:
+                self._drop_connection()  # one connection per request: the judge may idle out
+        outcome, why = answer.get("outcome"), answer.get("why")
+        if outcome == Outcome.LIMIT and isinstance(why, str):
+            raise _Failed(Outcome.LIMIT, why[:200])
+        if outcome != Outcome.OK or payload is None:
+            text = why[:200] if isinstance(why, str) and why else "the judge gave no verdict"
+            raise _Failed(Outcome.UNAVAILABLE, text)
+        try:
+            doc = decode_object(payload)
+            verdicts, cpus = doc["verdicts"], doc["cpu"]
+            if not isinstance(verdicts, list) or not isinstance(cpus, list):
+                raise ValueError("not lists")
+            return [
+                Judgement(
+                    outcome=Outcome.OK,
+                    verdict=verdict_from_json(item, request.source),
+                    cpu_seconds=float(cpu),
+                )
+                for item, cpu, request in zip(verdicts, cpus, requests, strict=True)
+            ]
+        except (KeyError, TypeError, ValueError):
+            self._drop_connection()
+            raise _Failed(Outcome.UNAVAILABLE, "the judge's answer was malformed") from None
+
+    def _exchange(
+        self, conn: socket.socket, message: bytes, deadline: float
+    ) -> tuple[dict[str, object], bytes | None]:
+        reader = FrameReader(MAX_FRAME)
+        out = memoryview(message)
+        answer: dict[str, object] | None = None
+        while True:
+            if self.poll is not None:
+                self.poll()  # may raise to cancel the sync
+            if answer is None and reader.pending:
+                answer = decode_object(reader.pop() or b"")
+                if answer.get("outcome") != Outcome.OK:
+                    return answer, None
+            if answer is not None and reader.pending:
+                return answer, reader.pop()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise _Failed(Outcome.UNAVAILABLE, "the judge did not answer in time")
+            writable = [conn] if out else []
+            ready_r, ready_w, _ = select.select([conn], writable, [], min(_POLL_INTERVAL, remaining))
+            try:
+                if ready_w:
+                    out = out[conn.send(out) :]
+                if ready_r:
+                    data = conn.recv(1 << 20)
+                    if not data:
+                        raise _Failed(Outcome.UNAVAILABLE, "the judge closed the connection")
+                    reader.feed(data)
+            except (OSError, WireError) as exc:
+                raise _Failed(Outcome.UNAVAILABLE, f"the judge failed ({type(exc).__name__})") from None
+
+    # -- the connection ----------------------------------------------------------------
+
+    def _connect(self) -> socket.socket:
+        if self._conn is not None:
+            return self._conn
+        if self.socket_path is not None:
+            conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+            try:
+                conn.connect(self.socket_path)
+            except OSError as exc:
+                conn.close()
+                raise _Failed(
+                    Outcome.UNAVAILABLE,
+                    f"the judge at {self.socket_path} cannot be reached ({exc.strerror})",
+                    unreachable=True,
+                ) from None
+            conn.setblocking(False)
+            self._conn = conn
+            return conn
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-s", "-E", "-c", _SERVER, _PACKAGE_ROOT, str(theirs.fileno())],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                pass_fds=(theirs.fileno(),),
+                cwd="/",
+                env={"PATH": "/usr/bin:/bin", "LC_ALL": "C.UTF-8"},
+            )
+        except OSError as exc:
+            ours.close()
+            raise _Failed(
+                Outcome.UNAVAILABLE, f"the judge could not be started ({exc.strerror})", unreachable=True
+            ) from None
+        finally:
+            theirs.close()
+        self.spawned += 1
+        ours.setblocking(False)
+        self._conn = ours
+        return ours
+
+    def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass  # stopped and unkillable for now; the kernel reaps it with us
 
 
-def judge_in_worker(
-    worker: JudgeWorker | None,
-    *,
-    source: str,
-    data: bytes | None,
-    problem: tuple[Reason, str] | None,
-    kind: SourceKind,
-    rules: Rules,
-    now: dt.datetime,
-    passwords: Sequence[bytes],
-) -> FileVerdict:
-    """A file that could not be read needs no parsing: its verdict is made here."""
-    if data is None or worker is None:
-        return judge_file(source, data, problem, kind, rules, now, passwords)
-    return worker.judge(source=source, data=data, kind=kind, rules=rules, now=now, passwords=passwords)
+def _unavailable(request: JudgeRequest, why: str) -> Judgement:
+    message = f"edge-certd could not judge this file now ({why}); it is judged again later"
+    return Judgement(outcome=Outcome.UNAVAILABLE, verdict=_refused(request, Reason.JUDGE_FAILED, message))
 
 
-class _OverLimit(Exception):
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-
-def _refused(source: str, content_sha: str, code: Reason, message: str) -> FileVerdict:
-    if code is Reason.JUDGE_LIMIT:
-        message = (
-            f"{message}, so it is not trusted; a root CA file is judged in "
-            "milliseconds, so this file is malformed or built to exhaust the device"
-        )
-    return FileVerdict(
-        source=source,
-        format="unknown",
-        content_sha256=content_sha,
-        rejected=(Rejection(source=source, code=code, message=message),),
+def _over_limit(request: JudgeRequest, why: str) -> Judgement:
+    message = (
+        f"{why}, so it is not trusted; a root CA file is judged in milliseconds, so this file "
+        "is malformed or built to exhaust the device"
     )
+    return Judgement(outcome=Outcome.LIMIT, verdict=_refused(request, Reason.JUDGE_LIMIT, message))
 
 
-def _describe_exit(code: int | None) -> str:
-    if code is None:
-        return "no exit status"
-    if code < 0:
-        with contextlib.suppress(ValueError):
-            return f"killed by {signal.Signals(-code).name}"
-    return f"exit {code}"
+def _refused(request: JudgeRequest, code: Reason, message: str) -> FileVerdict:
+    return FileVerdict(
+        source=request.source,
+        format="unknown",
+        content_sha256=hashlib.sha256(request.data).hexdigest(),
+        rejected=(Rejection(source=request.source, code=code, message=message),),
+    )
