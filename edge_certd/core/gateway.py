@@ -150,7 +150,7 @@ class Memory:
     test_only: str | None = None
 
 
-def test_only_ca(chain: Sequence[PresentedCert]) -> str | None:
+def find_test_only_ca(chain: Sequence[PresentedCert]) -> str | None:
     """Why this chain ends in a test-only CA, or None. See the names above."""
     for cert in chain:
         if cert.common_name.startswith(_QUICKSTART_PREFIX) and cert.self_signed:
@@ -184,7 +184,7 @@ def changes(
         events.extend(_state_event(previous, probe))
     elif probe.chain and chain != previous.chain and probe.state is GatewayState.UNTRUSTED:
         events.extend(_state_event(None, probe))  # a new chain that is refused again: say it
-    if probe.state is GatewayState.TRUSTED and previous is not None and previous.chain and probe.chain:
+    if probe.state is GatewayState.TRUSTED and previous is not None and probe.chain:
         if previous.anchor and probe.anchor and probe.anchor != previous.anchor:
             events.append(
                 GatewayEvent(
@@ -196,7 +196,7 @@ def changes(
                     fields={"ANCHOR_SHA256": probe.anchor, "PREVIOUS_ANCHOR_SHA256": previous.anchor},
                 )
             )
-        elif chain != previous.chain:
+        elif previous.state is GatewayState.TRUSTED and previous.chain and chain != previous.chain:
             renewed = [c for c in probe.own_certificates if c.sha256 not in previous.chain]
             names = ", ".join(c.subject for c in renewed) or "its chain"
             events.append(

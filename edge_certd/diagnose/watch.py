@@ -21,8 +21,8 @@ from edge_certd.core.gateway import (
     PresentedCert,
     Probe,
     StoreVerdict,
+    find_test_only_ca,
     result_to_json,
-    test_only_ca,
 )
 from edge_certd.core.text import printable
 from edge_certd.diagnose.verify.check import verify_gateway
@@ -158,7 +158,7 @@ def probe_from_report(report: VerifyReport) -> Probe:
         fix=diagnosis.fix if diagnosis else None,
         stores=stores,
         chain=chain,
-        test_only=test_only_ca(chain),
+        test_only=find_test_only_ca(chain),
     )
 
 
