@@ -25,7 +25,7 @@ ALLOWED: dict[str, set[str]] = {
     "config": {"core"},
     "worker": {"core"},
     "sync": {"core", "store", "targets", "config", "worker"},
-    "daemon": {"core", "store", "targets", "config", "sync", "worker"},
+    "daemon": {"core", "store", "targets", "config", "sync", "worker", "diagnose"},
     "diagnose": {"core", "store", "targets", "config"},
     # Building a roots package judges its inputs as sync does (sync.operations).
     "package": {"core", "store", "config", "worker", "sync"},

@@ -108,6 +108,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_verify_parser(sub)
     _add_package_parser(sub)
     p = sub.add_parser(
+        "probe",
+        help="check the gateway once and write the result for the daemon (edge-certd-probe.service)",
+        description="Run verify's checks against every gateway endpoint the daemon's plan names "
+        "(or the configuration's gateway section) and write the result file the daemon reads. "
+        "Run by edge-certd-probe.service, with no privilege; safe to run by hand.",
+    )
+    p.add_argument("--plan", metavar="FILE", help="the daemon's plan (default: STATE_DIR/gateway-plan.json)")
+    p.add_argument(
+        "--output", metavar="FILE", help="where to write the result (default: gateway.result_file)"
+    )
+    p = sub.add_parser(
         "doctor",
         help="check the whole device, then verify the gateway (the same gateway arguments as verify)",
     )
@@ -128,6 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_verify_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("verify", help="check the TLS connection to the gateway, with a diagnosis")
     _add_gateway_arguments(p)
+    p.add_argument(
+        "--chain",
+        metavar="FILE",
+        help="check this chain (PEM, server certificate first) against every store here, offline: "
+        "what a gateway will serve, before it serves it",
+    )
     p.add_argument("--json", action="store_true")
 
 
@@ -255,6 +272,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         import edge_certd.cli.verify as cli_verify
 
         return cli_verify.run_verify(config, args)
+    if command == "probe":
+        import edge_certd.cli.probe as cli_probe
+
+        return cli_probe.run_probe_command(config, args)
     if command == "doctor":
         from edge_certd.diagnose import doctor
 

@@ -42,6 +42,8 @@ def _render_status(doc: dict[str, Any]) -> str:
         )
     else:
         lines.append("daemon: no record (edge-certd run has not reported)")
+    for probe in daemon.get("gateway") or []:
+        lines.extend(_gateway_lines(probe))
     last = doc.get("last_sync") or {}
     if last:
         result = last.get("result")
@@ -119,3 +121,18 @@ def inspect_text(verdicts: Sequence[FileVerdict]) -> str:
         if not (verdict.accepted or verdict.rejected or verdict.ignored):
             lines.append("  nothing to trust in this file")
     return "\n".join(lines)
+
+
+def _gateway_lines(probe: dict[str, Any]) -> list[str]:
+    """The gateway watch's last probe of one endpoint (daemon.json, escaped by the daemon)."""
+    lines = [f"gateway {probe.get('gateway')}: {probe.get('state')} (checked {probe.get('checked_at')})"]
+    for store in probe.get("stores") or []:
+        verdict = "trusts it" if store.get("trusted") else f"does NOT trust it ({store.get('problem')})"
+        lines.append(f"    {store.get('store')}: {verdict}")
+    for cert in probe.get("chain") or []:
+        lines.append(f"    [{cert.get('position')}] {cert.get('subject')}  notAfter {cert.get('not_after')}")
+    if probe.get("test_only"):
+        lines.append(f"    warning: {probe.get('test_only')}")
+    if probe.get("state") != "trusted" and probe.get("fix"):
+        lines.append(f"    fix: {probe.get('fix')}")
+    return lines

@@ -97,6 +97,9 @@ class GatewayConfig(_Section):
     connection_string_file: str | None = None
     servername: str | None = None
     timeout: float = 10.0
+    # Where edge-certd-probe.service (a dynamic user, StateDirectory=edge-certd-probe) writes
+    # what it saw; the daemon reads it from there.
+    result_file: str = "/var/lib/edge-certd-probe/result.json"
 
 
 class MetricsConfig(_Section):

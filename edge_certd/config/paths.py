@@ -12,6 +12,7 @@ PATH_KEYS: tuple[tuple[str, ...], ...] = (
     ("bundles", "dir"),
     ("bundles", "env_file"),
     ("gateway", "connection_string_file"),
+    ("gateway", "result_file"),
     ("metrics", "textfile_dir"),
 )
 PATH_LIST_KEYS = ("keyvault_export_dirs", "pfx_password_files")

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Final
 
-SCHEMA_VERSIONS: Final[dict[str, int]] = {"list": 1, "status": 1, "verify": 1, "doctor": 1}
+# status 2: daemon.status_line also carries the gateway watch's words, and daemon.gateway holds
+# its last probe of each endpoint (a consumer that matched the whole line would misread it).
+SCHEMA_VERSIONS: Final[dict[str, int]] = {"list": 1, "status": 2, "verify": 1, "doctor": 1}
 
 __all__ = ["SCHEMA_VERSIONS"]

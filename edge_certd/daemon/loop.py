@@ -25,6 +25,7 @@ from edge_certd.core.model import SyncResult
 from edge_certd.core.text import iso, plural
 from edge_certd.daemon.clock import ClockWatch
 from edge_certd.daemon.control import ControlServer, Job, Peer, Request, RequestError, error_reply
+from edge_certd.daemon.gateway import GatewayWatch
 from edge_certd.daemon.notify import Notifier
 from edge_certd.daemon.startup import start_line
 from edge_certd.daemon.status import status_line
@@ -63,6 +64,9 @@ class Daemon:
         self.warned: dict[str, int] = {}  # sha256 -> the threshold last warned about
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.watcher = SourceWatcher(self.wake)
+        # The gateway watch: the probe unit writes its result; this watcher only wakes the loop.
+        self.gateway = GatewayWatch(self.config)
+        self.probe_watcher = SourceWatcher(self.wake)
         self.degraded: str | None = None
         self.status_now = ""
         self.config_problem: str | None = None  # a reload refused; the old config runs
@@ -111,6 +115,7 @@ class Daemon:
         if control is not None:
             control.start()
         self._start_watching()
+        self._watch_gateway()
         events.emit("started", start_line(self.config))
         self._sync("start-up")
         self._check_expiry()
@@ -125,6 +130,7 @@ class Daemon:
                 if self.notifier.watchdog_interval and now >= next_ping:
                     self.notifier.watchdog()
                     next_ping = now + self.notifier.watchdog_interval
+                    self._refresh_status()  # "checked 2 min ago" ages with the clock
                 deadlines = [next_rescan, next_expiry]
                 if self.notifier.watchdog_interval:
                     deadlines.append(next_ping)
@@ -153,6 +159,11 @@ class Daemon:
                     # After the signals: a stop is not held up by a request.
                     self._serve_jobs(control)
                 changed, rewatch = self.watcher.take()
+                probed, reprobe = self.probe_watcher.take()
+                if reprobe:
+                    self._watch_gateway(plan=False)
+                if (probed or reprobe) and self.gateway.refresh(dt.datetime.now(dt.UTC)):
+                    self._publish()
                 changed = changed or clock_set
                 now = time.monotonic()
                 if clock_set:
@@ -177,6 +188,7 @@ class Daemon:
         finally:
             signal.set_wakeup_fd(-1)
             self.watcher.stop()
+            self.probe_watcher.stop()
             self.worker.close()
             selector.close()
             clock.close()
@@ -395,8 +407,10 @@ class Daemon:
                 self.control.group = config.sources.trusted_group
                 self.control.max_file_bytes = config.policy.max_file_bytes
             self.engine = Engine(config, heartbeat=self._heartbeat, worker=self.worker)
+            self.gateway = GatewayWatch(config)
             events.emit("config", "configuration reloaded")
         self._start_watching()
+        self._watch_gateway()
         self._sync("reload")
         self.notifier.ready(self.status_now)
         return refused
@@ -436,12 +450,32 @@ class Daemon:
 
     def _status_line(self) -> str:
         problems = "; ".join(p for p in (self.degraded, self.config_problem) if p)
-        return status_line(
+        now = dt.datetime.now(dt.UTC)
+        line = status_line(
             self.last_result,
             warn_days=self.config.expiry.warn_days,
-            now=dt.datetime.now(dt.UTC),
+            now=now,
             problem=problems or None,
         )
+        gateway = self.gateway.status(now)
+        return f"{line} · {gateway}" if gateway else line
+
+    def _refresh_status(self) -> None:
+        """STATUS= again when only its clock-bound words changed (a probe's age)."""
+        line = self._status_line()
+        if line != self.status_now:
+            self.status_now = line
+            self.notifier.status(line)
+
+    def _watch_gateway(self, *, plan: bool = True) -> None:
+        """The probe's plan (at start and reload), and a watch on its result directory."""
+        if not self.gateway.enabled:
+            self.probe_watcher.watch([])
+            return
+        if plan:
+            self.gateway.write_plan()
+        self.probe_watcher.watch([self.gateway.result_dir])
+        self.gateway.refresh(dt.datetime.now(dt.UTC))
 
     def _record_daemon(self, state: str) -> None:
         """daemon.json: the daemon's own record for `edge-certd status`; only it writes it."""
@@ -455,6 +489,8 @@ class Daemon:
                     "degraded": self.degraded,
                     "updated": iso(dt.datetime.now(dt.UTC)),
                     "expiry_checked": iso(self.expiry_checked) if self.expiry_checked else None,
+                    "gateway": self.gateway.record(),
+                    "gateway_status": self.gateway.status(dt.datetime.now(dt.UTC)),
                 },
             )
         except EdgeCertdError:
@@ -462,7 +498,7 @@ class Daemon:
         metrics.write_metrics(  # never raises
             self.config,
             metrics.newest(self.engine.last_result, self.last_result),
-            metrics.daemon_state(state, self.status_now, self.expiry_checked),
+            metrics.daemon_state(state, self.status_now, self.expiry_checked, self.gateway.probes),
         )
 
 

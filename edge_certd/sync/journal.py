@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 LOGGER_NAME = "edge_certd"
@@ -23,11 +24,20 @@ MESSAGE_IDS = {
     "source_error": "bd6dc1e0aefc418dac0e06f0a172db65",
     "config": "cfabecacc0ca4843a8b55319d1fe6f55",
     "control": "b1b7b4a5cb024b529906f5f6717553b2",
+    # the gateway watch (daemon/gateway.py), one per kind of change
+    "gateway_trusted": "527bc64b18b045d88ec6ed8b000cb702",
+    "gateway_renewed": "61d13197febb43289423ad375d49002b",
+    "gateway_anchor_changed": "ec8df54cc68f417487f06006a5c1787c",
+    "gateway_untrusted": "ff3b018d35464d5e9c7eea29142dd93c",
+    "gateway_unreachable": "9a061d941ee2466ea23a68c70c548009",
+    "gateway_recovered": "95702584e1bf4c7fa43be68c37ea1b63",
+    "gateway_expiring": "564f4833bde0458c90399adb885ad276",
+    "gateway_test_only": "b7ab7e5e3b194ce7851a1e5fc8d856cf",
     "started": "4442b9094bcd4d89ac850da17ada2b97",
     "judge_unavailable": "6637b5b89d9e466e903400015f0cff81",
 }
 
-_FIELDS = ("EDGE_CERTD_EVENT", "CERT_SHA256", "CERT_SUBJECT", "SOURCE_PATH", "REASON")
+_FIELDS = ("EDGE_CERTD_EVENT", "CERT_SHA256", "CERT_SUBJECT", "SOURCE_PATH", "REASON", "GATEWAY")
 
 log = logging.getLogger(LOGGER_NAME)
 
@@ -41,8 +51,14 @@ def emit(
     subject: str | None = None,
     source: str | None = None,
     reason: str | None = None,
+    gateway: str | None = None,
+    extra: Mapping[str, str] | None = None,
 ) -> None:
-    """Log one event with its journal fields. Never pass key material here."""
+    """Log one event with its journal fields. Never pass key material here.
+
+    `extra` adds journal fields of the event's own (upper-case names, values from edge-certd's
+    own escaped and bounded text).
+    """
     fields: dict[str, Any] = {"EDGE_CERTD_EVENT": event, "MESSAGE_ID": MESSAGE_IDS[event]}
     if sha256:
         fields["CERT_SHA256"] = sha256
@@ -52,6 +68,10 @@ def emit(
         fields["SOURCE_PATH"] = source
     if reason:
         fields["REASON"] = reason
+    if gateway:
+        fields["GATEWAY"] = gateway
+    for name, value in (extra or {}).items():
+        fields.setdefault(name, value)
     # The message is the whole format string and no arguments follow: python-systemd's
     # JournalHandler stores a record's args again as CODE_ARGS, and logging formats with
     # `%` only when there are args, so a `%` in a file name is still printed as itself.

@@ -23,7 +23,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -32,6 +32,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from edge_certd import __version__
 from edge_certd.config import Config
 from edge_certd.core.errors import EdgeCertdError
+from edge_certd.core.gateway import RESULT_SCHEMA_VERSION, GatewayState, Probe, ResultError, result_from_json
 from edge_certd.core.model import SyncResult
 from edge_certd.core.text import parse_iso, printable
 from edge_certd.store.fsutil import (
@@ -74,14 +75,17 @@ class DaemonState:
 
     degraded: bool = False
     expiry_checked: dt.datetime | None = None
+    gateway: tuple[Probe, ...] = ()  # the gateway watch's last probe of each endpoint
 
 
-def daemon_state(state: object, status_line: object, expiry_checked: dt.datetime | None) -> DaemonState:
+def daemon_state(
+    state: object, status_line: object, expiry_checked: dt.datetime | None, gateway: tuple[Probe, ...] = ()
+) -> DaemonState:
     """The daemon's state from what it records: degraded while it says so, never once stopped."""
     degraded = state == "degraded" or (
         state != "stopped" and isinstance(status_line, str) and status_line.startswith("degraded")
     )
-    return DaemonState(degraded=degraded, expiry_checked=expiry_checked)
+    return DaemonState(degraded=degraded, expiry_checked=expiry_checked, gateway=gateway)
 
 
 def newest(*results: SyncResult | None) -> SyncResult | None:
@@ -216,7 +220,61 @@ def families(
                 daemon.expiry_checked.timestamp(),
             )
         )
+    if daemon.gateway:
+        out.extend(gateway_families(daemon.gateway))
     return out
+
+
+def gateway_families(probes: Sequence[Probe]) -> list[Metric]:
+    """The gateway watch's families. Labels stay bounded: one `gateway` per configured
+    endpoint, one `store` per trust store, one `position`/`sha256` per presented certificate."""
+    up = GaugeMetricFamily(
+        "edge_certd_gateway_up",
+        "1 when a runtime reading this store would connect to the gateway (the store trusts the "
+        "chain and the certificate names the host); absent while the gateway is unreachable.",
+        labels=["gateway", "store"],
+    )
+    reachable = GaugeMetricFamily(
+        "edge_certd_gateway_reachable",
+        "1 when the last probe completed a TLS handshake with the gateway.",
+        labels=["gateway"],
+    )
+    not_after = GaugeMetricFamily(
+        "edge_certd_gateway_cert_not_after_timestamp_seconds",
+        "notAfter of each certificate the gateway presents (its own: server certificate at "
+        "position 0, Edge CA and intermediates above), as a Unix time.",
+        labels=["gateway", "position", "sha256"],
+    )
+    anchor = GaugeMetricFamily(
+        "edge_certd_gateway_anchor_info",
+        "Always 1; sha256 is the installed root the gateway's chain anchors at.",
+        labels=["gateway", "sha256"],
+    )
+    last = GaugeMetricFamily(
+        "edge_certd_gateway_last_probe_timestamp_seconds",
+        "When the gateway watch last checked the gateway, as a Unix time.",
+        labels=["gateway"],
+    )
+    test_only = GaugeMetricFamily(
+        "edge_certd_gateway_test_only_ca",
+        "1 when the gateway's chain ends in a test-only CA (IoT Edge's quickstart CA, certGen.sh's).",
+        labels=["gateway"],
+    )
+    for probe in probes:
+        gw = label_value(probe.gateway)
+        reached = probe.state in (GatewayState.TRUSTED, GatewayState.UNTRUSTED)
+        reachable.add_metric([gw], 1.0 if reached else 0.0)
+        last.add_metric([gw], probe.checked_at.timestamp())
+        test_only.add_metric([gw], 1.0 if probe.test_only else 0.0)
+        if not reached:
+            continue
+        for store in probe.stores:
+            up.add_metric([gw, label_value(store.store)], 1.0 if probe.store_up(store) else 0.0)
+        for cert in probe.own_certificates:
+            not_after.add_metric([gw, str(cert.position), cert.sha256], cert.not_after.timestamp())
+        if probe.anchor:
+            anchor.add_metric([gw, probe.anchor], 1.0)
+    return [up, reachable, not_after, anchor, last, test_only]
 
 
 class _Collected:
@@ -270,7 +328,19 @@ def _daemon_state_on_disk(paths: StatePaths) -> DaemonState:
         expiry_checked = parse_iso(checked) if isinstance(checked, str) else None
     except ValueError:
         expiry_checked = None
-    return daemon_state(doc.get("state"), doc.get("status_line"), expiry_checked)
+    return daemon_state(doc.get("state"), doc.get("status_line"), expiry_checked, gateway_on_disk(doc))
+
+
+def gateway_on_disk(doc: Mapping[str, object]) -> tuple[Probe, ...]:
+    """The gateway watch's last probes as daemon.json records them; () when it holds none
+    or anything the probe would not write."""
+    found = doc.get("gateway")
+    if not isinstance(found, list):
+        return ()
+    try:
+        return result_from_json({"schema_version": RESULT_SCHEMA_VERSION, "gateways": found})
+    except ResultError:
+        return ()
 
 
 def write_metrics(config: Config, result: SyncResult | None, daemon: DaemonState | None = None) -> bool:

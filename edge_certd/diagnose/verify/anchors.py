@@ -17,6 +17,7 @@ check of edge-roots.pem, the one file the Azure IoT SDKs trust.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -60,7 +61,7 @@ def check_store(store: TrustStore, chain_der: Sequence[bytes], openssl: str | No
         return StoreCheck(problem=problem)
     if not anchors:
         return StoreCheck(problem="holds no certificate")
-    anchor, holds_issuer = _issuer_in(anchors, chain_der)
+    anchor, holds_issuer, anchor_sha256 = _issuer_in(anchors, chain_der)
     if openssl is None:
         problem = "cannot be checked: the openssl command is not installed (apt install openssl)"
         return StoreCheck(anchors=len(anchors), problem=problem, anchor=anchor, holds_issuer=holds_issuer)
@@ -72,6 +73,7 @@ def check_store(store: TrustStore, chain_der: Sequence[bytes], openssl: str | No
         error_code=verdict.error_code,
         error_text=verdict.error_text,
         anchor=anchor if verdict.verified else None,
+        anchor_sha256=anchor_sha256 if verdict.verified else None,
         holds_issuer=holds_issuer,
     )
 
@@ -90,13 +92,13 @@ def _read_anchors(store: TrustStore) -> tuple[list[bytes], str | None]:
         return [], "cannot be read as PKCS#12 with the configured password (bundles.java_password)"
 
 
-def _issuer_in(anchors: Sequence[bytes], chain_der: Sequence[bytes]) -> tuple[str | None, bool]:
+def _issuer_in(anchors: Sequence[bytes], chain_der: Sequence[bytes]) -> tuple[str | None, bool, str | None]:
     """The anchor named as the issuer of the chain's top (a self-signed top names
-    itself), escaped for display, and whether the store holds one at all."""
+    itself), escaped for display, whether the store holds one at all, and its SHA-256."""
     try:
         top = x509.load_der_x509_certificate(chain_der[-1])
     except (ValueError, IndexError):
-        return None, False
+        return None, False, None
     wanted = top.issuer
     for der in anchors:
         try:
@@ -104,8 +106,8 @@ def _issuer_in(anchors: Sequence[bytes], chain_der: Sequence[bytes]) -> tuple[st
         except ValueError:
             continue
         if cert.subject == wanted:
-            return printable(cert.subject.rfc4514_string()), True
-    return None, False
+            return printable(cert.subject.rfc4514_string()), True, hashlib.sha256(der).hexdigest()
+    return None, False, None
 
 
 def _openssl_verify(

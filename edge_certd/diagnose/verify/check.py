@@ -6,8 +6,10 @@ judgement (`judge`), with one diagnosis for the whole report.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 
 import edge_certd.diagnose.verify.anchors as anchors
+from edge_certd.core.text import printable
 from edge_certd.diagnose.verify.judge import (
     judge_chain,
     judge_connection_string,
@@ -40,96 +42,131 @@ def verify_gateway(request: VerifyRequest) -> VerifyReport:
     Never raises for a network or certificate problem: those become failed steps
     and a diagnosis in the report.
     """
-    now = dt.datetime.now(dt.UTC)
-    steps: list[Step] = []
-    diagnoses: list[Diagnosis] = []
-    sni = request.expected_name if not is_ip_literal(request.expected_name or "") else None
+    return _Check(request).network()
 
-    checked: list[tuple[TrustStore, StoreCheck]] = []
 
-    def base(step: Step) -> str:
-        return step.name.split(":", 1)[0]
+def verify_chain(request: VerifyRequest, chain_der: Sequence[bytes]) -> VerifyReport:
+    """Check a chain from a file (server certificate first) as if the gateway presented it:
+    every store on its own, the host name (when the request names one) and expiry. Offline:
+    what an operator runs on a sample of devices before switching a gateway to a new chain.
+    """
+    return _Check(request, offline=True).presented(list(chain_der))
 
-    def report(chain: tuple[CertInfo, ...] = (), verification: str | None = None) -> VerifyReport:
-        done = {base(s) for s in steps}
+
+class _Check:
+    """One report's steps and diagnoses, gathered in the order `verify` asks."""
+
+    def __init__(self, request: VerifyRequest, *, offline: bool = False) -> None:
+        self.request = request
+        self.offline = offline
+        self.now = dt.datetime.now(dt.UTC)
+        self.steps: list[Step] = []
+        self.diagnoses: list[Diagnosis] = []
+        self.checked: list[tuple[TrustStore, StoreCheck]] = []
+        name = request.expected_name
+        self.sni = name if name and not is_ip_literal(name) else None
+
+    def add(self, judged: tuple[Step, list[Diagnosis]]) -> Step:
+        step, diagnoses = judged
+        self.steps.append(step)
+        self.diagnoses.extend(diagnoses)
+        return step
+
+    def report(self, chain: tuple[CertInfo, ...] = (), verification: str | None = None) -> VerifyReport:
+        def base(step: Step) -> str:
+            return step.name.split(":", 1)[0]
+
+        done = {base(s) for s in self.steps}
         for name in STEP_TITLES:
-            if name not in done and name != "connection_string":
-                steps.append(Step(name, "skip", "not run: an earlier step failed"))
+            if name in done or name == "connection_string":
+                continue
+            if self.offline and name in _NETWORK_STEPS:
+                continue  # a chain from a file: nothing was dialled, nothing was skipped
+            if self.offline and name == "hostname":
+                self.steps.append(Step(name, "pass", "not checked: no name given (--servername NAME)"))
+                continue
+            self.steps.append(Step(name, "skip", "not run: an earlier step failed"))
         order = list(STEP_TITLES)
-        steps.sort(key=lambda s: order.index(base(s)))  # stable: the stores keep their order
+        self.steps.sort(key=lambda s: order.index(base(s)))  # stable: the stores keep their order
         return VerifyReport(
-            host=request.host,
-            port=request.port,
-            protocol=request.protocol,
-            servername=sni,
-            steps=tuple(steps),
+            host=self.request.host,
+            port=self.request.port,
+            protocol=self.request.protocol,
+            servername=self.sni,
+            steps=tuple(self.steps),
             chain=chain,
             verification=verification,
-            stores=tuple(checked),
-            diagnosis=diagnoses[0] if diagnoses else None,
-            checked_at=now,
+            stores=tuple(self.checked),
+            diagnosis=self.diagnoses[0] if self.diagnoses else None,
+            checked_at=self.now,
         )
 
-    if request.connection_string is not None:
-        step, diag = judge_connection_string(request)
-        steps.append(step)
-        diagnoses.extend(diag)
-    if request.host is None:
-        return report()
+    def network(self) -> VerifyReport:
+        request = self.request
+        if request.connection_string is not None:
+            self.add(judge_connection_string(request))
+        if request.host is None:
+            return self.report()
+        resolved = probe_dns(request.host, request.port, request.timeout)
+        self.add(judge_dns(request, resolved))
+        if resolved.error:
+            return self.report()
+        connected = probe_tcp(resolved, request.timeout)
+        self.add(judge_tcp(request, connected))
+        if connected.sock is None:
+            return self.report()
+        try:
+            shake = probe_tls(connected.sock, self.sni, request.timeout)
+        finally:
+            connected.sock.close()
+        if self.add(judge_tls(request, shake)).status == "fail":
+            return self.report()
+        return self.presented(shake.chain_der)
 
-    resolved = probe_dns(request.host, request.port, request.timeout)
-    step, diag = judge_dns(request, resolved)
-    steps.append(step)
-    diagnoses.extend(diag)
-    if resolved.error:
-        return report()
-
-    connected = probe_tcp(resolved, request.timeout)
-    step, diag = judge_tcp(request, connected)
-    steps.append(step)
-    diagnoses.extend(diag)
-    if connected.sock is None:
-        return report()
-
-    try:
-        shake = probe_tls(connected.sock, sni, request.timeout)
-    finally:
-        connected.sock.close()
-
-    step, diag = judge_tls(request, shake)
-    steps.append(step)
-    diagnoses.extend(diag)
-    if step.status == "fail":
-        return report()
-
-    chain = tuple(cert_info(der) for der in shake.chain_der)
-    steps.append(judge_chain(chain))
-    expiry_step, expiry_diag = judge_expiry(chain, now, request.warn_days)
-    # A wrong clock or an expired certificate explains a verification failure better
-    # than OpenSSL's first complaint does, so those diagnoses come first.
-    diagnoses.extend(expiry_diag)
-    if chain:
-        openssl = anchors.find_openssl()
-        checked.extend(
-            (store, anchors.check_store(store, shake.chain_der, openssl)) for store in request.stores
-        )
-    for store, check in checked:
-        elsewhere = [other for other, result in checked if result.verified and other is not store]
-        store_step, store_diag = judge_store(request, store, check, chain, elsewhere)
-        steps.append(store_step)
-        diagnoses.extend(store_diag)
-    if chain and not checked:
-        steps.append(Step("store", "fail", "no trust store to check the chain against"))
-        diagnoses.append(
-            Diagnosis(
-                "no-trust",
-                "no trust store was given, so the chain cannot be verified",
-                "pass --ca FILE with the gateway's root CA",
+    def presented(self, chain_der: list[bytes]) -> VerifyReport:
+        request = self.request
+        try:
+            chain = tuple(cert_info(der) for der in chain_der)
+        except ValueError as exc:
+            # OpenSSL took it in the handshake, but it is not a certificate cryptography can
+            # read: say so rather than guess at a chain.
+            self.steps.append(Step("chain", "fail", "a certificate in the chain cannot be parsed"))
+            self.diagnoses.append(
+                Diagnosis(
+                    "bad-chain",
+                    f"the chain holds a certificate that cannot be parsed ({printable(str(exc), 120)})",
+                    "reissue the gateway's chain with standard X.509 certificates",
+                )
             )
-        )
-    host_step, host_diag = judge_hostname(request, chain)
-    steps.append(host_step)
-    diagnoses.extend(host_diag)
-    steps.append(expiry_step)
-    verification = verification_line(checked, host_step) if chain else None
-    return report(chain, verification)
+            return self.report()
+        self.steps.append(judge_chain(chain))
+        expiry_step, expiry_diag = judge_expiry(chain, self.now, request.warn_days)
+        # A wrong clock or an expired certificate explains a verification failure better
+        # than OpenSSL's first complaint does, so those diagnoses come first.
+        self.diagnoses.extend(expiry_diag)
+        if chain:
+            openssl = anchors.find_openssl()
+            self.checked.extend(
+                (store, anchors.check_store(store, chain_der, openssl)) for store in request.stores
+            )
+        for store, check in self.checked:
+            elsewhere = [other for other, result in self.checked if result.verified and other is not store]
+            self.add(judge_store(request, store, check, chain, elsewhere))
+        if chain and not self.checked:
+            self.steps.append(Step("store", "fail", "no trust store to check the chain against"))
+            self.diagnoses.append(
+                Diagnosis(
+                    "no-trust",
+                    "no trust store was given, so the chain cannot be verified",
+                    "pass --ca FILE with the gateway's root CA",
+                )
+            )
+        host_step: Step | None = None
+        if not (self.offline and request.expected_name is None):
+            host_step = self.add(judge_hostname(request, chain))
+        self.steps.append(expiry_step)
+        verification = verification_line(self.checked, host_step) if chain else None
+        return self.report(chain, verification)
+
+
+_NETWORK_STEPS = ("dns", "tcp", "tls")

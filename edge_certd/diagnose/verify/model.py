@@ -82,6 +82,7 @@ class StoreCheck:
         error_code: OpenSSL's X509_V_ERR_* code when it did not.
         error_text: OpenSSL's words for that code.
         anchor: the store's certificate named as the chain's issuer, escaped (for display).
+        anchor_sha256: that certificate's SHA-256, when the chain verified against it.
         holds_issuer: the store holds a certificate with the name the chain's top needs.
     """
 
@@ -92,6 +93,7 @@ class StoreCheck:
     error_text: str | None = None
     anchor: str | None = None
     holds_issuer: bool = False
+    anchor_sha256: str | None = None  # the anchor's fingerprint, when the chain verified
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -166,6 +168,7 @@ class CertInfo:
     # Compared on the certificate's own names: the escaped, cut strings above could match
     # where the names differ.
     self_signed: bool = False
+    common_name: str = ""  # the subject's CN, escaped (test-only CAs are known by it)
 
     @property
     def san(self) -> tuple[str, ...]:
@@ -269,7 +272,17 @@ def cert_info(der: bytes) -> CertInfo:
         ip_addresses=ips,
         is_ca=is_ca,
         self_signed=cert.subject == cert.issuer,
+        common_name=_common_name(cert),
     )
+
+
+def _common_name(cert: x509.Certificate) -> str:
+    try:
+        names = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    except ValueError:
+        return ""
+    value = names[0].value if names else ""
+    return printable(value if isinstance(value, str) else value.decode("utf-8", "replace"))
 
 
 def _utc(cert: x509.Certificate, attr: str) -> dt.datetime:
