@@ -15,9 +15,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from certs import CA
-from conftest import Tree, make_tree, require_tool
-from loopback import LoopbackServer, tls_handler
+from support.certs import CA
+from support.loopback import LoopbackServer, tls_handler
+from support.tree import Tree, make_tree, require_tool
 
 from edge_certd import cli
 from edge_certd.core.gateway import (
@@ -261,7 +261,7 @@ def test_the_probe_sees_a_trusted_gateway_then_a_quickstart_ca_that_no_store_tru
 
 
 def test_an_unreachable_gateway_is_reported_as_unreachable(device: Tree) -> None:
-    from loopback import free_port
+    from support.loopback import free_port
 
     configure(device, free_port())  # nothing listens there
     seen = run_probe(device)
@@ -300,7 +300,7 @@ def test_the_daemon_turns_each_probe_into_status_journal_and_metrics_once(
 ) -> None:
     """The probe runs as the timer would run it (its own process); the daemon, watching the
     result directory, says what changed: STATUS=, one journal line per event, the metrics."""
-    from daemonrun import RunningDaemon
+    from support.daemonrun import RunningDaemon
 
     root = CA.root("Contoso Gateway Root")
     servers.append(serve(tmp_path, root.intermediate("Edge CA gw"), "good"))
