@@ -167,13 +167,15 @@ def test_healthy_device_passes_every_check(device: Device) -> None:
         "rejected files",
         "keys in sources",
         "removed CAs",
+        "gateway watch",
         "gateway",
     ]
     assert status(out, "java truststore") == "skip"  # bundles.java: off in this tree
     assert status(out, "nested edge") == "skip"  # no IoT Edge config.toml
     assert found["gateway"] == [("skip", NO_GATEWAY)]
+    assert status(out, "gateway watch") == "skip"  # nothing to watch either
     others = {name: items[0][0] for name, items in found.items()}
-    del others["java truststore"], others["nested edge"], others["gateway"]
+    del others["java truststore"], others["nested edge"], others["gateway"], others["gateway watch"]
     assert set(others.values()) == {"pass"}, out
     # The gateway was not checked, so doctor never says that every check passed.
     assert "every check passed" not in out

@@ -358,3 +358,29 @@ def test_the_daemon_turns_each_probe_into_status_journal_and_metrics_once(
         result.write_text('{"schema_version": 1, "gateways": [{"gateway": "x"}]}')
         daemon.wait_status("probe result unreadable", mark)
         assert daemon.alive
+
+
+# --------------------------------------------------------------------------- doctor
+
+
+def test_doctor_reads_the_gateway_watch_from_the_daemons_record() -> None:
+    from edge_certd.diagnose.doctor.judge import judge_gateway_watch
+
+    good = probe(SERVER_1, EDGE_CA)
+    assert judge_gateway_watch(False, (), NOW).status == "skip"
+    assert judge_gateway_watch(True, (), NOW).status == "warn"  # the timer has not fired yet
+    assert judge_gateway_watch(True, (good,), NOW + dt.timedelta(minutes=2)).status == "pass"
+    stale = judge_gateway_watch(True, (good,), NOW + dt.timedelta(hours=1))
+    assert stale.status == "warn" and "edge-certd-probe.timer" in (stale.fix or "")
+    bad = probe(SERVER_2, state=GatewayState.UNTRUSTED)
+    assert judge_gateway_watch(True, (good, bad), NOW).status == "fail"
+    quickstart = cert(1, "aziot-edge CA gw-device", "9" * 64, self_signed=True)
+    flagged = Probe(
+        gateway="gw.local:8883",
+        checked_at=NOW,
+        state=GatewayState.TRUSTED,
+        stores=good.stores,
+        chain=(SERVER_1, quickstart),
+        test_only=find_test_only_ca([SERVER_1, quickstart]),
+    )
+    assert judge_gateway_watch(True, (flagged,), NOW).status == "warn"

@@ -477,3 +477,15 @@ def _moment(value: object) -> dt.datetime:
     if moment.tzinfo is None:
         raise ResultError("a time has no time zone")
     return moment
+
+
+def probes_from_record(doc: Mapping[str, object]) -> tuple[Probe, ...]:
+    """The last probes as daemon.json records them (its `gateway` list); () when it holds
+    none, or anything the probe would not write."""
+    found = doc.get("gateway")
+    if not isinstance(found, list):
+        return ()
+    try:
+        return result_from_json({"schema_version": RESULT_SCHEMA_VERSION, "gateways": found})
+    except ResultError:
+        return ()

@@ -23,7 +23,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -32,7 +32,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from edge_certd import __version__
 from edge_certd.config import Config
 from edge_certd.core.errors import EdgeCertdError
-from edge_certd.core.gateway import RESULT_SCHEMA_VERSION, GatewayState, Probe, ResultError, result_from_json
+from edge_certd.core.gateway import GatewayState, Probe, probes_from_record
 from edge_certd.core.model import SyncResult
 from edge_certd.core.text import parse_iso, printable
 from edge_certd.store.fsutil import (
@@ -328,19 +328,7 @@ def _daemon_state_on_disk(paths: StatePaths) -> DaemonState:
         expiry_checked = parse_iso(checked) if isinstance(checked, str) else None
     except ValueError:
         expiry_checked = None
-    return daemon_state(doc.get("state"), doc.get("status_line"), expiry_checked, gateway_on_disk(doc))
-
-
-def gateway_on_disk(doc: Mapping[str, object]) -> tuple[Probe, ...]:
-    """The gateway watch's last probes as daemon.json records them; () when it holds none
-    or anything the probe would not write."""
-    found = doc.get("gateway")
-    if not isinstance(found, list):
-        return ()
-    try:
-        return result_from_json({"schema_version": RESULT_SCHEMA_VERSION, "gateways": found})
-    except ResultError:
-        return ()
+    return daemon_state(doc.get("state"), doc.get("status_line"), expiry_checked, probes_from_record(doc))
 
 
 def write_metrics(config: Config, result: SyncResult | None, daemon: DaemonState | None = None) -> bool:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from edge_certd.core.expiry import expiring
+from edge_certd.core.gateway import GatewayState, Probe, status_fragment
 from edge_certd.core.model import InstalledCA, Reason
 from edge_certd.diagnose.verify.model import RemovedRoot, VerifyReport, when
 
@@ -442,3 +443,47 @@ def _subjects(entries: Sequence[InstalledCA], limit: int = 3) -> str:
     names = sorted(e.subject for e in entries)
     more = f" and {len(names) - limit} more" if len(names) > limit else ""
     return ", ".join(names[:limit]) + more
+
+
+# The probe runs every 5 minutes; three missed runs mean its timer is stopped or it fails.
+STALE_PROBE = dt.timedelta(minutes=20)
+
+
+def judge_gateway_watch(enabled: bool, probes: Sequence[Probe], now: dt.datetime) -> Check:
+    """What the gateway watch (edge-certd-probe.timer) last saw, as the daemon recorded it."""
+    name = "gateway watch"
+    if not enabled:
+        return Check(name, "skip", "no gateway configured, so nothing watches it (set gateway.host)")
+    if not probes:
+        return Check(
+            name,
+            "warn",
+            "the gateway has not been probed yet",
+            "systemctl status edge-certd-probe.timer edge-certd-probe.service",
+        )
+    worst = max(probes, key=lambda p: _WATCH_ORDER[p.state])
+    seen = "; ".join(status_fragment(p, now) for p in probes)
+    oldest = min(p.checked_at for p in probes)
+    if worst.state is GatewayState.UNTRUSTED:
+        return Check(name, "fail", seen, worst.fix or "run edge-certd verify for the diagnosis")
+    if now - oldest > STALE_PROBE:
+        return Check(
+            name,
+            "warn",
+            f"{seen}: older than {STALE_PROBE.seconds // 60} minutes",
+            "systemctl status edge-certd-probe.timer edge-certd-probe.service",
+        )
+    test_only = next((p.test_only for p in probes if p.test_only), None)
+    if test_only:
+        return Check(name, "warn", f"{seen}; {test_only}", "give the gateway an Edge CA from your own PKI")
+    if worst.state is not GatewayState.TRUSTED:
+        return Check(name, "warn", seen, worst.message or "run edge-certd verify")
+    return Check(name, "pass", seen)
+
+
+_WATCH_ORDER = {
+    GatewayState.TRUSTED: 0,
+    GatewayState.UNKNOWN: 1,
+    GatewayState.UNREACHABLE: 2,
+    GatewayState.UNTRUSTED: 3,
+}

@@ -13,6 +13,7 @@ from typing import Any, TextIO
 
 from edge_certd.config import Config
 from edge_certd.core.errors import EdgeCertdError, LockTimeout
+from edge_certd.core.gateway import Probe, probes_from_record
 from edge_certd.core.schema import SCHEMA_VERSIONS
 from edge_certd.diagnose.doctor.judge import (
     NO_GATEWAY,
@@ -24,6 +25,7 @@ from edge_certd.diagnose.doctor.judge import (
     judge_env,
     judge_expiry,
     judge_gateway,
+    judge_gateway_watch,
     judge_keys,
     judge_manifest,
     judge_nested_edge,
@@ -133,7 +135,15 @@ def _checks(
     yield judge_rejected(report)
     yield judge_keys(report)
     yield judge_removed(report)
+    yield judge_gateway_watch(
+        bool(config.gateway.host or config.gateway.connection_string_file), probe_gateway_watch(config), now
+    )
     yield check_gateway(config, gateway)
+
+
+def probe_gateway_watch(config: Config) -> tuple[Probe, ...]:
+    """The gateway watch's last probes, as the daemon recorded them in daemon.json."""
+    return probes_from_record(load_report(StatePaths(config.state_dir).daemon))
 
 
 def probe_report(config: Config) -> ReportFacts:
