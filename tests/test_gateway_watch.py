@@ -7,10 +7,14 @@ chain the test changes, on a device-like tree (conftest.make_tree).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
 import signal
+import socket
+import struct
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -384,3 +388,44 @@ def test_doctor_reads_the_gateway_watch_from_the_daemons_record() -> None:
         test_only=find_test_only_ca([SERVER_1, quickstart]),
     )
     assert judge_gateway_watch(True, (flagged,), NOW).status == "warn"
+
+
+# --------------------------------------------------------------------------- a hostile gateway
+
+
+def _stall(conn: socket.socket) -> None:
+    conn.recv(65536)  # the ClientHello; then nothing, until the probe gives up
+
+
+def _reset(conn: socket.socket) -> None:
+    conn.recv(65536)
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    conn.close()  # a RST mid-handshake
+
+
+def _flood(conn: socket.socket) -> None:
+    # A TLS handshake record header announcing the maximum, then 10 MB of "certificate".
+    conn.recv(65536)
+    with contextlib.suppress(OSError):
+        for _ in range(160):
+            conn.sendall(b"\x16\x03\x03\x40\x00" + b"\x0b" * 0x4000 * 4)
+
+
+@pytest.mark.parametrize(
+    ("handler", "causes"),
+    [(_stall, {"timeout"}), (_reset, {"reset", "eof", "ssl"}), (_flood, {"ssl", "reset", "eof"})],
+)
+def test_a_gateway_that_stalls_resets_or_floods_is_unreachable_within_the_timeout(
+    device: Tree,
+    servers: list[LoopbackServer],
+    handler,
+    causes,  # type: ignore[no-untyped-def]
+) -> None:
+    servers.append(LoopbackServer(handler))
+    configure(device, servers[0].port)
+    started = time.monotonic()
+    seen = run_probe(device)
+    # 5 s per step (configure()); a loaded machine adds start-up, never another timeout.
+    assert time.monotonic() - started < 60
+    assert seen.state is GatewayState.UNREACHABLE, seen
+    assert seen.cause in {"tls", *causes} or (seen.message and "TLS" in seen.message), seen
