@@ -36,7 +36,7 @@ from edge_certd.daemon.status import status_line
 from edge_certd.daemon.stopping import SyncCancelled
 from edge_certd.daemon.watcher import SourceWatcher
 from edge_certd.store.fsutil import remove_stale_temp_files
-from edge_certd.store.sources import package_dirs
+from edge_certd.store.names import package_dirs
 from edge_certd.store.state import DAEMON_NAME
 from edge_certd.sync import journal as events
 from edge_certd.sync import metrics
