@@ -20,7 +20,8 @@ from support.certs import CA
 from support.tree import Tree
 
 from edge_certd.core.errors import SourceError
-from edge_certd.store.sources import DirectoryRules, _read_limited, check_directory, scan_directory
+from edge_certd.store.directory_rules import DirectoryRules, check_directory
+from edge_certd.store.sources import _read_limited, scan_directory
 
 NOBODY = 65534  # nobody / nogroup on Debian
 

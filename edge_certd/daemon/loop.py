@@ -3,6 +3,10 @@
 Signal handlers and the watcher thread only record what happened and write a byte to a
 self-pipe. One loop wakes up, decides, and does all the work: syncs after a settle
 window, retries with backoff, rescans, checks expiry and pings the watchdog.
+
+What it does at those moments lives beside it: `requests` (the control socket's jobs),
+`expiry` (the warnings and their memory), `record` (daemon.json and the metrics file),
+`stopping` (a stop that reaches a sync while files are judged).
 """
 
 from __future__ import annotations
@@ -16,32 +20,28 @@ import time
 import traceback
 from collections import deque
 from types import FrameType
-from typing import Any
 
 from edge_certd.config import load_config
-from edge_certd.core.errors import ApplyError, ConfigError, EdgeCertdError, NotFound, UsageError
-from edge_certd.core.expiry import expiring
+from edge_certd.core.errors import ApplyError, ConfigError, EdgeCertdError
 from edge_certd.core.model import SyncResult
-from edge_certd.core.text import iso, plural
 from edge_certd.daemon.clock import ClockWatch
-from edge_certd.daemon.control import ControlServer, Job, Peer, Request, RequestError, error_reply
+from edge_certd.daemon.control import ControlServer
+from edge_certd.daemon.expiry import ExpiryWarnings
 from edge_certd.daemon.gateway import GatewayWatch
 from edge_certd.daemon.notify import Notifier
+from edge_certd.daemon.record import record_daemon
+from edge_certd.daemon.requests import follow_config, open_control, serve_jobs
 from edge_certd.daemon.startup import start_line
 from edge_certd.daemon.status import status_line
+from edge_certd.daemon.stopping import SyncCancelled
 from edge_certd.daemon.watcher import SourceWatcher
 from edge_certd.store.fsutil import remove_stale_temp_files
-from edge_certd.store.sources import package_dirs
-from edge_certd.store.state import DAEMON_NAME, StatePaths, load_manifest, save_report
+from edge_certd.store.names import package_dirs
+from edge_certd.store.state import DAEMON_NAME
 from edge_certd.sync import journal as events
-from edge_certd.sync import metrics, operations, report
+from edge_certd.sync import metrics
 from edge_certd.sync.engine import Engine
 from edge_certd.worker.pool import JudgeWorker
-
-
-class SyncCancelled(Exception):
-    """Raised out of a sync's judging phase when the daemon must stop."""
-
 
 # A burst that never pauses still gets synced after this many settle windows.
 MAX_SETTLE_WINDOWS = 10
@@ -61,7 +61,7 @@ class Daemon:
         self.notifier = Notifier()
         self._last_ping = 0.0
         self.control: ControlServer | None = None
-        self.warned: dict[str, int] = {}  # sha256 -> the threshold last warned about
+        self.expiry = ExpiryWarnings()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.watcher = SourceWatcher(self.wake)
         # The gateway watch: the probe unit writes its result; this watcher only wakes the loop.
@@ -111,13 +111,13 @@ class Daemon:
         if clock.fd is not None:
             selector.register(clock.fd, selectors.EVENT_READ)
         # Its thread reads each request and wakes this loop through the self-pipe.
-        control = self.control = self._open_control()
+        control = self.control = open_control(self.config, self.wake)
         if control is not None:
             control.start()
         self._start_watching()
         self._watch_gateway()
         events.emit("started", start_line(self.config))
-        self._sync("start-up")
+        self.sync("start-up")
         self._check_expiry()
         self.notifier.ready(self.status_now)
         now = time.monotonic()
@@ -154,10 +154,10 @@ class Daemon:
                     if request == "stop":
                         return self._stop()
                     if request == "reload":
-                        self._reload()
+                        self.reload()
                 if control is not None:
                     # After the signals: a stop is not held up by a request.
-                    self._serve_jobs(control)
+                    serve_jobs(self, control)
                 changed, rewatch = self.watcher.take()
                 probed, reprobe = self.probe_watcher.take()
                 if reprobe:
@@ -175,12 +175,12 @@ class Daemon:
                     self.dirty_since = self.dirty_since or now
                     self.last_event = now
                 if self.dirty_since is not None and now >= self._settle_deadline():
-                    self._sync("change")
+                    self.sync("change")
                 elif self.retry_at is not None and now >= self.retry_at:
-                    self._sync("retry")
+                    self.sync("retry")
                 if now >= next_rescan:
                     self._start_watching()  # a directory may have come back
-                    self._sync("rescan")
+                    self.sync("rescan")
                     next_rescan = now + self.config.watch.rescan_interval
                 if now >= next_expiry:
                     self._check_expiry()
@@ -220,7 +220,7 @@ class Daemon:
                 "%s does not exist yet; watching for it to appear", missing
             )
 
-    def _sync(self, why: str) -> None:
+    def sync(self, why: str) -> None:
         """Run one sync. Failures leave the previous trust in place and schedule a retry."""
         self.dirty_since = None
         busy = self.watcher.busy_paths(BUSY_MAX_AGE)
@@ -263,103 +263,20 @@ class Daemon:
         self.notifier.status(self.status_now)
         self._record_daemon("degraded" if self.degraded else "running")
 
-    # -- requests from the CLI, over the control socket -------------------------------
+    # -- what a request may ask of the loop (requests.Host) ------------------------------
 
-    def _open_control(self) -> ControlServer | None:
-        try:
-            return ControlServer.open(
-                self.config.control_socket,
-                self.config.sources.trusted_group,
-                self.config.policy.max_file_bytes,
-                wake=self.wake,
-            )
-        except OSError as exc:
-            events.emit(
-                "config",
-                f"control socket {self.config.control_socket} not available ({exc.strerror or exc}); "
-                "edge-certd add, remove and sync work as root only, outside the daemon",
-                logging.WARNING,
-                reason="control_socket",
-            )
-            return None
+    @property
+    def stopping(self) -> bool:
+        return "stop" in self.requests
 
-    def _serve_jobs(self, control: ControlServer) -> None:
-        """Answer what clients asked (root's first). One sync answers every `sync` queued
-        before it: a hundred clients asking at once cost one sync, not a hundred."""
-        synced: dict[str, Any] | None = None
-        for job in control.take():
-            if "stop" in self.requests:
-                job.answer(error_reply("apply", "edge-certd is stopping; ask again when it is back"))
-            elif job.request.op == "sync" and synced is not None:
-                job.answer(synced)
-            else:
-                reply = self._serve_one(job)
-                if job.request.op == "sync":
-                    synced = reply
-                job.answer(reply)
-
-    def _serve_one(self, job: Job) -> dict[str, Any]:
-        """One request's answer; whatever a handler raises is that client's answer, logged
-        once, and the daemon goes on."""
-        try:
-            return self._handle_request(job.peer, job.request)
-        except RequestError as exc:
-            return error_reply(exc.kind, exc.message)
-        except Exception as exc:  # noqa: BLE001 - one request must never end the daemon
-            who = "root" if job.peer.uid == 0 else f"uid {job.peer.uid}"
-            events.emit(
-                "control",
-                f"internal error while serving `edge-certd {job.request.op}` for {who}: {exc!r}\n"
-                f"{traceback.format_exc()}",
-                logging.ERROR,
-                reason="internal_error",
-            )
-            return error_reply(
-                "internal",
-                f"edge-certd hit an internal error ({type(exc).__name__}) serving this request; "
-                "see journalctl -u edge-certd",
-            )
-
-    def _handle_request(self, peer: Peer, request: Request) -> dict[str, Any]:
-        """Do what a client asked, as the daemon: under its unit, in its journal."""
-        who = "root" if peer.uid == 0 else f"uid {peer.uid}"
-        try:
-            if request.op == "reload":
-                refused = self._reload()
-                if refused is not None:
-                    raise RequestError("config", refused)
-                return {"text": f"configuration reloaded; {self.status_now}"}
-            if request.op == "sync":
-                self._sync(f"edge-certd sync by {who}")
-                if self.degraded or self.last_result is None:
-                    raise RequestError("apply", self.degraded or "the sync did not finish")
-                return report.summary("sync", self.last_result)
-            if request.op == "add":
-                verdicts = operations.judge_items(self.config, self.worker, request.files)
-                added = operations.add_judged(self.engine, request.files, verdicts)
-                self._after_request(added.result)
-                return report.summary("add", added.result, added.verdicts)
-            what = request.args.get("what")
-            if not isinstance(what, str) or not what:
-                raise RequestError("usage", "remove needs a SHA-256 prefix or a file name")
-            result = operations.remove(self.engine.config, what, engine=self.engine)
-            self._after_request(result)
-            return report.summary("remove", result)
-        except SyncCancelled:
-            raise RequestError("apply", "edge-certd is stopping; ask again when it is back") from None
-        except NotFound as exc:
-            raise RequestError("notfound", str(exc)) from None
-        except UsageError as exc:
-            raise RequestError("usage", str(exc)) from None
-        except EdgeCertdError as exc:
-            self._degrade(str(exc))
-            self._publish()
-            raise RequestError("apply", str(exc)) from None
-
-    def _after_request(self, result: SyncResult) -> None:
+    def adopt(self, result: SyncResult) -> None:
         self.last_result = result
         if not result.target_failures and self.degraded:
             self.degraded, self.retry_at, self.retry_delay = None, None, 0.0
+        self._publish()
+
+    def fail(self, reason: str) -> None:
+        self._degrade(reason)
         self._publish()
 
     def _degrade(self, reason: str) -> None:
@@ -378,10 +295,10 @@ class Daemon:
         """Called a few times a second while the worker judges a file: keep the watchdog
         fed, and give up the sync at once when asked to stop (nothing is applied yet)."""
         self._heartbeat()
-        if "stop" in self.requests:
+        if self.stopping:
             raise SyncCancelled
 
-    def _reload(self) -> str | None:
+    def reload(self) -> str | None:
         """Re-read the configuration; keep the running one if the new one is refused.
         Returns why it was refused (for `edge-certd reload`), or None."""
         refused: str | None = None
@@ -404,14 +321,13 @@ class Daemon:
             self.config_problem = None
             self.config = config
             if self.control is not None:  # who may ask follows the configuration
-                self.control.group = config.sources.trusted_group
-                self.control.max_file_bytes = config.policy.max_file_bytes
+                follow_config(self.control, config)
             self.engine = Engine(config, heartbeat=self._heartbeat, worker=self.worker)
             self.gateway = GatewayWatch(config)
             events.emit("config", "configuration reloaded")
         self._start_watching()
         self._watch_gateway()
-        self._sync("reload")
+        self.sync("reload")
         self.notifier.ready(self.status_now)
         return refused
 
@@ -421,31 +337,9 @@ class Daemon:
         return 0
 
     def _check_expiry(self) -> None:
-        """Warn once per CA per threshold crossed (30, then 7, then 1 day...): a root made
-        to live 30 days is not a warning every hour of its life. After a restart the
-        current threshold is said once more."""
+        """The expiry warnings (see expiry.py), then daemon.json and the metrics."""
         now = self.expiry_checked = dt.datetime.now(dt.UTC)
-        entries = load_manifest(StatePaths(self.config.state_dir)).entries.values()
-        for item in expiring(entries, self.config.expiry.warn_days, now):
-            ca, days = item.ca, item.days_left
-            level = -1 if item.expired else item.threshold
-            if self.warned.get(ca.sha256, level + 1) <= level:
-                continue  # said already for this threshold
-            self.warned[ca.sha256] = level
-            what = (
-                "has expired"
-                if item.expired
-                else f"expires in {plural(days, 'day')} (warning at {item.threshold})"
-            )
-            events.emit(
-                "expiring",
-                f'managed root CA "{ca.subject}" {what}, on '
-                f"{iso(ca.not_after)}; drop its successor into {self.config.drop_dir}",
-                logging.WARNING,
-                sha256=ca.sha256,
-                subject=ca.subject,
-                reason=f"{days} days left",
-            )
+        self.expiry.check(self.config, now)
         self._record_daemon("degraded" if self.degraded else "running")  # and the metrics
 
     def _status_line(self) -> str:
@@ -478,27 +372,15 @@ class Daemon:
         self.gateway.refresh(dt.datetime.now(dt.UTC))
 
     def _record_daemon(self, state: str) -> None:
-        """daemon.json: the daemon's own record for `edge-certd status`; only it writes it."""
-        try:
-            save_report(
-                StatePaths(self.config.state_dir).daemon,
-                {
-                    "pid": os.getpid(),
-                    "state": state,
-                    "status_line": self.status_now,
-                    "degraded": self.degraded,
-                    "updated": iso(dt.datetime.now(dt.UTC)),
-                    "expiry_checked": iso(self.expiry_checked) if self.expiry_checked else None,
-                    "gateway": self.gateway.record(),
-                    "gateway_status": self.gateway.status(dt.datetime.now(dt.UTC)),
-                },
-            )
-        except EdgeCertdError:
-            pass  # daemon.json is for people; a full disk must not stop the service
-        metrics.write_metrics(  # never raises
+        """daemon.json and edge-certd.prom (see record.py); only the daemon writes daemon.json."""
+        record_daemon(
             self.config,
-            metrics.newest(self.engine.last_result, self.last_result),
-            metrics.daemon_state(state, self.status_now, self.expiry_checked, self.gateway.probes),
+            state=state,
+            status_line=self.status_now,
+            degraded=self.degraded,
+            expiry_checked=self.expiry_checked,
+            gateway=self.gateway,
+            result=metrics.newest(self.engine.last_result, self.last_result),
         )
 
 

@@ -24,16 +24,10 @@ from edge_certd.core.plan import Held, Wanted, make_plan, wanted_set
 from edge_certd.core.policy import Rules
 from edge_certd.core.text import iso
 from edge_certd.core.verdict import JudgeContext, JudgeLimits
+from edge_certd.store.directory_rules import DirectoryRules, check_directory, ensure_drop_dir
 from edge_certd.store.fsutil import ReadError, read_bounded, remove_stale_temp_files
-from edge_certd.store.sources import (
-    DirectoryRules,
-    check_directory,
-    display_path,
-    ensure_drop_dir,
-    package_dirs,
-    scan_directory,
-    tighten_mode,
-)
+from edge_certd.store.names import package_dirs
+from edge_certd.store.sources import display_path, scan_directory, tighten_mode
 from edge_certd.store.state import (
     LoadedManifest,
     StatePaths,
@@ -137,7 +131,7 @@ class Engine:
         self.last_result: SyncResult | None = None
 
     def ensure_drop_dir(self, force: bool = False) -> None:
-        """Create the drop directory when missing (see store.sources.ensure_drop_dir).
+        """Create the drop directory when missing (see store.directory_rules.ensure_drop_dir).
 
         A drop directory that disappears after CAs came from it is not recreated (unless
         `force`, for `edge-certd add`): recreating it empty would remove them all at once.

@@ -11,7 +11,7 @@ from edge_certd.core.expiry import days_left
 from edge_certd.core.expiry import expiring as expiring_cas
 from edge_certd.core.model import FileVerdict, InstalledCA, SyncResult
 from edge_certd.core.text import iso, plural
-from edge_certd.store.sources import package_name
+from edge_certd.store.names import package_name
 from edge_certd.store.state import StatePaths, load_manifest, load_report
 
 

@@ -28,8 +28,8 @@ from edge_certd.diagnose.doctor.judge import (
     TargetFacts,
     env_paths,
 )
+from edge_certd.store.directory_rules import DirectoryRules, check_directory
 from edge_certd.store.fsutil import ReadError, read_bounded
-from edge_certd.store.sources import DirectoryRules, check_directory
 from edge_certd.store.state import LoadedManifest, StatePaths, load_manifest, state_lock
 from edge_certd.targets.registry import enabled_targets
 
