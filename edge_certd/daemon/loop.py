@@ -258,10 +258,11 @@ class Daemon:
         self._publish()
 
     def _publish(self) -> None:
-        """STATUS= and daemon.json, built once per sync from that sync's result."""
+        """daemon.json, the metrics, then STATUS=, built once per sync from that sync's result:
+        whoever sees the new STATUS= line finds the files that go with it already written."""
         self.status_now = self._status_line()
-        self.notifier.status(self.status_now)
         self._record_daemon("degraded" if self.degraded else "running")
+        self.notifier.status(self.status_now)
 
     # -- what a request may ask of the loop (requests.Host) ------------------------------
 
