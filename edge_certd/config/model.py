@@ -100,6 +100,8 @@ class GatewayConfig(_Section):
     # Where edge-certd-probe.service (a dynamic user, StateDirectory=edge-certd-probe) writes
     # what it saw; the daemon reads it from there.
     result_file: str = "/var/lib/edge-certd-probe/result.json"
+    # The gateway's own certificates (server, Edge CA) warn once at each of these days left.
+    warn_days: list[int] = [14, 7, 3, 1]
 
 
 class MetricsConfig(_Section):

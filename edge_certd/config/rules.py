@@ -88,11 +88,12 @@ def _ranges(config: Config) -> Iterator[Problem]:
     watch = config.watch
     if watch.retry_max_seconds < watch.retry_initial_seconds:
         yield ("watch", "retry_max_seconds"), "must not be smaller than retry_initial_seconds"
-    for i, days in enumerate(config.expiry.warn_days):
-        if isinstance(days, bool) or not 0 <= days <= MAX_WARN_DAYS:
-            yield ("expiry", "warn_days", str(i)), f"must be 0 to {MAX_WARN_DAYS} days, got {days!r}"
-    if len(config.expiry.warn_days) > 16:
-        yield ("expiry", "warn_days"), "at most 16 thresholds"
+    for section, thresholds in (("expiry", config.expiry.warn_days), ("gateway", config.gateway.warn_days)):
+        for i, days in enumerate(thresholds):
+            if isinstance(days, bool) or not 0 <= days <= MAX_WARN_DAYS:
+                yield (section, "warn_days", str(i)), f"must be 0 to {MAX_WARN_DAYS} days, got {days!r}"
+        if len(thresholds) > 16:
+            yield (section, "warn_days"), "at most 16 thresholds"
 
 
 def _all_strings(value: Any, key: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...], str]]:

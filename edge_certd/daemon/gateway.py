@@ -126,7 +126,7 @@ class GatewayWatch:
         self.probes = probes
         for probe in probes:
             found, self._memory[probe.gateway] = changes(
-                self._memory.get(probe.gateway), probe, warn_days=self.config.expiry.warn_days, now=now
+                self._memory.get(probe.gateway), probe, warn_days=self.config.gateway.warn_days, now=now
             )
             for event in found:
                 _log(event)
