@@ -239,7 +239,7 @@ def trigger_paths(text: str) -> dict[str, str]:
 
 def test_edge_certd_declares_an_awaited_file_trigger_on_the_roots_directory() -> None:
     roots_dir = _constant("edge_certd/package/__init__.py", "ROOTS_DIR")
-    assert trigger_paths((DEBIAN / "edge-certd.triggers").read_text()) == {roots_dir: "interest"}
+    assert trigger_paths((DEBIAN / "edge-certd.triggers").read_text()) == {roots_dir: "interest-await"}
     # The daemon reads the same directory by default, and the package ships it.
     assert (
         f'package_roots_dir: str | None = "{roots_dir}"'
