@@ -771,7 +771,8 @@ def test_purge_with_a_moved_state_directory_while_a_technician_writes_leaves_not
     dropin.write_text(f"[Service]\nReadWritePaths={MOVED_STATE}\n")
     sc.box.run(["systemctl", "daemon-reload"])
     sc.box.run(["systemctl", "restart", "edge-certd"])
-    sc.sh(f"install -m 0644 {WORK}/gateway-root.pem {DROP}/gateway-root.pem")
+    # Renamed into place: the daemon takes it as complete at once.
+    sc.sh(f"install -m 0644 {WORK}/gateway-root.pem {DROP}/.root.tmp && mv {DROP}/.root.tmp {DROP}/root.pem")
     _wait_for(lambda: sc.root_sha256 in sc.bundle(), 60, "the CA trusted with the moved state directory")
     written = set(sc.box.run(["ls", "-A", MOVED_STATE]).stdout.split())
     assert {"manifest.json", "journal-memory", "lock"} <= written, written
