@@ -737,6 +737,9 @@ def _install_again(sc: Scenario) -> None:
 @step
 def test_service_autopkgtest_on_a_fresh_install_leaves_nothing_after_purge(scenario: Scenario) -> None:
     sc = scenario
+    # The test's own drop-in (an admin's file, which purge rightly keeps) would be "left".
+    sc.box.run(["rm", "-rf", "/etc/systemd/system/edge-certd.service.d"])
+    sc.box.run(["systemctl", "daemon-reload"])
     _install_again(sc)
     _run_autopkgtests(sc, breaking=True)
     assert sc.box.run(["dpkg", "-s", "edge-certd"], check=False).returncode != 0
@@ -768,6 +771,7 @@ def test_purge_with_a_moved_state_directory_while_a_technician_writes_leaves_not
     sc.box.run(["install", "-d", "-m", "0755", MOVED_STATE])
     sc.box.path("/etc/edge-certd/config.yaml").write_text(f"state_dir: {MOVED_STATE}\n")
     dropin = sc.box.path("/etc/systemd/system/edge-certd.service.d/e2e-moved-state.conf")
+    dropin.parent.mkdir(exist_ok=True)
     dropin.write_text(f"[Service]\nReadWritePaths={MOVED_STATE}\n")
     sc.box.run(["systemctl", "daemon-reload"])
     sc.box.run(["systemctl", "restart", "edge-certd"])
@@ -784,7 +788,7 @@ def test_purge_with_a_moved_state_directory_while_a_technician_writes_leaves_not
     finally:
         _stop(writer)
     assert r.returncode == 0, r.stdout + r.stderr
-    dropin.unlink()
+    shutil.rmtree(dropin.parent)
     left = sc.box.run(["ls", "-A", MOVED_STATE], check=False)
     assert left.returncode != 0, f"{MOVED_STATE} keeps {left.stdout.split()} after purge"
     for gone in (CA_DIR, "/var/lib/edge-certd", "/etc/edge-certd"):
