@@ -745,6 +745,9 @@ def test_service_autopkgtest_on_a_fresh_install_leaves_nothing_after_purge(scena
     assert sc.box.run(["dpkg", "-s", "edge-certd"], check=False).returncode != 0
 
 
+# A sync's update-ca-certificates runs ca-certificates-java's hook, which holds dpkg's lock for a
+# moment (`dpkg --triggers-only`): apt waits for it, as an admin's apt would.
+PURGE = ["apt-get", "purge", "-y", "-q", "-o", "DPkg::Lock::Timeout=300", "edge-certd"]
 MOVED_STATE = "/srv/state"  # not named edge-certd*: purge removes only edge-certd's files there
 
 
@@ -784,7 +787,7 @@ def test_purge_with_a_moved_state_directory_while_a_technician_writes_leaves_not
     writer = _writer(sc, "tech")
     try:
         _wait_for(lambda: sc.box.path(f"{DROP}/w5.txt").exists(), 30, "the technician writing")
-        r = sc.box.run(["dpkg", "--purge", "edge-certd"], check=False, timeout=300)
+        r = sc.box.run(PURGE, env={"DEBIAN_FRONTEND": "noninteractive"}, check=False, timeout=400)
     finally:
         _stop(writer)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -805,7 +808,7 @@ def test_purge_finishes_while_root_keeps_writing_into_the_drop_directory(scenari
     writer = _writer(sc, "root")
     try:
         _wait_for(lambda: sc.box.path(f"{DROP}/w5.txt").exists(), 30, "root writing")
-        r = sc.box.run(["dpkg", "--purge", "edge-certd"], check=False, timeout=300)
+        r = sc.box.run(PURGE, env={"DEBIAN_FRONTEND": "noninteractive"}, check=False, timeout=400)
     finally:
         _stop(writer)
     assert r.returncode == 0, r.stdout + r.stderr
