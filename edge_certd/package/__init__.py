@@ -15,7 +15,16 @@ from edge_certd.package.plan import (
     check_name,
     check_version,
     du_manifest,
+    minimum_edge_certd,
     plan_package,
 )
 
-__all__ = ["ROOTS_DIR", "RootsPackage", "check_name", "check_version", "du_manifest", "plan_package"]
+__all__ = [
+    "ROOTS_DIR",
+    "RootsPackage",
+    "check_name",
+    "check_version",
+    "du_manifest",
+    "minimum_edge_certd",
+    "plan_package",
+]

@@ -28,52 +28,9 @@ __all__ = ["DEFAULT_MAINTAINER", "build_deb"]
 DEFAULT_MAINTAINER = "edge-certd fleet operator <fleet-operator@edge-certd.invalid>"
 _TIMEOUT = 120.0
 
-# The maintainer scripts only ask edge-certd to sync, and only when its daemon is not running:
-# a running daemon watches the roots directory and logs each change under its own unit
-# (journalctl -u edge-certd). Without one (an image build in a chroot, a stopped service) one
-# sync applies the change now. update-ca-certificates is edge-certd's to run, never dpkg's.
-_SYNC = """\
-sync_unless_watched() {
-    command -v edge-certd >/dev/null 2>&1 || return 0
-    # A read-only query: nothing here starts or stops a service.
-    if [ -d /run/systemd/system ] && systemctl is-active --quiet edge-certd.service; then
-        return 0
-    fi
-    edge-certd sync || echo "edge-certd sync exited $?; see: edge-certd status" >&2
-}
-"""
-
-_POSTINST = f"""\
-#!/bin/sh
-# postinst of a roots package made by `edge-certd package`: its roots are trusted by
-# edge-certd while this package is installed.
-set -e
-
-{_SYNC}
-case "$1" in
-    configure|abort-upgrade|abort-remove|abort-deconfigure)
-        sync_unless_watched
-        ;;
-esac
-
-exit 0
-"""
-
-_POSTRM = f"""\
-#!/bin/sh
-# postrm of a roots package made by `edge-certd package`: dpkg has removed its roots, so
-# edge-certd stops trusting those no other source provides.
-set -e
-
-{_SYNC}
-case "$1" in
-    remove|purge|abort-install|abort-upgrade|disappear)
-        sync_unless_watched
-        ;;
-esac
-
-exit 0
-"""
+# The package is data only: no maintainer scripts. edge-certd declares a dpkg file trigger on
+# ROOTS_DIR (packaging/debian/edge-certd.triggers), so dpkg itself makes edge-certd sync once
+# whenever any roots package is installed, upgraded or removed, with or without its daemon.
 
 _COPYRIGHT = """\
 Copyright {year} {maintainer}
@@ -150,8 +107,6 @@ def _write_tree(tree: str, package: RootsPackage, maintainer: str, epoch: int) -
     md5sums = "".join(f"{hashlib.md5(payload[rel]).hexdigest()}  {rel}\n" for rel in sorted(payload))
     _write(os.path.join(control_dir, "md5sums"), md5sums.encode(), 0o644)
     _write(os.path.join(control_dir, "control"), _control(package, maintainer, payload).encode(), 0o644)
-    _write(os.path.join(control_dir, "postinst"), _POSTINST.encode(), 0o755)
-    _write(os.path.join(control_dir, "postrm"), _POSTRM.encode(), 0o755)
     for dirpath, dirnames, filenames in os.walk(tree, topdown=False):
         for entry in filenames:
             os.utime(os.path.join(dirpath, entry), (epoch, epoch), follow_symlinks=False)

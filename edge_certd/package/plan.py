@@ -10,7 +10,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from edge_certd import __version__
 from edge_certd.config import Config
 from edge_certd.core.errors import UsageError
 from edge_certd.core.model import Reason, Rejection, TrustedCA
@@ -128,9 +127,15 @@ def _refusal(rejection: Rejection) -> str:
     return rejection.describe()
 
 
+# The first edge-certd version that reads package_roots_dir (commit 427a3f6, under 0.1.0, the
+# first entry of packaging/debian/changelog; tests/test_packaging.py checks it is there). Not
+# the builder's version: a package built by a newer edge-certd installs beside any that reads it.
+ROOTS_D_SINCE = "0.1.0"
+
+
 def minimum_edge_certd() -> str:
-    """The first edge-certd that reads package_roots_dir: this one."""
-    return __version__
+    """The version a roots package's `Depends: edge-certd (>= ...)` names: ROOTS_D_SINCE."""
+    return ROOTS_D_SINCE
 
 
 def du_manifest(package: RootsPackage) -> dict[str, Any]:

@@ -19,6 +19,7 @@ import datetime as dt
 import functools
 import hashlib
 import json
+import os
 import re
 import shutil
 import socket
@@ -325,15 +326,16 @@ def test_installed_unit_exposure_is_at_most_2_5_by_the_releases_systemd(scenario
     assert float(m.group(1)) <= 2.5, r.stdout
 
 
-@step
-def test_autopkgtests_pass_against_the_installed_package(scenario: Scenario) -> None:
-    # What `autopkgtest` would do with debian/tests/control, without the tool: install each
-    # test's Depends (@ is edge-certd, installed already), give it a fresh $AUTOPKGTEST_TMP, run
-    # it as root only under needs-root, and fail on stderr output unless allow-stderr.
-    sc = scenario
+def _run_autopkgtests(sc: Scenario, breaking: bool) -> None:
+    """What `autopkgtest` would do with debian/tests/control, without the tool: install each
+    test's Depends (@ is edge-certd, installed already), give it a fresh $AUTOPKGTEST_TMP, run
+    it as root only under needs-root, and fail on stderr output unless allow-stderr. The tests
+    that break the testbed (`breaking`) run apart, on a fresh install, after every other step."""
     tests = autopkgtests(sc.box.path(f"{WORK}/debian/tests/control").read_text())
-    assert [t.name for t in tests] == ["smoke"], tests
+    assert [t.name for t in tests] == ["smoke", "service"], tests
     for t in tests:
+        if ("breaks-testbed" in t.restrictions) != breaking:
+            continue
         extra = [d for d in t.depends if d != "@"]
         if extra:
             sc.box.run(["apt-get", "install", "-y", "-q", *extra], env={"DEBIAN_FRONTEND": "noninteractive"})
@@ -348,6 +350,11 @@ def test_autopkgtests_pass_against_the_installed_package(scenario: Scenario) -> 
         if "allow-stderr" not in t.restrictions:
             assert r.stderr == "", f"autopkgtest {t.name} wrote to stderr:\n{r.stderr}"
         sc.box.run(["rm", "-rf", tmp])
+
+
+@step
+def test_autopkgtests_pass_against_the_installed_package(scenario: Scenario) -> None:
+    _run_autopkgtests(scenario, breaking=False)
 
 
 @step
@@ -684,3 +691,98 @@ def test_remove_keeps_trust_and_purge_takes_only_edge_certds_away(scenario: Scen
     for gone in (CA_DIR, "/var/lib/edge-certd", "/etc/edge-certd"):
         assert not sc.box.path(gone).exists(), f"{gone} is left after purge"
     assert sc.box.run(["dpkg", "-s", "edge-certd"], check=False).returncode != 0
+
+
+def _install_again(sc: Scenario) -> None:
+    deb = next(sc.box.path(WORK).glob("edge-certd_*_all.deb")).name
+    sc.sh(f"cd {WORK} && apt-get install -y -q ./{deb}", env={"DEBIAN_FRONTEND": "noninteractive"})
+    wait_for(lambda: sc.show("edge-certd", "ActiveState") == "active", 60, "edge-certd active")
+
+
+@step
+def test_service_autopkgtest_on_a_fresh_install_leaves_nothing_after_purge(scenario: Scenario) -> None:
+    sc = scenario
+    # The test's own drop-in (an admin's file, which purge rightly keeps) would be "left".
+    sc.box.run(["rm", "-rf", "/etc/systemd/system/edge-certd.service.d"])
+    sc.box.run(["systemctl", "daemon-reload"])
+    _install_again(sc)
+    _run_autopkgtests(sc, breaking=True)
+    assert sc.box.run(["dpkg", "-s", "edge-certd"], check=False).returncode != 0
+
+
+# A sync's update-ca-certificates runs ca-certificates-java's hook, which holds dpkg's lock for a
+# moment (`dpkg --triggers-only`): apt waits for it, as an admin's apt would.
+PURGE = ["apt-get", "purge", "-y", "-q", "-o", "DPkg::Lock::Timeout=300", "edge-certd"]
+MOVED_STATE = "/srv/state"  # not named edge-certd*: purge removes only edge-certd's files there
+
+
+def _writer(sc: Scenario, user: str) -> subprocess.Popen[str]:
+    """Someone writing into the drop directory without pause, as a technician's loop of scp."""
+    loop = f"i=0; while :; do echo x > {DROP}/w$i.txt 2>/dev/null; i=$(( (i + 1) % 200 )); done"
+    argv = ["sh", "-c", loop]
+    if user != "root":
+        argv = ["setpriv", "--reuid", user, "--regid", user, "--init-groups", *argv]
+    return sc.box.popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    os.killpg(proc.pid, 9)
+    proc.wait(timeout=30)
+
+
+@step
+def test_purge_with_a_moved_state_directory_while_a_technician_writes_leaves_nothing(
+    scenario: Scenario,
+) -> None:
+    sc = scenario
+    _install_again(sc)
+    sc.box.run(["usermod", "--append", "--groups", "edge-certd", "tech"])  # as the install step does
+    sc.box.run(["install", "-d", "-m", "0755", MOVED_STATE])
+    sc.box.path("/etc/edge-certd/config.yaml").write_text(f"state_dir: {MOVED_STATE}\n")
+    dropin = sc.box.path("/etc/systemd/system/edge-certd.service.d/e2e-moved-state.conf")
+    dropin.parent.mkdir(exist_ok=True)
+    dropin.write_text(f"[Service]\nReadWritePaths={MOVED_STATE}\n")
+    sc.box.run(["systemctl", "daemon-reload"])
+    sc.box.run(["systemctl", "restart", "edge-certd"])
+    # Renamed into place: the daemon takes it as complete at once.
+    sc.sh(f"install -m 0644 {WORK}/gateway-root.pem {DROP}/.root.tmp && mv {DROP}/.root.tmp {DROP}/root.pem")
+    wait_for(lambda: sc.root_sha256 in sc.bundle(), 60, "the CA trusted with the moved state directory")
+    written = set(sc.box.run(["ls", "-A", MOVED_STATE]).stdout.split())
+    assert {"manifest.json", "journal-memory", "lock"} <= written, written
+
+    writer = _writer(sc, "tech")
+    try:
+        wait_for(lambda: sc.box.path(f"{DROP}/w5.txt").exists(), 30, "the technician writing")
+        r = sc.box.run(PURGE, env={"DEBIAN_FRONTEND": "noninteractive"}, check=False, timeout=400)
+    finally:
+        _stop(writer)
+    assert r.returncode == 0, r.stdout + r.stderr
+    shutil.rmtree(dropin.parent)
+    left = sc.box.run(["ls", "-A", MOVED_STATE], check=False)
+    assert left.returncode != 0, f"{MOVED_STATE} keeps {left.stdout.split()} after purge"
+    for gone in (CA_DIR, "/var/lib/edge-certd", "/etc/edge-certd"):
+        assert not sc.box.path(gone).exists(), f"{gone} is left after purge"
+    assert sc.bundle() == sc.baseline
+
+
+@step
+def test_purge_finishes_while_root_keeps_writing_into_the_drop_directory(scenario: Scenario) -> None:
+    # Root is not stopped by the drop directory's mode: the removal is retried, and what is
+    # still there then is named, never a failed purge.
+    sc = scenario
+    _install_again(sc)
+    writer = _writer(sc, "root")
+    try:
+        wait_for(lambda: sc.box.path(f"{DROP}/w5.txt").exists(), 30, "root writing")
+        r = sc.box.run(PURGE, env={"DEBIAN_FRONTEND": "noninteractive"}, check=False, timeout=400)
+    finally:
+        _stop(writer)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert sc.box.run(["dpkg", "-s", "edge-certd"], check=False).returncode != 0
+    if sc.box.path("/var/lib/edge-certd").exists():
+        left = sc.box.run(["ls", "-laR", "/var/lib/edge-certd"], check=False).stdout
+        # apt hands dpkg a pty: the maintainer scripts' stderr arrives on apt's stdout.
+        said = r.stdout + r.stderr
+        assert "could not remove all of /var/lib/edge-certd" in said, f"{said[-3000:]}\n{left[:3000]}"
+    said = [ln for ln in (r.stdout + r.stderr).splitlines() if ln.startswith("edge-certd:")]
+    print(f"{sc.release}: purge beside a root writer: {said or 'everything removed'}")

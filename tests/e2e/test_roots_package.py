@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -26,7 +27,17 @@ from pathlib import Path
 import pytest
 from support.certs import CA
 from support.loopback import free_port
-from support.nspawn import Container, booted, pem_fingerprints, unavailable, wait_for
+from support.nspawn import (
+    RELEASES,
+    SBIN_PATH,
+    Container,
+    booted,
+    ensure_cached_root,
+    missing_for_boot,
+    pem_fingerprints,
+    unavailable,
+    wait_for,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -239,3 +250,90 @@ def test_rotation_through_apt_install_upgrade_remove_purge(
         status = box.run(["dpkg-query", "-W", "-f", "${db:Status-Abbrev}", NAME], check=False).stdout.strip()
         assert status in ("", "un"), status
         print(f"the whole rotation took {time.monotonic() - started:.0f}s in the container")
+
+
+@pytest.mark.parametrize("release", RELEASES)
+def test_the_file_trigger_syncs_with_and_without_the_daemon(
+    tmp_path: Path, built_deb: Path, release: str
+) -> None:
+    """Roots packages carry no maintainer scripts: edge-certd's file trigger on roots.d syncs.
+
+    With the daemon running, dpkg asks it (the watcher would follow too); with the daemon and
+    its socket stopped, the trigger syncs in dpkg's run, so trust has followed when apt returns.
+    """
+    reason = missing_for_boot()
+    if reason:
+        unavailable(reason)
+    old_path = os.environ.get("PATH", "")
+    os.environ["PATH"] = f"{SBIN_PATH}:{old_path}"
+    try:
+        lower = ensure_cached_root(tmp_path / "debootstrap.log", release)
+    finally:
+        os.environ["PATH"] = old_path
+    host = tmp_path / "host"
+    host.mkdir()
+    roots = {"old": CA.root("Trigger Root 2024", key_type="rsa"), "new": CA.root("Trigger Root 2025")}
+    sha = {n: hashlib.sha256(ca.der).hexdigest() for n, ca in roots.items()}
+    for n, ca in roots.items():
+        (host / f"{n}-root.pem").write_bytes(ca.cert_pem)
+    debs = [
+        _roots_package(host, "1", host / "old-root.pem"),
+        _roots_package(host, "2", host / "old-root.pem", host / "new-root.pem"),
+    ]
+    for deb in debs:
+        members = subprocess.run(
+            ["dpkg-deb", "-I", str(deb)], capture_output=True, text=True, check=True
+        ).stdout
+        assert "postinst" not in members and "postrm" not in members, members
+
+    def prepare(merged: Path) -> None:
+        work = merged / WORK.lstrip("/")
+        work.mkdir(parents=True)
+        for f in (built_deb, *debs):
+            shutil.copy2(f, work / f.name)
+
+    with booted(lower, prepare) as box:
+        fleet = Fleet(box, {}, sha)
+        box.run(["apt-get", "update", "-q"], env=APT_ENV, timeout=600)
+        fleet.apt("install", f"{WORK}/{built_deb.name}")
+        wait_for(lambda: box.run(["systemctl", "is-active", "edge-certd"], check=False).returncode == 0, 60,
+                  "edge-certd active")  # fmt: skip
+
+        def dpkg(*args: str) -> str:
+            r = box.run(["dpkg", *args], env=APT_ENV, timeout=300)
+            assert "Processing triggers for edge-certd" in r.stdout, r.stdout + r.stderr
+            return r.stdout
+
+        def state(package: str) -> str:
+            return box.run(
+                ["dpkg-query", "-W", "-f", "${db:Status-Abbrev}", package], check=False
+            ).stdout.strip()
+
+        # The daemon runs: the trigger asks it, and dpkg calls the package installed only after.
+        dpkg("-i", f"{WORK}/{debs[0].name}")
+        assert state(NAME) == "ii", state(NAME)
+        assert fleet.trusted() == {sha["old"]}, "trusted when dpkg returned (the trigger is awaited)"
+
+        # No daemon, no socket (an image build, a stopped service): the trigger syncs itself.
+        box.run(["systemctl", "stop", "edge-certd.socket", "edge-certd.service"])
+        dpkg("-i", f"{WORK}/{debs[1].name}")
+        assert fleet.trusted() == fleet.listed() == {sha["old"], sha["new"]}
+        dpkg("--remove", NAME)
+        assert fleet.trusted() == fleet.listed() == set()
+        for unit in ("edge-certd.service", "edge-certd.socket"):
+            active = box.run(["systemctl", "is-active", unit], check=False).stdout.strip()
+            assert active == "inactive", f"the trigger started {unit}: {active}"
+        # A root the policy refuses (a package built by hand) never fails dpkg; it is reported.
+        bad = box.path(f"{WORK}/bad/usr/share/edge-certd/roots.d/contoso-bad-roots")
+        bad.mkdir(parents=True)
+        (bad / "not-a-root.pem").write_text("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
+        control = box.path(f"{WORK}/bad/DEBIAN")
+        control.mkdir()
+        (control / "control").write_text(
+            "Package: contoso-bad-roots\nVersion: 1\nArchitecture: all\n"
+            "Maintainer: e2e <e2e@example.invalid>\nDescription: a refused root\n"
+        )
+        box.run(["dpkg-deb", "--root-owner-group", "--build", f"{WORK}/bad", f"{WORK}/bad.deb"])
+        r = box.run(["dpkg", "-i", f"{WORK}/bad.deb"], env=APT_ENV, check=False)
+        assert r.returncode == 0 and state("contoso-bad-roots") == "ii", r.stdout + r.stderr
+        assert "exited 3; see: edge-certd status" in r.stderr, r.stdout + r.stderr
