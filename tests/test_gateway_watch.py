@@ -15,9 +15,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from certs import CA
-from conftest import Tree, make_tree, require_tool
-from loopback import LoopbackServer, tls_handler
+from support.certs import CA
+from support.loopback import LoopbackServer, tls_handler
+from support.tree import Tree, make_tree, require_tool
 
 from edge_certd import cli
 from edge_certd.core.gateway import (
@@ -300,7 +300,7 @@ def test_the_daemon_turns_each_probe_into_status_journal_and_metrics_once(
 ) -> None:
     """The probe runs as the timer would run it (its own process); the daemon, watching the
     result directory, says what changed: STATUS=, one journal line per event, the metrics."""
-    from daemonrun import RunningDaemon
+    from support.daemonrun import RunningDaemon
 
     root = CA.root("Contoso Gateway Root")
     servers.append(serve(tmp_path, root.intermediate("Edge CA gw"), "good"))
@@ -358,3 +358,42 @@ def test_the_daemon_turns_each_probe_into_status_journal_and_metrics_once(
         result.write_text('{"schema_version": 1, "gateways": [{"gateway": "x"}]}')
         daemon.wait_status("probe result unreadable", mark)
         assert daemon.alive
+
+
+def test_the_daemon_reads_a_result_directory_that_is_a_link_made_after_it_started(
+    tmp_path: Path, device: Tree, servers: list[LoopbackServer]
+) -> None:
+    """As systemd's DynamicUser= StateDirectory: /var/lib/edge-certd-probe is made at the
+    probe's first run, as a link to private/edge-certd-probe. The daemon must watch what the
+    link points at (watchdog's inotify does not follow links), or it never hears a result."""
+    from support.daemonrun import RunningDaemon
+
+    root = CA.root("Contoso Gateway Root")
+    servers.append(serve(tmp_path, root.intermediate("Edge CA gw"), "good"))
+    device.write_config(
+        gateway__host=f"localhost:{servers[0].port}",
+        gateway__timeout=5,
+        gateway__result_file=f"{device.root}/probe-link/result.json",
+    )
+    device.drop.mkdir(parents=True, exist_ok=True)
+    (device.drop / "gateway-root.pem").write_bytes(root.cert_pem)
+    with RunningDaemon(device) as daemon:
+        daemon.wait_ready()
+        mark = daemon.mark()
+        (device.root / "private/probe").mkdir(parents=True)
+        (device.root / "probe-link").symlink_to("private/probe")
+        assert device.cli("probe").returncode == 0
+        daemon.wait_status("trusted by all stores", mark)
+        # A second result through the same link is read too (the watch is on the directory).
+        mark = daemon.mark()
+        servers.append(serve(tmp_path, CA.root("aziot-edge CA gw-device"), "quickstart", include_root=True))
+        device.write_config(
+            gateway__host=f"localhost:{servers[1].port}",
+            gateway__timeout=5,
+            gateway__result_file=f"{device.root}/probe-link/result.json",
+        )
+        daemon.signal(signal.SIGHUP)
+        daemon.wait_ready(mark)
+        mark = daemon.mark()
+        assert device.cli("probe").returncode == 0
+        daemon.wait_status("NOT trusted", mark)
