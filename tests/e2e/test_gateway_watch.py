@@ -118,6 +118,11 @@ def box(
         work = merged / WORK.lstrip("/")
         work.mkdir(parents=True)
         shutil.copy2(built_deb, work / built_deb.name)
+        # debootstrap writes no /etc/hosts (Debian's installer does), and minbase has no
+        # nss-myhostname: without this line "localhost" does not resolve.
+        hosts = merged / "etc/hosts"
+        if "localhost" not in (hosts.read_text() if hosts.exists() else ""):
+            hosts.write_text("127.0.0.1\tlocalhost\n::1\t\tlocalhost ip6-localhost ip6-loopback\n")
         # Debian's unit passes $ARGS: listen where nothing of the host's is.
         default = merged / "etc/default/prometheus-node-exporter"
         default.parent.mkdir(parents=True, exist_ok=True)
@@ -184,9 +189,14 @@ def _proc_status(box: Container, pid: str) -> dict[str, str]:
 def _diagnostics(box: Container) -> str:
     out = []
     for argv in (
-        ["systemctl", "status", "--no-pager", "-l", "edge-certd", "edge-certd-probe.service",
-         "edge-certd-probe.timer"],
-        ["journalctl", "--no-pager", "-n", "60", "-u", "edge-certd", "-u", "edge-certd-probe"],
+        ["systemctl", "status", "--no-pager", "-l", "-n", "0", "edge-certd", "edge-certd-probe.service",
+         "edge-certd-probe.timer", "edge-certd-probe.path"],
+        ["journalctl", "--no-pager", "-n", "40", "-u", "edge-certd-probe.service"],
+        ["journalctl", "--no-pager", "-n", "40", "-u", "edge-certd", "EDGE_CERTD_EVENT=gateway_trusted",
+         "+", "EDGE_CERTD_EVENT=gateway_untrusted", "+", "EDGE_CERTD_EVENT=gateway_unreachable",
+         "+", "EDGE_CERTD_EVENT=config"],
+        ["edge-certd", "status"],
+        ["cat", "/var/lib/edge-certd-probe/result.json"],
         ["ls", "-la", "/var/lib/private", "/var/lib/edge-certd", "/var/lib/prometheus/node-exporter"],
     ):  # fmt: skip
         r = box.run(argv, check=False)
