@@ -237,6 +237,7 @@ def test_the_timer_probes_by_itself_and_an_untrusted_chain_shows_within_an_inter
     untrusted = _events(container, "gateway_untrusted")
     assert len(untrusted) == 1, [e.get("MESSAGE") for e in untrusted]
     assert len(_events(container, "gateway_test_only")) == 1
+    assert _metric(exporter, "edge_certd_gateway_test_only_ca", f'gateway="{gateway.label}"') == "1"
     status = container.run(["systemctl", "status", "--no-pager", "edge-certd"], check=False).stdout
     assert "NOT trusted" in status, status
     # More probes of the same chain say nothing new.
