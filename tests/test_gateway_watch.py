@@ -261,7 +261,7 @@ def test_the_probe_sees_a_trusted_gateway_then_a_quickstart_ca_that_no_store_tru
 
 
 def test_an_unreachable_gateway_is_reported_as_unreachable(device: Tree) -> None:
-    from loopback import free_port
+    from support.loopback import free_port
 
     configure(device, free_port())  # nothing listens there
     seen = run_probe(device)
