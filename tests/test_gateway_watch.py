@@ -429,3 +429,42 @@ def test_a_gateway_that_stalls_resets_or_floods_is_unreachable_within_the_timeou
     assert time.monotonic() - started < 60
     assert seen.state is GatewayState.UNREACHABLE, seen
     assert seen.cause in {"tls", *causes} or (seen.message and "TLS" in seen.message), seen
+
+
+def test_the_daemon_reads_a_result_directory_that_is_a_link_made_after_it_started(
+    tmp_path: Path, device: Tree, servers: list[LoopbackServer]
+) -> None:
+    """As systemd's DynamicUser= StateDirectory: /var/lib/edge-certd-probe is made at the
+    probe's first run, as a link to private/edge-certd-probe. The daemon must watch what the
+    link points at (watchdog's inotify does not follow links), or it never hears a result."""
+    from support.daemonrun import RunningDaemon
+
+    root = CA.root("Contoso Gateway Root")
+    servers.append(serve(tmp_path, root.intermediate("Edge CA gw"), "good"))
+    device.write_config(
+        gateway__host=f"localhost:{servers[0].port}",
+        gateway__timeout=5,
+        gateway__result_file=f"{device.root}/probe-link/result.json",
+    )
+    device.drop.mkdir(parents=True, exist_ok=True)
+    (device.drop / "gateway-root.pem").write_bytes(root.cert_pem)
+    with RunningDaemon(device) as daemon:
+        daemon.wait_ready()
+        mark = daemon.mark()
+        (device.root / "private/probe").mkdir(parents=True)
+        (device.root / "probe-link").symlink_to("private/probe")
+        assert device.cli("probe").returncode == 0
+        daemon.wait_status("trusted by all stores", mark)
+        # A second result through the same link is read too (the watch is on the directory).
+        mark = daemon.mark()
+        servers.append(serve(tmp_path, CA.root("aziot-edge CA gw-device"), "quickstart", include_root=True))
+        device.write_config(
+            gateway__host=f"localhost:{servers[1].port}",
+            gateway__timeout=5,
+            gateway__result_file=f"{device.root}/probe-link/result.json",
+        )
+        daemon.signal(signal.SIGHUP)
+        daemon.wait_ready(mark)
+        mark = daemon.mark()
+        assert device.cli("probe").returncode == 0
+        daemon.wait_status("NOT trusted", mark)

@@ -72,7 +72,11 @@ class GatewayWatch:
 
     @property
     def result_dir(self) -> str:
-        return os.path.dirname(self.config.gateway.result_file)
+        """The directory to watch, links resolved: with DynamicUser=, systemd makes
+        /var/lib/edge-certd-probe a link to private/edge-certd-probe, and inotify (through
+        watchdog, which adds IN_DONT_FOLLOW) would watch the link, never what is in it. The
+        daemon re-resolves it at every re-watch, so the link appearing after start is seen."""
+        return os.path.realpath(os.path.dirname(self.config.gateway.result_file))
 
     def write_plan(self) -> None:
         """The plan for the probe, at start and at each reload; only on change."""
