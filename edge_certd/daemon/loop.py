@@ -49,6 +49,10 @@ MAX_SETTLE_WINDOWS = 10
 BUSY_MAX_AGE = 120.0
 
 
+# Clock steps closer together than this are one: said once, acted on once.
+CLOCK_STEP_QUIET = 60.0
+
+
 class Daemon:
     def __init__(self, config_path: str | None) -> None:
         self.config_path = config_path
@@ -66,6 +70,7 @@ class Daemon:
         self.watcher = SourceWatcher(self.wake)
         # The gateway watch: the probe unit writes its result; this watcher only wakes the loop.
         self.gateway = GatewayWatch(self.config)
+        self._clock_said_at: float | None = None
         self.probe_watcher = SourceWatcher(self.wake)
         self.degraded: str | None = None
         self.status_now = ""
@@ -143,7 +148,11 @@ class Daemon:
                 if self._wake_r in ready:
                     self._drain_pipe()
                 clock_set = clock.acknowledge()
-                if clock_set:
+                # A clock stepped ten times a second must not make ten journal lines and ten
+                # expiry checks a second: said at most once a minute. Every step still makes a
+                # sync, coalesced by the settle window like any burst.
+                clock_news = clock_set and self._clock_step_news(time.monotonic())
+                if clock_news:
                     # NTP stepped the clock: roots refused as not yet valid (or expired)
                     # are judged again now, and the expiry warnings follow the new time.
                     events.emit(
@@ -166,7 +175,7 @@ class Daemon:
                     self._publish()
                 changed = changed or clock_set
                 now = time.monotonic()
-                if clock_set:
+                if clock_news:
                     next_expiry = now
                 if rewatch:
                     self._start_watching()
@@ -354,6 +363,13 @@ class Daemon:
         )
         gateway = self.gateway.status(now)
         return f"{line} · {gateway}" if gateway else line
+
+    def _clock_step_news(self, now: float) -> bool:
+        """Whether a clock step is worth acting on: the first, then one a minute at most."""
+        if self._clock_said_at is not None and now - self._clock_said_at < CLOCK_STEP_QUIET:
+            return False
+        self._clock_said_at = now
+        return True
 
     def _refresh_status(self) -> None:
         """STATUS= again when only its clock-bound words changed (a probe's age)."""
