@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 from collections.abc import Iterator
 
 import pytest
@@ -82,6 +83,20 @@ def test_cp_then_mv_installs_and_deletion_uninstalls(tree: Tree, start) -> None:
     daemon.wait_synced(mark, status="0 CAs trusted")
     assert sha(root) not in trusted(tree)
     assert "removed root CA" in daemon.log()
+
+
+def test_a_file_installed_with_its_mode_is_trusted_at_once(tree: Tree, start) -> None:  # type: ignore[no-untyped-def]
+    """`install -m 0644 SRC DROP/` writes, closes, then chmods within one clock tick: the
+    chmod must not make the complete file look "still being written" (held for 120 s)."""
+    daemon = start()
+    root = CA.root("Installed With Mode")
+    source = tree.root / "root-source.pem"
+    source.write_bytes(root.cert_pem)
+    mark = daemon.mark()
+    subprocess.run(["install", "-m", "0644", str(source), str(tree.drop / "root.pem")], check=True)
+    # Well under BUSY_MAX_AGE (120 s): a held file would run this wait out.
+    daemon.wait_synced(mark, status="1 CA trusted", timeout=60)
+    assert sha(root) in trusted(tree)
 
 
 def test_half_written_file_is_not_installed_until_closed(tree: Tree, start) -> None:  # type: ignore[no-untyped-def]

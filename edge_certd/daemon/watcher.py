@@ -62,6 +62,10 @@ class _Watch:
     identity: _Identity  # the directory the watch was put on
 
 
+# How many recently closed files keep their (size, mtime) for telling a chmod from a write.
+MAX_CLOSED = 4096
+
+
 class SourceWatcher(FileSystemEventHandler):
     """Watches source directories; tells complete files from files still being written.
 
@@ -77,6 +81,10 @@ class SourceWatcher(FileSystemEventHandler):
         self._lock = threading.Lock()  # the flags, the busy files and the notes
         self._dirs: frozenset[str] = frozenset()
         self._busy: dict[str, float] = {}
+        # Each file's (size, mtime) when it was last closed: a modify event that changes neither
+        # is a chmod or chown after the close (`install -m 0644` writes, closes, then chmods, in
+        # the same clock tick, so ctime and mtime can be equal) and must not make it busy.
+        self._closed: dict[str, tuple[int, int]] = {}
         self._created: dict[str, float] = {}
         self._settling: set[str] = set()  # changed in a polled directory; complete when unchanged
         self._stale: set[str] = set()  # watched directories deleted or renamed: watch afresh
@@ -360,7 +368,7 @@ class SourceWatcher(FileSystemEventHandler):
         if isinstance(event, FileModifiedEvent):
             if is_temporary_name(os.path.basename(src)):
                 return
-            if _attributes_only(src):
+            if _attributes_only(src) or self._unchanged_since_close(src):
                 # A chmod or chown (our own 0600 on a leaked key among them) writes nothing:
                 # the file is complete, so it is judged again, never held as "being written".
                 self._mark(changed=True)
@@ -378,6 +386,13 @@ class SourceWatcher(FileSystemEventHandler):
                 self._mark(changed=True)
             return
         if isinstance(event, FileClosedEvent):
+            stamp = _data_stamp(src)
+            with self._lock:
+                if stamp is not None:
+                    self._closed.pop(src, None)
+                    self._closed[src] = stamp
+                    if len(self._closed) > MAX_CLOSED:  # the oldest close is the least useful
+                        del self._closed[next(iter(self._closed))]
             self._finish(src)
         elif isinstance(event, FileMovedEvent):
             self._finish(src)
@@ -386,10 +401,17 @@ class SourceWatcher(FileSystemEventHandler):
         elif isinstance(event, (FileDeletedEvent, FileCreatedEvent)):
             self._finish(src)
 
+    def _unchanged_since_close(self, path: str) -> bool:
+        stamp = _data_stamp(path)
+        with self._lock:
+            return stamp is not None and self._closed.get(path) == stamp
+
     def _finish(self, path: str) -> None:
         with self._lock:
             self._busy.pop(path, None)
             self._created.pop(path, None)
+            if not os.path.lexists(path):
+                self._closed.pop(path, None)
         if not is_temporary_name(os.path.basename(path)):
             self._mark(changed=True)
 
@@ -446,6 +468,15 @@ def _attributes_only(path: str) -> bool:
     except OSError:
         return False
     return info.st_ctime_ns > info.st_mtime_ns
+
+
+def _data_stamp(path: str) -> tuple[int, int] | None:
+    """A regular file's (size, mtime): what a write changes and a chmod does not."""
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return None
+    return (info.st_size, info.st_mtime_ns) if stat.S_ISREG(info.st_mode) else None
 
 
 def _size(path: str) -> int | None:
