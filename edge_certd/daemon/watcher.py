@@ -9,11 +9,17 @@ No watch is lost for longer than a second or so:
   parent of a missing source) is watched without a gap; a directory renamed into place
   while the loop re-watches is an event there, so the loop re-watches again. The loop
   syncs after every re-watch, which reads what changed before a new watch was in place.
+- Before watchdog 7 each watch has an inotify descriptor of its own, which its emitter
+  closes when stopped. A deleted directory stops its emitter from watchdog's thread while
+  the loop's re-watch stops it too; watchdog 2.2 then closed that descriptor number twice,
+  and the second close hit whatever the loop had opened under the number meanwhile: a
+  file it was reading, then (closed by its owner) the new watch's descriptor, whose
+  thread went on living with no events for good. `_SerialStopEmitter` makes the two
+  stops one.
 - A monitor thread looks once a second at what inotify does not say: a watch whose thread
-  ended (watchdog 2.2 closes an inotify descriptor number twice, and a thread reading a
-  descriptor closed under it dies), a directory replaced under its name (a watch follows
-  the inode, not the name), a missing directory that appeared. It asks the loop to
-  re-watch; a lost watch is said in the journal once.
+  ended, a directory replaced under its name (a watch follows the inode, not the name),
+  a missing directory that appeared. It asks the loop to re-watch; a lost watch is said in
+  the journal once.
 - A directory inotify refuses (fs.inotify.max_user_watches or max_user_instances reached)
   is polled every second instead, and said so once.
 """
@@ -28,6 +34,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from watchdog.events import (
     DirCreatedEvent,
@@ -43,6 +50,8 @@ from watchdog.events import (
 )
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver, ObservedWatch
+from watchdog.observers.inotify import InotifyEmitter
+from watchdog.version import VERSION_MAJOR
 
 from edge_certd.store.sources import is_temporary_name
 from edge_certd.sync import journal as events
@@ -54,6 +63,28 @@ _DIR_EVENTS = (DirCreatedEvent, DirDeletedEvent, DirMovedEvent)
 
 _Identity = tuple[int, int] | None  # (st_dev, st_ino) of a directory; None: no directory there
 _Listing = dict[str, tuple[bool, int, int, int]]  # name: (is a directory, inode, size, mtime)
+
+
+class _SerialStopEmitter(InotifyEmitter):
+    """watchdog's inotify emitter, stopped once however many threads stop it at a time.
+
+    Its stop closes the descriptor and forgets it, unlocked: two stops at once (its own on
+    IN_DELETE_SELF, the loop's unschedule) both close the number (watchdog 2.2).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._stop_lock = threading.Lock()
+
+    def on_thread_stop(self) -> None:
+        with self._stop_lock:  # the second stop finds the descriptor forgotten
+            super().on_thread_stop()
+
+
+def _new_observer() -> BaseObserver:
+    if VERSION_MAJOR >= 7:
+        return Observer()  # one descriptor for all watches, which an emitter never closes
+    return BaseObserver(_SerialStopEmitter)  # before 7, InotifyObserver is this with InotifyEmitter
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -195,7 +226,7 @@ class SourceWatcher(FileSystemEventHandler):
         current = self._observer
         if current is not None and current.is_alive():
             return current, None
-        observer = Observer()
+        observer = _new_observer()
         observer.daemon = True
         observer.start()
         self._observer = observer
