@@ -106,6 +106,20 @@ class CatchChild:
         return judgement
 
 
+def _applied_limits(child: int, timeout: float = 60.0) -> dict[str, list[str]]:
+    """The child's /proc/<pid>/limits once it has applied them all: it is caught right after
+    the fork, and sets RLIMIT_CPU, RLIMIT_AS, RLIMIT_FSIZE, then RLIMIT_CORE, in that order."""
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = {
+            line[:26].strip(): line[26:].split()
+            for line in Path(f"/proc/{child}/limits").read_text().splitlines()[1:]
+        }
+        if rows["Max core file size"][:2] == ["0", "0"] or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.01)
+
+
 @pytest.fixture
 def worker() -> JudgeWorker:
     judge = JudgeWorker(socket_path="")  # the judge as a child process, as outside systemd
@@ -144,11 +158,7 @@ def test_new_limits_in_a_request_reach_the_running_judge(worker: JudgeWorker) ->
     assert tight.outcome is Outcome.LIMIT and worker.spawned == 1
     # And the live child runs under exactly those limits, hard ones.
     catch = CatchChild(worker, COSTLY, context(cpu=7, memory_mb=300, passwords=MANY_PASSWORDS))
-    child = catch.child()
-    rows = {
-        line[:26].strip(): line[26:].split()
-        for line in Path(f"/proc/{child}/limits").read_text().splitlines()[1:]
-    }
+    rows = _applied_limits(catch.child())
     catch.judgement()
     assert rows["Max cpu time"][:2] == ["7", "8"]
     soft, hard = rows["Max address space"][:2]

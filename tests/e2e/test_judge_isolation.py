@@ -102,11 +102,16 @@ def test_the_live_judge_and_its_child_hold_nothing(box: Container) -> None:
         main[:], child[:] = [pid], [kids[0]]
         return True
 
-    _wait(caught, 120, "a judge child at work")
+    def limited() -> bool:
+        # Caught right after its fork, a child may not have set its limits yet: look again.
+        if not caught():
+            return False
+        limits = box.run(["cat", f"/proc/{child[0]}/limits"], check=False).stdout
+        return bool(re.search(r"Max cpu time\s+5\s+6\s", limits))
+
+    _wait(limited, 120, "a judge child at work, under its limits")
     _assert_isolated(_status(box, main[0]), "judge service")
     _assert_isolated(_status(box, child[0]), "judge child")
-    limits = box.run(["cat", f"/proc/{child[0]}/limits"]).stdout
-    assert re.search(r"Max cpu time\s+5\s+6\s", limits), limits
     # The daemon itself keeps its three capabilities; the judge has none of them.
     daemon = box.run(["systemctl", "show", "-P", "MainPID", "edge-certd"]).stdout.strip()
     assert int(_status(box, daemon)["CapBnd"], 16) != 0
