@@ -71,14 +71,16 @@ class JudgeWorker:
 
     Args:
         socket_path: the judge's socket; "" runs the judge as a child process. By default
-            EDGE_CERTD_JUDGE_SOCKET, else DEFAULT_SOCKET when it exists.
+            EDGE_CERTD_JUDGE_SOCKET, else DEFAULT_SOCKET when it exists and this is root.
         poll: called a few times a second while waiting; may raise to give up.
     """
 
     def __init__(self, *, socket_path: str | None = None, poll: Callable[[], None] | None = None) -> None:
         if socket_path is None:
             socket_path = os.environ.get(SOCKET_ENV)
-            if socket_path is None and os.path.exists(DEFAULT_SOCKET):
+            # The installed judge's socket is root's alone (0600): anyone else, a technician's
+            # scratch tree in the autopkgtest among them, judges in a child of their own.
+            if socket_path is None and os.geteuid() == 0 and os.path.exists(DEFAULT_SOCKET):
                 socket_path = DEFAULT_SOCKET
         self.socket_path = socket_path or None
         self.poll = poll

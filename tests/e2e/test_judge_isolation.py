@@ -71,7 +71,7 @@ def _assert_isolated(status: dict[str, str], who: str) -> None:
 
 def _sealed_pfx(mac_iterations: int) -> bytes:
     """A PFX no password opens whose MAC asks for `mac_iterations` (at most the ceiling)."""
-    import derbuild as d  # tests/derbuild.py
+    from support import derbuild as d
 
     data_oid = d.oid("1.2.840.113549.1.7.1")
     safe = d.seq(data_oid, d.explicit(0, d.octets(d.seq())))

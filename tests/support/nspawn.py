@@ -246,7 +246,7 @@ class Container:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    def boot(self, before_boot: Callable[[Path], None] | None = None, timeout: float = 120.0) -> None:
+    def boot(self, before_boot: Callable[[Path], None] | None = None, timeout: float = 300.0) -> None:
         """Mount the overlay, let before_boot(merged) edit the run's files, then boot."""
         for name in ("upper", "work", "merged"):
             (self.workdir / name).mkdir(parents=True, exist_ok=True)
