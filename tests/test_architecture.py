@@ -411,3 +411,11 @@ def test_a_cycle_between_rooms_is_caught_and_a_lazy_import_is_not_one(tmp_path: 
     assert find_cycle(package) is None
     (package / "sync/b.py").write_text("from edge_certd.sync import a\n")
     assert find_cycle(package) == ["edge_certd.sync.a", "edge_certd.sync.b", "edge_certd.sync.a"]
+
+
+def test_every_test_file_has_a_name_of_its_own() -> None:
+    """`python3 -m pytest tests` imports test files by basename (no packages under tests/):
+    two files of one name make the whole collection fail."""
+    tests = Path(__file__).resolve().parent
+    names = [p.name for p in tests.rglob("test_*.py")]
+    assert sorted(n for n in set(names) if names.count(n) > 1) == []
