@@ -194,7 +194,11 @@ def _add_package_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return _dispatch(args)
+        code = _dispatch(args)
+        # Flush here, not at exit: a reader gone before the first write (`| head -0`) must land
+        # in the BrokenPipeError branch below, not in the interpreter's "Exception ignored".
+        sys.stdout.flush()
+        return code
     except ConfigError as exc:
         if args.command == "doctor":  # doctor's first check, in its own format
             message = f"{exc.path} is invalid ({len(exc.problems)} problems)"
