@@ -199,6 +199,21 @@ def test_ca_series_are_bounded_soonest_first() -> None:
     assert found["edge_certd_trusted_cas"].samples[0].value == 5
 
 
+def test_the_fleet_view_names_each_root_by_fingerprint_alone_latest_to_expire_first() -> None:
+    cas = [_ca(f"{i:064x}", f"CN=r{i}", WHEN + dt.timedelta(days=i)) for i in range(5)]
+    result = SyncResult(time=WHEN, managed={ca.sha256: ca for ca in cas})
+    found = {f.name: f for f in families(result, DaemonState(), update_runs=0, max_ca_series=2)}
+    kept = found["edge_certd_ca_trusted"].samples
+    # The new root of a rotation expires last: under the cap it is the one kept.
+    assert [s.labels for s in kept] == [{"sha256": f"{3:064x}"}, {"sha256": f"{4:064x}"}]
+    assert {s.value for s in kept} == {1.0}
+
+
+def test_no_root_is_claimed_trusted_before_the_first_sync() -> None:
+    found = {f.name: f for f in families(None, DaemonState(), update_runs=0, max_ca_series=100)}
+    assert found["edge_certd_ca_trusted"].samples == []
+
+
 def test_a_file_counts_once_per_reason_however_many_certificates_it_refused() -> None:
     def rejection(source: str, code: Reason) -> Rejection:
         return Rejection(source=source, code=code, message="m")

@@ -11,7 +11,8 @@ daemon.json, so it does not clear a degraded daemon's flag.
 Names follow node_exporter's textfile conventions: `edge_certd_<what>_<unit>`, gauges for
 states, `_total` for the one counter, `_timestamp_seconds` for times. Cardinality is bounded
 by construction: the only labels are a CA's fingerprint and subject (at most
-`metrics.max_ca_series` CAs, soonest to expire first), a `Reason` code (a closed set) and the
+`metrics.max_ca_series` CAs, soonest to expire first; the fingerprint alone for the latest to
+expire, as many), a `Reason` code (a closed set) and the
 version. No label ever names a file.
 
 The file is replaced atomically (a temp file whose name node_exporter ignores, then a rename),
@@ -140,6 +141,18 @@ def families(
     )
     for ca in cas:
         not_after.add_metric([ca.sha256, label_value(ca.subject)], ca.not_after.timestamp())
+    # The fleet's readiness view (docs/ROTATION.md): which roots each device trusts. No subject,
+    # so it stays one short series per root at 10,000 devices; under the cap the latest to
+    # expire win, because a rotation's new root is the one the fleet is waiting for.
+    newest = sorted(managed, key=lambda c: (c.not_after, c.sha256), reverse=True)[:max_ca_series]
+    trusted = GaugeMetricFamily(
+        "edge_certd_ca_trusted",
+        f"1 for each CA edge-certd manages and the system store trusts (the latest to expire first, "
+        f"at most {max_ca_series}).",
+        labels=["sha256"],
+    )
+    for ca in sorted(newest, key=lambda c: c.sha256):
+        trusted.add_metric([ca.sha256], 1.0)
     reasons = GaugeMetricFamily(
         "edge_certd_rejected_files_by_reason",
         "Source files the last sync refused, by reason code (a file may count under several).",
@@ -151,6 +164,7 @@ def families(
         info,
         _gauge("edge_certd_trusted_cas", "CAs edge-certd manages and the system store trusts.", len(managed)),
         not_after,
+        trusted,
         _gauge(
             "edge_certd_ca_series_omitted",
             "Managed CAs left out of edge_certd_ca_not_after_timestamp_seconds by metrics.max_ca_series.",
