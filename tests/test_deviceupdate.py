@@ -149,16 +149,29 @@ def test_the_schema_refuses_what_device_update_would_refuse() -> None:
         import_validator().validate(bad)
 
 
-@pytest.mark.parametrize(
-    "version", ["3", "1:3.0-2", "3.0-2", "3.0~rc1", "3.0+gw", "1.2.3.4.5", "01.2", "3.01", "2147483648.0"]
-)
+REFUSED_VERSIONS = [
+    ("3", "one part only. build it as 3.0 (dpkg orders 3.0 after 3)"),
+    ("1:3.0-2", "an epoch"),
+    ("3.0-2", "a Debian revision"),
+    ("3.0~rc1", "more than digits and dots"),
+    ("3.0+gw", "more than digits and dots"),
+    ("1.2.3.4.5", "it has 5 parts"),
+    ("01.2", "leading zero"),
+    ("3.01", "leading zero"),
+    ("2147483648.0", "above 2147483647"),
+    ("9" * 5000 + ".0", "above 2147483647"),  # beyond int()'s default digit limit: no traceback
+]
+
+
+@pytest.mark.parametrize(("version", "why"), REFUSED_VERSIONS, ids=[v[:12] for v, _ in REFUSED_VERSIONS])
 def test_a_version_device_update_cannot_hold_exactly_is_refused_and_nothing_is_built(
-    tree: Tree, tmp_path: Path, version: str
+    tree: Tree, tmp_path: Path, version: str, why: str
 ) -> None:
     r = _package(tree, tmp_path, version, "--du-import", *TARGET)
     assert r.returncode == 2, r.stderr
-    assert f"--version {version!r} can't be used with Device Update" in r.stderr
-    assert "2 to 4" in r.stderr and "Traceback" not in r.stderr
+    assert f"--version '{version[:60]}" in r.stderr and "can't be used with Device Update" in r.stderr
+    assert "2 to 4" in r.stderr and why in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr) < 1000  # the value is cut in the message
     out = tmp_path / "out"
     assert not out.exists() or not list(out.iterdir())
 
@@ -190,6 +203,7 @@ def test_du_import_says_which_of_provider_manufacturer_and_model_is_missing(
         ("Contoso Ltd", "Contoso", "Gateway"),  # a space: not in updateId.provider's pattern
         ("C" * 65, "Contoso", "Gateway"),
         ("Contoso", "Contoso\nInc", "Gateway"),  # a control character
+        ("Contoso", "Contoso", "\x1b[2J" * 100),  # a terminal escape, and too long
         ("Contoso", "Contoso", "G" * 65),
         ("Contoso", " Contoso", "Gateway"),
         ("Contoso", "Contoso", ""),
@@ -198,8 +212,10 @@ def test_du_import_says_which_of_provider_manufacturer_and_model_is_missing(
 def test_values_device_update_would_refuse_at_import_are_refused(
     provider: str, manufacturer: str, model: str
 ) -> None:
-    with pytest.raises(UsageError, match="can't be"):
+    with pytest.raises(UsageError, match="can't be") as refused:
         du.check_target(provider, manufacturer, model)
+    message = str(refused.value)
+    assert message.isprintable() and len(message) < 400  # escaped and cut: one clean line
 
 
 def test_du_manifest_on_stdout_still_prints_the_apt_manifest_alone_beside_du_import(

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from edge_certd.core.errors import UsageError, WriteError
-from edge_certd.core.text import iso
+from edge_certd.core.text import iso, printable
 from edge_certd.package.plan import RootsPackage, du_manifest
 from edge_certd.store.fsutil import fsync_directory, write_atomic
 
@@ -53,7 +53,6 @@ _IDENTIFIER = re.compile(r"[A-Za-z0-9.-]{1,64}")
 # updateId.version: "Two to four part dot separated numerical version numbers. Each part must
 # be a number between 0 and 2147483647 and leading zeroes will be dropped." No leading zero
 # here: Device Update would drop it, and the two versions would no longer read the same.
-_UPDATE_VERSION = re.compile(r"(?:0|[1-9][0-9]*)(?:\.(?:0|[1-9][0-9]*)){1,3}")
 _PART_MAX = 2147483647
 _COMPATIBILITY_MAX = 64  # a compatibility value: 1 to 64 characters
 _DESCRIBED_ROOTS = 8  # the description (at most 512 characters) names this many fingerprints
@@ -82,13 +81,13 @@ def check_target(provider: str | None, manufacturer: str | None, model: str | No
         )
     if not _IDENTIFIER.fullmatch(provider):
         raise UsageError(
-            f"--du-provider {provider!r} can't be Device Update's updateId.provider: 1 to 64 "
+            f"--du-provider {_shown(provider)} can't be Device Update's updateId.provider: 1 to 64 "
             "letters, digits, '.' and '-' (e.g. Contoso)"
         )
     for flag, value in (("--du-manufacturer", manufacturer), ("--du-model", model)):
         if not 1 <= len(value) <= _COMPATIBILITY_MAX or not value.isprintable() or value != value.strip():
             raise UsageError(
-                f"{flag} {value!r} can't be a Device Update compatibility value: 1 to "
+                f"{flag} {_shown(value)} can't be a Device Update compatibility value: 1 to "
                 f"{_COMPATIBILITY_MAX} printable characters, no space at either end, exactly as the "
                 "devices' du-config.json says it"
             )
@@ -108,25 +107,50 @@ def update_version(package: RootsPackage) -> str:
     """
     if not _IDENTIFIER.fullmatch(package.name):
         raise UsageError(
-            f"--name {package.name!r} can't be Device Update's updateId.name, which is 1 to 64 "
+            f"--name {_shown(package.name)} can't be Device Update's updateId.name, which is 1 to 64 "
             "letters, digits, '.' and '-' ('+' is not allowed): name the package without '+' "
             "(e.g. contoso-gateway-roots)"
         )
     version = package.version
-    if _UPDATE_VERSION.fullmatch(version) and all(int(part) <= _PART_MAX for part in version.split(".")):
+    why = _why_not_update_version(version)
+    if why is None:
         return version
-    if ":" in version or "-" in version:
-        why = "an epoch ('N:') or a Debian revision ('-N') has no place in it"
-    elif "." not in version:
-        why = "it has one part only"
-    else:
-        why = "it has letters, a leading zero, more than four parts or a part above 2147483647"
-    raise UsageError(
-        f"--version {version!r} can't be used with Device Update: its update version is 2 to 4 "
-        f"dot-separated numbers (e.g. 3.0 or 2026.12.1), and {why}. Build the roots package with "
-        "such a version (dpkg orders 3.0 after 3, so an upgrade stays an upgrade), or leave out "
-        "--du-import"
+    advice = (
+        f"build it as {version}.0 (dpkg orders {version}.0 after {version})"
+        if version.isdigit() and len(version) <= 10
+        else ""
     )
+    raise UsageError(
+        f"--version {_shown(version)} can't be used with Device Update: its update version is 2 to 4 "
+        f"dot-separated numbers (e.g. 3.0 or 2026.12.1), and {why}. "
+        + (advice or "Build the roots package with such a version")
+        + ", or leave out --du-import"
+    )
+
+
+def _shown(value: str) -> str:
+    """A value from the command line, quoted, escaped and cut for a one-line message."""
+    return f"'{printable(value, 64)}'"
+
+
+def _why_not_update_version(version: str) -> str | None:
+    """Why `version` is not exactly a Device Update version, or None when it is one."""
+    parts = version.split(".")
+    if ":" in version or "-" in version:
+        return "an epoch ('N:') or a Debian revision ('-N') has no place in it"
+    if not all(part.isascii() and part.isdigit() for part in parts):
+        return "it holds more than digits and dots"
+    if len(parts) == 1:
+        return "it has one part only"
+    if len(parts) > 4:
+        return f"it has {len(parts)} parts"
+    if any(len(part) > 1 and part.startswith("0") for part in parts):
+        return "a part has a leading zero, which Device Update would drop"
+    # Ten digits at most before int(): a longer part is too large anyway, and int() of a
+    # very long string is refused (sys.int_info.default_max_str_digits).
+    if any(len(part) > len(str(_PART_MAX)) or int(part) > _PART_MAX for part in parts):
+        return f"a part is above {_PART_MAX}"
+    return None
 
 
 def installed_criteria(package: RootsPackage) -> str:
