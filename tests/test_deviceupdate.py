@@ -194,7 +194,7 @@ def test_du_import_says_which_of_provider_manufacturer_and_model_is_missing(
     assert "--du-import needs --du-manufacturer, --du-model" in r.stderr
     assert not (tmp_path / "out").exists()
     r = _package(tree, tmp_path, "3.0", *TARGET)
-    assert r.returncode == 2 and "go with --du-import" in r.stderr
+    assert r.returncode == 2 and "go with --du-import or --du-manifest" in r.stderr
 
 
 @pytest.mark.parametrize(
@@ -226,6 +226,21 @@ def test_du_manifest_on_stdout_still_prints_the_apt_manifest_alone_beside_du_imp
     printed = json.loads(r.stdout)  # stdout is the manifest alone; the paths went to stderr
     assert printed == json.loads((tmp_path / "out" / f"{NAME}_3.0.apt-manifest.json").read_text())
     assert "importmanifest.json" in r.stderr
+
+
+def test_du_manifest_with_the_import_options_writes_the_import_manifest_too(
+    tree: Tree, tmp_path: Path
+) -> None:
+    r = _package(tree, tmp_path, "3.0", "--du-manifest", *TARGET)
+    assert r.returncode == 0, r.stderr
+    out = tmp_path / "out"
+    assert json.loads(r.stdout) == json.loads((out / f"{NAME}_3.0.apt-manifest.json").read_text())
+    imported = json.loads((out / f"{NAME}_3.0.importmanifest.json").read_text())
+    assert imported["manifestVersion"] == "5.0" and imported["updateId"]["version"] == "3.0"
+    # The same version rule as --du-import: a version Device Update can't hold builds nothing.
+    (tmp_path / "other").mkdir()
+    refused = _package(tree, tmp_path / "other", "3", "--du-manifest", *TARGET)
+    assert refused.returncode == 2 and not (tmp_path / "other" / "out").exists(), refused.stderr
 
 
 def test_the_same_inputs_and_source_date_epoch_give_the_same_manifests(tree: Tree, tmp_path: Path) -> None:

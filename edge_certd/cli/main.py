@@ -188,7 +188,8 @@ def _add_package_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     p.add_argument(
         "--du-manifest",
         action="store_true",
-        help="print the Device Update for IoT Hub apt manifest (JSON) that installs this version",
+        help="print the Device Update for IoT Hub apt manifest (JSON) that installs this version; "
+        "with --du-provider, --du-manufacturer and --du-model also write both files as --du-import does",
     )
     p.add_argument(
         "--du-import",
@@ -197,11 +198,17 @@ def _add_package_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]
         "(Device Update import manifest v5) into the output directory; VERSION must be 2 to 4 "
         "dot-separated numbers",
     )
-    p.add_argument("--du-provider", metavar="PROVIDER", help="with --du-import: the update's provider")
     p.add_argument(
-        "--du-manufacturer", metavar="MANUFACTURER", help="with --du-import: the devices' manufacturer"
+        "--du-provider", metavar="PROVIDER", help="with --du-import or --du-manifest: the update's provider"
     )
-    p.add_argument("--du-model", metavar="MODEL", help="with --du-import: the devices' model")
+    p.add_argument(
+        "--du-manufacturer",
+        metavar="MANUFACTURER",
+        help="with --du-import or --du-manifest: the devices' manufacturer",
+    )
+    p.add_argument(
+        "--du-model", metavar="MODEL", help="with --du-import or --du-manifest: the devices' model"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -424,11 +431,15 @@ def _package(config: Config, args: argparse.Namespace) -> int:
 
     planned = package.plan_package(config, args.files, args.name, args.package_version)
     du_target = None
-    if args.du_import:  # refused before anything is built
+    # --du-manifest with the import's three options is the whole Device Update import: both files.
+    du_options = args.du_provider or args.du_manufacturer or args.du_model
+    if args.du_import or (args.du_manifest and du_options):  # refused before anything is built
         du_target = deviceupdate.check_target(args.du_provider, args.du_manufacturer, args.du_model)
         deviceupdate.update_version(planned)
-    elif args.du_provider or args.du_manufacturer or args.du_model:
-        raise UsageError("--du-provider, --du-manufacturer and --du-model go with --du-import")
+    elif du_options:
+        raise UsageError(
+            "--du-provider, --du-manufacturer and --du-model go with --du-import or --du-manifest"
+        )
     built = deb.build_deb(planned, args.output, args.maintainer or deb.DEFAULT_MAINTAINER)
     lines = [f"{built}: {len(planned.roots)} root CA(s) for {planned.directory}/"]
     if du_target is not None:
