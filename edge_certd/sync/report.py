@@ -61,6 +61,7 @@ def status(config: Config) -> dict[str, Any]:
         "source_errors": doc.get("source_errors", []),
         "target_failures": doc.get("target_failures", []),
         "notes": doc.get("notes", []),
+        "held_for_gateway": doc.get("held_for_gateway", []),
         "expiring": expiring(config),
         "daemon": load_report(paths.daemon) or None,
         "bundles": doc.get("bundles") or {"env_file": config.bundles.env_file},
