@@ -147,7 +147,9 @@ class Daemon:
                     deadlines.append(self.retry_at)
                 hold_end, hold_at = self._hold_deadline()
                 if hold_at is not None:
-                    deadlines.append(hold_at)
+                    # At most a day at a time: poll() takes no timeout past 24.8 days, and the
+                    # end is computed again from the wall clock at each wake.
+                    deadlines.append(min(hold_at, now + 86400.0))
                 timeout = max(0.0, min(deadlines) - time.monotonic())
                 ready = {key.fd for key, _ in selector.select(timeout)}
                 if self._wake_r in ready:

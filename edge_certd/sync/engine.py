@@ -352,7 +352,7 @@ class Engine:
             judge_unavailable=tuple(judged.unavailable),
             held_for_gateway=held_for_gateway,
         )
-        holds.log_decision(decision)
+        holds.log_decision(decision, grace_kept)
         journal_events.log_sync(result, self.paths)
         if result.trust_changed:
             run_on_change(self.config.on_change)

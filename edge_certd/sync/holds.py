@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from edge_certd.config import Config
@@ -73,9 +73,10 @@ def save_records(config: Config, records: Sequence[HoldRecord]) -> None:
     write_atomic(path, (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode(), mode=0o644)
 
 
-def log_decision(decision: HoldDecision) -> None:
-    """One journal line when a hold begins and one when it ends; a running hold says nothing."""
-    for hold in decision.started:
+def log_decision(decision: HoldDecision, kept: Collection[str]) -> None:
+    """One journal line when a hold begins and one when it ends; a running hold says nothing.
+    `kept`: the holds the sync could read back from ca_dir, so actually kept."""
+    for hold in (h for h in decision.started if h.sha256 in kept):
         events.emit(
             "ca_held_for_gateway",
             started_message(hold),
