@@ -8,6 +8,7 @@ never survives the gateway moving, and never delays an operator's `edge-certd re
 from __future__ import annotations
 
 import datetime as dt
+import json
 
 from edge_certd.core.gateway import GatewayState, PresentedCert, Probe, StoreVerdict
 from edge_certd.core.hold import (
@@ -216,3 +217,54 @@ def test_the_status_fragment_names_the_count_and_the_soonest_end() -> None:
     assert status_fragment(decision.keep) == "holding 1 root the gateway still uses, until 2026-12-12"
     assert next_end(decision.keep) == NOW + dt.timedelta(days=7)
     assert next_end(()) is None
+
+
+# --------------------------------------------------------------------------- the files, read as hostile
+
+
+def test_holds_round_trip_and_a_holds_file_edge_certd_did_not_write_is_no_holds(tree) -> None:  # type: ignore[no-untyped-def]
+    from edge_certd.sync import holds
+
+    config = tree.load()
+    path = tree.state / holds.HOLDS_NAME
+    tree.state.mkdir(parents=True, exist_ok=True)
+    holds.save_records(config, [record()])
+    assert holds.load_records(config) == {ROOT_A: record()}
+    good = path.read_text()
+    bad = [
+        b"\x00\xff not json",
+        b"[]",
+        b'{"version": 2, "holds": []}',
+        good.replace(ROOT_A, "A" * 64).encode(),  # not lower-case hex
+        good.replace("Z", "").encode(),  # a time without a zone
+        b'{"version": 1, "holds": ' + b"[" * 30_000 + b"]" * 30_000 + b"}",  # deep
+        b'{"version": 1, "holds": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",  # and too big
+    ]
+    for data in bad:
+        path.write_bytes(data)
+        assert holds.load_records(config) == {}, data[:40]
+    path.unlink()
+    path.symlink_to(tree.root / "elsewhere.json")
+    (tree.root / "elsewhere.json").write_text(good)
+    assert holds.load_records(config) == {}  # a link is not followed
+    path.unlink()
+    holds.save_records(config, [])
+    assert not path.exists()
+
+
+def test_a_probe_result_the_probe_would_not_write_begins_no_hold(tree) -> None:  # type: ignore[no-untyped-def]
+    from edge_certd.core.gateway import result_to_json
+    from edge_certd.sync import holds
+
+    result = tree.root / "probe/result.json"
+    result.parent.mkdir()
+    tree.write_config(gateway__host="gw.local:8883", gateway__result_file=str(result))
+    config = tree.load()
+    result.write_text(json.dumps(result_to_json([probe(ROOT_A)], NOW)))
+    assert [p.anchor for p in holds.last_probes(config)] == [ROOT_A]
+    for data in (b"{" * 50_000, b'{"schema_version": 1, "gateways": [{"gateway": 1}]}', b"\xff" * 300_000):
+        result.write_bytes(data)
+        assert holds.last_probes(config) == (), data[:40]
+    tree.write_config(gateway__host=None)
+    result.write_text(json.dumps(result_to_json([probe(ROOT_A)], NOW)))
+    assert holds.last_probes(tree.load()) == ()  # no gateway configured: no watch, no hold

@@ -22,6 +22,7 @@ from support.certs import CA
 from support.daemonrun import RunningDaemon
 from support.loopback import LoopbackServer
 from support.tree import Tree, make_tree, require_tool
+from test_schemas import validate
 
 from edge_certd.core.gateway import GatewayState, result_from_json
 
@@ -126,10 +127,13 @@ def test_a_dropped_root_the_gateway_anchors_at_is_held_then_removed_once_the_gat
         metric = next(x for x in prom(device).splitlines() if x.startswith(held_line(SHA_A)))
         assert abs(float(metric.split()[-1]) - until.timestamp()) < 600
         status = json.loads(device.cli("status", "--json").stdout)
+        validate("status", status)  # against the strict copy of its schema
         (hold,) = status["held_for_gateway"]
         assert hold["sha256"] == SHA_A and hold["gateway"] == f"localhost:{gateway.server.port}"
         text = device.cli("status").stdout
         assert f"held for gateway localhost:{gateway.server.port}: {SHA_A[:16]}" in text
+        doctor = device.cli("doctor").stdout
+        assert "[warn] roots held for the gateway: " in doctor and SHA_A[:16] in doctor, doctor
 
         # The same probe again, and a rescan: still held, said once.
         mark = daemon.mark()
@@ -151,6 +155,7 @@ def test_a_dropped_root_the_gateway_anchors_at_is_held_then_removed_once_the_gat
         assert held_line(SHA_A) not in prom(device)
         assert json.loads(device.cli("status", "--json").stdout)["held_for_gateway"] == []
         assert not (device.state / "gateway-holds.json").exists()
+        assert "roots held for the gateway" not in device.cli("doctor").stdout
 
 
 def test_a_hold_keeps_its_start_across_a_restart_and_ends_when_the_period_does(

@@ -51,7 +51,10 @@ def load_records(config: Config) -> dict[str, HoldRecord]:
     """The running holds; {} when there are none or the file is not one edge-certd wrote (a
     lost record ends its hold at this sync: the safe side, since a hold only keeps trust)."""
     try:
-        doc = json.loads(read_bounded(holds_path(config), MAX_HOLDS_BYTES))
+        data = read_bounded(holds_path(config), MAX_HOLDS_BYTES)
+        if json_nests_deeper(data, 8):
+            return {}
+        doc = json.loads(data)
         if not isinstance(doc, dict) or doc.get("version") != HOLDS_VERSION:
             return {}
         records = [_record_from_json(item) for item in doc["holds"][:MAX_HOLDS]]
