@@ -138,7 +138,9 @@ def test_a_dropped_root_the_gateway_anchors_at_is_held_then_removed_once_the_gat
         # The same probe again, and a rescan: still held, said once.
         mark = daemon.mark()
         probe(device, SHA_A)
-        device.cli("sync")
+        synced = device.cli("sync")
+        (kept,) = [x for x in synced.stdout.splitlines() if x.startswith("  kept CN=Contoso Root A")]
+        assert f"(sha256 {SHA_A[:16]}…): its source is gone" in kept and "still anchors at it" in kept
         daemon.wait_synced(mark, status="holding 1 root")
         assert daemon.log().count("EDGE_CERTD_EVENT=ca_held_for_gateway") == 1
 

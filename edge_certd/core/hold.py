@@ -141,7 +141,11 @@ def decide(
             if news is not _News.USES or len(keep) >= MAX_HOLDS:
                 continue
             running = HoldRecord(
-                sha256=sha, subject=ca.subject, gateway=gateway, since=now, sources=managed[sha].sources
+                sha256=sha,
+                subject=ca.subject,
+                gateway=gateway,
+                since=now.replace(microsecond=0),  # whole seconds: people read it
+                sources=managed[sha].sources,
             )
             hold = _hold(running, grace)
             started.append(hold)

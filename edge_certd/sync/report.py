@@ -109,6 +109,13 @@ def summary(op: str, result: SyncResult, own: Sequence[FileVerdict] = ()) -> dic
             f"{'is' if files == 1 else 'are'} rejected; `edge-certd status` lists "
             f"{'it' if files == 1 else 'them'}"
         )
+    for hold in result.held_for_gateway:
+        # A roots package upgrade's sync prints this into apt's output: the mistake is seen there.
+        lines.append(
+            f"  kept {hold.subject} (sha256 {hold.sha256[:16]}…): its source is gone, but gateway "
+            f"{hold.gateway} still anchors at it; it stays until {iso(hold.until)} or until the "
+            "gateway moves to another root (gateway.grace_days)"
+        )
     for problem in result.source_problems:
         lines.append(f"  {problem.describe()}")
     for failure in result.target_failures:
