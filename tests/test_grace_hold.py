@@ -135,6 +135,22 @@ def test_grace_days_0_holds_nothing_and_ends_a_running_hold() -> None:
     assert decision.keep == () and [e.reason for e in decision.ended] == [Release.GRACE_OFF]
 
 
+def test_without_a_gateway_configured_nothing_is_held_and_a_running_hold_ends() -> None:
+    decision = decide(
+        removals=[installed(ROOT_A)],
+        managed={ROOT_A: installed(ROOT_A)},
+        provided=frozenset(),
+        kept_otherwise=frozenset(),
+        probes=[probe(ROOT_A)],
+        records={ROOT_A: record()},
+        blocked=frozenset(),
+        grace_days=7,
+        now=NOW,
+        watching=False,
+    )
+    assert decision.keep == () and [e.reason for e in decision.ended] == [Release.GRACE_OFF]
+
+
 def test_an_operator_removal_is_never_held_and_ends_a_running_hold() -> None:
     assert run(probes=[probe(ROOT_A)], blocked=[ROOT_A]).keep == ()
     decision = run(probes=[probe(ROOT_A)], records=[record()], blocked=[ROOT_A])

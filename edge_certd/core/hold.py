@@ -41,7 +41,7 @@ class Release(StrEnum):
     GATEWAY_MOVED = "gateway_moved"  # a recent probe is trusted without the held root
     GRACE_ENDED = "grace_ended"  # gateway.grace_days have passed since it began
     OPERATOR_REMOVED = "operator_removed"  # `edge-certd remove`: never held
-    GRACE_OFF = "grace_off"  # gateway.grace_days is 0
+    GRACE_OFF = "grace_off"  # gateway.grace_days is 0, or no gateway is watched any more
     SOURCE_BACK = "source_back"  # a source provides it again: nothing to hold
     NOT_INSTALLED = "not_installed"  # its file left ca_dir some other way
 
@@ -93,6 +93,7 @@ def decide(
     blocked: Collection[str],
     grace_days: int,
     now: dt.datetime,
+    watching: bool = True,
 ) -> HoldDecision:
     """Which of this sync's planned removals stay installed, and until when.
 
@@ -105,8 +106,12 @@ def decide(
         records: the holds running before this sync.
         blocked: CAs an operator removed (`edge-certd remove`).
         grace_days: `gateway.grace_days`; 0 holds nothing.
+        watching: whether a gateway is configured; without one a hold would only wait for
+            its end, so none runs.
     """
     grace = dt.timedelta(days=grace_days)
+    if not watching:
+        grace_days = 0
     keep: list[GatewayHold] = []
     started: list[GatewayHold] = []
     ended: list[Ended] = []
@@ -195,7 +200,7 @@ def _ended(record: HoldRecord, reason: Release) -> Ended:
         Release.GRACE_ENDED: "the grace period (gateway.grace_days) has ended; it is removed, and a "
         "gateway still anchored at it is no longer trusted",
         Release.OPERATOR_REMOVED: "an operator removed it (edge-certd remove)",
-        Release.GRACE_OFF: "gateway.grace_days is 0; it is removed",
+        Release.GRACE_OFF: "gateway.grace_days is 0, or no gateway is configured; it is removed",
         Release.SOURCE_BACK: "a source provides it again",
         Release.NOT_INSTALLED: "it is no longer installed",
     }[reason]

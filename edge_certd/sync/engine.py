@@ -383,6 +383,7 @@ class Engine:
             blocked=blocked,
             grace_days=self.config.gateway.grace_days,
             now=now,
+            watching=bool(self.config.gateway.host or self.config.gateway.connection_string_file),
         )
 
     def _manifest_entries(
