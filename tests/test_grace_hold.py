@@ -184,6 +184,13 @@ def test_a_running_hold_keeps_its_start_across_syncs() -> None:
     assert hold.since == NOW - dt.timedelta(days=3) and hold.until == NOW + dt.timedelta(days=4)
 
 
+def test_a_hold_begun_by_a_clock_that_ran_ahead_is_counted_from_now() -> None:
+    decision = run(probes=[probe(ROOT_A)], records=[record(days_ago=-400)])
+    (hold,) = decision.keep
+    assert hold.until == NOW + dt.timedelta(days=7)
+    assert decision.records[0].since == NOW  # and kept so
+
+
 def test_a_running_hold_ends_when_grace_days_have_passed() -> None:
     decision = run(probes=[probe(ROOT_A)], records=[record(days_ago=7)])
     assert decision.keep == () and decision.records == ()

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from edge_certd.core.gateway import GatewayState, Probe
@@ -142,6 +142,10 @@ def decide(
                 ended.append(_ended(running, reason))
             continue
         news, gateway = _news(sha, probes, now)
+        if running is not None and running.since > now + FUTURE_SLACK:
+            # Begun by a clock that ran ahead (a board without an RTC, then NTP): counted
+            # from now, or it would last until that clock's date.
+            running = replace(running, since=now.replace(microsecond=0))
         if running is None:
             if news is not _News.USES or len(keep) >= MAX_HOLDS:
                 continue
