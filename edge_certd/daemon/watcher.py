@@ -105,10 +105,21 @@ class SourceWatcher(FileSystemEventHandler):
     place, so reading it then would see half a certificate.
     """
 
-    def __init__(self, wake: Callable[[], None], *, check_interval: float = CHECK_INTERVAL) -> None:
+    def __init__(
+        self,
+        wake: Callable[[], None],
+        *,
+        check_interval: float = CHECK_INTERVAL,
+        idle_check_interval: float | None = None,
+    ) -> None:
         super().__init__()
         self._wake = wake
         self._interval = check_interval
+        # How often the monitor looks while no directory is polled: the daemon under systemd's
+        # watchdog passes its ping interval, so the idle service wakes no more often than the
+        # watchdog needs (issue 24). A watch lost then is found within that long, and inotify
+        # itself reports a watched directory deleted, or renamed within a watched parent.
+        self._idle_interval = idle_check_interval or check_interval
         self._lock = threading.Lock()  # the flags, the busy files and the notes
         self._dirs: frozenset[str] = frozenset()
         self._busy: dict[str, float] = {}
@@ -131,6 +142,7 @@ class SourceWatcher(FileSystemEventHandler):
         self._expected: dict[str, _Identity] = {}
         self._monitor: threading.Thread | None = None
         self._stopping = threading.Event()
+        self._nudge = threading.Event()  # wakes the monitor: a stop, or a directory to poll
 
     # -- called by the main loop -------------------------------------------------------
 
@@ -171,11 +183,14 @@ class SourceWatcher(FileSystemEventHandler):
             if retired is not None:
                 retired.stop()  # dead already; this closes what its watches held
         self._start_monitor()
+        if self._polled and self._idle_interval != self._interval:
+            self._nudge.set()
         self._say_notes()
         return missing
 
     def stop(self) -> None:
         self._stopping.set()
+        self._nudge.set()
         if self._monitor is not None:
             self._monitor.join(timeout=5)
             self._monitor = None
@@ -204,6 +219,12 @@ class SourceWatcher(FileSystemEventHandler):
             result = (self._changed, self._rewatch)
             self._changed = self._rewatch = False
         return result
+
+    def has_busy(self) -> bool:
+        """Whether a file is being written now (or was created and is still empty): a burst in
+        progress. A file renamed in is reported as created, but it is not empty."""
+        with self._lock:
+            return bool(self._busy) or any(_size(path) == 0 for path in self._created)
 
     def busy_paths(self, max_age: float) -> frozenset[str]:
         """Files being written. After `max_age` seconds without a close we stop waiting."""
@@ -286,14 +307,21 @@ class SourceWatcher(FileSystemEventHandler):
         if self._monitor is not None and self._monitor.is_alive():
             return
         self._stopping = threading.Event()
+        self._nudge = threading.Event()
         self._monitor = threading.Thread(
             target=self._run_monitor, name="edge-certd-watch-monitor", daemon=True
         )
         self._monitor.start()
 
     def _run_monitor(self) -> None:
-        stopping = self._stopping
-        while not stopping.wait(self._interval):
+        stopping, nudge = self._stopping, self._nudge
+        while True:
+            # A directory polled from now on is looked at within check_interval: watch() sets
+            # the nudge, as stop() does.
+            nudge.wait(self._interval if self._polled else self._idle_interval)
+            nudge.clear()
+            if stopping.is_set():
+                return
             try:
                 changed, rewatch = self._check()
             except Exception as exc:  # noqa: BLE001 - the monitor must outlive its own bug
