@@ -105,6 +105,9 @@ def main() -> None:
         "daemon_exit_code": exit_code,
     }
     targets = {
+        # Pss divides each shared page among the processes that map it (what the service adds
+        # to the device); Rss counts every mapped page in full (the service alone on a device).
+        "service_pss_mb_median": bl.target(service_pss["median"], 30, " MB"),
         "service_rss_mb_median": bl.target(service_rss["median"], 30, " MB"),
         "cpu_s_per_idle_minute": bl.target(per_minute, 0.0),
     }

@@ -2,8 +2,10 @@
 
 Under systemd the judge is `edge-certd-judge.service`, reached through its socket
 (EDGE_CERTD_JUDGE_SOCKET, /run/edge-certd/judge by default); elsewhere the same server runs
-as a child process over a socketpair, started on the first request and kept for the
-worker's life. Each request carries its limits, so a reload reaches the judge at once.
+as a child process over a socketpair, started on the first request (or on `warm_up`, which
+the daemon calls on the first event of a burst) and let go after IDLE_SECONDS without one
+(`release_if_idle`, from the daemon's loop), as the systemd unit idles out by itself. Each
+request carries its limits, so a reload reaches the judge at once.
 
 While it waits the client calls `poll` a few times a second, so the daemon keeps pinging
 systemd's watchdog and can stop on SIGTERM in the middle of a sync. Every answer is
