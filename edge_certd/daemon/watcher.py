@@ -3,7 +3,8 @@
 Runs in watchdog's threads and only records what happened and wakes the main loop; the
 loop decides when and what to sync.
 
-No watch is lost for longer than a second or so:
+No watch is lost for longer than the monitor's interval (a second, or under systemd's
+watchdog its ping interval, so the idle daemon wakes no more often than that):
 - One observer lives as long as the watcher, and a re-watch adds the new watches before it
   drops the old ones, so the directory that holds the others (package_roots_dir, or the
   parent of a missing source) is watched without a gap; a directory renamed into place
@@ -16,12 +17,12 @@ No watch is lost for longer than a second or so:
   file it was reading, then (closed by its owner) the new watch's descriptor, whose
   thread went on living with no events for good. `_SerialStopEmitter` makes the two
   stops one.
-- A monitor thread looks once a second at what inotify does not say: a watch whose thread
+- A monitor thread looks at what inotify does not say: a watch whose thread
   ended, a directory replaced under its name (a watch follows the inode, not the name),
   a missing directory that appeared. It asks the loop to re-watch; a lost watch is said in
   the journal once.
 - A directory inotify refuses (fs.inotify.max_user_watches or max_user_instances reached)
-  is polled every second instead, and said so once.
+  is polled every second instead, and said so once (the monitor looks every second then).
 """
 
 from __future__ import annotations
