@@ -85,7 +85,7 @@ class Daemon:
         self.retry_at: float | None = None
         self.dirty_since: float | None = None
         self.last_event: float = 0.0
-        self.burst = False  # more than one event since dirty_since: wait the settle window
+        self.burst = False  # not a lone complete file since dirty_since: wait the settle window
         self.expiry_checked: dt.datetime | None = None
 
     # -- called from other threads and signal handlers: record and wake, nothing else --
@@ -190,7 +190,12 @@ class Daemon:
                     self._start_watching()
                     changed = True
                 if changed:
-                    self.burst = self.dirty_since is not None or self.watcher.has_busy()
+                    # Only a file's own event takes the quick path: a clock step (a stepping
+                    # clock steps again) and a directory come or gone (dpkg unpacking a roots
+                    # package) wait the window, as does anything while a file is written.
+                    self.burst = (
+                        self.dirty_since is not None or clock_set or rewatch or self.watcher.has_busy()
+                    )
                     if self.dirty_since is None:
                         self.worker.warm_up()  # its start-up overlaps the wait and the scan
                     self.dirty_since = self.dirty_since or now
