@@ -10,6 +10,7 @@ touches the host's trust store: every path is under a temporary directory.
 from __future__ import annotations
 
 import argparse
+import compileall
 import contextlib
 import json
 import shutil
@@ -36,6 +37,10 @@ from support.tree import MOZILLA_DIR, Tree, make_tree  # noqa: E402
 
 from edge_certd.config import WatchConfig  # noqa: E402
 from edge_certd.core.pem import pem_fingerprints  # noqa: E402
+
+# An installed package is byte-compiled (dh_python3's postinst); the daemon under the tests'
+# harness runs with PYTHONDONTWRITEBYTECODE, so without this every start compiled afresh.
+compileall.compile_dir(str(REPO / "edge_certd"), quiet=1)
 
 # A quick run uses this many Mozilla roots so update-ca-certificates takes ~0.1 s, not ~1 s.
 QUICK_MOZILLA = 5
@@ -203,6 +208,9 @@ class TrustProbe:
     def has_all(self, shas: set[str]) -> bool:
         return all(shas <= self._fingerprints(path) for path in self.files)
 
+    def has_none(self, shas: set[str]) -> bool:
+        return not any(shas & self._fingerprints(path) for path in self.files)
+
     def wait(self, shas: set[str], timeout: float, start: float | None = None) -> float:
         """Seconds from `start` (monotonic; default now) until every file holds `shas`."""
         start = time.monotonic() if start is None else start
@@ -243,6 +251,49 @@ def median_phases(items: Sequence[dict[str, float] | None]) -> dict[str, float] 
 
 def median(values: Sequence[float]) -> float:
     return statistics.median(values)
+
+
+def spread(values: Sequence[float], places: int = 4) -> dict[str, float]:
+    """min, median and max: every figure is reported over at least five runs (issue 24)."""
+    return {
+        "min": rounded(min(values), places),
+        "median": rounded(median(values), places),
+        "max": rounded(max(values), places),
+        "runs": len(values),
+    }
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and every process below it, from /proc/<pid>/task/*/children."""
+    found, queue = [], [pid]
+    while queue:
+        current = queue.pop()
+        found.append(current)
+        try:
+            tasks = list(Path(f"/proc/{current}/task").iterdir())
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                queue += [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                continue
+    return found
+
+
+def memory_kib(pid: int) -> dict[str, int]:
+    """Rss, Pss and their anonymous and file-backed parts, from /proc/<pid>/smaps_rollup."""
+    wanted = ("Rss", "Pss", "Pss_Anon", "Pss_File", "Anonymous")
+    found = dict.fromkeys(wanted, 0)
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key in found:
+                    found[key] = int(value.split()[0])
+    except OSError:
+        pass  # it ended between the listing and the read
+    return found
 
 
 def rounded(value: float, places: int = 4) -> float:

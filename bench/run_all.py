@@ -1,4 +1,4 @@
-"""Run the edge-certd benchmarks B1..B5 one after another and summarise them.
+"""Run the edge-certd benchmarks B1..B7 one after another and summarise them.
 
     python3 bench/run_all.py            # full: about ten minutes on two cores
     python3 bench/run_all.py --quick    # tiny counts: proves the scripts run, not speed
@@ -31,6 +31,7 @@ SCRIPTS = {
     "B4": "b4_restart.py",
     "B5": "b5_verify.py",
     "B6": "b6_junk.py",
+    "B7": "b7_probe.py",
 }
 
 

@@ -26,10 +26,11 @@ EXPECTED = {
         "loop_extrapolated_s",
         "fsync_calls_to_install_all",
     ),
-    "b3_idle.py": ("rss_mb", "cpu_s_per_idle_minute"),
+    "b3_idle.py": ("rss_mb", "service_rss_mb", "service_pss_mb", "cpu_s_per_idle_minute"),
     "b4_restart.py": ("restart_to_ready_median_s", "update_runs_per_restart"),
     "b5_verify.py": ("verify_cli_median_s", "s_client_median_s"),
     "b6_junk.py": ("first_sync_s", "second_sync_s", "peak_rss_mb", "status_json_bytes"),
+    "b7_probe.py": ("probe_cpu_s", "probe_wall_s", "s_client_wall_s", "ratio_wall_to_s_client"),
 }
 
 

@@ -22,6 +22,9 @@ MAX_DEPTH = 16
 _STRUCTURE = re.compile(rb'[\[\]{}"]')
 # Possessive, so a long string never backtracks.
 _STRING_REST = re.compile(rb'(?:[^"\\]++|\\.)*+"', re.DOTALL)
+_STRING = re.compile(rb'"(?:[^"\\]++|\\.)*+"', re.DOTALL)  # a whole JSON string
+_NOT_BRACKET = re.compile(rb"[^\[\]{}]++")
+_PAIR = re.compile(rb"\[\]|\{\}")
 
 
 class WireError(ValueError):
@@ -94,10 +97,29 @@ class FrameReader:
 
 
 def json_nests_deeper(data: bytes, limit: int) -> bool:
-    """Whether JSON nests deeper than `limit`, in one pass that skips strings: the check
-    to make before json.loads, which recurses once per level."""
+    """Whether JSON nests deeper than `limit`: the check to make before json.loads, which
+    recurses once per level.
+
+    The common case runs in the regex engine, not a Python loop per bracket (a judge's
+    answer for 1,024 files holds some 10,000): strings out, then only the brackets kept, then
+    one pass per level takes out every innermost pair. Nothing left after at most `limit`
+    passes means no deeper nesting. Anything else (deeper, or not JSON) is decided by the
+    exact scan below, so an odd document never gets a different answer from it.
+    """
     if data.count(b"[") + data.count(b"{") <= limit:
         return False
+    brackets = _NOT_BRACKET.sub(b"", _STRING.sub(b"", data))
+    for _ in range(limit):
+        brackets, pairs = _PAIR.subn(b"", brackets)
+        if not brackets:
+            return False
+        if not pairs:
+            break
+    return _scan_nests_deeper(data, limit)
+
+
+def _scan_nests_deeper(data: bytes, limit: int) -> bool:
+    """json_nests_deeper's exact answer, in one pass that skips strings."""
     depth, at = 0, 0
     while True:
         match = _STRUCTURE.search(data, at)

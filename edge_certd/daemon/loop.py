@@ -46,6 +46,10 @@ from edge_certd.worker.pool import JudgeWorker
 
 # A burst that never pauses still gets synced after this many settle windows.
 MAX_SETTLE_WINDOWS = 10
+# A lone complete file (closed after writing, or renamed in) is synced this soon: the settle
+# window is only for bursts (issue 24). A second event within it, or a file still being
+# written, makes it a burst, and the full window applies from then on.
+QUIET_WINDOW = 0.01
 # A file written without a close (an mmap, a crashed scp) is read after this long anyway.
 BUSY_MAX_AGE = 120.0
 
@@ -59,7 +63,7 @@ class Daemon:
         self.config_path = config_path
         self.config, _ = load_config(config_path)
         self.requests: deque[str] = deque()  # "reload", "stop", "rescan" from signal handlers
-        # One warm judge process for the daemon's life; see edge_certd/worker.
+        # The judge: started on the first event of a burst, let go after an idle while.
         self.worker = JudgeWorker(poll=self._poll_while_judging)
         self.engine = Engine(self.config, heartbeat=self._heartbeat, worker=self.worker)
         self.last_result: SyncResult | None = None
@@ -68,11 +72,13 @@ class Daemon:
         self.control: ControlServer | None = None
         self.expiry = ExpiryWarnings()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self.watcher = SourceWatcher(self.wake)
+        # Under the watchdog the monitor looks as often as it pings: no more wake-ups than that.
+        looks = self.notifier.watchdog_interval
+        self.watcher = SourceWatcher(self.wake, idle_check_interval=looks)
         # The gateway watch: the probe unit writes its result; this watcher only wakes the loop.
         self.gateway = GatewayWatch(self.config)
         self._clock_said_at: float | None = None
-        self.probe_watcher = SourceWatcher(self.wake)
+        self.probe_watcher = SourceWatcher(self.wake, idle_check_interval=looks)
         self.degraded: str | None = None
         self.status_now = ""
         self.config_problem: str | None = None  # a reload refused; the old config runs
@@ -80,6 +86,7 @@ class Daemon:
         self.retry_at: float | None = None
         self.dirty_since: float | None = None
         self.last_event: float = 0.0
+        self.burst = False  # not a lone complete file since dirty_since: wait the settle window
         self.expiry_checked: dt.datetime | None = None
         self._hold_fired: dt.datetime | None = None  # the hold end the timer last synced for
 
@@ -112,7 +119,6 @@ class Daemon:
         # that had taken that number meanwhile was closed under us (an epoll selector died
         # with EINVAL right after READY=1).
         clock = ClockWatch()
-        self.worker.warm_up()
         selector = selectors.PollSelector()
         selector.register(self._wake_r, selectors.EVENT_READ)
         if clock.fd is not None:
@@ -150,6 +156,9 @@ class Daemon:
                     # At most a day at a time: poll() takes no timeout past 24.8 days, and the
                     # end is computed again from the wall clock at each wake.
                     deadlines.append(min(hold_at, now + 86400.0))
+                release = self.worker.idle_deadline()
+                if release is not None:
+                    deadlines.append(release)
                 timeout = max(0.0, min(deadlines) - time.monotonic())
                 ready = {key.fd for key, _ in selector.select(timeout)}
                 if self._wake_r in ready:
@@ -193,6 +202,14 @@ class Daemon:
                     self._start_watching()
                     changed = True
                 if changed:
+                    # Only a file's own event takes the quick path: a clock step (a stepping
+                    # clock steps again) and a directory come or gone (dpkg unpacking a roots
+                    # package) wait the window, as does anything while a file is written.
+                    self.burst = (
+                        self.dirty_since is not None or clock_set or rewatch or self.watcher.has_busy()
+                    )
+                    if self.dirty_since is None:
+                        self.worker.warm_up()  # its start-up overlaps the wait and the scan
                     self.dirty_since = self.dirty_since or now
                     self.last_event = now
                 if self.dirty_since is not None and now >= self._settle_deadline():
@@ -209,6 +226,7 @@ class Daemon:
                 if now >= next_expiry:
                     self._check_expiry()
                     next_expiry = now + self.config.expiry.check_interval
+                self.worker.release_if_idle(time.monotonic())
         finally:
             signal.set_wakeup_fd(-1)
             self.watcher.stop()
@@ -221,6 +239,8 @@ class Daemon:
 
     def _settle_deadline(self) -> float:
         settle = self.config.watch.settle_ms / 1000.0
+        if not self.burst:
+            settle = min(settle, QUIET_WINDOW)
         assert self.dirty_since is not None
         return min(self.last_event + settle, self.dirty_since + settle * MAX_SETTLE_WINDOWS)
 
@@ -255,7 +275,7 @@ class Daemon:
 
     def sync(self, why: str) -> None:
         """Run one sync. Failures leave the previous trust in place and schedule a retry."""
-        self.dirty_since = None
+        self.dirty_since, self.burst = None, False
         busy = self.watcher.busy_paths(BUSY_MAX_AGE)
         try:
             self.last_result = self.engine.sync(busy=busy)

@@ -3,7 +3,8 @@
 Runs in watchdog's threads and only records what happened and wakes the main loop; the
 loop decides when and what to sync.
 
-No watch is lost for longer than a second or so:
+No watch is lost for longer than the monitor's interval (a second, or under systemd's
+watchdog its ping interval, so the idle daemon wakes no more often than that):
 - One observer lives as long as the watcher, and a re-watch adds the new watches before it
   drops the old ones, so the directory that holds the others (package_roots_dir, or the
   parent of a missing source) is watched without a gap; a directory renamed into place
@@ -16,12 +17,12 @@ No watch is lost for longer than a second or so:
   file it was reading, then (closed by its owner) the new watch's descriptor, whose
   thread went on living with no events for good. `_SerialStopEmitter` makes the two
   stops one.
-- A monitor thread looks once a second at what inotify does not say: a watch whose thread
+- A monitor thread looks at what inotify does not say: a watch whose thread
   ended, a directory replaced under its name (a watch follows the inode, not the name),
   a missing directory that appeared. It asks the loop to re-watch; a lost watch is said in
   the journal once.
 - A directory inotify refuses (fs.inotify.max_user_watches or max_user_instances reached)
-  is polled every second instead, and said so once.
+  is polled every second instead, and said so once (the monitor looks every second then).
 """
 
 from __future__ import annotations
@@ -105,10 +106,21 @@ class SourceWatcher(FileSystemEventHandler):
     place, so reading it then would see half a certificate.
     """
 
-    def __init__(self, wake: Callable[[], None], *, check_interval: float = CHECK_INTERVAL) -> None:
+    def __init__(
+        self,
+        wake: Callable[[], None],
+        *,
+        check_interval: float = CHECK_INTERVAL,
+        idle_check_interval: float | None = None,
+    ) -> None:
         super().__init__()
         self._wake = wake
         self._interval = check_interval
+        # How often the monitor looks while no directory is polled: the daemon under systemd's
+        # watchdog passes its ping interval, so the idle service wakes no more often than the
+        # watchdog needs (issue 24). A watch lost then is found within that long, and inotify
+        # itself reports a watched directory deleted, or renamed within a watched parent.
+        self._idle_interval = idle_check_interval or check_interval
         self._lock = threading.Lock()  # the flags, the busy files and the notes
         self._dirs: frozenset[str] = frozenset()
         self._busy: dict[str, float] = {}
@@ -131,6 +143,7 @@ class SourceWatcher(FileSystemEventHandler):
         self._expected: dict[str, _Identity] = {}
         self._monitor: threading.Thread | None = None
         self._stopping = threading.Event()
+        self._nudge = threading.Event()  # wakes the monitor: a stop, or a directory to poll
 
     # -- called by the main loop -------------------------------------------------------
 
@@ -171,11 +184,14 @@ class SourceWatcher(FileSystemEventHandler):
             if retired is not None:
                 retired.stop()  # dead already; this closes what its watches held
         self._start_monitor()
+        if self._polled and self._idle_interval != self._interval:
+            self._nudge.set()
         self._say_notes()
         return missing
 
     def stop(self) -> None:
         self._stopping.set()
+        self._nudge.set()
         if self._monitor is not None:
             self._monitor.join(timeout=5)
             self._monitor = None
@@ -204,6 +220,12 @@ class SourceWatcher(FileSystemEventHandler):
             result = (self._changed, self._rewatch)
             self._changed = self._rewatch = False
         return result
+
+    def has_busy(self) -> bool:
+        """Whether a file is being written now (or was created and is still empty): a burst in
+        progress. A file renamed in is reported as created, but it is not empty."""
+        with self._lock:
+            return bool(self._busy) or any(_size(path) == 0 for path in self._created)
 
     def busy_paths(self, max_age: float) -> frozenset[str]:
         """Files being written. After `max_age` seconds without a close we stop waiting."""
@@ -286,14 +308,21 @@ class SourceWatcher(FileSystemEventHandler):
         if self._monitor is not None and self._monitor.is_alive():
             return
         self._stopping = threading.Event()
+        self._nudge = threading.Event()
         self._monitor = threading.Thread(
             target=self._run_monitor, name="edge-certd-watch-monitor", daemon=True
         )
         self._monitor.start()
 
     def _run_monitor(self) -> None:
-        stopping = self._stopping
-        while not stopping.wait(self._interval):
+        stopping, nudge = self._stopping, self._nudge
+        while True:
+            # A directory polled from now on is looked at within check_interval: watch() sets
+            # the nudge, as stop() does.
+            nudge.wait(self._interval if self._polled else self._idle_interval)
+            nudge.clear()
+            if stopping.is_set():
+                return
             try:
                 changed, rewatch = self._check()
             except Exception as exc:  # noqa: BLE001 - the monitor must outlive its own bug

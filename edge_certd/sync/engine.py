@@ -219,7 +219,7 @@ class Engine:
         notes: list[Note] = []
         if loaded.problem:
             notes.append(Note(code="manifest_corrupt", message=loaded.problem))
-        present = self.system.present()
+        present = self.system.present(known=loaded.entries)
         judged = self.judge_sources(now, busy)
         verdicts, problems = judged.verdicts, judged.problems
         # Busy files are named as the manifest names sources: an odd byte in a file name must
@@ -311,7 +311,17 @@ class Engine:
                 last_change = LastChange(
                     time=dt.datetime.now(dt.UTC), added=len(plan.add), removed=len(plan.remove)
                 )
-            save_manifest(self.paths, managed, last_change)
+            # Unchanged (every restart with nothing new): not even serialised to compare.
+            if (
+                loaded.problem
+                or not loaded.entries
+                or (managed, last_change)
+                != (
+                    loaded.entries,
+                    loaded.last_change,
+                )
+            ):
+                save_manifest(self.paths, managed, last_change)
             clear_pending(self.paths)
             try:
                 holds.save_records(self.config, [r for r in decision.records if r.sha256 in grace_kept])

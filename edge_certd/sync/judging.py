@@ -17,8 +17,8 @@ from edge_certd.worker.pool import Judgement, JudgeWorker, Outcome
 
 # Small enough that a batch fits in a pipe's buffer and holds little memory; large enough
 # that a round trip per file no longer dominates a directory of junk.
-BATCH_FILES = 64
-BATCH_BYTES = 48 * 1024
+BATCH_FILES = 1024
+BATCH_BYTES = 1024 * 1024
 # A verdict that took this much CPU time is remembered whatever it says: a flood of costly
 # files is paid once (150 sealed PFX files with 1,000,000 MAC iterations took 69 s per sync).
 COSTLY_SECONDS = 0.005

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import hashlib
+import itertools
 import os
 import re
 import signal
 import ssl
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -70,11 +72,13 @@ class SystemStore:
         self.timeout = timeout
         self.heartbeat = heartbeat
 
-    def present(self) -> dict[str, InstalledCA]:
+    def present(self, known: Mapping[str, InstalledCA] | None = None) -> dict[str, InstalledCA]:
         """Every CA file edge-certd owns in ca_dir, keyed by SHA-256.
 
         Owned files that cannot be read as a certificate are keyed by their name, so that
-        the plan removes them.
+        the plan removes them. A file whose certificate's SHA-256 is in `known` (the
+        manifest) takes its subject and dates from there, unparsed: a restart with 1,000 CAs
+        spent 0.09 s parsing them again (issue 24).
         """
         found: dict[str, InstalledCA] = {}
         try:
@@ -85,7 +89,8 @@ class SystemStore:
             if not OWNED_FILE.match(name):
                 continue
             path = os.path.join(self.ca_dir, name)
-            entry = _read_installed(path)
+            entry = _known_installed(path, known) if known else None
+            entry = entry or _read_installed(path)
             found[entry.sha256] = entry
         return found
 
@@ -276,6 +281,19 @@ def load_installed(path: str) -> TrustedCA | None:
             der=der,
         )
     return None
+
+
+def _known_installed(path: str, known: Mapping[str, InstalledCA]) -> InstalledCA | None:
+    """The file's entry from `known` when it holds exactly one certificate whose SHA-256 is
+    there (what edge-certd writes); None sends it to a full read."""
+    ders = list(itertools.islice(iter_pem_ders(read_bytes_quietly(path) or b""), 2))
+    if len(ders) != 1:
+        return None
+    entry = known.get(hashlib.sha256(ders[0]).hexdigest())
+    if entry is None:
+        return None
+    stamp = dt.datetime.fromtimestamp(0, dt.UTC)
+    return dataclasses.replace(entry, path=path, sources=(), installed_at=stamp)
 
 
 def _read_installed(path: str) -> InstalledCA:

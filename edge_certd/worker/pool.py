@@ -2,8 +2,10 @@
 
 Under systemd the judge is `edge-certd-judge.service`, reached through its socket
 (EDGE_CERTD_JUDGE_SOCKET, /run/edge-certd/judge by default); elsewhere the same server runs
-as a child process over a socketpair, started on the first request and kept for the
-worker's life. Each request carries its limits, so a reload reaches the judge at once.
+as a child process over a socketpair, started on the first request (or on `warm_up`, which
+the daemon calls on the first event of a burst) and let go after IDLE_SECONDS without one
+(`release_if_idle`, from the daemon's loop), as the systemd unit idles out by itself. Each
+request carries its limits, so a reload reaches the judge at once.
 
 While it waits the client calls `poll` a few times a second, so the daemon keeps pinging
 systemd's watchdog and can stop on SIGTERM in the middle of a sync. Every answer is
@@ -37,6 +39,13 @@ _POLL_INTERVAL = 0.25
 # The judge enforces the wall deadline itself; this much more is for a judge that does not
 # answer at all (stopped, or still importing Python and cryptography on a loaded machine).
 _CLIENT_SLACK = 10.0
+# An idle child judge is let go after this long (the daemon's loop asks, through
+# `release_if_idle`): between bursts the service is one process (issue 24). The systemd unit
+# idles out after the same time by itself (worker.server.IDLE_SECONDS).
+IDLE_SECONDS = 30.0
+# A connection to the judge's socket opened ahead of a request (`warm_up`) is dropped after
+# this long unused: the judge ends a connection that sends nothing for 10 s.
+WARM_SECONDS = 5.0
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _SERVER = (
     "import sys; sys.path.insert(0, sys.argv.pop(1)); "
@@ -86,6 +95,7 @@ class JudgeWorker:
         self.poll = poll
         self._proc: subprocess.Popen[bytes] | None = None
         self._conn: socket.socket | None = None
+        self._used_at = 0.0  # monotonic: the connection's last request, or its opening
         self.spawned = 0  # for tests and benchmarks: how many judge processes were started
 
     @property
@@ -124,11 +134,26 @@ class JudgeWorker:
         return results
 
     def warm_up(self) -> None:
-        """Start the child judge now, so the first file dropped later does not wait for
-        Python and cryptography to load. Under systemd the socket starts it on demand."""
-        if self.socket_path is None:
-            with contextlib.suppress(_Failed):
-                self._connect()
+        """Start the judge now, on the first event of a burst, so that its start-up (Python and
+        cryptography loading, or socket activation of the judge's unit) runs while the loop
+        waits and scans, not after. Under systemd this opens the connection that the next
+        request uses; the unit starts on it."""
+        with contextlib.suppress(_Failed):
+            self._connect()
+        self._used_at = time.monotonic()
+
+    def idle_deadline(self) -> float | None:
+        """When `release_if_idle` lets the judge go (monotonic), or None with none held."""
+        if self._conn is None:
+            return None
+        return self._used_at + (WARM_SECONDS if self.socket_path is not None else IDLE_SECONDS)
+
+    def release_if_idle(self, now: float) -> None:
+        """Let an idle judge go: the child ends, and a warmed connection closes. The next
+        request (or `warm_up`) starts it again."""
+        deadline = self.idle_deadline()
+        if deadline is not None and now >= deadline:
+            self._drop_connection()
 
     def close(self) -> None:
         """End the child judge at once: it holds no state, and a stuck one must not hold up
@@ -154,6 +179,7 @@ class JudgeWorker:
             self._drop_connection()  # a cancelled sync: the judge's child ends with it
             raise
         finally:
+            self._used_at = time.monotonic()
             if self.socket_path is not None:
                 self._drop_connection()  # one connection per request: the judge may idle out
         outcome, why = answer.get("outcome"), answer.get("why")
@@ -213,6 +239,8 @@ class JudgeWorker:
     # -- the connection ----------------------------------------------------------------
 
     def _connect(self) -> socket.socket:
+        if self._conn is not None and self._proc is not None and self._proc.poll() is not None:
+            self._drop_connection()  # the child ended (killed from outside): start another
         if self._conn is not None:
             return self._conn
         if self.socket_path is not None:

@@ -2,7 +2,8 @@
 
 Installs the .deb, drops a root and sees it trusted, then reads /proc/<pid>/status of the
 live judge service and of a child while it judges: a dynamic user, no capabilities,
-no_new_privs, a seccomp filter. And `systemd-analyze security` scores the judge's unit.
+no_new_privs, a seccomp filter. The judge goes when idle and comes back on the next file.
+And `systemd-analyze security` scores the judge's unit.
 """
 
 from __future__ import annotations
@@ -115,6 +116,25 @@ def test_the_live_judge_and_its_child_hold_nothing(box: Container) -> None:
     # The daemon itself keeps its three capabilities; the judge has none of them.
     daemon = box.run(["systemctl", "show", "-P", "MainPID", "edge-certd"]).stdout.strip()
     assert int(_status(box, daemon)["CapBnd"], 16) != 0
+
+
+def test_the_judge_goes_when_idle_and_its_socket_starts_it_for_the_next_file(box: Container) -> None:
+    # issue 24: between bursts the service is the daemon alone. The judge exits 30 s after
+    # its last request (worker.server.IDLE_SECONDS); the socket stays and starts it again.
+    def active() -> str:
+        return box.run(["systemctl", "is-active", "edge-certd-judge.service"], check=False).stdout.strip()
+
+    first = CA.root("edge-certd e2e Before Idle Root")
+    box.path(f"{DROP}/before-idle.pem").write_bytes(first.cert_pem)
+    sha = hashlib.sha256(first.der).hexdigest()
+    _wait(lambda: sha[:16] in box.run(["edge-certd", "list"], check=False).stdout, 120, "the root trusted")
+    _wait(lambda: active() != "active", 300, "the idle judge gone")
+    socket = box.run(["systemctl", "is-active", "edge-certd-judge.socket"], check=False).stdout.strip()
+    assert socket == "active", "the judge's socket went with it"
+    after = CA.root("edge-certd e2e After Idle Root")
+    box.path(f"{DROP}/after-idle.pem").write_bytes(after.cert_pem)
+    sha = hashlib.sha256(after.der).hexdigest()
+    _wait(lambda: sha[:16] in box.run(["edge-certd", "list"], check=False).stdout, 120, "the next root")
 
 
 def test_the_judge_units_exposure(box: Container) -> None:
