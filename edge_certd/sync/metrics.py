@@ -253,6 +253,8 @@ def families(
 def held_family(result: SyncResult) -> Metric:
     """One series per root kept after its source went away because the gateway still anchors
     at it (core/hold.py): its value is when the hold ends. No series when nothing is held."""
+    from prometheus_client.core import GaugeMetricFamily
+
     held = GaugeMetricFamily(
         "edge_certd_ca_held_for_gateway",
         "Unix time at which the hold on a root ends: its source is gone, but the gateway's last "
