@@ -233,7 +233,21 @@ class Device:
 
     def probe(self) -> None:
         """One run of the gateway watch (edge-certd-probe.service), as its timer would start it."""
-        self.box.run(["systemctl", "start", "edge-certd-probe.service"], timeout=120)
+        for _ in range(5):
+            r = self.box.run(["systemctl", "start", "edge-certd-probe.service"], timeout=120, check=False)
+            if r.returncode == 0:
+                return
+            status = self.box.run(["systemctl", "show", "-P", "ExecMainStatus", "edge-certd-probe.service"])
+            # 219/CGROUP: systemd inside the container could not set up the unit's cgroup while
+            # the previous run's was still being torn down (a mixed cgroup v1/v2 host); the
+            # probe itself never ran, so it is started again.
+            if status.stdout.strip() != "219":
+                break
+            time.sleep(1)
+        log = self.box.run(
+            ["journalctl", "--no-pager", "-n", "30", "-u", "edge-certd-probe.service"], check=False
+        ).stdout
+        raise AssertionError(f"{self.name}: edge-certd-probe.service failed:\n{r.stderr}\n{log}")
 
     def journal(self, *match: str, lines: int = 30) -> str:
         r = self.box.run(
