@@ -237,11 +237,23 @@ class Device:
             r = self.box.run(["systemctl", "start", "edge-certd-probe.service"], timeout=120, check=False)
             if r.returncode == 0:
                 return
-            status = self.box.run(["systemctl", "show", "-P", "ExecMainStatus", "edge-certd-probe.service"])
-            # 219/CGROUP: systemd inside the container could not set up the unit's cgroup while
-            # the previous run's was still being torn down (a mixed cgroup v1/v2 host); the
-            # probe itself never ran, so it is started again.
-            if status.stdout.strip() != "219":
+            show = self.box.run(
+                [
+                    "systemctl",
+                    "show",
+                    "--value",
+                    "-p",
+                    "Result",
+                    "-p",
+                    "ExecMainStatus",
+                    "edge-certd-probe.service",
+                ],
+                check=False,
+            ).stdout.split()
+            # systemd inside the container could not set the unit up ("resources": its executor
+            # or its cgroup, 219/CGROUP, on this mixed cgroup v1/v2 host, while the previous
+            # run's cgroup was torn down): the probe itself never ran, so it is started again.
+            if "resources" not in show and "219" not in show:
                 break
             time.sleep(1)
         log = self.box.run(
