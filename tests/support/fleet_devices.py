@@ -141,8 +141,9 @@ class Device:
             "/etc/apt/sources.list.d/fleet.list",
             f"deb [signed-by=/etc/apt/keyrings/fleet-archive-keyring.gpg] {self.repo_url} ./\n",
         )
-        # No JVM runs on these devices: ca-certificates-java's hook would start one on every
-        # trust change of every device, which is what limits N on two cores.
+        # ca-certificates-java's hook would start a JVM on every trust change of every device,
+        # besides the one edge-certd's own Java truststore takes (keytool, on cryptography
+        # older than 45): JVMs are what limits N on two cores (docs/FLEET.md).
         (merged / "etc/ca-certificates/update.d/jks-keystore").unlink(missing_ok=True)
         for unit in MASKED:
             put(f"/etc/systemd/system/{unit}", "")
