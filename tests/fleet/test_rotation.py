@@ -26,6 +26,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -183,11 +184,18 @@ class Rehearsal:
         )
 
     def close(self) -> None:
-        for thing in reversed(self.closers):
+        def close_one(thing: Any) -> None:
             try:
                 thing.destroy() if isinstance(thing, Device) else thing.close()
             except Exception as exc:  # noqa: BLE001 - tear everything down, report each
                 print(f"fleet teardown: {exc}")
+
+        engines = [t for t in self.closers if not isinstance(t, Device)]
+        # The devices power off side by side (each waits for its container's systemd).
+        with ThreadPoolExecutor(max_workers=max(1, len(self.devices))) as pool:
+            list(pool.map(close_one, self.devices))
+        for thing in reversed(engines):
+            close_one(thing)
 
     # -- the timeline -----------------------------------------------------------------------
 
