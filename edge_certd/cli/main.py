@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime as dt
 import json
 import logging
 import os
@@ -187,7 +188,26 @@ def _add_package_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     p.add_argument(
         "--du-manifest",
         action="store_true",
-        help="print the Device Update for IoT Hub apt manifest (JSON) that installs this version",
+        help="print the Device Update for IoT Hub apt manifest (JSON) that installs this version; "
+        "with --du-provider, --du-manufacturer and --du-model also write both files as --du-import does",
+    )
+    p.add_argument(
+        "--du-import",
+        action="store_true",
+        help="also write NAME_VERSION.apt-manifest.json and NAME_VERSION.importmanifest.json "
+        "(Device Update import manifest v5) into the output directory; VERSION must be 2 to 4 "
+        "dot-separated numbers",
+    )
+    p.add_argument(
+        "--du-provider", metavar="PROVIDER", help="with --du-import or --du-manifest: the update's provider"
+    )
+    p.add_argument(
+        "--du-manufacturer",
+        metavar="MANUFACTURER",
+        help="with --du-import or --du-manifest: the devices' manufacturer",
+    )
+    p.add_argument(
+        "--du-model", metavar="MODEL", help="with --du-import or --du-manifest: the devices' model"
     )
 
 
@@ -407,19 +427,41 @@ def _inspect(config: Config, files: Sequence[str], keyvault: bool) -> int:
 
 def _package(config: Config, args: argparse.Namespace) -> int:
     from edge_certd import package
-    from edge_certd.package import deb
+    from edge_certd.package import deb, deviceupdate
 
     planned = package.plan_package(config, args.files, args.name, args.package_version)
+    du_target = None
+    # --du-manifest with the import's three options is the whole Device Update import: both files.
+    du_options = args.du_provider or args.du_manufacturer or args.du_model
+    if args.du_import or (args.du_manifest and du_options):  # refused before anything is built
+        du_target = deviceupdate.check_target(args.du_provider, args.du_manufacturer, args.du_model)
+        deviceupdate.update_version(planned)
+    elif du_options:
+        raise UsageError(
+            "--du-provider, --du-manufacturer and --du-model go with --du-import or --du-manifest"
+        )
     built = deb.build_deb(planned, args.output, args.maintainer or deb.DEFAULT_MAINTAINER)
-    summary = f"{built}: {len(planned.roots)} root CA(s) for {planned.directory}/"
+    lines = [f"{built}: {len(planned.roots)} root CA(s) for {planned.directory}/"]
+    if du_target is not None:
+        apt_path, import_path = deviceupdate.write_manifests(planned, du_target, args.output, _created())
+        lines += [f"{apt_path}: Device Update apt manifest", f"{import_path}: Device Update import manifest"]
     if args.du_manifest:  # stdout holds only the manifest, so it can be redirected to a file
-        print(summary, file=sys.stderr)
+        print("\n".join(lines), file=sys.stderr)
         print(json.dumps(package.du_manifest(planned), indent=2))
     else:
-        print(summary)
+        print("\n".join(lines))
         for file_name, ca in planned.files():
             print(f"  {file_name}  {ca.subject}")
     return EXIT_OK
+
+
+def _created() -> dt.datetime:
+    """The import manifest's createdDateTime: SOURCE_DATE_EPOCH when set, so that a rebuild
+    can give the same bytes (https://reproducible-builds.org/specs/source-date-epoch/)."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH", "")
+    if epoch.isdigit() and len(epoch) <= 12:
+        return dt.datetime.fromtimestamp(int(epoch), dt.UTC)
+    return dt.datetime.now(dt.UTC)
 
 
 def _print(data: object, as_json: bool) -> None:

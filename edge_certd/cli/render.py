@@ -54,6 +54,12 @@ def _render_status(doc: dict[str, Any]) -> str:
         packages = f"  package {', '.join(item['packages'])}" if item.get("packages") else ""
         expires = f"expires {item['not_after']}, {_days(item)}"
         lines.append(f"  {item['sha256'][:16]}  {item['subject']}  ({expires}){packages}")
+    for hold in doc.get("held_for_gateway") or []:
+        lines.append(
+            f"  held for gateway {hold.get('gateway')}: {str(hold.get('sha256'))[:16]}  "
+            f"{hold.get('subject')}  (its source is gone; kept until {hold.get('until')} or until "
+            "the gateway moves to another root)"
+        )
     for item in doc["expiring"]:
         lines.append(f"expiring: {item['subject']} in {item['days_left']} days ({item['not_after']})")
     if doc["rejected"]:

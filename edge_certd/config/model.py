@@ -102,6 +102,9 @@ class GatewayConfig(_Section):
     result_file: str = "/var/lib/edge-certd-probe/result.json"
     # The gateway's own certificates (server, Edge CA) warn once at each of these days left.
     warn_days: list[int] = [14, 7, 3, 1]
+    # A root whose source goes away while the gateway's last probe still anchors at it stays
+    # trusted this many days (or until the gateway moves to another root); 0 turns it off.
+    grace_days: int = 7
 
 
 class MetricsConfig(_Section):

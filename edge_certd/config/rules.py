@@ -43,6 +43,7 @@ _RANGES: tuple[tuple[tuple[str, str], float, float], ...] = (
     (("policy", "judge_memory_mb"), 64, 4096),
     (("gateway", "timeout"), 0.1, 600),
     (("gateway", "port"), 1, 65535),
+    (("gateway", "grace_days"), 0, 3650),
     # One series per managed CA in edge_certd_ca_not_after_timestamp_seconds.
     (("metrics", "max_ca_series"), 1, 10_000),
 )

@@ -170,6 +170,19 @@ class Note:
 
 
 @dataclass(frozen=True, kw_only=True)
+class GatewayHold:
+    """A CA whose sources are gone, kept because the gateway's last probe still anchors at
+    it (core/hold.py decides; `gateway.grace_days`)."""
+
+    sha256: str
+    subject: str
+    gateway: str  # host:port of the probe that anchored at it when the hold began
+    since: dt.datetime
+    until: dt.datetime
+    sources: tuple[str, ...] = ()  # what provided it before it went away
+
+
+@dataclass(frozen=True, kw_only=True)
 class TargetFailure:
     """A target that could not take this sync's change; the others did. Retried next sync."""
 
@@ -197,6 +210,8 @@ class SyncResult:
     error: str | None = None  # set when trust could not be applied; the old state stays
     # Sources the judge could not judge (not their fault): held as they were, judged again.
     judge_unavailable: tuple[str, ...] = ()
+    # CAs whose sources are gone, kept while the gateway still anchors at them (core/hold.py).
+    held_for_gateway: tuple[GatewayHold, ...] = ()
 
     @property
     def rejected(self) -> tuple[Rejection, ...]:

@@ -23,6 +23,7 @@ from types import FrameType
 
 from edge_certd.config import load_config
 from edge_certd.core.errors import ApplyError, ConfigError, EdgeCertdError
+from edge_certd.core.hold import next_end
 from edge_certd.core.model import SyncResult
 from edge_certd.daemon.clock import ClockWatch
 from edge_certd.daemon.control import ControlServer
@@ -80,6 +81,7 @@ class Daemon:
         self.dirty_since: float | None = None
         self.last_event: float = 0.0
         self.expiry_checked: dt.datetime | None = None
+        self._hold_fired: dt.datetime | None = None  # the hold end the timer last synced for
 
     # -- called from other threads and signal handlers: record and wake, nothing else --
 
@@ -143,6 +145,11 @@ class Daemon:
                     deadlines.append(self._settle_deadline())
                 if self.retry_at is not None:
                     deadlines.append(self.retry_at)
+                hold_end, hold_at = self._hold_deadline()
+                if hold_at is not None:
+                    # At most a day at a time: poll() takes no timeout past 24.8 days, and the
+                    # end is computed again from the wall clock at each wake.
+                    deadlines.append(min(hold_at, now + 86400.0))
                 timeout = max(0.0, min(deadlines) - time.monotonic())
                 ready = {key.fd for key, _ in selector.select(timeout)}
                 if self._wake_r in ready:
@@ -173,7 +180,12 @@ class Daemon:
                     self._watch_gateway(plan=False)
                 if (probed or reprobe) and self.gateway.refresh(dt.datetime.now(dt.UTC)):
                     self._publish()
-                changed = changed or clock_set
+                    # A new probe may show the gateway moved off a held root: sync, and the
+                    # hold's decision (core/hold.py) reads the new result.
+                    probed = bool(self.last_result and self.last_result.held_for_gateway)
+                else:
+                    probed = False
+                changed = changed or clock_set or probed
                 now = time.monotonic()
                 if clock_news:
                     next_expiry = now
@@ -191,6 +203,9 @@ class Daemon:
                     self._start_watching()  # a directory may have come back
                     self.sync("rescan")
                     next_rescan = now + self.config.watch.rescan_interval
+                if hold_at is not None and now >= hold_at:
+                    self._hold_fired = hold_end  # once per end, even if that sync fails
+                    self.sync("grace-ended")
                 if now >= next_expiry:
                     self._check_expiry()
                     next_expiry = now + self.config.expiry.check_interval
@@ -208,6 +223,15 @@ class Daemon:
         settle = self.config.watch.settle_ms / 1000.0
         assert self.dirty_since is not None
         return min(self.last_event + settle, self.dirty_since + settle * MAX_SETTLE_WINDOWS)
+
+    def _hold_deadline(self) -> tuple[dt.datetime | None, float | None]:
+        """The soonest end of a grace hold, and when (monotonic) to sync for it: a second
+        after, so the sync's clock is past it. None when nothing is held or it already fired."""
+        end = next_end(self.last_result.held_for_gateway) if self.last_result else None
+        if end is None or end == self._hold_fired:
+            return None, None
+        wait = max(0.0, (end - dt.datetime.now(dt.UTC)).total_seconds())
+        return end, time.monotonic() + wait + 1.0
 
     def _drain_pipe(self) -> None:
         try:

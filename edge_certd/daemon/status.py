@@ -6,6 +6,7 @@ import datetime as dt
 from collections.abc import Sequence
 
 from edge_certd.core.expiry import expiring
+from edge_certd.core.hold import status_fragment as hold_fragment
 from edge_certd.core.model import SyncResult
 from edge_certd.core.text import plural
 
@@ -21,6 +22,9 @@ def status_line(
     if result.last_change is not None:
         stamp = result.last_change.time.astimezone().strftime("%H:%M:%S")
         parts.append(f"last change {stamp} (+{result.last_change.added} −{result.last_change.removed})")
+    held = hold_fragment(result.held_for_gateway)
+    if held:
+        parts.append(held)
     if result.judge_unavailable:
         parts.append(f"{plural(len(result.judge_unavailable), 'file')} held: the judge is unavailable")
     if result.rejected_files:

@@ -6,7 +6,8 @@ root.
 
 - `plan`: the name, the version and the judged roots (`RootsPackage`), and the Device
   Update manifest;
-- `deb`: the reproducible `.deb`, written with `dpkg-deb`.
+- `deb`: the reproducible `.deb`, written with `dpkg-deb`;
+- `deviceupdate`: Device Update for IoT Hub's apt manifest and import manifest v5 files.
 """
 
 from edge_certd.package.plan import (

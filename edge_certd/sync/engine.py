@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from edge_certd.config import Config
 from edge_certd.core.errors import ApplyError, EdgeCertdError, SourceError, UpdateCommandError
+from edge_certd.core.hold import HoldDecision, decide
 from edge_certd.core.model import (
     FileVerdict,
     InstalledCA,
@@ -41,7 +42,7 @@ from edge_certd.store.state import (
     state_lock,
 )
 from edge_certd.store.verdict_cache import CACHE_NAME, VerdictCache
-from edge_certd.sync import journal_events, metrics, record
+from edge_certd.sync import holds, journal_events, metrics, record
 from edge_certd.sync.judging import Judging
 from edge_certd.sync.onchange import run_on_change
 from edge_certd.targets.base import Change
@@ -205,7 +206,9 @@ class Engine:
         # A crash mid-write leaves a temp file; under the lock no live writer owns one.
         remove_stale_temp_files(self.system.ca_dir)
         remove_stale_state_temp_files(self.paths)
-        remove_stale_temp_files(self.paths.state_dir, (CACHE_NAME, journal_events.MEMORY_NAME))
+        remove_stale_temp_files(
+            self.paths.state_dir, (CACHE_NAME, journal_events.MEMORY_NAME, holds.HOLDS_NAME)
+        )
         remove_stale_temp_files(self.config.bundles.dir)
         env_file = self.config.bundles.env_file
         remove_stale_temp_files(os.path.dirname(env_file), (os.path.basename(env_file),))
@@ -268,6 +271,14 @@ class Engine:
                 )
             )
         plan = make_plan(wanted.cas, present)
+        # The classic mistake of a rotation: a root whose source went away while the gateway
+        # still anchors at it stays for gateway.grace_days (core/hold.py decides).
+        decision = self._decide_holds(verdicts, blocked, held, plan.remove, loaded.entries, now)
+        grace_kept = _read_back_holds(decision, present)
+        if grace_kept:
+            wanted = wanted_set(verdicts, removed_by_operator=blocked, held={**held, **grace_kept})
+            plan = make_plan(wanted.cas, present)
+        held_for_gateway = tuple(h for h in decision.keep if h.sha256 in grace_kept)
         change = Change(managed=wanted.managed(), plan=plan)
         update_summary = ""
         changed_files: list[str] = []
@@ -302,6 +313,10 @@ class Engine:
                 )
             save_manifest(self.paths, managed, last_change)
             clear_pending(self.paths)
+            try:
+                holds.save_records(self.config, [r for r in decision.records if r.sha256 in grace_kept])
+            except EdgeCertdError as exc:
+                notes.append(Note(code="holds_not_saved", message=f"the grace holds were not saved: {exc}"))
         except ApplyError as exc:
             failed = SyncResult(
                 time=now,
@@ -312,6 +327,7 @@ class Engine:
                 last_change=loaded.last_change,
                 error=str(exc),
                 judge_unavailable=tuple(judged.unavailable),
+                held_for_gateway=held_for_gateway,  # still installed: nothing was removed
             )
             journal_events.log_failure(failed, exc)
             record.write_status(self.paths, failed, self.config)
@@ -334,7 +350,9 @@ class Engine:
             removed_by_operator=tuple(ca.sha256 for ca in plan.remove if ca.sha256 in blocked),
             last_change=last_change,
             judge_unavailable=tuple(judged.unavailable),
+            held_for_gateway=held_for_gateway,
         )
+        holds.log_decision(decision, grace_kept)
         journal_events.log_sync(result, self.paths)
         if result.trust_changed:
             run_on_change(self.config.on_change)
@@ -342,6 +360,31 @@ class Engine:
         self.last_result = result
         metrics.after_sync(self.config, self.paths, result, update_ran=bool(update_summary))
         return result
+
+    def _decide_holds(
+        self,
+        verdicts: Sequence[FileVerdict],
+        blocked: frozenset[str],
+        held: Mapping[str, Held],
+        removals: Sequence[InstalledCA],
+        manifest: Mapping[str, InstalledCA],
+        now: dt.datetime,
+    ) -> HoldDecision:
+        records = holds.load_records(self.config)
+        if not removals and not records:
+            return HoldDecision(keep=(), started=(), ended=(), records=())  # the usual sync: no reads
+        return decide(
+            removals=removals,
+            managed=manifest,
+            provided={ca.sha256 for v in verdicts for ca in v.accepted},
+            kept_otherwise=frozenset(held),
+            probes=holds.last_probes(self.config),
+            records=records,
+            blocked=blocked,
+            grace_days=self.config.gateway.grace_days,
+            now=now,
+            watching=bool(self.config.gateway.host or self.config.gateway.connection_string_file),
+        )
 
     def _manifest_entries(
         self, wanted: Wanted, old: Mapping[str, InstalledCA], now: dt.datetime
@@ -378,6 +421,17 @@ def _not_yet_valid_but_installed(
                 before = held[sha].sources if sha in held else ()
                 held[sha] = Held(ca=ca, sources=(*before, verdict.source))
     return held
+
+
+def _read_back_holds(decision: HoldDecision, present: Mapping[str, InstalledCA]) -> dict[str, Held]:
+    """The held CAs read back from ca_dir (what edge-certd wrote and trusted), as the plan's
+    `held`; one that cannot be read back is not kept."""
+    kept: dict[str, Held] = {}
+    for hold in decision.keep:
+        ca = load_installed(present[hold.sha256].path) if hold.sha256 in present else None
+        if ca is not None and ca.sha256 == hold.sha256:
+            kept[hold.sha256] = Held(ca=ca, sources=hold.sources)
+    return kept
 
 
 def _held(

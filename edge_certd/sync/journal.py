@@ -33,6 +33,9 @@ MESSAGE_IDS = {
     "gateway_recovered": "95702584e1bf4c7fa43be68c37ea1b63",
     "gateway_expiring": "564f4833bde0458c90399adb885ad276",
     "gateway_test_only": "b7ab7e5e3b194ce7851a1e5fc8d856cf",
+    # a root kept while the gateway still anchors at it (core/hold.py, sync/holds.py)
+    "ca_held_for_gateway": "c5659bde5d3e472093f5063bb919478f",
+    "ca_hold_released": "b7af752abc184d32a60ad9c176d67a54",
     "started": "4442b9094bcd4d89ac850da17ada2b97",
     "judge_unavailable": "6637b5b89d9e466e903400015f0cff81",
 }

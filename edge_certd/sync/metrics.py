@@ -226,6 +226,8 @@ def families(
                     result.last_change.time.timestamp(),
                 )
             )
+    if result is not None and result.held_for_gateway:
+        out.append(held_family(result))
     if daemon.expiry_checked is not None:
         out.append(
             _gauge(
@@ -237,6 +239,20 @@ def families(
     if daemon.gateway:
         out.extend(gateway_families(daemon.gateway))
     return out
+
+
+def held_family(result: SyncResult) -> Metric:
+    """One series per root kept after its source went away because the gateway still anchors
+    at it (core/hold.py): its value is when the hold ends. No series when nothing is held."""
+    held = GaugeMetricFamily(
+        "edge_certd_ca_held_for_gateway",
+        "Unix time at which the hold on a root ends: its source is gone, but the gateway's last "
+        "probe still anchors at it (gateway.grace_days).",
+        labels=["sha256"],
+    )
+    for hold in sorted(result.held_for_gateway, key=lambda h: h.sha256):
+        held.add_metric([hold.sha256], hold.until.timestamp())
+    return held
 
 
 def gateway_families(probes: Sequence[Probe]) -> list[Metric]:

@@ -79,6 +79,18 @@ def status_document(
         "judge_unavailable_total": len(result.judge_unavailable),
         "bundles": bundle_paths(config),
         "removed_by_operator": _stay_removed(result, blocked),
+        # Roots kept after their source went away, while the gateway still anchors at them.
+        "held_for_gateway": [
+            {
+                "sha256": h.sha256,
+                "subject": h.subject,
+                "gateway": h.gateway,
+                "since": iso(h.since),
+                "until": iso(h.until),
+                "sources": list(h.sources),
+            }
+            for h in result.held_for_gateway
+        ],
     }
     if result.last_change is not None:
         doc["last_change"] = iso(result.last_change.time)

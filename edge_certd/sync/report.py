@@ -61,6 +61,7 @@ def status(config: Config) -> dict[str, Any]:
         "source_errors": doc.get("source_errors", []),
         "target_failures": doc.get("target_failures", []),
         "notes": doc.get("notes", []),
+        "held_for_gateway": doc.get("held_for_gateway", []),
         "expiring": expiring(config),
         "daemon": load_report(paths.daemon) or None,
         "bundles": doc.get("bundles") or {"env_file": config.bundles.env_file},
@@ -107,6 +108,13 @@ def summary(op: str, result: SyncResult, own: Sequence[FileVerdict] = ()) -> dic
             f"  note: {plural(files, 'other file')} in the sources "
             f"{'is' if files == 1 else 'are'} rejected; `edge-certd status` lists "
             f"{'it' if files == 1 else 'them'}"
+        )
+    for hold in result.held_for_gateway:
+        # A roots package upgrade's sync prints this into apt's output: the mistake is seen there.
+        lines.append(
+            f"  kept {hold.subject} (sha256 {hold.sha256[:16]}…): its source is gone, but gateway "
+            f"{hold.gateway} still anchors at it; it stays until {iso(hold.until)} or until the "
+            "gateway moves to another root (gateway.grace_days)"
         )
     for problem in result.source_problems:
         lines.append(f"  {problem.describe()}")

@@ -249,6 +249,33 @@ def judge_removed(facts: ReportFacts) -> Check:
     )
 
 
+@dataclass(frozen=True, kw_only=True)
+class HeldRoot:
+    """A root the last sync kept because its source is gone and the gateway still anchors at
+    it (status.json's held_for_gateway; core/hold.py)."""
+
+    sha256: str
+    subject: str
+    gateway: str
+    until: str
+
+
+def judge_held(held: Sequence[HeldRoot]) -> Check:
+    """A warning while a root is held: the rotation's order is wrong and the hold has an end."""
+    shown = "; ".join(
+        f"{h.subject} (sha256 {h.sha256[:16]}) for gateway {h.gateway}, until {h.until}"
+        for h in held[:MAX_NAMED]
+    )
+    return Check(
+        "roots held for the gateway",
+        "warn",
+        f"its source is gone but the gateway still anchors at it, so it stays until the gateway "
+        f"moves or the hold ends: {shown}",
+        "move the gateway to the new root, or publish the roots package with both roots again "
+        "(docs/ROTATION.md); `edge-certd remove FINGERPRINT` if the root is compromised",
+    )
+
+
 def judge_target(facts: TargetFacts, entries: Sequence[InstalledCA]) -> Check:
     if facts.installed is None:
         return Check(facts.name, "skip", f"not written: {facts.skip_reason}")

@@ -18,6 +18,7 @@ from edge_certd.core.schema import SCHEMA_VERSIONS
 from edge_certd.diagnose.doctor.judge import (
     NO_GATEWAY,
     Check,
+    HeldRoot,
     ReportFacts,
     judge_clock,
     judge_config,
@@ -26,6 +27,7 @@ from edge_certd.diagnose.doctor.judge import (
     judge_expiry,
     judge_gateway,
     judge_gateway_watch,
+    judge_held,
     judge_keys,
     judge_manifest,
     judge_nested_edge,
@@ -135,6 +137,9 @@ def _checks(
     yield judge_rejected(report)
     yield judge_keys(report)
     yield judge_removed(report)
+    held = probe_held(config)
+    if held:  # only while a hold runs: a check that always passes would say nothing
+        yield judge_held(held)
     yield judge_gateway_watch(
         bool(config.gateway.host or config.gateway.connection_string_file), probe_gateway_watch(config), now
     )
@@ -144,6 +149,23 @@ def _checks(
 def probe_gateway_watch(config: Config) -> tuple[Probe, ...]:
     """The gateway watch's last probes, as the daemon recorded them in daemon.json."""
     return probes_from_record(load_report(StatePaths(config.state_dir).daemon))
+
+
+def probe_held(config: Config) -> tuple[HeldRoot, ...]:
+    """The roots the last sync held for the gateway, from status.json (already escaped)."""
+    found = load_report(StatePaths(config.state_dir).status).get("held_for_gateway")
+    if not isinstance(found, list):
+        return ()
+    return tuple(
+        HeldRoot(
+            sha256=str(item.get("sha256", "")),
+            subject=str(item.get("subject", "")),
+            gateway=str(item.get("gateway", "")),
+            until=str(item.get("until", "")),
+        )
+        for item in found
+        if isinstance(item, dict)
+    )
 
 
 def probe_report(config: Config) -> ReportFacts:
