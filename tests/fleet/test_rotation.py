@@ -43,6 +43,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.fleet]
 REPO = Path(__file__).resolve().parents[2]
 N = int(os.environ.get("EDGE_CERTD_FLEET_N", "4"))
 PACKAGE = "contoso-gateway-roots"
+LACKS = "EdgeCertdDeviceLacksFleetRoot"
 HOST_TOOLS = (
     "ansible-playbook",
     "apt-ftparchive",
@@ -52,10 +53,6 @@ HOST_TOOLS = (
     "dpkg-scanpackages",
     "ssh-keygen",
 )
-# The hold (gateway.grace_days) comes with the `grace` branch; until it is merged the classic
-# mistake's step is skipped (test_the_classic_mistake_is_held_until_the_gateway_moves).
-LACKS = "EdgeCertdDeviceLacksFleetRoot"
-HOLD = any("edge_certd_ca_held_for_gateway" in p.read_text() for p in (REPO / "edge_certd").rglob("*.py"))
 # Deadlines for a 2-core machine with two CPU-bound processes beside the run.
 ROLLOUT = 300.0 + 20 * N
 READY = 180.0
@@ -446,9 +443,6 @@ def test_a_root_rotation_across_the_fleet_fails_no_connection(fleet: Rehearsal) 
     print("\n" + fleet.report())  # -rP shows it with the test's output
 
 
-@pytest.mark.skipif(
-    not HOLD, reason="the hold for a root the gateway still uses (branch `grace`) is not here"
-)
 def test_the_classic_mistake_is_held_until_the_gateway_moves(fleet: Rehearsal) -> None:
     """v3 (B only) published while the gateway still serves chain A: A is held, no client fails,
     EdgeCertdRootHeldForGateway names every device; the gateway's move releases it."""
