@@ -231,6 +231,16 @@ def _children(pid: int) -> list[int]:
     return kids
 
 
+def _is_ns_init(pid: int) -> bool:
+    """Whether `pid` is PID 1 of a nested PID namespace (/proc/PID/status's NSpid ends in 1)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    nspid = next((ln.split()[1:] for ln in status.splitlines() if ln.startswith("NSpid:")), [])
+    return len(nspid) > 1 and nspid[-1] == "1"
+
+
 class Container:
     """One booted systemd-nspawn container on an overlay of the cached root."""
 
@@ -290,7 +300,9 @@ class Container:
         while time.monotonic() < deadline:
             if self.nspawn.poll() is not None:
                 raise RuntimeError(f"systemd-nspawn exited with {self.nspawn.returncode}:\n{self.console()}")
-            kids = _children(self.nspawn.pid)
+            # nspawn forks an outer child that exits once the container's PID 1 is forked:
+            # the leader is the child that is PID 1 in a PID namespace of its own.
+            kids = [k for k in _children(self.nspawn.pid) if _is_ns_init(k)]
             if kids:
                 self.leader = kids[0]
                 with contextlib.suppress(FileNotFoundError):
