@@ -2,13 +2,16 @@
 
 The handshake happens once, with verification off (`net.probe_tls`); the chain it
 collected is then verified here against each store, in a fresh `openssl verify` with
-only that store's anchors. `openssl verify` because it is the same chain builder the
-runtimes on a Debian device use (Python `ssl`, curl, mosquitto, the Azure IoT C SDK,
-Node.js link OpenSSL), so its verdict and its words are theirs, on Debian 12's
-cryptography 38 and on the newest PyPI release alike. cryptography's own verifier
-(42 and later) applies a stricter Web PKI profile than OpenSSL does, so it could
-refuse a chain every runtime on the device accepts. `openssl` is always there where
-`update-ca-certificates` works: Debian's ca-certificates package depends on it.
+only that store's anchors: the ones it could use for this chain (`pick`), the whole file
+when it is not plain PEM. The stores' checks run at once, under one deadline.
+
+`openssl verify` because it is the same chain builder the runtimes on a Debian device
+use (Python `ssl`, curl, mosquitto, the Azure IoT C SDK, Node.js link OpenSSL), so its
+verdict and its words are theirs, on Debian 12's cryptography 38 and on the newest PyPI
+release alike. cryptography's own verifier (42 and later) applies a stricter Web PKI
+profile than OpenSSL does, so it could refuse a chain every runtime on the device
+accepts. `openssl` is always there where `update-ca-certificates` works: Debian's ca-
+certificates package depends on it.
 
 `openssl verify(1ssl)`: without -no-CApath and -no-CAstore it also loads OpenSSL's
 default directory and store, which would let the machine's own roots leak into the
@@ -24,16 +27,19 @@ import shutil
 import ssl
 import subprocess
 import tempfile
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from cryptography import x509
 
 from edge_certd.core.text import printable
 from edge_certd.core.truststore import certificates
+from edge_certd.diagnose.verify import pick
 from edge_certd.diagnose.verify.model import StoreCheck, TrustStore
 from edge_certd.store.fsutil import read_bytes
 
-__all__ = ["check_store", "find_openssl"]
+__all__ = ["check_store", "check_stores", "find_openssl"]
 
 # Where Debian puts the binary, for a PATH without /usr/bin (a systemd unit's is fine).
 _OPENSSL_CANDIDATES = ("/usr/bin/openssl",)
@@ -44,6 +50,8 @@ _OPENSSL_TIMEOUT = 20.0
 _MAX_CHAIN = 16
 # openssl verify's callback (apps/verify.c) prints each error it meets like this.
 _ERROR_LINE = re.compile(r"error (\d+) at (\d+) depth lookup: ?(.*)")
+# openssl verify says a line or two; more is read no further.
+_MAX_OUTPUT = 64 * 1024
 
 
 def find_openssl() -> str | None:
@@ -56,94 +64,175 @@ def check_store(store: TrustStore, chain_der: Sequence[bytes], openssl: str | No
     Never raises: a store that cannot be read, or an openssl that cannot run, comes back
     as `problem`.
     """
-    anchors, problem = _read_anchors(store)
-    if problem is not None:
+    return check_stores([store], chain_der, openssl)[0]
+
+
+def check_stores(
+    stores: Sequence[TrustStore], chain_der: Sequence[bytes], openssl: str | None
+) -> list[StoreCheck]:
+    """`check_store` for each of `stores`, their `openssl verify` runs side by side, all
+    within one `_OPENSSL_TIMEOUT`. Never raises."""
+    with tempfile.TemporaryDirectory(prefix="edge-certd-verify-") as work:
+        leaf = os.path.join(work, "leaf.pem")
+        _write(leaf, chain_der[:1])
+        untrusted = None
+        if len(chain_der) > 1:
+            untrusted = os.path.join(work, "untrusted.pem")
+            _write(untrusted, chain_der[1:_MAX_CHAIN])
+        started = [
+            _start(store, chain_der, openssl, os.path.join(work, str(i)), leaf, untrusted)
+            for i, store in enumerate(stores)
+        ]
+        deadline = time.monotonic() + _OPENSSL_TIMEOUT
+        return [item if isinstance(item, StoreCheck) else item.finish(deadline) for item in started]
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Running:
+    """One store's `openssl verify`, started; what its result needs besides OpenSSL's word."""
+
+    proc: subprocess.Popen[bytes]
+    out: str
+    err: str
+    anchors: int
+    anchor: str | None
+    holds_issuer: bool
+    anchor_sha256: str | None
+
+    def finish(self, deadline: float) -> StoreCheck:
+        try:
+            self.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired as exc:
+            self.proc.kill()
+            self.proc.wait()
+            verdict = StoreCheck(problem=f"cannot be checked: openssl verify did not run ({exc})")
+        else:
+            verdict = _verdict(self.proc.returncode, _head(self.out) + _head(self.err))
+        return StoreCheck(
+            anchors=self.anchors,
+            problem=verdict.problem,
+            verified=verdict.verified,
+            error_code=verdict.error_code,
+            error_text=verdict.error_text,
+            anchor=self.anchor if verdict.verified else None,
+            anchor_sha256=self.anchor_sha256 if verdict.verified else None,
+            holds_issuer=self.holds_issuer,
+        )
+
+
+def _start(
+    store: TrustStore,
+    chain_der: Sequence[bytes],
+    openssl: str | None,
+    work: str,
+    leaf: str,
+    untrusted: str | None,
+) -> StoreCheck | _Running:
+    read, problem = _read_store(store)
+    if read is None:
         return StoreCheck(problem=problem)
-    if not anchors:
+    plain = [e for e in read.entries if e.plain]
+    if not plain:
         return StoreCheck(problem="holds no certificate")
-    anchor, holds_issuer, anchor_sha256 = _issuer_in(anchors, chain_der)
+    anchor, holds_issuer, anchor_sha256 = _issuer_in(plain, chain_der)
     if openssl is None:
         problem = "cannot be checked: the openssl command is not installed (apt install openssl)"
-        return StoreCheck(anchors=len(anchors), problem=problem, anchor=anchor, holds_issuer=holds_issuer)
-    verdict = _openssl_verify(openssl, store, anchors, chain_der)
-    return StoreCheck(
-        anchors=len(anchors),
-        problem=verdict.problem,
-        verified=verdict.verified,
-        error_code=verdict.error_code,
-        error_text=verdict.error_text,
-        anchor=anchor if verdict.verified else None,
-        anchor_sha256=anchor_sha256 if verdict.verified else None,
+        return StoreCheck(anchors=len(plain), problem=problem, anchor=anchor, holds_issuer=holds_issuer)
+    os.mkdir(work)
+    argv = [openssl, "verify", "-purpose", "sslserver", "-no-CAstore"]
+    chosen = pick.needed(read, chain_der[:_MAX_CHAIN])
+    if chosen is None and store.kind == "pem":
+        cafile = store.path  # not plain: the very file the runtime reads, parsed by OpenSSL
+    else:
+        # Only what could be used; an unused one when none could, so OpenSSL loads a file.
+        entries = read.entries if chosen is None else chosen or read.entries[:1]
+        cafile = os.path.join(work, "anchors.pem")
+        with open(cafile, "wb") as handle:
+            handle.write(b"".join(e.pem for e in entries))
+    argv += ["-CAfile", cafile]
+    if store.directory and os.path.isdir(store.directory):
+        argv += ["-CApath", store.directory]
+    else:
+        argv.append("-no-CApath")
+    if untrusted is not None:
+        argv += ["-untrusted", untrusted]
+    argv.append(leaf)
+    out, err = os.path.join(work, "out"), os.path.join(work, "err")
+    try:
+        # Files, not pipes: several run at once and none may block on a full pipe.
+        with open(out, "wb") as out_file, open(err, "wb") as err_file:
+            proc = subprocess.Popen(argv, stdout=out_file, stderr=err_file, stdin=subprocess.DEVNULL)
+    except OSError as exc:
+        return StoreCheck(
+            anchors=len(plain),
+            problem=f"cannot be checked: openssl verify did not run ({exc})",
+            holds_issuer=holds_issuer,
+        )
+    return _Running(
+        proc=proc,
+        out=out,
+        err=err,
+        anchors=len(plain),
+        anchor=anchor,
         holds_issuer=holds_issuer,
+        anchor_sha256=anchor_sha256,
     )
 
 
-def _read_anchors(store: TrustStore) -> tuple[list[bytes], str | None]:
-    """The store's certificates as DER, or (_, why) when it cannot be read."""
+def _read_store(store: TrustStore) -> tuple[pick.Store | None, str | None]:
+    """The store's certificates, or (None, why) when it cannot be read."""
     try:
         data = read_bytes(store.path)
     except OSError as exc:
-        return [], f"cannot be read: {exc.strerror or exc}"
+        return None, f"cannot be read: {exc.strerror or exc}"
     if data is None:
-        return [], "not found"
+        return None, "not found"
+    if store.kind == "pem":
+        return pick.read_pem_store(data), None
     try:
-        return certificates(data, store.kind, store.password), None
+        return pick.store_of_ders(certificates(data, store.kind, store.password)), None
     except ValueError:
-        return [], "cannot be read as PKCS#12 with the configured password (bundles.java_password)"
+        return None, "cannot be read as PKCS#12 with the configured password (bundles.java_password)"
 
 
-def _issuer_in(anchors: Sequence[bytes], chain_der: Sequence[bytes]) -> tuple[str | None, bool, str | None]:
+def _issuer_in(
+    plain: Sequence[pick.Entry], chain_der: Sequence[bytes]
+) -> tuple[str | None, bool, str | None]:
     """The anchor named as the issuer of the chain's top (a self-signed top names
-    itself), escaped for display, whether the store holds one at all, and its SHA-256."""
+    itself), escaped for display, whether the store holds one at all, and its SHA-256.
+
+    Names are compared by cryptography, as always; `pick.name_key` only spares parsing
+    the anchors whose names cannot be equal."""
     try:
         top = x509.load_der_x509_certificate(chain_der[-1])
     except (ValueError, IndexError):
         return None, False, None
     wanted = top.issuer
-    for der in anchors:
+    names = pick.names_of(chain_der[-1])
+    key = pick.name_key(names[0]) if names else None
+    for entry in plain:
+        if key is not None and entry.subject is not None and entry.subject != key:
+            continue
         try:
-            cert = x509.load_der_x509_certificate(der)
+            cert = x509.load_der_x509_certificate(entry.der)
         except ValueError:
             continue
         if cert.subject == wanted:
-            return printable(cert.subject.rfc4514_string()), True, hashlib.sha256(der).hexdigest()
+            return printable(cert.subject.rfc4514_string()), True, hashlib.sha256(entry.der).hexdigest()
     return None, False, None
 
 
-def _openssl_verify(
-    openssl: str, store: TrustStore, anchors: Sequence[bytes], chain_der: Sequence[bytes]
-) -> StoreCheck:
-    with tempfile.TemporaryDirectory(prefix="edge-certd-verify-") as work:
-        leaf = os.path.join(work, "leaf.pem")
-        _write(leaf, chain_der[:1])
-        argv = [openssl, "verify", "-purpose", "sslserver", "-no-CAstore"]
-        if store.kind == "pem":
-            cafile = store.path  # the very file the runtime reads, parsed by OpenSSL
-        else:
-            cafile = os.path.join(work, "anchors.pem")
-            _write(cafile, anchors)
-        argv += ["-CAfile", cafile]
-        if store.directory and os.path.isdir(store.directory):
-            argv += ["-CApath", store.directory]
-        else:
-            argv.append("-no-CApath")
-        if len(chain_der) > 1:
-            untrusted = os.path.join(work, "untrusted.pem")
-            _write(untrusted, chain_der[1:_MAX_CHAIN])
-            argv += ["-untrusted", untrusted]
-        argv.append(leaf)
-        try:
-            proc = subprocess.run(
-                argv,
-                capture_output=True,
-                timeout=_OPENSSL_TIMEOUT,
-                stdin=subprocess.DEVNULL,
-                check=False,
-            )
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            return StoreCheck(problem=f"cannot be checked: openssl verify did not run ({exc})")
-    output = (proc.stdout + proc.stderr).decode("utf-8", "replace")
-    if proc.returncode == 0:
+def _head(path: str) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(_MAX_OUTPUT)
+    except OSError:
+        return b""
+
+
+def _verdict(returncode: int, raw: bytes) -> StoreCheck:
+    output = raw.decode("utf-8", "replace")
+    if returncode == 0:
         return StoreCheck(verified=True)
     for line in output.splitlines():
         match = _ERROR_LINE.search(line)
@@ -152,7 +241,7 @@ def _openssl_verify(
     if "Error loading file" in output:
         return StoreCheck(problem="OpenSSL could not load a certificate from it")
     tail = printable(" ".join(output.split())[-200:], 200)
-    return StoreCheck(problem=f"cannot be checked: openssl verify exited with {proc.returncode}: {tail}")
+    return StoreCheck(problem=f"cannot be checked: openssl verify exited with {returncode}: {tail}")
 
 
 def _write(path: str, ders: Sequence[bytes]) -> None:

@@ -147,7 +147,7 @@ class _Check:
         if chain:
             openssl = anchors.find_openssl()
             self.checked.extend(
-                (store, anchors.check_store(store, chain_der, openssl)) for store in request.stores
+                zip(request.stores, anchors.check_stores(request.stores, chain_der, openssl), strict=True)
             )
         for store, check in self.checked:
             elsewhere = [other for other, result in self.checked if result.verified and other is not store]
