@@ -10,6 +10,7 @@ import base64
 import random
 import subprocess
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -184,3 +185,27 @@ def test_hostile_bytes_give_a_store_never_a_traceback() -> None:
         pick.name_key(bytes(der[: rng.randint(0, len(der))]))
     assert pick.read_pem_store(b"-----BEGIN CERTIFICATE-----\n" + body).entries == ()
     assert pick.needed(pick.read_pem_store(root.cert_pem), [b"\x30\x80" * 50]) is None
+
+
+def test_a_wedged_openssl_is_killed_at_the_deadline_for_every_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    wedged = tmp_path / "openssl"
+    wedged.write_text("#!/bin/sh\nexec sleep 60\n")
+    wedged.chmod(0o755)
+    monkeypatch.setattr(anchors, "_OPENSSL_TIMEOUT", 0.5)
+    root = CA.root("Gateway Root")
+    path = tmp_path / "roots.pem"
+    path.write_bytes(root.cert_pem)
+    start = time.monotonic()
+    results = anchors.check_stores(
+        [store(path), store(path)], [root.issue_server("gw", ["gw"]).der], str(wedged)
+    )
+    assert time.monotonic() - start < 10  # one deadline for all, not one each, and no 60 s sleep
+    for result in results:
+        assert result.problem is not None and result.problem.startswith(
+            "cannot be checked: openssl verify did not run"
+        )
+        assert "timed out after 0.5 seconds" in result.problem and not result.verified
+    # And the real openssl, beside it, answers.
+    assert anchors.check_store(store(path), [root.issue_server("gw", ["gw"]).der], openssl()).verified

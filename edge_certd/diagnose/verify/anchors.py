@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import select
 import shutil
 import ssl
 import subprocess
@@ -79,8 +80,9 @@ def check_stores(
         if len(chain_der) > 1:
             untrusted = os.path.join(work, "untrusted.pem")
             _write(untrusted, chain_der[1:_MAX_CHAIN])
+        keys = pick.Keys()
         started = [
-            _start(store, chain_der, openssl, os.path.join(work, str(i)), leaf, untrusted)
+            _start(store, chain_der, openssl, os.path.join(work, str(i)), leaf, untrusted, keys)
             for i, store in enumerate(stores)
         ]
         deadline = time.monotonic() + _OPENSSL_TIMEOUT
@@ -100,12 +102,11 @@ class _Running:
     anchor_sha256: str | None
 
     def finish(self, deadline: float) -> StoreCheck:
-        try:
-            self.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired as exc:
+        if not _wait(self.proc, deadline):
             self.proc.kill()
             self.proc.wait()
-            verdict = StoreCheck(problem=f"cannot be checked: openssl verify did not run ({exc})")
+            timeout = f"Command {self.proc.args!r} timed out after {_OPENSSL_TIMEOUT} seconds"
+            verdict = StoreCheck(problem=f"cannot be checked: openssl verify did not run ({timeout})")
         else:
             verdict = _verdict(self.proc.returncode, _head(self.out) + _head(self.err))
         return StoreCheck(
@@ -120,6 +121,28 @@ class _Running:
         )
 
 
+def _wait(proc: subprocess.Popen[bytes], deadline: float) -> bool:
+    """Whether `proc` ended by `deadline`. A pidfd wakes at its exit; Popen.wait(timeout)
+    polls with sleeps of up to 50 ms, more than a whole check takes."""
+    remaining = max(0.0, deadline - time.monotonic())
+    try:
+        pidfd = os.pidfd_open(proc.pid)
+    except (AttributeError, OSError):  # before Linux 5.3, or not Linux
+        try:
+            proc.wait(timeout=remaining)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
+    try:
+        ready, _, _ = select.select([pidfd], [], [], remaining)
+    finally:
+        os.close(pidfd)
+    if not ready:
+        return False
+    proc.wait()
+    return True
+
+
 def _start(
     store: TrustStore,
     chain_der: Sequence[bytes],
@@ -127,8 +150,9 @@ def _start(
     work: str,
     leaf: str,
     untrusted: str | None,
+    keys: pick.Keys,
 ) -> StoreCheck | _Running:
-    read, problem = _read_store(store)
+    read, problem = _read_store(store, keys)
     if read is None:
         return StoreCheck(problem=problem)
     plain = [e for e in read.entries if e.plain]
@@ -138,15 +162,14 @@ def _start(
     if openssl is None:
         problem = "cannot be checked: the openssl command is not installed (apt install openssl)"
         return StoreCheck(anchors=len(plain), problem=problem, anchor=anchor, holds_issuer=holds_issuer)
-    os.mkdir(work)
     argv = [openssl, "verify", "-purpose", "sslserver", "-no-CAstore"]
-    chosen = pick.needed(read, chain_der[:_MAX_CHAIN])
+    chosen = pick.needed(read, chain_der[:_MAX_CHAIN], keys)
     if chosen is None and store.kind == "pem":
         cafile = store.path  # not plain: the very file the runtime reads, parsed by OpenSSL
     else:
         # Only what could be used; an unused one when none could, so OpenSSL loads a file.
         entries = read.entries if chosen is None else chosen or read.entries[:1]
-        cafile = os.path.join(work, "anchors.pem")
+        cafile = f"{work}-anchors.pem"
         with open(cafile, "wb") as handle:
             handle.write(b"".join(e.pem for e in entries))
     argv += ["-CAfile", cafile]
@@ -157,7 +180,7 @@ def _start(
     if untrusted is not None:
         argv += ["-untrusted", untrusted]
     argv.append(leaf)
-    out, err = os.path.join(work, "out"), os.path.join(work, "err")
+    out, err = f"{work}-out", f"{work}-err"
     try:
         # Files, not pipes: several run at once and none may block on a full pipe.
         with open(out, "wb") as out_file, open(err, "wb") as err_file:
@@ -179,7 +202,7 @@ def _start(
     )
 
 
-def _read_store(store: TrustStore) -> tuple[pick.Store | None, str | None]:
+def _read_store(store: TrustStore, keys: pick.Keys) -> tuple[pick.Store | None, str | None]:
     """The store's certificates, or (None, why) when it cannot be read."""
     try:
         data = read_bytes(store.path)
@@ -188,9 +211,9 @@ def _read_store(store: TrustStore) -> tuple[pick.Store | None, str | None]:
     if data is None:
         return None, "not found"
     if store.kind == "pem":
-        return pick.read_pem_store(data), None
+        return pick.read_pem_store(data, keys), None
     try:
-        return pick.store_of_ders(certificates(data, store.kind, store.password)), None
+        return pick.store_of_ders(certificates(data, store.kind, store.password), keys), None
     except ValueError:
         return None, "cannot be read as PKCS#12 with the configured password (bundles.java_password)"
 

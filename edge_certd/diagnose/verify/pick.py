@@ -28,9 +28,9 @@ from cryptography import x509
 from edge_certd.core import der
 from edge_certd.core.pem import scan
 
-__all__ = ["Entry", "Store", "name_key", "names_of", "needed", "read_pem_store", "store_of_ders"]
+__all__ = ["Entry", "Keys", "Store", "name_key", "names_of", "needed", "read_pem_store", "store_of_ders"]
 
-NameKey = tuple[tuple[bytes, object], ...]
+NameKey = tuple[tuple[bytes, bytes], ...]
 
 _CERT = b"CERTIFICATE"
 _TRUSTED = b"TRUSTED CERTIFICATE"
@@ -46,6 +46,9 @@ _CODECS = {
     0x1E: "utf-16-be",  # BMPString
     0x1C: "utf-32-be",  # UniversalString
 }
+_SET = 0x31
+# No real name has more; a key is built for a bounded number only.
+_MAX_ATTRIBUTES = 64
 # Closing over issuers: a real chain of anchors is a handful deep.
 _MAX_ROUNDS = 16
 
@@ -58,14 +61,15 @@ class Entry:
         pem: the text to hand OpenSSL: the block as the file has it (trust settings kept).
         der: the certificate's DER (without trust settings).
         plain: a CERTIFICATE block, one of the store's anchors as `certificates()` counts them.
-        subject, issuer: `name_key`s, or None when the names cannot be read.
+        subject: its `name_key`, or None when the names cannot be read.
+        issuer: its issuer's name as DER (keyed only for the few anchors picked).
     """
 
     pem: bytes
     der: bytes
     plain: bool
     subject: NameKey | None
-    issuer: NameKey | None
+    issuer: bytes | None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -78,32 +82,42 @@ class Store:
 
 def name_key(name_der: bytes) -> NameKey | None:
     """A key equal for every two names OpenSSL (or cryptography) calls equal; None when
-    `name_der` is not a Name this reader can walk."""
+    `name_der` is not a Name this reader can walk (a SEQUENCE of SETs of (OID, value))."""
+    found: list[tuple[bytes, bytes]] = []
     try:
-        node, used = der.parse(name_der)
+        tag, at, end = der.header(name_der, 0, len(name_der))
+        if tag != der.SEQUENCE or end != len(name_der):
+            return None
+        while at < end:
+            tag, rdn_at, rdn_end = der.header(name_der, at, end)
+            if tag != _SET or rdn_end is None:
+                return None
+            while rdn_at < rdn_end:
+                tag, atv_at, atv_end = der.header(name_der, rdn_at, rdn_end)
+                if tag != der.SEQUENCE or atv_end is None or len(found) >= _MAX_ATTRIBUTES:
+                    return None
+                tag, oid_at, oid_end = der.header(name_der, atv_at, atv_end)
+                if tag != der.OID or oid_end is None:
+                    return None
+                tag, value_at, value_end = der.header(name_der, oid_end, atv_end)
+                if value_end != atv_end:
+                    return None
+                found.append((name_der[oid_at:oid_end], _canon(tag, name_der[value_at:value_end])))
+                rdn_at = atv_end
+            at = rdn_end
     except der.DerError:
         return None
-    if used != len(name_der) or node.tag != der.SEQUENCE:
-        return None
-    found: list[tuple[bytes, object]] = []
-    for rdn in node.children:
-        for atv in rdn.children:
-            if len(atv.children) != 2 or atv.children[0].tag != der.OID:
-                return None
-            oid, value = atv.children
-            found.append((oid.content, _canon(value)))
-    return tuple(sorted(found, key=repr))
+    return tuple(sorted(found))
 
 
-def _canon(value: der.Node) -> object:
-    codec = _CODECS.get(value.tag)
-    if codec is None or value.constructed:
-        return (value.tag, value.content, value.children)
-    try:
-        text = value.content.decode(codec)
-    except UnicodeDecodeError:
-        return (value.tag, value.content)
-    return "".join(text.split()).lower()
+def _canon(tag: int, content: bytes) -> bytes:
+    codec = _CODECS.get(tag)
+    if codec is not None:
+        try:
+            return b"s" + "".join(content.decode(codec).split()).lower().encode()
+        except UnicodeDecodeError:
+            pass
+    return b"r" + bytes((tag,)) + content
 
 
 def names_of(cert_der: bytes) -> tuple[bytes, bytes] | None:
@@ -129,10 +143,23 @@ def names_of(cert_der: bytes) -> tuple[bytes, bytes] | None:
     return cert_der[i_start:i_end], cert_der[s_start:s_end]
 
 
-def _entry(pem: bytes, cert_der: bytes, plain: bool) -> Entry:
+class Keys:
+    """`name_key` once for each distinct name: the stores of one device share most roots."""
+
+    def __init__(self) -> None:
+        self._seen: dict[bytes, NameKey | None] = {}
+
+    def __call__(self, name_der: bytes) -> NameKey | None:
+        if name_der not in self._seen:
+            self._seen[name_der] = name_key(name_der)
+        return self._seen[name_der]
+
+
+def _entry(pem: bytes, cert_der: bytes, plain: bool, keys: Keys) -> Entry:
     names = names_of(cert_der)
-    issuer, subject = (name_key(names[0]), name_key(names[1])) if names else (None, None)
-    return Entry(pem=pem, der=cert_der, plain=plain, subject=subject, issuer=issuer)
+    if names is None:
+        return Entry(pem=pem, der=cert_der, plain=plain, subject=None, issuer=None)
+    return Entry(pem=pem, der=cert_der, plain=plain, subject=keys(names[1]), issuer=names[0])
 
 
 def _loads(cert_der: bytes) -> bool:
@@ -143,8 +170,9 @@ def _loads(cert_der: bytes) -> bool:
     return der.declared_length(cert_der) == len(cert_der)
 
 
-def read_pem_store(data: bytes) -> Store:
+def read_pem_store(data: bytes, keys: Keys | None = None) -> Store:
     """Every certificate of a PEM store, and whether the file is plain (see the module)."""
+    keys = keys or Keys()
     blocks = scan(data)
     # A BEGIN line the scanner does not take (a label it does not know) is still a block
     # OpenSSL tries to read.
@@ -168,7 +196,7 @@ def read_pem_store(data: bytes) -> Store:
         cert_der = body if plain else body[: der.declared_length(body) or 0]
         if not _loads(cert_der) or not (plain or _aux_reads(body[len(cert_der) :])):
             clean = False
-        entries.append(_entry(data[block.start : block.end] + b"\n", cert_der, plain))
+        entries.append(_entry(data[block.start : block.end] + b"\n", cert_der, plain, keys))
     return Store(entries=tuple(entries), clean=clean)
 
 
@@ -182,26 +210,28 @@ def _aux_reads(aux: bytes) -> bool:
     return used == len(aux) and node.tag == der.SEQUENCE
 
 
-def store_of_ders(ders: Sequence[bytes]) -> Store:
+def store_of_ders(ders: Sequence[bytes], keys: Keys | None = None) -> Store:
     """A JKS or PKCS#12 store's certificates (written out as PEM for OpenSSL)."""
-    entries = tuple(_entry(ssl.DER_cert_to_PEM_cert(d).encode(), d, True) for d in ders)
+    keys = keys or Keys()
+    entries = tuple(_entry(ssl.DER_cert_to_PEM_cert(d).encode(), d, True, keys) for d in ders)
     return Store(entries=entries, clean=all(_loads(d) for d in ders))
 
 
-def needed(store: Store, chain_der: Iterable[bytes]) -> list[Entry] | None:
+def needed(store: Store, chain_der: Iterable[bytes], keys: Keys | None = None) -> list[Entry] | None:
     """The entries OpenSSL could use to verify `chain_der`, in the store's order: every one
     whose subject is the subject or issuer of a presented certificate, closed over their
     own issuers. None when the store must be handed over whole (not plain, or a name that
     cannot be read)."""
     if not store.clean:
         return None
+    keys = keys or Keys()
     wanted: set[NameKey] = set()
     for cert_der in chain_der:
         names = names_of(cert_der)
-        keys = (name_key(names[0]), name_key(names[1])) if names else (None, None)
-        if keys[0] is None or keys[1] is None:
+        issuer, subject = (keys(names[0]), keys(names[1])) if names else (None, None)
+        if issuer is None or subject is None:
             return None
-        wanted.update((keys[0], keys[1]))
+        wanted.update((issuer, subject))
     if any(e.subject is None or e.issuer is None for e in store.entries):
         return None
     chosen: set[int] = set()
@@ -211,9 +241,11 @@ def needed(store: Store, chain_der: Iterable[bytes]) -> list[Entry] | None:
             break
         chosen.update(new)
         for i in new:
-            issuer = store.entries[i].issuer
-            if issuer is not None:
-                wanted.add(issuer)
+            issuer_der = store.entries[i].issuer
+            issuer = keys(issuer_der) if issuer_der is not None else None
+            if issuer is None:
+                return None  # an anchor whose issuer cannot be named: hand it all over
+            wanted.add(issuer)
     else:
         return None  # deeper than any chain of anchors: let OpenSSL read it all
     return [e for i, e in enumerate(store.entries) if i in chosen]
