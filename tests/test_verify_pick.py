@@ -209,3 +209,25 @@ def test_a_wedged_openssl_is_killed_at_the_deadline_for_every_store(
         assert "timed out after 0.5 seconds" in result.problem and not result.verified
     # And the real openssl, beside it, answers.
     assert anchors.check_store(store(path), [root.issue_server("gw", ["gw"]).der], openssl()).verified
+
+
+def test_stores_that_hand_openssl_the_same_anchors_share_one_run_and_one_verdict(
+    tmp_path: Path, others: bytes
+) -> None:
+    log = tmp_path / "runs.log"
+    counting = tmp_path / "openssl"
+    counting.write_text(f'#!/bin/sh\necho run >> "{log}"\nexec "{openssl()}" "$@"\n')
+    counting.chmod(0o755)
+    root, stranger = CA.root("Gateway Root"), CA.root("Stranger Root")
+    server = root.issue_server("gw", ["gw"])
+    big, alone, wrong = tmp_path / "big.pem", tmp_path / "alone.pem", tmp_path / "wrong.pem"
+    big.write_bytes(others + root.cert_pem)
+    alone.write_bytes(root.cert_pem)
+    wrong.write_bytes(others + stranger.cert_pem)
+    stores = [store(big), store(alone), store(wrong)]
+    results = anchors.check_stores(stores, [server.der], str(counting))
+    assert log.read_text().count("run") == 2  # big and alone need the same one anchor
+    assert [r.verified for r in results] == [True, True, False]
+    assert [r.anchors for r in results] == [MANY + 1, 1, MANY + 1]
+    assert results[2].error_code == 20
+    assert results == [anchors.check_store(s, [server.der], openssl()) for s in stores]

@@ -80,35 +80,48 @@ def check_stores(
         if len(chain_der) > 1:
             untrusted = os.path.join(work, "untrusted.pem")
             _write(untrusted, chain_der[1:_MAX_CHAIN])
-        keys = pick.Keys()
+        keys, runs = pick.Keys(), _Runs()
         started = [
-            _start(store, chain_der, openssl, os.path.join(work, str(i)), leaf, untrusted, keys)
+            _start(store, chain_der, openssl, os.path.join(work, str(i)), leaf, untrusted, keys, runs)
             for i, store in enumerate(stores)
         ]
         deadline = time.monotonic() + _OPENSSL_TIMEOUT
         return [item if isinstance(item, StoreCheck) else item.finish(deadline) for item in started]
 
 
+class _Run:
+    """One `openssl verify` process; its verdict once it has ended."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], out: str, err: str) -> None:
+        self.proc, self.out, self.err = proc, out, err
+        self._verdict: StoreCheck | None = None
+
+    def verdict(self, deadline: float) -> StoreCheck:
+        if self._verdict is None:
+            if _wait(self.proc, deadline):
+                self._verdict = _verdict(self.proc.returncode, _head(self.out) + _head(self.err))
+            else:
+                self.proc.kill()
+                self.proc.wait()
+                timeout = f"Command {self.proc.args!r} timed out after {_OPENSSL_TIMEOUT} seconds"
+                self._verdict = StoreCheck(
+                    problem=f"cannot be checked: openssl verify did not run ({timeout})"
+                )
+        return self._verdict
+
+
 @dataclass(frozen=True, kw_only=True)
 class _Running:
-    """One store's `openssl verify`, started; what its result needs besides OpenSSL's word."""
+    """One store's check, started; what its result needs besides OpenSSL's word."""
 
-    proc: subprocess.Popen[bytes]
-    out: str
-    err: str
+    run: _Run
     anchors: int
     anchor: str | None
     holds_issuer: bool
     anchor_sha256: str | None
 
     def finish(self, deadline: float) -> StoreCheck:
-        if not _wait(self.proc, deadline):
-            self.proc.kill()
-            self.proc.wait()
-            timeout = f"Command {self.proc.args!r} timed out after {_OPENSSL_TIMEOUT} seconds"
-            verdict = StoreCheck(problem=f"cannot be checked: openssl verify did not run ({timeout})")
-        else:
-            verdict = _verdict(self.proc.returncode, _head(self.out) + _head(self.err))
+        verdict = self.run.verdict(deadline)
         return StoreCheck(
             anchors=self.anchors,
             problem=verdict.problem,
@@ -119,6 +132,9 @@ class _Running:
             anchor_sha256=self.anchor_sha256 if verdict.verified else None,
             holds_issuer=self.holds_issuer,
         )
+
+
+_Runs = dict[tuple[bytes | str, str | None], _Run]
 
 
 def _wait(proc: subprocess.Popen[bytes], deadline: float) -> bool:
@@ -151,6 +167,7 @@ def _start(
     leaf: str,
     untrusted: str | None,
     keys: pick.Keys,
+    runs: _Runs,
 ) -> StoreCheck | _Running:
     read, problem = _read_store(store, keys)
     if read is None:
@@ -164,37 +181,41 @@ def _start(
         return StoreCheck(anchors=len(plain), problem=problem, anchor=anchor, holds_issuer=holds_issuer)
     argv = [openssl, "verify", "-purpose", "sslserver", "-no-CAstore"]
     chosen = pick.needed(read, chain_der[:_MAX_CHAIN], keys)
+    capath = store.directory if store.directory and os.path.isdir(store.directory) else None
+    content: bytes | None = None
     if chosen is None and store.kind == "pem":
         cafile = store.path  # not plain: the very file the runtime reads, parsed by OpenSSL
     else:
         # Only what could be used; an unused one when none could, so OpenSSL loads a file.
         entries = read.entries if chosen is None else chosen or read.entries[:1]
-        cafile = f"{work}-anchors.pem"
-        with open(cafile, "wb") as handle:
-            handle.write(b"".join(e.pem for e in entries))
-    argv += ["-CAfile", cafile]
-    if store.directory and os.path.isdir(store.directory):
-        argv += ["-CApath", store.directory]
-    else:
-        argv.append("-no-CApath")
-    if untrusted is not None:
-        argv += ["-untrusted", untrusted]
-    argv.append(leaf)
-    out, err = f"{work}-out", f"{work}-err"
-    try:
-        # Files, not pipes: several run at once and none may block on a full pipe.
-        with open(out, "wb") as out_file, open(err, "wb") as err_file:
-            proc = subprocess.Popen(argv, stdout=out_file, stderr=err_file, stdin=subprocess.DEVNULL)
-    except OSError as exc:
-        return StoreCheck(
-            anchors=len(plain),
-            problem=f"cannot be checked: openssl verify did not run ({exc})",
-            holds_issuer=holds_issuer,
-        )
+        content = b"".join(e.pem for e in entries)
+    # Stores that hand OpenSSL the same anchors (and directory) get the same verdict: the
+    # system bundle and ca-bundle.pem, say, both holding the one gateway root it needs.
+    run = runs.get((content or cafile, capath))
+    if run is None:
+        if content is not None:
+            cafile = f"{work}-anchors.pem"
+            with open(cafile, "wb") as handle:
+                handle.write(content)
+        argv += ["-CAfile", cafile]
+        argv += ["-CApath", capath] if capath else ["-no-CApath"]
+        if untrusted is not None:
+            argv += ["-untrusted", untrusted]
+        argv.append(leaf)
+        out, err = f"{work}-out", f"{work}-err"
+        try:
+            # Files, not pipes: several run at once and none may block on a full pipe.
+            with open(out, "wb") as out_file, open(err, "wb") as err_file:
+                proc = subprocess.Popen(argv, stdout=out_file, stderr=err_file, stdin=subprocess.DEVNULL)
+        except OSError as exc:
+            return StoreCheck(
+                anchors=len(plain),
+                problem=f"cannot be checked: openssl verify did not run ({exc})",
+                holds_issuer=holds_issuer,
+            )
+        run = runs[(content or cafile, capath)] = _Run(proc, out, err)
     return _Running(
-        proc=proc,
-        out=out,
-        err=err,
+        run=run,
         anchors=len(plain),
         anchor=anchor,
         holds_issuer=holds_issuer,
