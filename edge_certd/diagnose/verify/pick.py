@@ -19,6 +19,7 @@ before, so "OpenSSL could not load a certificate from it" is still OpenSSL's own
 from __future__ import annotations
 
 import base64
+import re
 import ssl
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -34,7 +35,8 @@ NameKey = tuple[tuple[bytes, bytes], ...]
 
 _CERT = b"CERTIFICATE"
 _TRUSTED = b"TRUSTED CERTIFICATE"
-_MAX_LINE = 64  # what every writer of certificate PEM uses; OpenSSL reads more, not all
+# Longer than 64, what every writer of certificate PEM uses; OpenSSL reads more, not all.
+_LONG_LINE = re.compile(rb"[^\r\n]{65}")
 # The string types x509_name_canon() converts (ASN1_MASK_CANON), with the codec that gives
 # the characters ASN1_STRING_to_UTF8() does.
 _CODECS = {
@@ -144,10 +146,12 @@ def names_of(cert_der: bytes) -> tuple[bytes, bytes] | None:
 
 
 class Keys:
-    """`name_key` once for each distinct name: the stores of one device share most roots."""
+    """`name_key` once for each distinct name, and each distinct PEM file read once: the
+    stores of one device share most roots, and ca-bundle.pem is the system bundle's copy."""
 
     def __init__(self) -> None:
         self._seen: dict[bytes, NameKey | None] = {}
+        self.stores: dict[bytes, Store] = {}
 
     def __call__(self, name_der: bytes) -> NameKey | None:
         if name_der not in self._seen:
@@ -173,6 +177,8 @@ def _loads(cert_der: bytes) -> bool:
 def read_pem_store(data: bytes, keys: Keys | None = None) -> Store:
     """Every certificate of a PEM store, and whether the file is plain (see the module)."""
     keys = keys or Keys()
+    if data in keys.stores:
+        return keys.stores[data]
     blocks = scan(data)
     # A BEGIN line the scanner does not take (a label it does not know) is still a block
     # OpenSSL tries to read.
@@ -182,8 +188,7 @@ def read_pem_store(data: bytes, keys: Keys | None = None) -> Store:
         if block.label not in (_CERT, _TRUSTED) or not block.complete:
             clean = False
             continue
-        lines = block.body.split(b"\n")
-        if any(len(line.rstrip(b"\r")) > _MAX_LINE for line in lines):
+        if _LONG_LINE.search(block.body):
             clean = False
         if block.start and data[block.start - 1 : block.start] != b"\n":
             clean = False
@@ -197,7 +202,8 @@ def read_pem_store(data: bytes, keys: Keys | None = None) -> Store:
         if not _loads(cert_der) or not (plain or _aux_reads(body[len(cert_der) :])):
             clean = False
         entries.append(_entry(data[block.start : block.end] + b"\n", cert_der, plain, keys))
-    return Store(entries=tuple(entries), clean=clean)
+    store = keys.stores[data] = Store(entries=tuple(entries), clean=clean)
+    return store
 
 
 def _aux_reads(aux: bytes) -> bool:
