@@ -36,7 +36,7 @@ NameKey = tuple[tuple[bytes, bytes], ...]
 _CERT = b"CERTIFICATE"
 _TRUSTED = b"TRUSTED CERTIFICATE"
 # Longer than 64, what every writer of certificate PEM uses; OpenSSL reads more, not all.
-_LONG_LINE = re.compile(rb"[^\r\n]{65}")
+_LONG_LINE = re.compile(rb"^[^\r\n]{65}", re.MULTILINE)
 # The string types x509_name_canon() converts (ASN1_MASK_CANON), with the codec that gives
 # the characters ASN1_STRING_to_UTF8() does.
 _CODECS = {
