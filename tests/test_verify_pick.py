@@ -231,3 +231,36 @@ def test_stores_that_hand_openssl_the_same_anchors_share_one_run_and_one_verdict
     assert [r.anchors for r in results] == [MANY + 1, 1, MANY + 1]
     assert results[2].error_code == 20
     assert results == [anchors.check_store(s, [server.der], openssl()) for s in stores]
+
+
+def test_no_openssl_outlives_a_check_that_fails_half_way(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    wedged = tmp_path / "openssl"
+    wedged.write_text("#!/bin/sh\nexec sleep 60\n")
+    wedged.chmod(0o755)
+    root = CA.root("Gateway Root")
+    path = tmp_path / "roots.pem"
+    path.write_bytes(root.cert_pem)
+    started: list[subprocess.Popen[bytes]] = []
+
+    class Recorded(subprocess.Popen[bytes]):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            super().__init__(*args, **kwargs)  # type: ignore[call-overload]
+            started.append(self)
+
+    real_read, calls = anchors._read_store, []
+
+    def second_read_fails(store: TrustStore, keys: pick.Keys) -> tuple[pick.Store | None, str | None]:
+        calls.append(store)
+        if len(calls) == 2:
+            raise RuntimeError("a bug half way")
+        return real_read(store, keys)
+
+    monkeypatch.setattr(anchors.subprocess, "Popen", Recorded)
+    monkeypatch.setattr(anchors, "_read_store", second_read_fails)
+    start = time.monotonic()
+    with pytest.raises(RuntimeError):
+        anchors.check_stores([store(path), store(path)], [root.issue_server("gw", ["gw"]).der], str(wedged))
+    assert len(started) == 1 and started[0].returncode is not None  # killed and reaped
+    assert time.monotonic() - start < 10  # not left to its 60 s sleep

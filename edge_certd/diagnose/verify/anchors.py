@@ -81,12 +81,16 @@ def check_stores(
             untrusted = os.path.join(work, "untrusted.pem")
             _write(untrusted, chain_der[1:_MAX_CHAIN])
         keys, runs = pick.Keys(), _Runs()
-        started = [
-            _start(store, chain_der, openssl, os.path.join(work, str(i)), leaf, untrusted, keys, runs)
-            for i, store in enumerate(stores)
-        ]
-        deadline = time.monotonic() + _OPENSSL_TIMEOUT
-        return [item if isinstance(item, StoreCheck) else item.finish(deadline) for item in started]
+        try:
+            started = [
+                _start(store, chain_der, openssl, os.path.join(work, str(i)), leaf, untrusted, keys, runs)
+                for i, store in enumerate(stores)
+            ]
+            deadline = time.monotonic() + _OPENSSL_TIMEOUT
+            return [item if isinstance(item, StoreCheck) else item.finish(deadline) for item in started]
+        finally:
+            for run in runs.values():  # none outlives the check, whatever happened
+                run.stop()
 
 
 class _Run:
@@ -108,6 +112,11 @@ class _Run:
                     problem=f"cannot be checked: openssl verify did not run ({timeout})"
                 )
         return self._verdict
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
 
 
 @dataclass(frozen=True, kw_only=True)
