@@ -308,38 +308,32 @@ def test_postrm_does_purge_and_nothing_else() -> None:
     assert len(code) <= 90, f"postrm has {len(code)} lines of code; keep it short"
 
 
+STATE_MODULE_NAMES = (
+    "MANIFEST_NAME",
+    "STATUS_NAME",
+    "DAEMON_NAME",
+    "LOCK_NAME",
+    "PENDING_NAME",
+    "BLOCKED_NAME",
+)
+
+
 def test_postrm_knows_every_file_edge_certd_writes_into_a_state_directory() -> None:
-    written = {
-        _constant("edge_certd/store/state.py", name)
-        for name in (
-            "MANIFEST_NAME",
-            "STATUS_NAME",
-            "DAEMON_NAME",
-            "LOCK_NAME",
-            "PENDING_NAME",
-            "BLOCKED_NAME",
-        )
-    }
+    written = {_constant("edge_certd/store/state.py", name) for name in STATE_MODULE_NAMES}
     written |= {
         _constant("edge_certd/store/verdict_cache.py", "CACHE_NAME"),
         _constant("edge_certd/sync/journal_events.py", "MEMORY_NAME"),  # journal-memory, no .json
         _constant("edge_certd/sync/metrics.py", "RUNS_NAME"),
         _constant("edge_certd/diagnose/watch.py", "PLAN_NAME"),
         _constant("edge_certd/daemon/gateway.py", "MEMORY_NAME"),
+        _constant("edge_certd/sync/holds.py", "HOLDS_NAME"),
         "purge-paths",  # prerm's record
     }
     assert "journal-memory" in written
     assert _shell_list(_script("postrm"), "STATE_FILES") == written
     # Every *_NAME of the state module is one of them: a new state file must be added here.
     names = set(re.findall(r'^(\w+_NAME) = "', (TOP / "edge_certd/store/state.py").read_text(), re.M))
-    assert names <= {
-        "MANIFEST_NAME",
-        "STATUS_NAME",
-        "DAEMON_NAME",
-        "LOCK_NAME",
-        "PENDING_NAME",
-        "BLOCKED_NAME",
-    }
+    assert names <= set(STATE_MODULE_NAMES)
 
 
 def test_postrm_knows_every_file_edge_certd_writes_into_a_bundles_directory() -> None:
