@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import benchlib as bl
-from support.certs import CA
 
 from edge_certd.config import Config
 from edge_certd.diagnose.verify import request_for_config, verify_gateway
@@ -64,14 +63,7 @@ def main() -> None:
     if openssl is None:
         raise SystemExit("openssl is not installed")
     with bl.workdir(args.keep) as work:
-        root = CA.root("B5 Gateway Root")
-        server = root.intermediate("B5 Edge CA").issue_server("gw", ["localhost", "127.0.0.1"])
-        leaf, key = server.write(work / "server")
-        leaf.write_bytes(server.cert_pem)
-        chain = work / "chain.pem"
-        chain.write_bytes(server.chain_pem()[len(server.cert_pem) :])
-        root_pem = work / "root.pem"
-        root_pem.write_bytes(root.cert_pem)
+        root, leaf, key, chain, root_pem = bl.gateway_files(work, "B5")
         config = work / "config.yaml"
         config.write_text(f"state_dir: {work}\n")
         port = free_port()

@@ -23,7 +23,6 @@ import time
 
 import benchlib as bl
 from b5_verify import free_port, wait_listening
-from support.certs import CA
 
 from edge_certd.config import load_config
 from edge_certd.diagnose.watch import plan_for_config, requests_from_plan, run_probe
@@ -52,14 +51,7 @@ def main() -> None:
         raise SystemExit("openssl is not installed")
     with bl.workdir(args.keep) as work:
         bt = bl.bench_tree(work / "device", args.quick, args.settle_ms)
-        root = CA.root("B7 Gateway Root")
-        server = root.intermediate("B7 Edge CA").issue_server("gw", ["localhost", "127.0.0.1"])
-        leaf, key = server.write(work / "server")
-        leaf.write_bytes(server.cert_pem)
-        chain = work / "chain.pem"
-        chain.write_bytes(server.chain_pem()[len(server.cert_pem) :])
-        root_pem = work / "root.pem"
-        root_pem.write_bytes(root.cert_pem)
+        root, leaf, key, chain, root_pem = bl.gateway_files(work, "B7")
         (bt.tree.drop).mkdir(parents=True, exist_ok=True)
         (bt.tree.drop / "gateway-root.pem").write_bytes(root.cert_pem)
         port = free_port()

@@ -157,6 +157,20 @@ def roots(count: int, prefix: str) -> list[CA]:
     return [CA.root(f"{prefix} {i:04d}") for i in range(count)]
 
 
+def gateway_files(work: Path, label: str) -> tuple[CA, Path, Path, Path, Path]:
+    """A gateway's files as IoT Edge serves them (root → Edge CA → server for localhost):
+    the root, the server certificate, its key, the chain above it and the root's PEM."""
+    root = CA.root(f"{label} Gateway Root")
+    server = root.intermediate(f"{label} Edge CA").issue_server("gw", ["localhost", "127.0.0.1"])
+    leaf, key = server.write(work / "server")
+    leaf.write_bytes(server.cert_pem)
+    chain = work / "chain.pem"
+    chain.write_bytes(server.chain_pem()[len(server.cert_pem) :])
+    root_pem = work / "root.pem"
+    root_pem.write_bytes(root.cert_pem)
+    return root, leaf, key, chain, root_pem
+
+
 def sha256_of_file(path: Path) -> str:
     """The fingerprint of the one certificate in a staged PEM file."""
     (sha,) = pem_fingerprints(path.read_bytes())
