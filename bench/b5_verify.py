@@ -18,7 +18,8 @@ from pathlib import Path
 import benchlib as bl
 
 from edge_certd.config import Config
-from edge_certd.diagnose.verify import request_for_config, verify_gateway
+from edge_certd.diagnose.verify.check import verify_gateway
+from edge_certd.diagnose.verify.request import request_for_config
 
 
 def free_port() -> int:

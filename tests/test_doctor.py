@@ -719,7 +719,7 @@ def test_without_java_the_java_line_is_information_only(monkeypatch: pytest.Monk
     from edge_certd.targets import java
 
     monkeypatch.setattr(java.shutil, "which", lambda _name: None)
-    monkeypatch.delattr(java.pkcs12, "serialize_java_truststore", raising=False)
+    monkeypatch.setattr(java, "_cryptography_writes_pkcs12", lambda: False)
     store_type, reason = java._choose("auto")
     assert store_type is None
     check = judge_target(TargetFacts("java truststore", "", None, reason), [])

@@ -13,9 +13,9 @@ from support.certs import CA, pem_bundle
 from support.tree import Tree
 from test_metrics import value
 
+from edge_certd.core.judgement import JudgeContext, JudgeRequest, Rules
 from edge_certd.core.model import Reason, SourceKind
-from edge_certd.core.policy import Rules
-from edge_certd.core.verdict import CHAIN_NOTE, MAX_CHAIN_FILE, JudgeContext, JudgeRequest, judge_file
+from edge_certd.core.verdict import CHAIN_NOTE, MAX_CHAIN_FILE, judge_file
 from edge_certd.sync.metrics import TEXTFILE_NAME
 
 NOW = dt.datetime.now(dt.UTC)

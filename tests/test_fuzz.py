@@ -28,9 +28,9 @@ from hypothesis import strategies as st
 from support.certs import CA
 
 from edge_certd.core.formats import FormatError, parse
+from edge_certd.core.judgement import JudgeContext, JudgeRequest, Rules
 from edge_certd.core.model import FileVerdict, SourceKind
-from edge_certd.core.policy import Rules
-from edge_certd.core.verdict import DROP, KEYVAULT, JudgeContext, JudgeRequest, judge_file
+from edge_certd.core.verdict import DROP, KEYVAULT, judge_file
 
 # The generators below build odd names on purpose; cryptography warns about each one.
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")

@@ -27,9 +27,9 @@ from support.certs import CA
 from support.tree import require_tool
 
 from edge_certd.core import formats, pem, pfx
+from edge_certd.core.judgement import JudgeContext, JudgeRequest, Rules
 from edge_certd.core.model import FileVerdict, Reason, SourceKind
-from edge_certd.core.policy import Rules
-from edge_certd.core.verdict import DROP, KEYVAULT, JudgeContext, JudgeRequest, judge_file
+from edge_certd.core.verdict import DROP, KEYVAULT, judge_file
 
 NOW = dt.datetime.now(dt.UTC)
 PKCS8 = serialization.PrivateFormat.PKCS8

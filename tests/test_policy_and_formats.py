@@ -13,10 +13,10 @@ from support.certs import CA
 from support.oddcerts import dsa_root, ec_root, openssl_root, pem, self_signed, tampered, v1_root
 
 from edge_certd.core.formats import FormatError, parse
+from edge_certd.core.judgement import JudgeContext, JudgeRequest, Rules
 from edge_certd.core.model import SourceKind, TrustedCA
 from edge_certd.core.plan import OWNED_FILE, file_name
-from edge_certd.core.policy import Rules
-from edge_certd.core.verdict import DROP, KEYVAULT, JudgeContext, JudgeRequest, judge_file
+from edge_certd.core.verdict import DROP, KEYVAULT, judge_file
 
 NOW = dt.datetime.now(dt.UTC)
 

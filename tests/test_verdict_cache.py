@@ -11,9 +11,8 @@ from support.oddcerts import pem, self_signed
 from support.tree import Tree
 from test_judging_hardened import _pfx_with
 
+from edge_certd.core.judgement import JudgeContext, JudgeLimits, Rules
 from edge_certd.core.model import Reason
-from edge_certd.core.policy import Rules
-from edge_certd.core.verdict import JudgeContext, JudgeLimits
 from edge_certd.store.verdict_cache import CACHE_NAME, VerdictCache
 from edge_certd.sync.engine import Engine
 from edge_certd.worker.pool import JudgeWorker

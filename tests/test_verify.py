@@ -24,18 +24,11 @@ from edge_certd import cli
 from edge_certd.config import GatewayConfig
 from edge_certd.core.errors import UsageError
 from edge_certd.diagnose.connstr import ConnectionStringError, parse_connection_string
-from edge_certd.diagnose.verify import (
-    TrustStore,
-    VerifyReport,
-    VerifyRequest,
-    ca_file_store,
-    parse_host_port,
-    render_text,
-    report_to_json,
-    request_from_args,
-    verify_gateway,
-)
 from edge_certd.diagnose.verify import anchors as verify_anchors
+from edge_certd.diagnose.verify.check import verify_gateway
+from edge_certd.diagnose.verify.model import TrustStore, VerifyReport, VerifyRequest
+from edge_certd.diagnose.verify.render import render_text, report_to_json
+from edge_certd.diagnose.verify.request import ca_file_store, parse_host_port, request_from_args
 
 DROP = "/var/lib/edge-certd/drop"
 TIMEOUT = 3.0

@@ -17,8 +17,8 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from support.certs import CA, pem_bundle
 
-from edge_certd.diagnose.verify import TrustStore, anchors, pick
-from edge_certd.diagnose.verify.model import StoreCheck
+from edge_certd.diagnose.verify import anchors, pick
+from edge_certd.diagnose.verify.model import StoreCheck, TrustStore
 
 MANY = 60
 

@@ -22,7 +22,10 @@ from support.tree import Tree, make_tree, require_tool
 
 from edge_certd import cli
 from edge_certd.core.pem import iter_pem_ders
-from edge_certd.diagnose.verify import TrustStore, VerifyRequest, anchors, render_text, verify_gateway
+from edge_certd.diagnose.verify import anchors
+from edge_certd.diagnose.verify.check import verify_gateway
+from edge_certd.diagnose.verify.model import TrustStore, VerifyRequest
+from edge_certd.diagnose.verify.render import render_text
 from edge_certd.targets.java import jks_truststore
 
 TIMEOUT = "3"

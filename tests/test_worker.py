@@ -18,9 +18,8 @@ import pytest
 from support.certs import CA
 from test_judging_hardened import _pfx_with
 
+from edge_certd.core.judgement import JudgeContext, JudgeLimits, JudgeRequest, Rules
 from edge_certd.core.model import Reason, SourceKind
-from edge_certd.core.policy import Rules
-from edge_certd.core.verdict import JudgeContext, JudgeLimits, JudgeRequest
 from edge_certd.worker import server
 from edge_certd.worker.pool import Judgement, JudgeWorker, Outcome
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from edge_certd.core.formats import FORMAT_LABELS
-from edge_certd.core.model import FileVerdict
+from edge_certd.core.model import FORMAT_LABELS, FileVerdict
 from edge_certd.core.text import iso, plural
 
 # A sync's summary names this many rejections; a directory of junk must not flood a terminal.

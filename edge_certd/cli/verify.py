@@ -9,19 +9,15 @@ from edge_certd.config import Config
 from edge_certd.core.errors import UsageError
 from edge_certd.core.pem import iter_pem_ders
 from edge_certd.core.schema import SCHEMA_VERSIONS
-from edge_certd.diagnose.verify import (
-    VerifyReport,
-    VerifyRequest,
+from edge_certd.diagnose.verify.check import verify_chain, verify_gateway
+from edge_certd.diagnose.verify.model import PROTOCOL_PORTS, VerifyReport, VerifyRequest
+from edge_certd.diagnose.verify.render import render_text, report_to_json
+from edge_certd.diagnose.verify.request import (
     ca_file_store,
     default_stores,
     parse_host_port,
-    render_text,
-    report_to_json,
     request_for_config,
-    verify_gateway,
 )
-from edge_certd.diagnose.verify.check import verify_chain
-from edge_certd.diagnose.verify.model import PROTOCOL_PORTS
 from edge_certd.store.fsutil import read_bytes
 
 # A gateway's chain is a few certificates; a file far larger is not one.

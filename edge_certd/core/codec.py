@@ -11,10 +11,9 @@ import binascii
 import hashlib
 from typing import Any
 
+from edge_certd.core.judgement import JudgeContext, JudgeLimits, Rules
 from edge_certd.core.model import FileVerdict, Ignored, Reason, Rejection, TrustedCA
-from edge_certd.core.policy import Rules
 from edge_certd.core.text import iso, parse_iso
-from edge_certd.core.verdict import JudgeContext, JudgeLimits
 
 
 def context_to_json(context: JudgeContext) -> dict[str, Any]:

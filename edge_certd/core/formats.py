@@ -22,25 +22,10 @@ from cryptography.hazmat.primitives.serialization import pkcs7, pkcs12
 
 from edge_certd.core import keys, keyvault, pem, pfx, trust_settings
 from edge_certd.core.der import declared_length
-from edge_certd.core.model import Reason
+from edge_certd.core.model import FORMAT_LABELS, Reason
 from edge_certd.core.text import printable
 
 # Human names for what `detect` found, as `inspect` and `status` print them.
-FORMAT_LABELS = {
-    "pem": "PEM",
-    "der": "DER certificate",
-    "pkcs7-pem": "PKCS#7 (PEM)",
-    "pkcs7-der": "PKCS#7 (DER)",
-    "pkcs12": "PKCS#12 / PFX",
-    # `az keyvault secret download` writes a PFX secret's base64 value as text by default;
-    # `-e base64` decodes it, which gives the binary "pkcs12" above.
-    "pkcs12-base64": "PKCS#12 / PFX as base64 text (az keyvault secret download)",
-    "keyvault-certificate-json": "Key Vault certificate JSON (az keyvault certificate show)",
-    "keyvault-secret-json": "Key Vault secret JSON (az keyvault secret show)",
-    "private-key": "private key",
-    "unknown": "unrecognised",
-}
-
 _CERT_LABELS = {b"CERTIFICATE", b"X509 CERTIFICATE", b"TRUSTED CERTIFICATE"}
 _PKCS7_LABELS = {b"PKCS7", b"PKCS #7 SIGNED DATA", b"CMS"}
 _BASE64_TEXT = re.compile(rb"^[A-Za-z0-9+/=\s]+$")

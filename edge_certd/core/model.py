@@ -96,6 +96,23 @@ class Ignored:
     what: str
 
 
+# What a file was read as (`FileVerdict.format`), in a technician's words.
+FORMAT_LABELS = {
+    "pem": "PEM",
+    "der": "DER certificate",
+    "pkcs7-pem": "PKCS#7 (PEM)",
+    "pkcs7-der": "PKCS#7 (DER)",
+    "pkcs12": "PKCS#12 / PFX",
+    # `az keyvault secret download` writes a PFX secret's base64 value as text by default;
+    # `-e base64` decodes it, which gives the binary "pkcs12" above.
+    "pkcs12-base64": "PKCS#12 / PFX as base64 text (az keyvault secret download)",
+    "keyvault-certificate-json": "Key Vault certificate JSON (az keyvault certificate show)",
+    "keyvault-secret-json": "Key Vault secret JSON (az keyvault secret show)",
+    "private-key": "private key",
+    "unknown": "unrecognised",
+}
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class FileVerdict:
     """Everything learned about one source file."""

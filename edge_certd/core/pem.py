@@ -1,7 +1,8 @@
 """PEM: one linear scan for blocks, and small helpers shared by the targets and verify. Pure.
 
-Writing PEM is the stdlib's `ssl.DER_cert_to_PEM_cert`, called by the targets that write
-files: `ssl` loads OpenSSL's I/O side, so the pure core does not import it.
+`der_to_pem` writes what the stdlib's `ssl.DER_cert_to_PEM_cert` writes, byte for byte (a
+test compares them): importing `ssl` maps libssl into the long-lived daemon, 1.2 MB of its
+idle memory for a base64 call (issue 24).
 
 The scan is a single pass over the BEGIN and END markers, in order. A regular expression
 of the shape `BEGIN (label)(.*?)END \\1` looks for the END of every BEGIN from that BEGIN
@@ -85,6 +86,13 @@ def iter_pem_ders(data: bytes) -> Iterator[bytes]:
             yield base64.b64decode(b"".join(block.body.split()), validate=True)
         except ValueError:
             continue
+
+
+def der_to_pem(der: bytes) -> bytes:
+    """One CERTIFICATE block, 64 base64 characters a line (RFC 7468), as `ssl` writes it."""
+    text = base64.b64encode(der)
+    lines = b"".join(text[at : at + 64] + b"\n" for at in range(0, len(text), 64))
+    return b"-----BEGIN CERTIFICATE-----\n" + lines + b"-----END CERTIFICATE-----\n"
 
 
 def pem_fingerprints(data: bytes) -> set[str]:

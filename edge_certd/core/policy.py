@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -14,6 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtensionOID, SignatureAlgorithmOID
 
+from edge_certd.core.judgement import Rules
 from edge_certd.core.model import Reason, Rejection, TrustedCA
 from edge_certd.core.text import printable
 
@@ -42,16 +42,6 @@ OPENSSL_HANDLED_EXTENSIONS = frozenset(
         ExtensionOID.INHIBIT_ANY_POLICY,
     }
 )
-
-
-@dataclass(frozen=True, kw_only=True)
-class Rules:
-    """The policy knobs from the configuration, as plain values."""
-
-    allow_intermediate: bool = False
-    allow_expired: bool = False
-    min_rsa_bits: int = 2048
-    allow_sha1_signature: bool = False
 
 
 def fingerprint(cert: x509.Certificate) -> str:

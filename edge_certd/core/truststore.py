@@ -14,9 +14,6 @@ import struct
 from collections.abc import Sequence
 from typing import Literal
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.serialization import pkcs12
-
 from edge_certd.core.pem import iter_pem_ders
 
 StoreKind = Literal["pem", "jks", "pkcs12"]
@@ -53,6 +50,11 @@ def certificates(data: bytes, kind: StoreKind, password: str = "") -> list[bytes
         return list(iter_pem_ders(data))
     if kind == "jks":
         return _jks_certificates(data)
+    # Imported here, not at the top: the long-lived daemon loads cryptography only when it
+    # needs it (issue 24: about 4 MB of its idle memory).
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.serialization import pkcs12
+
     try:
         loaded = pkcs12.load_pkcs12(data, password.encode())
     except (ValueError, TypeError):

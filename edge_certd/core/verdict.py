@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from cryptography import x509
 
 from edge_certd.core.formats import FormatError, parse
+from edge_certd.core.judgement import JudgeContext, JudgeRequest
 from edge_certd.core.model import FileVerdict, Ignored, Reason, Rejection, SourceKind, TrustedCA
 from edge_certd.core.policy import (
-    Rules,
     chains_to,
     display_subject,
     fingerprint,
@@ -23,10 +21,6 @@ from edge_certd.core.policy import (
 
 DROP = SourceKind.DROP
 KEYVAULT = SourceKind.KEYVAULT
-
-# Bump whenever judging changes what any input gives: the verdict cache is keyed by it, so
-# verdicts an older judge gave are not answered from the cache after an upgrade.
-JUDGE_VERSION = 3
 
 # A full-chain file (Azure's certGen.sh writes server or Edge CA certificate, intermediates and
 # root in one PEM) holds a handful of certificates. Chains are only looked for in files up to
@@ -45,43 +39,6 @@ SEALED_MESSAGE = (
     "the whole file is refused and made readable by root only. Copy only the root CA "
     "certificate, or add the PFX password to pfx_password_files"
 )
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class JudgeLimits:
-    """What judging one request may cost: policy.judge_cpu_seconds and judge_memory_mb.
-
-    They travel in every request, so a reload with new limits reaches the judge at once.
-    """
-
-    cpu_seconds: int = 5
-    memory_mb: int = 256
-
-    @property
-    def wall_seconds(self) -> float:
-        # CPU time is what the file may use; wall time also covers a judge that waits (a
-        # loaded machine, a stopped process) rather than computes. Past it the judgement is
-        # given up, but not blamed on the file.
-        return self.cpu_seconds * 3 + 2.0
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class JudgeContext:
-    """What every file of one sync is judged against."""
-
-    rules: Rules
-    now: dt.datetime  # aware UTC
-    passwords: tuple[bytes, ...] = ()  # PKCS#12 passwords to try
-    limits: JudgeLimits = JudgeLimits()
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class JudgeRequest:
-    """One file's bytes to judge, named as messages name it."""
-
-    source: str
-    data: bytes
-    kind: SourceKind  # DROP or KEYVAULT
 
 
 def judge_file(
@@ -112,14 +69,6 @@ def judge_file(
         if isinstance(exc, (KeyboardInterrupt, SystemExit, GeneratorExit)):
             raise
         return _failed(source, data, type(exc).__name__)
-
-
-def unreadable(source: str, problem: tuple[Reason, str] | None) -> FileVerdict:
-    """The verdict on a file that could not be read: `problem` is (code, message)."""
-    code, message = problem or (Reason.UNREADABLE, "cannot be read")
-    return FileVerdict(
-        source=source, format="unknown", rejected=(Rejection(source=source, code=code, message=message),)
-    )
 
 
 def _failed(source: str, data: bytes, kind_of_error: str) -> FileVerdict:

@@ -25,7 +25,6 @@ from edge_certd.core.gateway import (
     result_to_json,
 )
 from edge_certd.core.text import printable
-from edge_certd.diagnose.verify.check import verify_gateway
 from edge_certd.diagnose.verify.model import PROTOCOL_PORTS, TrustStore, VerifyReport, VerifyRequest
 from edge_certd.diagnose.verify.request import default_stores, request_for_config
 from edge_certd.store.fsutil import write_atomic
@@ -110,6 +109,10 @@ def run_probe(
     Raises:
         WriteError: the result cannot be written.
     """
+    # Here, not at the top: the daemon imports this module for the plan alone, and the
+    # check's TLS and cryptography would stay in its memory for nothing (issue 24).
+    from edge_certd.diagnose.verify.check import verify_gateway
+
     probes = [probe_from_report(verify_gateway(request)) for request in requests]
     doc = result_to_json(probes, now or dt.datetime.now(dt.UTC))
     write_atomic(output, (json.dumps(doc, indent=1, ensure_ascii=False) + "\n").encode(), mode=0o644)

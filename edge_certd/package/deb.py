@@ -15,11 +15,11 @@ import gzip
 import hashlib
 import os
 import shutil
-import ssl
 import subprocess
 import tempfile
 
 from edge_certd.core.errors import ApplyError, UsageError, WriteError
+from edge_certd.core.pem import der_to_pem
 from edge_certd.core.text import printable
 from edge_certd.package.plan import RootsPackage, minimum_edge_certd
 
@@ -93,7 +93,7 @@ def _write_tree(tree: str, package: RootsPackage, maintainer: str, epoch: int) -
         os.makedirs(directory, exist_ok=True)
     payload: dict[str, bytes] = {}
     for file_name, ca in package.files():
-        payload[f"{package.directory.lstrip('/')}/{file_name}"] = ssl.DER_cert_to_PEM_cert(ca.der).encode()
+        payload[f"{package.directory.lstrip('/')}/{file_name}"] = der_to_pem(ca.der)
     payload[f"usr/share/doc/{package.name}/copyright"] = _COPYRIGHT.format(
         year=dt.datetime.fromtimestamp(epoch, dt.UTC).year, maintainer=maintainer, directory=package.directory
     ).encode()

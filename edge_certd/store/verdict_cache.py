@@ -22,8 +22,8 @@ from typing import Any
 
 from edge_certd import __version__
 from edge_certd.core.codec import verdict_from_json, verdict_to_json
+from edge_certd.core.judgement import JUDGE_VERSION, JudgeContext
 from edge_certd.core.model import FileVerdict, Reason
-from edge_certd.core.verdict import JUDGE_VERSION, JudgeContext
 from edge_certd.store.fsutil import read_bytes, write_atomic
 
 CACHE_NAME = "verdict-cache.json"

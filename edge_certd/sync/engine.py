@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from edge_certd.config import Config
 from edge_certd.core.errors import ApplyError, EdgeCertdError, SourceError, UpdateCommandError
 from edge_certd.core.hold import HoldDecision, decide
+from edge_certd.core.judgement import JudgeContext, JudgeLimits, Rules
 from edge_certd.core.model import (
     FileVerdict,
     InstalledCA,
@@ -22,9 +23,7 @@ from edge_certd.core.model import (
     TargetFailure,
 )
 from edge_certd.core.plan import Held, Wanted, make_plan, wanted_set
-from edge_certd.core.policy import Rules
 from edge_certd.core.text import iso
-from edge_certd.core.verdict import JudgeContext, JudgeLimits
 from edge_certd.store.directory_rules import DirectoryRules, check_directory, ensure_drop_dir
 from edge_certd.store.fsutil import ReadError, read_bounded, remove_stale_temp_files
 from edge_certd.store.names import package_dirs

@@ -9,8 +9,8 @@ the sync holds what it provided, as for a file still being written.
 
 from __future__ import annotations
 
+from edge_certd.core.judgement import JudgeContext, JudgeRequest, unreadable
 from edge_certd.core.model import FileVerdict, Reason, SourceKind
-from edge_certd.core.verdict import JudgeContext, JudgeRequest, unreadable
 from edge_certd.store.sources import SourceFile
 from edge_certd.store.verdict_cache import VerdictCache
 from edge_certd.worker.pool import Judgement, JudgeWorker, Outcome

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 from edge_certd.config import Config
 from edge_certd.core.errors import NotFound, UsageError
+from edge_certd.core.judgement import JudgeRequest, unreadable
 from edge_certd.core.model import FileVerdict, InstalledCA, SourceKind, SyncResult
 from edge_certd.core.text import printable
-from edge_certd.core.verdict import JudgeRequest, unreadable
 from edge_certd.store.fsutil import write_atomic
 from edge_certd.store.sources import SourceFile, read_entry
 from edge_certd.store.state import load_blocked, load_manifest, save_blocked, state_lock

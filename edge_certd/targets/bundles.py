@@ -10,9 +10,8 @@
 from __future__ import annotations
 
 import os
-import ssl
 
-from edge_certd.core.pem import pem_fingerprints
+from edge_certd.core.pem import der_to_pem, pem_fingerprints
 from edge_certd.store.fsutil import ensure_directory, read_bytes, read_bytes_quietly, write_atomic
 from edge_certd.targets.base import Change, Holding, Outcome, StoreFile
 
@@ -75,9 +74,7 @@ class RuntimeBundles:
         """Rewrite each file whose content differs. Raises WriteError."""
         ensure_directory(self.bundle_dir, 0o755)
         changed = []
-        roots = b"".join(
-            ssl.DER_cert_to_PEM_cert(ca.der).encode() for ca in sorted(change.managed, key=lambda c: c.sha256)
-        )
+        roots = b"".join(der_to_pem(ca.der) for ca in sorted(change.managed, key=lambda c: c.sha256))
         if write_atomic(self.edge_roots, roots, 0o644):
             changed.append(EDGE_ROOTS)
         system = read_bytes(self.system_bundle)

@@ -16,9 +16,6 @@ import tempfile
 from collections.abc import Sequence
 from typing import Literal
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.serialization import pkcs12
-
 from edge_certd.core.errors import WriteError
 from edge_certd.core.model import Note, TrustedCA
 from edge_certd.core.pem import iter_pem_ders
@@ -195,8 +192,10 @@ class JavaTruststore:
     def _serialize_unchecked(self, entries: list[tuple[str, bytes]]) -> bytes:
         if self.store_type == "jks":
             return jks_truststore(entries, self.password)
-        if hasattr(pkcs12, "serialize_java_truststore"):
+        if _cryptography_writes_pkcs12():
             from cryptography import x509
+            from cryptography.hazmat.primitives import serialization
+            from cryptography.hazmat.primitives.serialization import pkcs12
 
             certs = [
                 pkcs12.PKCS12Certificate(x509.load_der_x509_certificate(der), alias.encode())
@@ -266,13 +265,22 @@ def _keytool_pkcs12(entries: list[tuple[str, bytes]], password: str) -> bytes:
             return handle.read()
 
 
+def _cryptography_writes_pkcs12() -> bool:
+    """cryptography >= 45 writes a Java truststore itself; older releases need keytool."""
+    # Imported here, not at the top: the long-lived daemon loads cryptography only when it
+    # needs it (issue 24: about 4 MB of its idle memory).
+    from cryptography.hazmat.primitives.serialization import pkcs12
+
+    return hasattr(pkcs12, "serialize_java_truststore")
+
+
 def _choose(mode: str) -> tuple[JavaStoreKind | None, str]:
     """Pick the store type once; (None, why) when none can be written."""
     if mode == "off":
         return None, "bundles.java is off"
     if mode == "jks":
         return "jks", ""
-    if hasattr(pkcs12, "serialize_java_truststore") or shutil.which("keytool"):
+    if _cryptography_writes_pkcs12() or shutil.which("keytool"):
         return "pkcs12", ""
     if mode == "pkcs12":
         return (

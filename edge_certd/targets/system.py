@@ -10,19 +10,15 @@ import itertools
 import os
 import re
 import signal
-import ssl
 import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from cryptography import x509
-
 from edge_certd.core.errors import UpdateCommandError, WriteError
 from edge_certd.core.model import InstalledCA, Note, TrustedCA
-from edge_certd.core.pem import iter_pem_ders, pem_fingerprints
+from edge_certd.core.pem import der_to_pem, iter_pem_ders, pem_fingerprints
 from edge_certd.core.plan import OWNED_FILE, file_name
-from edge_certd.core.policy import display_subject, validity
 from edge_certd.store.fsutil import (
     ensure_directory,
     fsync_directory,
@@ -145,7 +141,7 @@ class SystemStore:
         try:
             for ca in plan.add:
                 path = self.path_for(ca)
-                write_atomic(path, ssl.DER_cert_to_PEM_cert(ca.der).encode(), 0o644, sync_directory=False)
+                write_atomic(path, der_to_pem(ca.der), 0o644, sync_directory=False)
                 written.append(path)
             for gone in plan.remove:
                 removed.append((gone.path, read_bytes(gone.path)))
@@ -267,6 +263,12 @@ def bundle_fingerprints(bundle_path: str) -> set[str]:
 
 def load_installed(path: str) -> TrustedCA | None:
     """The CA in one of our ca_dir files, or None when it cannot be read as one."""
+    # Imported here, not at the top: the long-lived daemon loads cryptography only when it
+    # needs it (issue 24: about 4 MB of its idle memory).
+    from cryptography import x509
+
+    from edge_certd.core.policy import display_subject, validity
+
     for der in iter_pem_ders(read_bytes_quietly(path) or b""):
         try:
             cert = x509.load_der_x509_certificate(der)

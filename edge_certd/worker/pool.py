@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from edge_certd.core.codec import context_to_json, verdict_from_json
+from edge_certd.core.judgement import JudgeContext, JudgeRequest
 from edge_certd.core.model import FileVerdict, Reason, Rejection
-from edge_certd.core.verdict import JudgeContext, JudgeRequest
 from edge_certd.core.wire import FrameReader, WireError, decode_object, encode, frame
 
 SOCKET_ENV = "EDGE_CERTD_JUDGE_SOCKET"

@@ -33,8 +33,9 @@ from typing import Any
 import cryptography.hazmat.backends.openssl.backend  # noqa: F401
 
 from edge_certd.core.codec import context_from_json, verdict_to_json
+from edge_certd.core.judgement import JudgeContext, JudgeLimits, JudgeRequest
 from edge_certd.core.model import SourceKind
-from edge_certd.core.verdict import JudgeContext, JudgeLimits, JudgeRequest, judge_file
+from edge_certd.core.verdict import judge_file
 from edge_certd.core.wire import FrameReader, WireError, decode_object, encode, frame
 
 # A request holds at most a batch or one file of policy.max_file_bytes; an answer a few KB

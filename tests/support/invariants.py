@@ -17,9 +17,10 @@ from pathlib import Path
 
 from cryptography import x509
 
+from edge_certd.core.judgement import Rules
 from edge_certd.core.model import TrustedCA
 from edge_certd.core.pem import iter_pem_ders, pem_fingerprints
-from edge_certd.core.policy import Rules, judge
+from edge_certd.core.policy import judge
 from edge_certd.store.fsutil import TEMP_PREFIX, TEMP_SUFFIX
 from edge_certd.store.state import PENDING_NAME
 from edge_certd.targets.envfile import EnvFile

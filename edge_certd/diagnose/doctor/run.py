@@ -43,7 +43,8 @@ from edge_certd.diagnose.doctor.probes import (
     probe_service,
     probe_trust,
 )
-from edge_certd.diagnose.verify import removed_roots, request_for_config, verify_gateway
+from edge_certd.diagnose.verify.check import verify_gateway
+from edge_certd.diagnose.verify.request import removed_roots, request_for_config
 from edge_certd.store.directory_rules import DirectoryRules
 from edge_certd.store.state import StatePaths, load_manifest, load_report
 from edge_certd.targets.registry import bundle_paths

@@ -25,7 +25,6 @@ import os
 import re
 import select
 import shutil
-import ssl
 import subprocess
 import tempfile
 import time
@@ -34,6 +33,7 @@ from dataclasses import dataclass
 
 from cryptography import x509
 
+from edge_certd.core.pem import der_to_pem
 from edge_certd.core.text import printable
 from edge_certd.core.truststore import certificates
 from edge_certd.diagnose.verify import pick
@@ -299,4 +299,4 @@ def _verdict(returncode: int, raw: bytes) -> StoreCheck:
 
 def _write(path: str, ders: Sequence[bytes]) -> None:
     with open(path, "wb") as handle:
-        handle.write(b"".join(ssl.DER_cert_to_PEM_cert(der).encode() for der in ders))
+        handle.write(b"".join(der_to_pem(der) for der in ders))

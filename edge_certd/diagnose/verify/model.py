@@ -11,14 +11,15 @@ import datetime as dt
 import hashlib
 import ipaddress
 from dataclasses import dataclass, field
-from typing import Literal
-
-from cryptography import x509
+from typing import TYPE_CHECKING, Literal
 
 from edge_certd.core.text import printable
 from edge_certd.core.truststore import StoreKind
 from edge_certd.diagnose.connstr import ConnectionString
 from edge_certd.targets.base import StoreFile
+
+if TYPE_CHECKING:
+    from cryptography import x509
 
 __all__ = [
     "DEFAULT_PROTOCOL",
@@ -249,6 +250,10 @@ def is_ip_literal(host: str) -> bool:
 
 def cert_info(der: bytes) -> CertInfo:
     """Describe one DER certificate. Raises ValueError when it cannot be parsed."""
+    # Imported here: the daemon imports this module for its values alone and never loads
+    # cryptography for them (issue 24).
+    from cryptography import x509
+
     cert = x509.load_der_x509_certificate(der)
     dns: tuple[str, ...] = ()
     ips: tuple[str, ...] = ()
@@ -277,8 +282,10 @@ def cert_info(der: bytes) -> CertInfo:
 
 
 def _common_name(cert: x509.Certificate) -> str:
+    from cryptography.x509.oid import NameOID
+
     try:
-        names = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+        names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     except ValueError:
         return ""
     value = names[0].value if names else ""

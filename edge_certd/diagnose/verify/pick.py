@@ -19,14 +19,13 @@ before, so "OpenSSL could not load a certificate from it" is still OpenSSL's own
 from __future__ import annotations
 
 import base64
-import ssl
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from cryptography import x509
 
 from edge_certd.core import der
-from edge_certd.core.pem import scan
+from edge_certd.core.pem import der_to_pem, scan
 
 __all__ = ["Entry", "Keys", "Store", "name_key", "names_of", "needed", "read_pem_store", "store_of_ders"]
 
@@ -218,7 +217,7 @@ def _aux_reads(aux: bytes) -> bool:
 def store_of_ders(ders: Sequence[bytes], keys: Keys | None = None) -> Store:
     """A JKS or PKCS#12 store's certificates (written out as PEM for OpenSSL)."""
     keys = keys or Keys()
-    entries = tuple(_entry(ssl.DER_cert_to_PEM_cert(d).encode(), d, True, keys) for d in ders)
+    entries = tuple(_entry(der_to_pem(d), d, True, keys) for d in ders)
     return Store(entries=entries, clean=all(_loads(d) for d in ders))
 
 
