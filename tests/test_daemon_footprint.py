@@ -50,6 +50,19 @@ def test_importing_the_daemon_loads_neither_cryptography_nor_ssl() -> None:
     assert done.stdout.split() == [], f"the daemon's imports load {done.stdout.split()}"
 
 
+def test_without_java_auto_decides_without_loading_cryptography() -> None:
+    # bundles.java: auto is the default, and most devices have no Java: deciding to write no
+    # truststore must not load cryptography into the daemon.
+    code = (
+        "import shutil, sys; shutil.which = lambda name: None; "
+        "from edge_certd.targets.java import JavaTruststore; "
+        "java = JavaTruststore(mode='auto', bundle_dir='/nonexistent', system_bundle='', password='x'); "
+        "print(java.store_type, 'cryptography' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert done.stdout.split() == ["None", "False"]
+
+
 @pytest.fixture
 def gateway(tmp_path: Path) -> Iterator[Gateway]:
     found = Gateway(tmp_path)

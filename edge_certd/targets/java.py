@@ -280,9 +280,13 @@ def _choose(mode: str) -> tuple[JavaStoreKind | None, str]:
         return None, "bundles.java is off"
     if mode == "jks":
         return "jks", ""
-    if _cryptography_writes_pkcs12() or shutil.which("keytool"):
+    # keytool first: on a device without Java, `auto` decides without loading cryptography
+    # into the daemon (issue 24), and writes nothing that no runtime there would read.
+    if shutil.which("keytool"):
         return "pkcs12", ""
     if mode == "pkcs12":
+        if _cryptography_writes_pkcs12():
+            return "pkcs12", ""
         return (
             None,
             "this device has no Java (keytool not found); install a Java runtime, or set bundles.java: jks",
