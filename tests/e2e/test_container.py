@@ -603,6 +603,15 @@ def _agrees_with_list(sc: Scenario) -> bool:
     return scraped.get("edge_certd_trusted_cas") == [({}, float(len(listed)))] and series == wanted
 
 
+def _metrics_story(sc: Scenario) -> str:
+    """What a failed metrics check needs to be understood: the file and the journal's tail."""
+    prom = sc.box.run(["cat", PROM_FILE], check=False).stdout
+    journal = sc.box.run(
+        ["journalctl", "-u", "edge-certd", "-n", "60", "--no-pager", "-o", "short-precise"], check=False
+    )
+    return f"{PROM_FILE}:\n{prom}\njournal:\n{journal.stdout}"
+
+
 def _promtool_accepts(sc: Scenario) -> None:
     r = sc.sh(f"promtool check metrics < {PROM_FILE}", check=False)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -654,7 +663,7 @@ def test_node_exporter_serves_metrics_that_agree_with_list(scenario: Scenario) -
     wait_for(lambda: sc.root_sha256 not in sc.bundle(), 30, f"the CA gone from {SYSTEM_BUNDLE}")
     wait_for(lambda: _agrees_with_list(sc) and not _listed(sc), 30, "metrics showing no CA, as list does")
     scraped = _scrape(sc)
-    assert "edge_certd_ca_not_after_timestamp_seconds" not in scraped
+    assert "edge_certd_ca_not_after_timestamp_seconds" not in scraped, _metrics_story(sc)
     assert scraped["edge_certd_update_runs_total"][0][1] > runs
     _promtool_accepts(sc)
     # The JSON a fleet tool reads validates against the schema the package installed.
