@@ -8,7 +8,6 @@ starting Python, which is most of what the command costs.
 
 from __future__ import annotations
 
-import shutil
 import socket
 import subprocess
 import sys
@@ -60,9 +59,7 @@ def timed(argv: list[str], times: int) -> list[float]:
 def main() -> None:
     args = bl.parse_args(__doc__ or "")
     times = 2 if args.quick else 15
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        raise SystemExit("openssl is not installed")
+    openssl = bl.require_tool("openssl")
     with bl.workdir(args.keep) as work:
         root, leaf, key, chain, root_pem = bl.gateway_files(work, "B5")
         config = work / "config.yaml"

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import resource
-import shutil
 import subprocess
 import sys
 import time
@@ -46,9 +45,7 @@ def timed_child(argv: list[str]) -> tuple[float, float]:
 def main() -> None:
     args = bl.parse_args(__doc__ or "")
     times = 5 if args.quick else 15
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        raise SystemExit("openssl is not installed")
+    openssl = bl.require_tool("openssl")
     with bl.workdir(args.keep) as work:
         bt = bl.bench_tree(work / "device", args.quick, args.settle_ms)
         root, leaf, key, chain, root_pem = bl.gateway_files(work, "B7")

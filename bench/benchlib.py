@@ -157,6 +157,14 @@ def roots(count: int, prefix: str) -> list[CA]:
     return [CA.root(f"{prefix} {i:04d}") for i in range(count)]
 
 
+def require_tool(name: str) -> str:
+    """The path of a tool the benchmark cannot do without; exits with a message when absent."""
+    found = shutil.which(name)
+    if found is None:
+        raise SystemExit(f"{name} is not installed")
+    return found
+
+
 def gateway_files(work: Path, label: str) -> tuple[CA, Path, Path, Path, Path]:
     """A gateway's files as IoT Edge serves them (root → Edge CA → server for localhost):
     the root, the server certificate, its key, the chain above it and the root's PEM."""

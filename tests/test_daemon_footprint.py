@@ -13,14 +13,14 @@ import os
 import ssl
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from support.certs import CA
 from support.daemonrun import RunningDaemon
-from support.tree import Tree, make_tree, require_tool
-from test_grace_hold_daemon import Gateway, probe
+from support.tlsserver import tls_server
+from support.tree import make_tree, require_tool
+from test_grace_hold_daemon import probe
 
 from edge_certd.core.pem import der_to_pem, iter_pem_ders
 
@@ -63,48 +63,36 @@ def test_without_java_auto_decides_without_loading_cryptography() -> None:
     assert done.stdout.split() == ["None", "False"]
 
 
-@pytest.fixture
-def gateway(tmp_path: Path) -> Iterator[Gateway]:
-    found = Gateway(tmp_path)
-    yield found
-    found.server.close()
-
-
-@pytest.fixture
-def device(tmp_path: Path, gateway: Gateway) -> Tree:
-    require_tool("update-ca-certificates")
-    require_tool("openssl")
-    tree = make_tree(tmp_path / "device")
-    (tree.root / "probe").mkdir()
-    tree.write_config(
-        gateway__host=f"localhost:{gateway.server.port}",
-        gateway__timeout=5,
-        gateway__result_file=f"{tree.root}/probe/result.json",
-    )
-    return tree
-
-
 def _heavy_mappings(pid: int) -> list[str]:
     lines = Path(f"/proc/{pid}/maps").read_text().splitlines()
     return sorted({line.split()[-1] for line in lines if any(name in line for name in HEAVY_MAPPINGS)})
 
 
 def test_a_daemon_that_installed_removed_and_read_a_probe_maps_no_cryptography_or_libssl(
-    device: Tree, gateway: Gateway
+    tmp_path: Path,
 ) -> None:
+    require_tool("update-ca-certificates")
+    require_tool("openssl")
     root_a, root_b = CA.root("Footprint Root A"), CA.root("Footprint Root B")
+    device = make_tree(tmp_path / "device")
+    (device.root / "probe").mkdir()
     device.drop.mkdir(parents=True, exist_ok=True)
     (device.drop / "root-a.pem").write_bytes(root_a.cert_pem)
-    gateway.serve(root_a, "chain-a")
-    with RunningDaemon(device) as daemon:
-        daemon.wait_ready()
-        mark = daemon.mark()
-        probe(device, hashlib.sha256(root_a.der).hexdigest())
-        daemon.wait_status("trusted by all stores", mark)
-        mark = daemon.mark()
-        (device.drop / "root-b.pem").write_bytes(root_b.cert_pem)
-        daemon.wait_synced(mark)
-        mark = daemon.mark()
-        (device.drop / "root-b.pem").unlink()
-        daemon.wait_synced(mark)
-        assert _heavy_mappings(daemon.pid) == []
+    with tls_server(tmp_path / "gateway", root_a) as port:
+        device.write_config(
+            gateway__host=f"localhost:{port}",
+            gateway__timeout=5,
+            gateway__result_file=f"{device.root}/probe/result.json",
+        )
+        with RunningDaemon(device) as daemon:
+            daemon.wait_ready()
+            mark = daemon.mark()
+            probe(device, hashlib.sha256(root_a.der).hexdigest())
+            daemon.wait_status("trusted by all stores", mark)
+            mark = daemon.mark()
+            (device.drop / "root-b.pem").write_bytes(root_b.cert_pem)
+            daemon.wait_synced(mark)
+            mark = daemon.mark()
+            (device.drop / "root-b.pem").unlink()
+            daemon.wait_synced(mark)
+            assert _heavy_mappings(daemon.pid) == []

@@ -35,6 +35,14 @@ def openssl() -> str:
     return found
 
 
+def fake_openssl(tmp_path: Path, body: str) -> Path:
+    """An `openssl` that runs the shell `body` instead."""
+    script = tmp_path / "openssl"
+    script.write_text(f"#!/bin/sh\n{body}\n")
+    script.chmod(0o755)
+    return script
+
+
 def store(path: Path) -> TrustStore:
     return TrustStore(key="edge-roots", title=path.name, used_by="the SDKs", path=str(path))
 
@@ -190,9 +198,7 @@ def test_hostile_bytes_give_a_store_never_a_traceback() -> None:
 def test_a_wedged_openssl_is_killed_at_the_deadline_for_every_store(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    wedged = tmp_path / "openssl"
-    wedged.write_text("#!/bin/sh\nexec sleep 60\n")
-    wedged.chmod(0o755)
+    wedged = fake_openssl(tmp_path, "exec sleep 60")
     monkeypatch.setattr(anchors, "_OPENSSL_TIMEOUT", 0.5)
     root = CA.root("Gateway Root")
     path = tmp_path / "roots.pem"
@@ -215,9 +221,7 @@ def test_stores_that_hand_openssl_the_same_anchors_share_one_run_and_one_verdict
     tmp_path: Path, others: bytes
 ) -> None:
     log = tmp_path / "runs.log"
-    counting = tmp_path / "openssl"
-    counting.write_text(f'#!/bin/sh\necho run >> "{log}"\nexec "{openssl()}" "$@"\n')
-    counting.chmod(0o755)
+    counting = fake_openssl(tmp_path, f'echo run >> "{log}"\nexec "{openssl()}" "$@"')
     root, stranger = CA.root("Gateway Root"), CA.root("Stranger Root")
     server = root.issue_server("gw", ["gw"])
     big, alone, wrong = tmp_path / "big.pem", tmp_path / "alone.pem", tmp_path / "wrong.pem"
@@ -236,9 +240,7 @@ def test_stores_that_hand_openssl_the_same_anchors_share_one_run_and_one_verdict
 def test_no_openssl_outlives_a_check_that_fails_half_way(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    wedged = tmp_path / "openssl"
-    wedged.write_text("#!/bin/sh\nexec sleep 60\n")
-    wedged.chmod(0o755)
+    wedged = fake_openssl(tmp_path, "exec sleep 60")
     root = CA.root("Gateway Root")
     path = tmp_path / "roots.pem"
     path.write_bytes(root.cert_pem)

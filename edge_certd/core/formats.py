@@ -25,7 +25,6 @@ from edge_certd.core.der import declared_length
 from edge_certd.core.model import FORMAT_LABELS, Reason
 from edge_certd.core.text import printable
 
-# Human names for what `detect` found, as `inspect` and `status` print them.
 _CERT_LABELS = {b"CERTIFICATE", b"X509 CERTIFICATE", b"TRUSTED CERTIFICATE"}
 _PKCS7_LABELS = {b"PKCS7", b"PKCS #7 SIGNED DATA", b"CMS"}
 _BASE64_TEXT = re.compile(rb"^[A-Za-z0-9+/=\s]+$")

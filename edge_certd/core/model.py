@@ -96,7 +96,7 @@ class Ignored:
     what: str
 
 
-# What a file was read as (`FileVerdict.format`), in a technician's words.
+# What a file was read as (`FileVerdict.format`), as `inspect` and `status` print it.
 FORMAT_LABELS = {
     "pem": "PEM",
     "der": "DER certificate",

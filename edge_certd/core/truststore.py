@@ -50,8 +50,7 @@ def certificates(data: bytes, kind: StoreKind, password: str = "") -> list[bytes
         return list(iter_pem_ders(data))
     if kind == "jks":
         return _jks_certificates(data)
-    # Imported here, not at the top: the long-lived daemon loads cryptography only when it
-    # needs it (issue 24: about 4 MB of its idle memory).
+    # Lazy: the daemon never loads cryptography (docs/ARCHITECTURE.md, test_daemon_footprint).
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.serialization import pkcs12
 

@@ -109,8 +109,7 @@ def run_probe(
     Raises:
         WriteError: the result cannot be written.
     """
-    # Here, not at the top: the daemon imports this module for the plan alone, and the
-    # check's TLS and cryptography would stay in its memory for nothing (issue 24).
+    # Lazy: the daemon never loads cryptography (docs/ARCHITECTURE.md, test_daemon_footprint).
     from edge_certd.diagnose.verify.check import verify_gateway
 
     probes = [probe_from_report(verify_gateway(request)) for request in requests]

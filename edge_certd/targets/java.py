@@ -267,8 +267,7 @@ def _keytool_pkcs12(entries: list[tuple[str, bytes]], password: str) -> bytes:
 
 def _cryptography_writes_pkcs12() -> bool:
     """cryptography >= 45 writes a Java truststore itself; older releases need keytool."""
-    # Imported here, not at the top: the long-lived daemon loads cryptography only when it
-    # needs it (issue 24: about 4 MB of its idle memory).
+    # Lazy: the daemon never loads cryptography (docs/ARCHITECTURE.md, test_daemon_footprint).
     from cryptography.hazmat.primitives.serialization import pkcs12
 
     return hasattr(pkcs12, "serialize_java_truststore")

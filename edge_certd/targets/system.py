@@ -263,8 +263,7 @@ def bundle_fingerprints(bundle_path: str) -> set[str]:
 
 def load_installed(path: str) -> TrustedCA | None:
     """The CA in one of our ca_dir files, or None when it cannot be read as one."""
-    # Imported here, not at the top: the long-lived daemon loads cryptography only when it
-    # needs it (issue 24: about 4 MB of its idle memory).
+    # Lazy: the daemon never loads cryptography (docs/ARCHITECTURE.md, test_daemon_footprint).
     from cryptography import x509
 
     from edge_certd.core.policy import display_subject, validity

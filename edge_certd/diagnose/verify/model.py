@@ -250,8 +250,7 @@ def is_ip_literal(host: str) -> bool:
 
 def cert_info(der: bytes) -> CertInfo:
     """Describe one DER certificate. Raises ValueError when it cannot be parsed."""
-    # Imported here: the daemon imports this module for its values alone and never loads
-    # cryptography for them (issue 24).
+    # Lazy: the daemon never loads cryptography (docs/ARCHITECTURE.md, test_daemon_footprint).
     from cryptography import x509
 
     cert = x509.load_der_x509_certificate(der)
