@@ -571,12 +571,15 @@ def test_stop_during_an_update_lets_the_update_finish(scenario: Scenario) -> Non
     wait_for(lambda: sc.show("edge-certd", "ActiveState") == "active", 60, "edge-certd again")
 
 
-def _scrape(sc: Scenario) -> dict[str, list[tuple[dict[str, str], float]]]:
+Scrape = dict[str, list[tuple[dict[str, str], float]]]
+
+
+def _scrape(sc: Scenario) -> Scrape:
     """edge-certd's samples as node_exporter serves them: curl of /metrics inside the box."""
     from prometheus_client.parser import text_string_to_metric_families
 
     text = sc.box.run(["curl", "-fsS", f"http://127.0.0.1:{sc.metrics_port}/metrics"]).stdout
-    found: dict[str, list[tuple[dict[str, str], float]]] = {}
+    found: Scrape = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name.startswith("edge_certd_"):
@@ -590,8 +593,13 @@ def _listed(sc: Scenario) -> list[dict[str, str]]:
     return list(doc["trusted"])
 
 
-def _agrees_with_list(sc: Scenario) -> bool:
-    scraped, listed = _scrape(sc), _listed(sc)
+def _scrape_agreeing(sc: Scenario, *, cas: int) -> Scrape | None:
+    """A scrape showing exactly what `edge-certd list --json` shows, when list shows `cas`
+    CAs; None otherwise. Whoever waits keeps this very scrape: list reads the manifest,
+    which a sync writes before the metrics, so a second scrape or a second list may catch
+    the other side of that gap."""
+    scraped = _scrape(sc)
+    listed = _listed(sc)
     series = {
         labels["sha256"]: value
         for labels, value in scraped.get("edge_certd_ca_not_after_timestamp_seconds", [])
@@ -600,7 +608,21 @@ def _agrees_with_list(sc: Scenario) -> bool:
         ca["sha256"]: dt.datetime.fromisoformat(ca["not_after"].replace("Z", "+00:00")).timestamp()
         for ca in listed
     }
-    return scraped.get("edge_certd_trusted_cas") == [({}, float(len(listed)))] and series == wanted
+    agrees = scraped.get("edge_certd_trusted_cas") == [({}, float(cas))] and series == wanted
+    return scraped if agrees and len(listed) == cas else None
+
+
+def _wait_for_scrape(sc: Scenario, *, cas: int, what: str) -> Scrape:
+    found: list[Scrape] = []
+
+    def check() -> bool:
+        scraped = _scrape_agreeing(sc, cas=cas)
+        if scraped is not None:
+            found.append(scraped)
+        return bool(found)
+
+    wait_for(check, 30, what)
+    return found[0]
 
 
 def _metrics_story(sc: Scenario) -> str:
@@ -644,9 +666,7 @@ def test_node_exporter_serves_metrics_that_agree_with_list(scenario: Scenario) -
     wait_for(lambda: sc.box.path(PROM_FILE).exists(), 60, f"{PROM_FILE} written")
 
     # After a drop (the CA came back in the step before): one CA, its notAfter, no problem.
-    wait_for(lambda: _agrees_with_list(sc), 30, "metrics that agree with `edge-certd list --json`")
-    scraped = _scrape(sc)
-    assert scraped["edge_certd_trusted_cas"] == [({}, 1.0)], scraped
+    scraped = _wait_for_scrape(sc, cas=1, what="metrics showing one CA, as `edge-certd list --json` does")
     ((labels, _),) = scraped["edge_certd_ca_not_after_timestamp_seconds"]
     assert labels["sha256"] == sc.root_sha256, labels
     assert scraped["edge_certd_degraded"] == [({}, 0.0)]
@@ -661,8 +681,7 @@ def test_node_exporter_serves_metrics_that_agree_with_list(scenario: Scenario) -
     runs = scraped["edge_certd_update_runs_total"][0][1]
     sc.sh(f"rm {DROP}/gateway-root.pem")
     wait_for(lambda: sc.root_sha256 not in sc.bundle(), 30, f"the CA gone from {SYSTEM_BUNDLE}")
-    wait_for(lambda: _agrees_with_list(sc) and not _listed(sc), 30, "metrics showing no CA, as list does")
-    scraped = _scrape(sc)
+    scraped = _wait_for_scrape(sc, cas=0, what="metrics showing no CA, as list does")
     assert "edge_certd_ca_not_after_timestamp_seconds" not in scraped, _metrics_story(sc)
     assert scraped["edge_certd_update_runs_total"][0][1] > runs
     _promtool_accepts(sc)

@@ -145,6 +145,8 @@ class AptRepository:
 
     def close(self) -> None:
         _stop(self.server)
+        # gpg started an agent for the throwaway key; it would outlive the run.
+        subprocess.run(["gpgconf", "--homedir", str(self.gnupg), "--kill", "gpg-agent"], check=False)
 
 
 class Gateway:
