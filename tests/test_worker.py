@@ -139,6 +139,72 @@ def test_a_batch_is_judged_in_one_server_and_answers_in_order(worker: JudgeWorke
     assert worker.spawned == 1  # one server, a child per request
 
 
+def test_the_next_batch_goes_out_while_the_answer_before_it_is_decoded(worker: JudgeWorker) -> None:
+    """Pipelining (issue 24, B6): `collect(then)` runs `then` once the judge is free, and
+    each batch still gets its own answers, in order."""
+    first = [request(CA.root("Pipe Root A").cert_pem, "/drop/a.pem"), request(b"junk", "/drop/j.pem")]
+    second = [request(b"more junk", "/drop/k.pem"), request(CA.root("Pipe Root B").cert_pem, "/drop/b.pem")]
+    worker.submit(first, context())
+    sent: list[str] = []
+    answers = worker.collect(then=lambda: (worker.submit(second, context()), sent.append("second")))
+    assert sent == ["second"]
+    assert [(j.verdict.source, bool(j.verdict.accepted)) for j in answers] == [
+        ("/drop/a.pem", True),
+        ("/drop/j.pem", False),
+    ]
+    answers = worker.collect()
+    assert [(j.verdict.source, bool(j.verdict.accepted)) for j in answers] == [
+        ("/drop/k.pem", False),
+        ("/drop/b.pem", True),
+    ]
+    assert worker.spawned == 1
+
+
+def test_a_batch_never_collected_is_not_read_as_the_next_ones_answer(worker: JudgeWorker) -> None:
+    worker.submit([request(b"junk 1", "/drop/1.pem"), request(b"junk 2", "/drop/2.pem")], context())
+    roots = [request(CA.root(f"After Abandon {i}").cert_pem, f"/drop/r{i}.pem") for i in range(2)]
+    worker.submit(roots, context())  # the first is abandoned: its connection (and child) go
+    answers = worker.collect()
+    assert [(j.verdict.source, bool(j.verdict.accepted)) for j in answers] == [
+        ("/drop/r0.pem", True),
+        ("/drop/r1.pem", True),
+    ]
+
+
+def test_a_malformed_answer_after_the_next_batch_went_out_costs_both_a_file_by_file_retry(
+    worker: JudgeWorker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first answer fails to decode after `then` sent the second batch: the connection
+    goes, with the second batch on it; both are judged again one file at a time, and no
+    answer lands on the wrong file."""
+    from edge_certd.worker import pool
+
+    real, calls = pool.verdict_from_json, [0]
+
+    def once_malformed(item: object, source: str):  # type: ignore[no-untyped-def]
+        calls[0] += 1
+        if calls[0] == 1:
+            raise ValueError("malformed verdict")
+        return real(item, source)
+
+    monkeypatch.setattr(pool, "verdict_from_json", once_malformed)
+    first = [request(CA.root("Retry Root A").cert_pem, "/drop/a.pem"), request(b"junk", "/drop/j.pem")]
+    second = [request(b"junk 2", "/drop/k.pem"), request(CA.root("Retry Root B").cert_pem, "/drop/b.pem")]
+    worker.submit(first, context())
+    answers = worker.collect(then=lambda: worker.submit(second, context()))
+    assert [(j.verdict.source, bool(j.verdict.accepted)) for j in answers] == [
+        ("/drop/a.pem", True),
+        ("/drop/j.pem", False),
+    ]
+    answers = worker.collect()
+    assert [(j.verdict.source, bool(j.verdict.accepted)) for j in answers] == [
+        ("/drop/k.pem", False),
+        ("/drop/b.pem", True),
+    ]
+    assert {j.outcome for j in answers} == {Outcome.OK}
+    assert worker.spawned == 2  # the first judge went with the malformed answer
+
+
 def test_a_file_that_uses_its_whole_cpu_budget_is_refused_as_judge_limit(worker: JudgeWorker) -> None:
     bomb = judge_until_not_starved(worker, COSTLY, context(cpu=1, passwords=MANY_PASSWORDS))
     assert bomb.outcome is Outcome.LIMIT

@@ -89,12 +89,11 @@ def verdict_from_json(item: Any, source: str) -> FileVerdict:
                     der=der,
                 )
             )
-        # Reason() raises ValueError for a code this version does not know.
         # Interned: 50,000 junk files share a handful of distinct messages.
         rejected = [
             Rejection(
                 source=source,
-                code=Reason(r["code"]),
+                code=_reason(r["code"]),
                 message=_shared(_text(r["message"])),
                 subject=_optional(r["subject"]),
                 sha256=_optional(r["sha256"]),
@@ -123,6 +122,18 @@ def _shared(text: str) -> str:
     if len(_SHARED) < 4096:
         return _SHARED.setdefault(text, text)
     return _SHARED.get(text, text)
+
+
+# Reason(code) walks the enum's machinery; a dict is what 50,000 verdicts can afford.
+_REASONS: dict[str, Reason] = {str(reason): reason for reason in Reason}
+
+
+def _reason(code: Any) -> Reason:
+    """Raises ValueError for a code this version does not know, as Reason() does."""
+    reason = _REASONS.get(code) if isinstance(code, str) else None
+    if reason is None:
+        raise ValueError("unknown reason code")
+    return reason
 
 
 def _text(value: Any) -> str:

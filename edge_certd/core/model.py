@@ -8,7 +8,7 @@ per file use slots: a directory of 50,000 junk files must not cost 50,000 dicts.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -208,6 +208,20 @@ class TargetFailure:
 
 
 @dataclass(frozen=True, kw_only=True)
+class FoldedRejections:
+    """Rejected files a sync counted instead of keeping (`sync/judging.py`): each refused
+    for one reason, with no certificate and no key in it, past the first ones kept whole.
+    50,000 junk files would otherwise hold about 20 MB of verdicts until the sync ends."""
+
+    by_reason: Mapping[str, int] = field(default_factory=dict)  # files per reason code
+    keys: Sequence[int] = ()  # their journal keys (sync/journal_events.py): said once each
+
+    @property
+    def files(self) -> int:
+        return sum(self.by_reason.values())
+
+
+@dataclass(frozen=True, kw_only=True)
 class SyncResult:
     """Everything one sync learned and did: the one input for status.json, the journal,
     the daemon's STATUS= line and the CLI's summary."""
@@ -229,14 +243,21 @@ class SyncResult:
     judge_unavailable: tuple[str, ...] = ()
     # CAs whose sources are gone, kept while the gateway still anchors at them (core/hold.py).
     held_for_gateway: tuple[GatewayHold, ...] = ()
+    # Rejected files counted, not kept in `verdicts` (each one rejection).
+    folded: FoldedRejections = field(default_factory=FoldedRejections)
 
     @property
     def rejected(self) -> tuple[Rejection, ...]:
+        """The rejections kept whole; `rejected_count` counts the folded ones too."""
         return tuple(r for v in self.verdicts for r in v.rejected)
 
     @property
+    def rejected_count(self) -> int:
+        return sum(len(v.rejected) for v in self.verdicts) + self.folded.files
+
+    @property
     def rejected_files(self) -> int:
-        return sum(1 for v in self.verdicts if v.rejected)
+        return sum(1 for v in self.verdicts if v.rejected) + self.folded.files
 
     @property
     def trust_changed(self) -> bool:

@@ -124,6 +124,8 @@ def file_rule(path: str, dir_info: os.stat_result, rules: DirectoryRules) -> Fil
 def file_problem(info: os.stat_result, rule: FileRule | None, fs_path: str) -> tuple[Reason, str] | None:
     """Why a file may not be read under its directory's `rule` (see file_rule), else None."""
     mode = stat.S_IMODE(info.st_mode)
+    if rule is None or (not mode & (stat.S_IWGRP | stat.S_IWOTH) and info.st_uid in (0, os.geteuid())):
+        return None  # nearly every file: no name to escape
     shown = printable(fs_path)
     if rule == "root_only":
         if info.st_uid not in (0, os.geteuid()):

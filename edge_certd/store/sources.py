@@ -8,6 +8,7 @@ directory's rules are `directory_rules.py`'s; the names never read are `names.py
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import os
 import re
@@ -30,6 +31,8 @@ from edge_certd.store.names import package_dirs as package_dirs
 # A Key Vault object version: 32 lower-case hex digits, as in
 # https://<vault>.vault.azure.net/certificates/<name>/<version>.
 _KEYVAULT_VERSION = re.compile(r"[0-9a-f]{32}")
+# A name longer than this is cut where people see it (Linux allows 255 bytes).
+_NAME_LIMIT = 255
 
 
 @dataclass(frozen=True)
@@ -63,21 +66,29 @@ def scan_directory(path: str, max_bytes: int, rules: DirectoryRules | None = Non
         dir_fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as exc:
         raise SourceError(path, f"cannot be opened ({exc.strerror})") from None
+    names: list[str] = []
+    links: list[str] = []
     try:
-        names = sorted(os.listdir(dir_fd))
+        # The entry types come with the listing: no lstat per file to find the symlinks.
+        with os.scandir(dir_fd) as listing:
+            for entry in listing:
+                names.append(entry.name)
+                if entry.is_symlink():
+                    links.append(entry.name)
     except OSError as exc:
         os.close(dir_fd)
         raise SourceError(path, f"cannot be listed ({exc.strerror})") from None
+    names.sort()
     rule = file_rule(path, os.fstat(dir_fd), rules) if rules is not None else None
-    return _read_entries(path, dir_fd, names, max_bytes, rule)
+    return _read_entries(path, dir_fd, names, links, max_bytes, rule)
 
 
 def _read_entries(
-    path: str, dir_fd: int, names: list[str], max_bytes: int, rule: FileRule | None
+    path: str, dir_fd: int, names: list[str], links: list[str], max_bytes: int, rule: FileRule | None
 ) -> Iterator[SourceFile]:
     try:
         real_dir = os.path.realpath(path)
-        versions = linked_versions(path, real_dir, names)
+        versions = linked_versions(path, real_dir, names, links)
         for name in names:
             if is_temporary_name(name) or name in versions:
                 continue
@@ -91,10 +102,16 @@ def _read_entries(
 def display_path(fs_path: str) -> str:
     """How a source file is named to people and in the manifest (see read_entry)."""
     directory, name = os.path.split(fs_path)
-    return os.path.join(directory, printable(name, limit=255))
+    return os.path.join(directory, printable(name, limit=_NAME_LIMIT))
 
 
-def linked_versions(path: str, real_dir: str, names: Sequence[str]) -> frozenset[str]:
+@functools.lru_cache(maxsize=64)
+def _display_prefix(path: str) -> str:
+    """display_path's directory part for names in `path`, with its separator."""
+    return os.path.join(os.path.dirname(os.path.join(path, "x")), "")
+
+
+def linked_versions(path: str, real_dir: str, names: Sequence[str], links: Sequence[str]) -> frozenset[str]:
     """Version files `<stem>.<version>` that a symlink in the directory points into.
 
     The KeyVaultForLinux VM extension writes `<Vault>.<Cert>.<version>` for every version
@@ -103,21 +120,18 @@ def linked_versions(path: str, real_dir: str, names: Sequence[str]) -> frozenset
     trusting a CA that Key Vault rotated away, and reading the newest directly too would
     name it twice. A link that leaves the directory supersedes nothing (it is refused when
     read). The pattern is this specific, so it applies to every source directory alike.
+    `links` are the names among `names` that are symlinks.
     """
     stems = set()
-    for name in names:
-        link = os.path.join(path, name)
-        if not os.path.islink(link):
-            continue
-        real = os.path.realpath(link)
+    for name in links:
+        real = os.path.realpath(os.path.join(path, name))
         stem = _version_stem(os.path.basename(real))
         if stem and os.path.dirname(real) == real_dir:
             stems.add(stem)
-    return frozenset(
-        name
-        for name in names
-        if _version_stem(name) in stems and not os.path.islink(os.path.join(path, name))
-    )
+    if not stems:
+        return frozenset()
+    linked = set(links)
+    return frozenset(name for name in names if _version_stem(name) in stems and name not in linked)
 
 
 def _version_stem(name: str) -> str | None:
@@ -130,9 +144,13 @@ def read_entry(
     path: str, real_dir: str, dir_fd: int, name: str, max_bytes: int, rule: FileRule | None = None
 ) -> SourceFile:
     """Read one directory entry under every rule above; never raises for a bad entry."""
-    shown = display_path(os.path.join(path, name))
+    fs_path = os.path.join(path, name)
+    if name.isprintable() and len(name) <= _NAME_LIMIT:
+        shown = _display_prefix(path) + name  # what display_path gives, without its split and join
+    else:
+        shown = display_path(fs_path)
     entry = _read_entry(shown, real_dir, dir_fd, path, name, max_bytes, rule)
-    return SourceFile(entry.path, entry.data, entry.problem, os.path.join(path, name), entry.gone)
+    return SourceFile(entry.path, entry.data, entry.problem, fs_path, entry.gone)
 
 
 def _read_entry(

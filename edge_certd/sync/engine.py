@@ -13,6 +13,7 @@ from edge_certd.core.hold import HoldDecision, decide
 from edge_certd.core.judgement import JudgeContext, JudgeLimits, Rules
 from edge_certd.core.model import (
     FileVerdict,
+    FoldedRejections,
     InstalledCA,
     LastChange,
     Note,
@@ -94,6 +95,7 @@ class JudgedSources:
     problems: list[SourceProblem]
     # Files the judge could not judge (not their fault): held like busy files, retried.
     unavailable: list[str]
+    folded: FoldedRejections  # junk counted, not kept (sync/judging.py)
 
 
 def source_dirs(config: Config) -> list[tuple[str, SourceKind]]:
@@ -163,7 +165,7 @@ class Engine:
     def _judge_sources(self, worker: JudgeWorker, now: dt.datetime, busy: frozenset[str]) -> JudgedSources:
         context = judge_context(self.config, now)
         cache = VerdictCache(self.config.state_dir, context)
-        judging = Judging(worker=worker, cache=cache, context=context)
+        judging = Judging(worker=worker, cache=cache, context=context, said=journal_events.said(self.paths))
         problems: list[SourceProblem] = []
         for directory, kind in source_dirs(self.config):
             if kind is SourceKind.KEYVAULT and not os.path.exists(directory):
@@ -184,7 +186,9 @@ class Engine:
             cache.save()
         except EdgeCertdError:
             pass  # a full state disk costs time on the next start, nothing else
-        return JudgedSources(verdicts=verdicts, problems=problems, unavailable=judging.unavailable)
+        return JudgedSources(
+            verdicts=verdicts, problems=problems, unavailable=judging.unavailable, folded=judging.folded
+        )
 
     def sync(self, now: dt.datetime | None = None, busy: frozenset[str] = frozenset()) -> SyncResult:
         """Bring every target in line with the sources.
@@ -337,6 +341,7 @@ class Engine:
                 error=str(exc),
                 judge_unavailable=tuple(judged.unavailable),
                 held_for_gateway=held_for_gateway,  # still installed: nothing was removed
+                folded=judged.folded,
             )
             journal_events.log_failure(failed, exc)
             record.write_status(self.paths, failed, self.config)
@@ -360,6 +365,7 @@ class Engine:
             last_change=last_change,
             judge_unavailable=tuple(judged.unavailable),
             held_for_gateway=held_for_gateway,
+            folded=judged.folded,
         )
         holds.log_decision(decision, grace_kept)
         journal_events.log_sync(result, self.paths)

@@ -14,6 +14,7 @@ import logging
 import os
 from array import array
 from bisect import bisect_left
+from collections.abc import Container
 
 from edge_certd.core.errors import ApplyError, EdgeCertdError
 from edge_certd.core.model import SyncResult
@@ -63,7 +64,7 @@ def log_sync(result: SyncResult, paths: StatePaths) -> None:
             subject=gone.subject,
         )
     memory_path = os.path.join(paths.state_dir, MEMORY_NAME)
-    logged = _Memory(read_bytes_quietly(memory_path) or b"")
+    logged = said(paths)
     now_notes = array("Q")
     for note in result.notes:
         if note.code in _JOURNALED_NOTES:
@@ -77,7 +78,7 @@ def log_sync(result: SyncResult, paths: StatePaths) -> None:
     emitted = unlogged = 0
     for verdict in result.verdicts:
         for rej in verdict.rejected:
-            key = _key("rejected", rej.source, verdict.content_sha256, str(rej.code))
+            key = rejection_key(rej.source, verdict.content_sha256, rej.code)
             now_rejected.append(key)
             if key in logged:
                 continue  # logged when this content first arrived; status still lists it
@@ -95,6 +96,11 @@ def log_sync(result: SyncResult, paths: StatePaths) -> None:
                 source=rej.source,
                 reason=rej.code,
             )
+    # Folded files (sync/judging.py) are never among the first new ones: only counted.
+    for key in result.folded.keys:
+        now_rejected.append(key)
+        if key not in logged:
+            unlogged += 1
     if unlogged:
         journal.emit(
             "rejected",
@@ -138,6 +144,16 @@ def log_failure(result: SyncResult, error: ApplyError) -> None:
             journal.emit(event, note.message, level, reason=note.code)
 
 
+def said(paths: StatePaths) -> Container[int]:
+    """The keys the journal memory holds: what the last sync already said."""
+    return _Memory(read_bytes_quietly(os.path.join(paths.state_dir, MEMORY_NAME)) or b"")
+
+
+def rejection_key(source: str, content_sha256: str, code: str) -> int:
+    """The memory's key for one rejection of one file's content."""
+    return _key("rejected", source, content_sha256, str(code))
+
+
 def _key(*parts: str) -> int:
     """A 64-bit digest per problem: the memory stays small for 50,000 junk files, and it
     holds no file names."""
@@ -152,7 +168,9 @@ class _Memory:
         usable = len(data) - len(data) % 8
         self._keys = memoryview(data[:usable]).cast("Q") if usable else memoryview(b"").cast("Q")
 
-    def __contains__(self, key: int) -> bool:
+    def __contains__(self, key: object) -> bool:
+        if not isinstance(key, int):
+            return False
         index = bisect_left(self._keys, key)  # type: ignore[call-overload]
         return index < len(self._keys) and self._keys[index] == key
 

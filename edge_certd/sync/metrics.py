@@ -136,6 +136,8 @@ def families(
     by_reason = Counter(
         code for v in (result.verdicts if result else ()) for code in {str(r.code) for r in v.rejected}
     )
+    if result:
+        by_reason.update(result.folded.by_reason)
     info = GaugeMetricFamily(
         "edge_certd_info",
         "Always 1; the version label is the edge-certd that wrote this file.",

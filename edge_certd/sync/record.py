@@ -37,6 +37,8 @@ def status_document(
     by_reason = Counter(str(r.code) for v in result.verdicts for r in v.rejected)
     # Files, not rejections: one bundle of 1,000 leaves is one file (the metrics count this).
     files_by_reason = Counter(code for v in result.verdicts for code in {str(r.code) for r in v.rejected})
+    by_reason.update(result.folded.by_reason)  # one rejection per folded file
+    files_by_reason.update(result.folded.by_reason)
     ignored_total = sum(len(v.ignored) for v in result.verdicts)
     doc: dict[str, Any] = {
         "last_sync": {

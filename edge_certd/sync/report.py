@@ -95,15 +95,17 @@ def summary(op: str, result: SyncResult, own: Sequence[FileVerdict] = ()) -> dic
         if op != "remove":
             for gone in result.removed:
                 lines.append(f"  removed {gone.subject} (sha256 {gone.sha256[:16]}…)")
+    # Folded files (sync/judging.py) are junk, never one of `own`: counted with the others.
+    folded = result.folded.files
     if op == "sync":
         lines.extend(f"  {rej.describe()}" for rej in others[:MAX_PRINTED])
-        if len(others) > MAX_PRINTED:
+        if len(others) + folded > MAX_PRINTED:
             lines.append(
-                f"  … and {plural(len(others) - MAX_PRINTED, 'more rejection')}; "
+                f"  … and {plural(len(others) + folded - MAX_PRINTED, 'more rejection')}; "
                 "`edge-certd status --json` counts them by reason"
             )
-    elif others:
-        files = len({r.source for r in others})
+    elif others or folded:
+        files = len({r.source for r in others}) + folded
         lines.append(
             f"  note: {plural(files, 'other file')} in the sources "
             f"{'is' if files == 1 else 'are'} rejected; `edge-certd status` lists "
@@ -123,7 +125,7 @@ def summary(op: str, result: SyncResult, own: Sequence[FileVerdict] = ()) -> dic
     lines.extend(f"  note: {note.message}" for note in result.notes if note.code != "java_skipped")
     return {
         "text": "\n".join(lines),
-        "rejected": len(result.rejected),
+        "rejected": result.rejected_count,
         "source_problems": len(result.source_problems),
         "target_failures": len(result.target_failures),
     }

@@ -22,7 +22,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -69,6 +69,25 @@ class Judgement:
     cpu_seconds: float = 0.0
 
 
+@dataclass(kw_only=True)
+class _Exchange:
+    """One request on its way: the connection it went out on, and the answer so far."""
+
+    conn: socket.socket
+    reader: FrameReader
+    deadline: float  # monotonic
+
+
+@dataclass(kw_only=True)
+class _Flight:
+    """A batch `submit` sent (or failed to send), until `collect`."""
+
+    requests: Sequence[JudgeRequest]
+    context: JudgeContext
+    exchange: _Exchange | None = None
+    failure: _Failed | None = None
+
+
 class _Failed(Exception):
     def __init__(self, outcome: Outcome, why: str, *, unreachable: bool = False) -> None:
         super().__init__(why)
@@ -96,6 +115,7 @@ class JudgeWorker:
         self._proc: subprocess.Popen[bytes] | None = None
         self._conn: socket.socket | None = None
         self._used_at = 0.0  # monotonic: the connection's last request, or its opening
+        self._flight: _Flight | None = None  # the batch `submit` sent, until `collect`
         self.spawned = 0  # for tests and benchmarks: how many judge processes were started
 
     @property
@@ -110,12 +130,59 @@ class JudgeWorker:
         itself exceeds a limit is refused; a batch the judge could not finish is blamed on
         no file. When the judge cannot be reached, the rest are UNAVAILABLE at once.
         """
+        self.submit(requests, context)
+        return self.collect()
+
+    def submit(self, requests: Sequence[JudgeRequest], context: JudgeContext) -> None:
+        """Send a batch and return while the judge works on it, so that the caller can read
+        the next batch meanwhile; `collect` gives its judgements. One batch at a time: a batch
+        never collected is abandoned (the connection dropped) by the next call."""
+        self._abandon()
+        flight = _Flight(requests=requests, context=context)
         if len(requests) > 1:
             try:
-                return self._ask(requests, context)
+                flight.exchange = self._send(requests, context)
             except _Failed as exc:
-                if exc.unreachable:
-                    return [_unavailable(r, exc.why) for r in requests]
+                flight.failure = exc
+        self._flight = flight
+
+    def collect(self, then: Callable[[], None] | None = None) -> list[Judgement]:
+        """The judgements of the batch `submit` sent, in its order (see `judge`).
+
+        `then` runs as soon as the judge is free, before its answer is decoded: a caller
+        that submits its next batch there keeps the judge working while this process decodes.
+        """
+        flight, self._flight = self._flight, None
+        if flight is None:
+            if then is not None:
+                then()
+            return []
+        requests, context = flight.requests, flight.context
+        payload: bytes | None = None
+        if flight.exchange is not None:
+            try:
+                payload = self._receive(flight.exchange)
+            except _Failed as exc:
+                flight.failure = exc
+        if payload is not None:
+            if then is not None:
+                then()
+                then = None
+            try:
+                return self._decode(payload, requests)
+            except _Failed as exc:  # the connection is dropped: a batch sent by `then` fails too
+                flight.failure = exc
+        results = self._one_by_one(requests, context, flight.failure)
+        if then is not None:
+            then()
+        return results
+
+    def _one_by_one(
+        self, requests: Sequence[JudgeRequest], context: JudgeContext, failure: _Failed | None
+    ) -> list[Judgement]:
+        """A failed batch judged again a file at a time (see `judge`)."""
+        if failure is not None and failure.unreachable:
+            return [_unavailable(r, failure.why) for r in requests]
         results: list[Judgement] = []
         unreachable: str | None = None
         for request in requests:
@@ -158,36 +225,82 @@ class JudgeWorker:
     def close(self) -> None:
         """End the child judge at once: it holds no state, and a stuck one must not hold up
         a daemon that is stopping."""
+        self._flight = None
         self._drop_connection()
 
     # -- one round trip ----------------------------------------------------------------
 
     def _ask(self, requests: Sequence[JudgeRequest], context: JudgeContext) -> list[Judgement]:
+        return self._decode(self._receive(self._send(requests, context)), requests)
+
+    def _send(self, requests: Sequence[JudgeRequest], context: JudgeContext) -> _Exchange:
         header = {
             "context": context_to_json(context),
             "files": [{"source": r.source, "kind": str(r.kind)} for r in requests],
         }
         message = frame(encode(header), *(r.data for r in requests))
         conn = self._connect()
-        deadline = time.monotonic() + context.limits.wall_seconds + _CLIENT_SLACK
-        try:
-            answer, payload = self._exchange(conn, message, deadline)
-        except _Failed:
-            self._drop_connection()
-            raise
-        except BaseException:
-            self._drop_connection()  # a cancelled sync: the judge's child ends with it
-            raise
-        finally:
-            self._used_at = time.monotonic()
-            if self.socket_path is not None:
-                self._drop_connection()  # one connection per request: the judge may idle out
+        exchange = _Exchange(
+            conn=conn,
+            reader=FrameReader(MAX_FRAME),
+            deadline=time.monotonic() + context.limits.wall_seconds + _CLIENT_SLACK,
+        )
+        with self._ending_on_failure(conn):
+            out = memoryview(message)
+            while out:
+                readable, writable = self._wait(exchange, writing=True)
+                if readable:
+                    break  # the judge answered before reading it all (a refusal): see _receive
+                if not writable:
+                    continue
+                try:
+                    out = out[conn.send(out) :]
+                except BlockingIOError:
+                    continue
+                except OSError as exc:
+                    raise _Failed(Outcome.UNAVAILABLE, f"the judge failed ({type(exc).__name__})") from None
+        return exchange
+
+    def _receive(self, exchange: _Exchange) -> bytes:
+        """The judge's answer, undecoded; _Failed when it is not `ok`."""
+        with self._ending_on_failure(exchange.conn, done=True):
+            answer: dict[str, object] | None = None
+            payload: bytes | None = None
+            while payload is None:
+                if answer is None and exchange.reader.pending:
+                    answer = decode_object(exchange.reader.pop() or b"")
+                    if answer.get("outcome") != Outcome.OK:
+                        break
+                if answer is not None and exchange.reader.pending:
+                    payload = exchange.reader.pop()
+                    break
+                if self._wait(exchange, writing=False)[0]:
+                    try:
+                        data = exchange.conn.recv(1 << 20)
+                    except BlockingIOError:
+                        continue
+                    except OSError as exc:
+                        raise _Failed(
+                            Outcome.UNAVAILABLE, f"the judge failed ({type(exc).__name__})"
+                        ) from None
+                    if not data:
+                        raise _Failed(Outcome.UNAVAILABLE, "the judge closed the connection")
+                    try:
+                        exchange.reader.feed(data)
+                    except WireError as exc:
+                        raise _Failed(
+                            Outcome.UNAVAILABLE, f"the judge failed ({type(exc).__name__})"
+                        ) from None
+        assert answer is not None
         outcome, why = answer.get("outcome"), answer.get("why")
         if outcome == Outcome.LIMIT and isinstance(why, str):
             raise _Failed(Outcome.LIMIT, why[:200])
         if outcome != Outcome.OK or payload is None:
             text = why[:200] if isinstance(why, str) and why else "the judge gave no verdict"
             raise _Failed(Outcome.UNAVAILABLE, text)
+        return payload
+
+    def _decode(self, payload: bytes, requests: Sequence[JudgeRequest]) -> list[Judgement]:
         try:
             doc = decode_object(payload)
             verdicts, cpus = doc["verdicts"], doc["cpu"]
@@ -205,36 +318,42 @@ class JudgeWorker:
             self._drop_connection()
             raise _Failed(Outcome.UNAVAILABLE, "the judge's answer was malformed") from None
 
-    def _exchange(
-        self, conn: socket.socket, message: bytes, deadline: float
-    ) -> tuple[dict[str, object], bytes | None]:
-        reader = FrameReader(MAX_FRAME)
-        out = memoryview(message)
-        answer: dict[str, object] | None = None
-        while True:
-            if self.poll is not None:
-                self.poll()  # may raise to cancel the sync
-            if answer is None and reader.pending:
-                answer = decode_object(reader.pop() or b"")
-                if answer.get("outcome") != Outcome.OK:
-                    return answer, None
-            if answer is not None and reader.pending:
-                return answer, reader.pop()
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise _Failed(Outcome.UNAVAILABLE, "the judge did not answer in time")
-            writable = [conn] if out else []
-            ready_r, ready_w, _ = select.select([conn], writable, [], min(_POLL_INTERVAL, remaining))
-            try:
-                if ready_w:
-                    out = out[conn.send(out) :]
-                if ready_r:
-                    data = conn.recv(1 << 20)
-                    if not data:
-                        raise _Failed(Outcome.UNAVAILABLE, "the judge closed the connection")
-                    reader.feed(data)
-            except (OSError, WireError) as exc:
-                raise _Failed(Outcome.UNAVAILABLE, f"the judge failed ({type(exc).__name__})") from None
+    def _wait(self, exchange: _Exchange, *, writing: bool) -> tuple[bool, bool]:
+        """Wait a quarter second at most until the connection can be read (or, `writing`,
+        written): (readable, writable). `poll` runs first: it may raise to cancel the sync."""
+        if self.poll is not None:
+            self.poll()
+        remaining = exchange.deadline - time.monotonic()
+        if remaining <= 0:
+            raise _Failed(Outcome.UNAVAILABLE, "the judge did not answer in time")
+        conn = exchange.conn
+        if conn.fileno() < 0:
+            raise _Failed(Outcome.UNAVAILABLE, "the connection to the judge was closed")
+        readable, writable, _ = select.select(
+            [conn], [conn] if writing else [], [], min(_POLL_INTERVAL, remaining)
+        )
+        return bool(readable), bool(writable)
+
+    @contextlib.contextmanager
+    def _ending_on_failure(self, conn: socket.socket, *, done: bool = False) -> Iterator[None]:
+        """A failed or cancelled exchange on `conn` ends it (the child judge with it), so no
+        half-read answer is taken for the next one's. `done`: the exchange is over. A
+        connection already replaced (a file-by-file retry opened another) is left alone."""
+        try:
+            yield
+        except BaseException:
+            self._drop_connection(conn)
+            raise
+        finally:
+            self._used_at = time.monotonic()
+            if done and self.socket_path is not None:
+                self._drop_connection(conn)  # one connection per request: the judge may idle out
+
+    def _abandon(self) -> None:
+        """Give up a batch sent and never collected: its answer must not be read as the next's."""
+        flight, self._flight = self._flight, None
+        if flight is not None and flight.exchange is not None:
+            self._drop_connection(flight.exchange.conn)
 
     # -- the connection ----------------------------------------------------------------
 
@@ -280,7 +399,10 @@ class JudgeWorker:
         self._conn = ours
         return ours
 
-    def _drop_connection(self) -> None:
+    def _drop_connection(self, only: socket.socket | None = None) -> None:
+        """End the connection (and a child judge); with `only`, when it is still that one."""
+        if only is not None and only is not self._conn:
+            return
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.close()
