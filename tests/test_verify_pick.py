@@ -12,6 +12,7 @@ import subprocess
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
@@ -251,16 +252,16 @@ def test_no_openssl_outlives_a_check_that_fails_half_way(
             super().__init__(*args, **kwargs)  # type: ignore[call-overload]
             started.append(self)
 
-    real_read, calls = anchors._read_store, []
+    real_needed, calls = pick.needed, []
 
-    def second_read_fails(store: TrustStore, keys: pick.Keys) -> tuple[pick.Store | None, str | None]:
-        calls.append(store)
+    def second_store_fails(*args: Any) -> list[pick.Entry] | None:
+        calls.append(args)
         if len(calls) == 2:
             raise RuntimeError("a bug half way")
-        return real_read(store, keys)
+        return real_needed(*args)
 
     monkeypatch.setattr(anchors.subprocess, "Popen", Recorded)
-    monkeypatch.setattr(anchors, "_read_store", second_read_fails)
+    monkeypatch.setattr(pick, "needed", second_store_fails)
     start = time.monotonic()
     with pytest.raises(RuntimeError):
         anchors.check_stores([store(path), store(path)], [root.issue_server("gw", ["gw"]).der], str(wedged))

@@ -26,7 +26,6 @@ import re
 import select
 import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ from edge_certd.core.text import printable
 from edge_certd.core.truststore import certificates
 from edge_certd.diagnose.verify import pick
 from edge_certd.diagnose.verify.model import StoreCheck, TrustStore
+from edge_certd.diagnose.verify.namehash import openssl_name_hash
 from edge_certd.store.fsutil import read_bytes
 
 __all__ = ["check_store", "check_stores", "find_openssl"]
@@ -51,6 +51,11 @@ _OPENSSL_TIMEOUT = 20.0
 _MAX_CHAIN = 16
 # openssl verify's callback (apps/verify.c) prints each error it meets like this.
 _ERROR_LINE = re.compile(r"error (\d+) at (\d+) depth lookup: ?(.*)")
+# Where a process finds its open files by number; openssl opens them from there.
+_FD_DIR = "/proc/self/fd"
+# Links to certificates of one name hash (`<hash>.0`, `.1`, …) read before OpenSSL is
+# left to search the directory itself.
+_MAX_LINKS = 8
 # openssl verify says a line or two; more is read no further.
 _MAX_OUTPUT = 64 * 1024
 
@@ -68,42 +73,105 @@ def check_store(store: TrustStore, chain_der: Sequence[bytes], openssl: str | No
     return check_stores([store], chain_der, openssl)[0]
 
 
+# A store's certificates, or None and why they cannot be read.
+_Read = tuple[pick.Store | None, str | None]
+
+
+class Reading:
+    """Each store's certificates, read once. A check needs them only once the chain is in,
+    so `check` reads them while the gateway works out its answer to the ClientHello."""
+
+    def __init__(self, stores: Sequence[TrustStore]) -> None:
+        self.stores = tuple(stores)
+        self.keys = pick.Keys()
+        self._read: list[_Read] | None = None
+
+    def __call__(self) -> list[_Read]:
+        if self._read is None:
+            self._read = [_read_store(store, self.keys) for store in self.stores]
+        return self._read
+
+
 def check_stores(
-    stores: Sequence[TrustStore], chain_der: Sequence[bytes], openssl: str | None
+    stores: Sequence[TrustStore],
+    chain_der: Sequence[bytes],
+    openssl: str | None,
+    *,
+    reading: Reading | None = None,
 ) -> list[StoreCheck]:
     """`check_store` for each of `stores`, their `openssl verify` runs side by side, all
     within one `_OPENSSL_TIMEOUT`. Never raises."""
-    with tempfile.TemporaryDirectory(prefix="edge-certd-verify-") as work:
-        leaf = os.path.join(work, "leaf.pem")
-        _write(leaf, chain_der[:1])
-        untrusted = None
-        if len(chain_der) > 1:
-            untrusted = os.path.join(work, "untrusted.pem")
-            _write(untrusted, chain_der[1:_MAX_CHAIN])
-        keys, runs = pick.Keys(), _Runs()
-        try:
+    if reading is None or reading.stores != tuple(stores):
+        reading = Reading(stores)
+    read = reading()
+    runs = _Runs()
+    try:
+        with _Memory() as memory:
+            leaf = memory.file("leaf.pem", _pems(chain_der[:1]))
+            untrusted = None
+            if len(chain_der) > 1:
+                untrusted = memory.file("untrusted.pem", _pems(chain_der[1:_MAX_CHAIN]))
             started = [
-                _start(store, chain_der, openssl, os.path.join(work, str(i)), leaf, untrusted, keys, runs)
-                for i, store in enumerate(stores)
+                _start(store, got, chain_der, openssl, memory, leaf, untrusted, reading.keys, runs)
+                for store, got in zip(stores, read, strict=True)
             ]
             deadline = time.monotonic() + _OPENSSL_TIMEOUT
             return [item if isinstance(item, StoreCheck) else item.finish(deadline) for item in started]
-        finally:
-            for run in runs.values():  # none outlives the check, whatever happened
-                run.stop()
+    except _NoMemoryFiles as exc:
+        return [StoreCheck(problem=f"cannot be checked: {exc}") for _ in stores]
+    finally:
+        for run in runs.values():  # none outlives the check, whatever happened
+            run.stop()
+
+
+class _NoMemoryFiles(Exception):
+    """The files handed to openssl cannot be made."""
+
+
+class _Memory:
+    """The files a check hands `openssl verify` (the chain, the anchors, its output): in
+    memory (memfd), named to the child as /proc/self/fd/N. Nothing is written to a disk and
+    nothing is left behind, and it costs no directory to make and remove."""
+
+    def __init__(self) -> None:
+        self.fds: list[int] = []
+
+    def __enter__(self) -> _Memory:
+        if not os.path.isdir(_FD_DIR):
+            raise _NoMemoryFiles(f"{_FD_DIR} is missing (is /proc mounted?)")
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        for fd in self.fds:
+            os.close(fd)
+
+    def file(self, name: str, content: bytes = b"") -> int:
+        try:
+            fd = os.memfd_create(name, os.MFD_CLOEXEC)  # pass_fds hands it on to one child
+        except OSError as exc:
+            raise _NoMemoryFiles(f"no file in memory for openssl ({exc.strerror or exc})") from exc
+        self.fds.append(fd)
+        view = memoryview(content)
+        while view:
+            view = view[os.write(fd, view) :]
+        return fd
+
+
+def _named(fd: int) -> str:
+    return f"{_FD_DIR}/{fd}"
 
 
 class _Run:
     """One `openssl verify` process; its verdict once it has ended."""
 
-    def __init__(self, proc: subprocess.Popen[bytes], out: str, err: str) -> None:
-        self.proc, self.out, self.err = proc, out, err
+    def __init__(self, proc: subprocess.Popen[bytes], output: int) -> None:
+        self.proc, self.output = proc, output
         self._verdict: StoreCheck | None = None
 
     def verdict(self, deadline: float) -> StoreCheck:
         if self._verdict is None:
             if _wait(self.proc, deadline):
-                self._verdict = _verdict(self.proc.returncode, _head(self.out) + _head(self.err))
+                self._verdict = _verdict(self.proc.returncode, os.pread(self.output, _MAX_OUTPUT, 0))
             else:
                 self.proc.kill()
                 self.proc.wait()
@@ -170,59 +238,61 @@ def _wait(proc: subprocess.Popen[bytes], deadline: float) -> bool:
 
 def _start(
     store: TrustStore,
+    read: _Read,
     chain_der: Sequence[bytes],
     openssl: str | None,
-    work: str,
-    leaf: str,
-    untrusted: str | None,
+    memory: _Memory,
+    leaf: int,
+    untrusted: int | None,
     keys: pick.Keys,
     runs: _Runs,
 ) -> StoreCheck | _Running:
-    read, problem = _read_store(store, keys)
-    if read is None:
+    found, problem = read
+    if found is None:
         return StoreCheck(problem=problem)
-    plain = [e for e in read.entries if e.plain]
+    plain = [e for e in found.entries if e.plain]
     if not plain:
         return StoreCheck(problem="holds no certificate")
     anchor, holds_issuer, anchor_sha256 = _issuer_in(plain, chain_der)
     if openssl is None:
         problem = "cannot be checked: the openssl command is not installed (apt install openssl)"
         return StoreCheck(anchors=len(plain), problem=problem, anchor=anchor, holds_issuer=holds_issuer)
-    argv = [openssl, "verify", "-purpose", "sslserver", "-no-CAstore"]
-    chosen = pick.needed(read, chain_der[:_MAX_CHAIN], keys)
+    chosen = pick.needed(found, chain_der[:_MAX_CHAIN], keys)
     capath = store.directory if store.directory and os.path.isdir(store.directory) else None
     content: bytes | None = None
-    if chosen is None and store.kind == "pem":
-        cafile = store.path  # not plain: the very file the runtime reads, parsed by OpenSSL
-    else:
+    cafile = store.path  # not plain: the very file the runtime reads, parsed by OpenSSL
+    if chosen is not None or store.kind != "pem":
         # Only what could be used; an unused one when none could, so OpenSSL loads a file.
-        entries = read.entries if chosen is None else chosen or read.entries[:1]
+        entries = found.entries if chosen is None else chosen or found.entries[:1]
         content = b"".join(e.pem for e in entries)
+        if capath and chosen is not None and _directory_adds_nothing(capath, entries, chain_der, keys):
+            capath = None  # so it can share the run of a store that picked the same anchors
     # Stores that hand OpenSSL the same anchors (and directory) get the same verdict: the
     # system bundle and ca-bundle.pem, say, both holding the one gateway root it needs.
     run = runs.get((content or cafile, capath))
     if run is None:
+        handed = [leaf] if untrusted is None else [leaf, untrusted]
         if content is not None:
-            cafile = f"{work}-anchors.pem"
-            with open(cafile, "wb") as handle:
-                handle.write(content)
-        argv += ["-CAfile", cafile]
+            handed.append(memory.file("anchors.pem", content))
+            cafile = _named(handed[-1])
+        argv = [openssl, "verify", "-purpose", "sslserver", "-no-CAstore", "-CAfile", cafile]
         argv += ["-CApath", capath] if capath else ["-no-CApath"]
         if untrusted is not None:
-            argv += ["-untrusted", untrusted]
-        argv.append(leaf)
-        out, err = f"{work}-out", f"{work}-err"
+            argv += ["-untrusted", _named(untrusted)]
+        argv.append(_named(leaf))
+        # Memory, not a pipe: several run at once and none may block on a full pipe.
+        output = memory.file("openssl-output")
         try:
-            # Files, not pipes: several run at once and none may block on a full pipe.
-            with open(out, "wb") as out_file, open(err, "wb") as err_file:
-                proc = subprocess.Popen(argv, stdout=out_file, stderr=err_file, stdin=subprocess.DEVNULL)
+            proc = subprocess.Popen(
+                argv, stdout=output, stderr=output, stdin=subprocess.DEVNULL, pass_fds=handed
+            )
         except OSError as exc:
             return StoreCheck(
                 anchors=len(plain),
                 problem=f"cannot be checked: openssl verify did not run ({exc})",
                 holds_issuer=holds_issuer,
             )
-        run = runs[(content or cafile, capath)] = _Run(proc, out, err)
+        run = runs[(content or cafile, capath)] = _Run(proc, output)
     return _Running(
         run=run,
         anchors=len(plain),
@@ -232,7 +302,42 @@ def _start(
     )
 
 
-def _read_store(store: TrustStore, keys: pick.Keys) -> tuple[pick.Store | None, str | None]:
+def _directory_adds_nothing(
+    directory: str, handed: Sequence[pick.Entry], chain_der: Sequence[bytes], keys: pick.Keys
+) -> bool:
+    """Whether every certificate OpenSSL could find in the hashed `directory` for this chain
+    is one it is handed anyway, so that -CApath cannot change its verdict: a copy of a
+    certificate the store holds is not added again (x509_store_add), and the handed copy,
+    loaded first, is the one used. OpenSSL looks a directory up by the names of the chain
+    it builds: the presented certificates' subjects and issuers and the anchors'. Any
+    doubt (a name not hashed here, a file not plain PEM, a link too many) is a no."""
+    have = {entry.der for entry in handed}
+    names: set[bytes] = set()
+    for cert_der in [*chain_der[:_MAX_CHAIN], *have]:
+        pair = pick.names_of(cert_der)
+        if pair is None:
+            return False
+        names.update(pair)
+    for name in names:
+        hashed = openssl_name_hash(name)
+        if hashed is None:
+            return False
+        for suffix in range(_MAX_LINKS):
+            try:
+                data = read_bytes(os.path.join(directory, f"{hashed}.{suffix}"))
+            except OSError:
+                return False
+            if data is None:  # OpenSSL stops at the first missing suffix too
+                break
+            linked = pick.read_pem_store(data, keys)
+            if not linked.clean or not linked.entries or any(e.der not in have for e in linked.entries):
+                return False
+        else:
+            return False
+    return True
+
+
+def _read_store(store: TrustStore, keys: pick.Keys) -> _Read:
     """The store's certificates, or (None, why) when it cannot be read."""
     try:
         data = read_bytes(store.path)
@@ -275,14 +380,6 @@ def _issuer_in(
     return None, False, None
 
 
-def _head(path: str) -> bytes:
-    try:
-        with open(path, "rb") as handle:
-            return handle.read(_MAX_OUTPUT)
-    except OSError:
-        return b""
-
-
 def _verdict(returncode: int, raw: bytes) -> StoreCheck:
     output = raw.decode("utf-8", "replace")
     if returncode == 0:
@@ -297,6 +394,5 @@ def _verdict(returncode: int, raw: bytes) -> StoreCheck:
     return StoreCheck(problem=f"cannot be checked: openssl verify exited with {returncode}: {tail}")
 
 
-def _write(path: str, ders: Sequence[bytes]) -> None:
-    with open(path, "wb") as handle:
-        handle.write(b"".join(der_to_pem(der) for der in ders))
+def _pems(ders: Sequence[bytes]) -> bytes:
+    return b"".join(der_to_pem(der) for der in ders)

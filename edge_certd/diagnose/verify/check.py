@@ -115,15 +115,16 @@ class _Check:
         self.add(judge_tcp(request, connected))
         if connected.sock is None:
             return self.report()
+        reading = anchors.Reading(request.stores)
         try:
-            shake = probe_tls(connected.sock, self.sni, request.timeout)
+            shake = probe_tls(connected.sock, self.sni, request.timeout, meanwhile=reading)
         finally:
             connected.sock.close()
         if self.add(judge_tls(request, shake)).status == "fail":
             return self.report()
-        return self.presented(shake.chain_der)
+        return self.presented(shake.chain_der, reading)
 
-    def presented(self, chain_der: list[bytes]) -> VerifyReport:
+    def presented(self, chain_der: list[bytes], reading: anchors.Reading | None = None) -> VerifyReport:
         request = self.request
         try:
             chain = tuple(cert_info(der) for der in chain_der)
@@ -146,9 +147,8 @@ class _Check:
         self.diagnoses.extend(expiry_diag)
         if chain:
             openssl = anchors.find_openssl()
-            self.checked.extend(
-                zip(request.stores, anchors.check_stores(request.stores, chain_der, openssl), strict=True)
-            )
+            checks = anchors.check_stores(request.stores, chain_der, openssl, reading=reading)
+            self.checked.extend(zip(request.stores, checks, strict=True))
         for store, check in self.checked:
             elsewhere = [other for other, result in self.checked if result.verified and other is not store]
             self.add(judge_store(request, store, check, chain, elsewhere))

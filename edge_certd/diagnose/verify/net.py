@@ -12,6 +12,7 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -147,12 +148,20 @@ def unverified_context() -> ssl.SSLContext:
 
 
 def probe_tls(
-    sock: socket.socket, sni: str | None, timeout: float, context: ssl.SSLContext | None = None
+    sock: socket.socket,
+    sni: str | None,
+    timeout: float,
+    context: ssl.SSLContext | None = None,
+    *,
+    meanwhile: Callable[[], object] | None = None,
 ) -> Handshake:
     """Run one TLS handshake over `sock` through memory BIOs, without verifying.
 
     Memory BIOs rather than wrap_socket() because they let us see the raw bytes
     a non-TLS server answers with, and put one deadline on the whole handshake.
+    `meanwhile` runs once the ClientHello is sent, while the gateway works out its answer
+    (reading the trust stores, which the check needs next); its time is not the
+    handshake's, neither in `elapsed_ms` nor against `timeout`.
     """
     result = Handshake()
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
@@ -172,6 +181,11 @@ def probe_tls(
         except ssl.SSLWantReadError:
             try:
                 _flush(sock, outgoing)
+                if meanwhile is not None:
+                    spent = time.monotonic()
+                    meanwhile()
+                    meanwhile, spent = None, time.monotonic() - spent
+                    started, deadline = started + spent, deadline + spent
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise TimeoutError
