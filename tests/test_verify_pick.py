@@ -18,7 +18,7 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from support.certs import CA, pem_bundle
 
-from edge_certd.diagnose.verify import anchors, pick
+from edge_certd.diagnose.verify import anchors, pick, runner
 from edge_certd.diagnose.verify.model import StoreCheck, TrustStore
 
 MANY = 60
@@ -260,7 +260,7 @@ def test_no_openssl_outlives_a_check_that_fails_half_way(
             raise RuntimeError("a bug half way")
         return real_needed(*args)
 
-    monkeypatch.setattr(anchors.subprocess, "Popen", Recorded)
+    monkeypatch.setattr(runner.subprocess, "Popen", Recorded)
     monkeypatch.setattr(pick, "needed", second_store_fails)
     start = time.monotonic()
     with pytest.raises(RuntimeError):

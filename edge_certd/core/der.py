@@ -54,6 +54,12 @@ def header(data: bytes, pos: int, end: int) -> tuple[int, int, int | None]:
     Raises:
         DerError: a multi-byte tag, a length over 4 bytes, or past `end`.
     """
+    if pos + 2 <= end and data[pos + 1] < 0x80 and data[pos] & 0x1F != 0x1F:
+        # The short form, most elements of a certificate: this runs ~40 times per name.
+        stop = pos + 2 + data[pos + 1]
+        if stop > end:
+            raise DerError("element runs past its container")
+        return data[pos], pos + 2, stop
     tag, start, length = _header(data, pos, end)
     if length is None:
         return tag, start, None

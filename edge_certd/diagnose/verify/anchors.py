@@ -23,9 +23,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import select
 import shutil
-import subprocess
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,7 +33,7 @@ from cryptography import x509
 from edge_certd.core.pem import der_to_pem
 from edge_certd.core.text import printable
 from edge_certd.core.truststore import certificates
-from edge_certd.diagnose.verify import pick
+from edge_certd.diagnose.verify import pick, runner
 from edge_certd.diagnose.verify.model import StoreCheck, TrustStore
 from edge_certd.diagnose.verify.namehash import openssl_name_hash
 from edge_certd.store.fsutil import read_bytes
@@ -51,13 +49,9 @@ _OPENSSL_TIMEOUT = 20.0
 _MAX_CHAIN = 16
 # openssl verify's callback (apps/verify.c) prints each error it meets like this.
 _ERROR_LINE = re.compile(r"error (\d+) at (\d+) depth lookup: ?(.*)")
-# Where a process finds its open files by number; openssl opens them from there.
-_FD_DIR = "/proc/self/fd"
 # Links to certificates of one name hash (`<hash>.0`, `.1`, …) read before OpenSSL is
 # left to search the directory itself.
 _MAX_LINKS = 8
-# openssl verify says a line or two; more is read no further.
-_MAX_OUTPUT = 64 * 1024
 
 
 def find_openssl() -> str | None:
@@ -79,17 +73,29 @@ _Read = tuple[pick.Store | None, str | None]
 
 class Reading:
     """Each store's certificates, read once. A check needs them only once the chain is in,
-    so `check` reads them while the gateway works out its answer to the ClientHello."""
+    so `check` reads them while the gateway works out its answer to the ClientHello, with a
+    spare `openssl verify` starting beside it (`runner.Spare`) when given `openssl`."""
 
-    def __init__(self, stores: Sequence[TrustStore]) -> None:
+    def __init__(self, stores: Sequence[TrustStore], openssl: str | None = None) -> None:
         self.stores = tuple(stores)
         self.keys = pick.Keys()
+        self.spare: runner.Spare | None = None
+        self._openssl = openssl
         self._read: list[_Read] | None = None
 
     def __call__(self) -> list[_Read]:
         if self._read is None:
+            if self._openssl is not None and self.stores:
+                self.spare = runner.Spare(self._openssl)
             self._read = [_read_store(store, self.keys) for store in self.stores]
         return self._read
+
+    def __enter__(self) -> Reading:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        if self.spare is not None:
+            self.spare.close()
 
 
 def check_stores(
@@ -106,99 +112,52 @@ def check_stores(
     read = reading()
     runs = _Runs()
     try:
-        with _Memory() as memory:
-            leaf = memory.file("leaf.pem", _pems(chain_der[:1]))
-            untrusted = None
-            if len(chain_der) > 1:
-                untrusted = memory.file("untrusted.pem", _pems(chain_der[1:_MAX_CHAIN]))
+        with runner.MemoryFiles() as memory:
+            chain = _Chain(chain_der, memory)
             started = [
-                _start(store, got, chain_der, openssl, memory, leaf, untrusted, reading.keys, runs)
+                _start(store, got, chain, openssl, memory, reading, runs)
                 for store, got in zip(stores, read, strict=True)
             ]
-            deadline = time.monotonic() + _OPENSSL_TIMEOUT
-            return [item if isinstance(item, StoreCheck) else item.finish(deadline) for item in started]
-    except _NoMemoryFiles as exc:
+            return [item if isinstance(item, StoreCheck) else item.finish(chain.deadline) for item in started]
+    except runner.NoMemoryFiles as exc:
         return [StoreCheck(problem=f"cannot be checked: {exc}") for _ in stores]
     finally:
         for run in runs.values():  # none outlives the check, whatever happened
             run.stop()
 
 
-class _NoMemoryFiles(Exception):
-    """The files handed to openssl cannot be made."""
+class _Chain:
+    """The presented chain as `openssl verify` reads it, and the one deadline of all runs."""
 
-
-class _Memory:
-    """The files a check hands `openssl verify` (the chain, the anchors, its output): in
-    memory (memfd), named to the child as /proc/self/fd/N. Nothing is written to a disk and
-    nothing is left behind, and it costs no directory to make and remove."""
-
-    def __init__(self) -> None:
-        self.fds: list[int] = []
-
-    def __enter__(self) -> _Memory:
-        if not os.path.isdir(_FD_DIR):
-            raise _NoMemoryFiles(f"{_FD_DIR} is missing (is /proc mounted?)")
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        for fd in self.fds:
-            os.close(fd)
-
-    def file(self, name: str, content: bytes = b"") -> int:
-        try:
-            fd = os.memfd_create(name, os.MFD_CLOEXEC)  # pass_fds hands it on to one child
-        except OSError as exc:
-            raise _NoMemoryFiles(f"no file in memory for openssl ({exc.strerror or exc})") from exc
-        self.fds.append(fd)
-        view = memoryview(content)
-        while view:
-            view = view[os.write(fd, view) :]
-        return fd
-
-
-def _named(fd: int) -> str:
-    return f"{_FD_DIR}/{fd}"
-
-
-class _Run:
-    """One `openssl verify` process; its verdict once it has ended."""
-
-    def __init__(self, proc: subprocess.Popen[bytes], output: int) -> None:
-        self.proc, self.output = proc, output
-        self._verdict: StoreCheck | None = None
-
-    def verdict(self, deadline: float) -> StoreCheck:
-        if self._verdict is None:
-            if _wait(self.proc, deadline):
-                self._verdict = _verdict(self.proc.returncode, os.pread(self.output, _MAX_OUTPUT, 0))
-            else:
-                self.proc.kill()
-                self.proc.wait()
-                timeout = f"Command {self.proc.args!r} timed out after {_OPENSSL_TIMEOUT} seconds"
-                self._verdict = StoreCheck(
-                    problem=f"cannot be checked: openssl verify did not run ({timeout})"
-                )
-        return self._verdict
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+    def __init__(self, chain_der: Sequence[bytes], memory: runner.MemoryFiles) -> None:
+        self.der = chain_der[:_MAX_CHAIN]
+        self.leaf_pem = _pems(chain_der[:1])
+        self.untrusted_pem = _pems(chain_der[1:_MAX_CHAIN])
+        self.leaf = memory.file("leaf.pem", self.leaf_pem)
+        self.untrusted = memory.file("untrusted.pem", self.untrusted_pem) if self.untrusted_pem else None
+        self.deadline = time.monotonic() + _OPENSSL_TIMEOUT
 
 
 @dataclass(frozen=True, kw_only=True)
 class _Running:
     """One store's check, started; what its result needs besides OpenSSL's word."""
 
-    run: _Run
+    run: runner.Run
     anchors: int
     anchor: str | None
     holds_issuer: bool
     anchor_sha256: str | None
 
     def finish(self, deadline: float) -> StoreCheck:
-        verdict = self.run.verdict(deadline)
+        outcome = self.run.outcome(deadline)
+        if outcome is None:
+            timeout = f"Command {self.run.proc.args!r} timed out after {_OPENSSL_TIMEOUT} seconds"
+            return StoreCheck(
+                anchors=self.anchors,
+                problem=f"cannot be checked: openssl verify did not run ({timeout})",
+                holds_issuer=self.holds_issuer,
+            )
+        verdict = _verdict(*outcome)
         return StoreCheck(
             anchors=self.anchors,
             problem=verdict.problem,
@@ -211,40 +170,16 @@ class _Running:
         )
 
 
-_Runs = dict[tuple[bytes | str, str | None], _Run]
-
-
-def _wait(proc: subprocess.Popen[bytes], deadline: float) -> bool:
-    """Whether `proc` ended by `deadline`. A pidfd wakes at its exit; Popen.wait(timeout)
-    polls with sleeps of up to 50 ms, more than a whole check takes."""
-    remaining = max(0.0, deadline - time.monotonic())
-    try:
-        pidfd = os.pidfd_open(proc.pid)
-    except (AttributeError, OSError):  # before Linux 5.3, or not Linux
-        try:
-            proc.wait(timeout=remaining)
-        except subprocess.TimeoutExpired:
-            return False
-        return True
-    try:
-        ready, _, _ = select.select([pidfd], [], [], remaining)
-    finally:
-        os.close(pidfd)
-    if not ready:
-        return False
-    proc.wait()
-    return True
+_Runs = dict[tuple[bytes | str, str | None], runner.Run]
 
 
 def _start(
     store: TrustStore,
     read: _Read,
-    chain_der: Sequence[bytes],
+    chain: _Chain,
     openssl: str | None,
-    memory: _Memory,
-    leaf: int,
-    untrusted: int | None,
-    keys: pick.Keys,
+    memory: runner.MemoryFiles,
+    reading: Reading,
     runs: _Runs,
 ) -> StoreCheck | _Running:
     found, problem = read
@@ -253,11 +188,11 @@ def _start(
     plain = [e for e in found.entries if e.plain]
     if not plain:
         return StoreCheck(problem="holds no certificate")
-    anchor, holds_issuer, anchor_sha256 = _issuer_in(plain, chain_der)
+    anchor, holds_issuer, anchor_sha256 = _issuer_in(plain, chain.der)
     if openssl is None:
         problem = "cannot be checked: the openssl command is not installed (apt install openssl)"
         return StoreCheck(anchors=len(plain), problem=problem, anchor=anchor, holds_issuer=holds_issuer)
-    chosen = pick.needed(found, chain_der[:_MAX_CHAIN], keys)
+    chosen = pick.needed(found, chain.der, reading.keys)
     capath = store.directory if store.directory and os.path.isdir(store.directory) else None
     content: bytes | None = None
     cafile = store.path  # not plain: the very file the runtime reads, parsed by OpenSSL
@@ -265,41 +200,59 @@ def _start(
         # Only what could be used; an unused one when none could, so OpenSSL loads a file.
         entries = found.entries if chosen is None else chosen or found.entries[:1]
         content = b"".join(e.pem for e in entries)
-        if capath and chosen is not None and _directory_adds_nothing(capath, entries, chain_der, keys):
+        if (
+            capath
+            and chosen is not None
+            and _directory_adds_nothing(capath, entries, chain.der, reading.keys)
+        ):
             capath = None  # so it can share the run of a store that picked the same anchors
     # Stores that hand OpenSSL the same anchors (and directory) get the same verdict: the
     # system bundle and ca-bundle.pem, say, both holding the one gateway root it needs.
-    run = runs.get((content or cafile, capath))
-    if run is None:
-        handed = [leaf] if untrusted is None else [leaf, untrusted]
-        if content is not None:
-            handed.append(memory.file("anchors.pem", content))
-            cafile = _named(handed[-1])
-        argv = [openssl, "verify", "-purpose", "sslserver", "-no-CAstore", "-CAfile", cafile]
-        argv += ["-CApath", capath] if capath else ["-no-CApath"]
-        if untrusted is not None:
-            argv += ["-untrusted", _named(untrusted)]
-        argv.append(_named(leaf))
-        # Memory, not a pipe: several run at once and none may block on a full pipe.
-        output = memory.file("openssl-output")
+    key = (content or cafile, capath)
+    if key not in runs:
         try:
-            proc = subprocess.Popen(
-                argv, stdout=output, stderr=output, stdin=subprocess.DEVNULL, pass_fds=handed
-            )
+            runs[key] = _run(openssl, content, cafile, capath, chain, memory, reading.spare)
         except OSError as exc:
             return StoreCheck(
                 anchors=len(plain),
                 problem=f"cannot be checked: openssl verify did not run ({exc})",
                 holds_issuer=holds_issuer,
             )
-        run = runs[(content or cafile, capath)] = _Run(proc, output)
     return _Running(
-        run=run,
+        run=runs[key],
         anchors=len(plain),
         anchor=anchor,
         holds_issuer=holds_issuer,
         anchor_sha256=anchor_sha256,
     )
+
+
+def _run(
+    openssl: str,
+    content: bytes | None,
+    cafile: str,
+    capath: str | None,
+    chain: _Chain,
+    memory: runner.MemoryFiles,
+    spare: runner.Spare | None,
+) -> runner.Run:
+    """One `openssl verify` of the chain: the spare when it fits, else a new one."""
+    if (
+        content is not None
+        and spare is not None
+        and spare.takes(openssl, capath, chain.untrusted is not None)
+    ):
+        return spare.feed(content, chain.untrusted_pem, chain.leaf_pem, chain.deadline)
+    handed = [chain.leaf] if chain.untrusted is None else [chain.leaf, chain.untrusted]
+    if content is not None:
+        handed.append(memory.file("anchors.pem", content))
+        cafile = runner.named(handed[-1])
+    argv = [openssl, *runner.ARGV, "-CAfile", cafile]
+    argv += ["-CApath", capath] if capath else ["-no-CApath"]
+    if chain.untrusted is not None:
+        argv += ["-untrusted", runner.named(chain.untrusted)]
+    argv.append(runner.named(chain.leaf))
+    return runner.start(argv, memory, handed)
 
 
 def _directory_adds_nothing(

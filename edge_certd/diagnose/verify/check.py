@@ -115,14 +115,14 @@ class _Check:
         self.add(judge_tcp(request, connected))
         if connected.sock is None:
             return self.report()
-        reading = anchors.Reading(request.stores)
-        try:
-            shake = probe_tls(connected.sock, self.sni, request.timeout, meanwhile=reading)
-        finally:
-            connected.sock.close()
-        if self.add(judge_tls(request, shake)).status == "fail":
-            return self.report()
-        return self.presented(shake.chain_der, reading)
+        with anchors.Reading(request.stores, anchors.find_openssl()) as reading:
+            try:
+                shake = probe_tls(connected.sock, self.sni, request.timeout, meanwhile=reading)
+            finally:
+                connected.sock.close()
+            if self.add(judge_tls(request, shake)).status == "fail":
+                return self.report()
+            return self.presented(shake.chain_der, reading)
 
     def presented(self, chain_der: list[bytes], reading: anchors.Reading | None = None) -> VerifyReport:
         request = self.request
