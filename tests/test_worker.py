@@ -139,24 +139,34 @@ def test_a_batch_is_judged_in_one_server_and_answers_in_order(worker: JudgeWorke
     assert worker.spawned == 1  # one server, a child per request
 
 
+def two_batches(label: str) -> tuple[list[JudgeRequest], list[JudgeRequest]]:
+    """A root then junk, and junk then a root: each batch's answers must stay its own."""
+    first = [request(CA.root(f"{label} Root A").cert_pem, "/drop/a.pem"), request(b"junk", "/drop/j.pem")]
+    second = [
+        request(b"more junk", "/drop/k.pem"),
+        request(CA.root(f"{label} Root B").cert_pem, "/drop/b.pem"),
+    ]
+    return first, second
+
+
+FIRST_ANSWERS = [("/drop/a.pem", True), ("/drop/j.pem", False)]
+SECOND_ANSWERS = [("/drop/k.pem", False), ("/drop/b.pem", True)]
+
+
+def accepted_by_source(judgements: list[Judgement]) -> list[tuple[str, bool]]:
+    return [(j.verdict.source, bool(j.verdict.accepted)) for j in judgements]
+
+
 def test_the_next_batch_goes_out_while_the_answer_before_it_is_decoded(worker: JudgeWorker) -> None:
     """Pipelining (issue 24, B6): `collect(then)` runs `then` once the judge is free, and
     each batch still gets its own answers, in order."""
-    first = [request(CA.root("Pipe Root A").cert_pem, "/drop/a.pem"), request(b"junk", "/drop/j.pem")]
-    second = [request(b"more junk", "/drop/k.pem"), request(CA.root("Pipe Root B").cert_pem, "/drop/b.pem")]
+    first, second = two_batches("Pipe")
     worker.submit(first, context())
     sent: list[str] = []
     answers = worker.collect(then=lambda: (worker.submit(second, context()), sent.append("second")))
     assert sent == ["second"]
-    assert [(j.verdict.source, bool(j.verdict.accepted)) for j in answers] == [
-        ("/drop/a.pem", True),
-        ("/drop/j.pem", False),
-    ]
-    answers = worker.collect()
-    assert [(j.verdict.source, bool(j.verdict.accepted)) for j in answers] == [
-        ("/drop/k.pem", False),
-        ("/drop/b.pem", True),
-    ]
+    assert accepted_by_source(answers) == FIRST_ANSWERS
+    assert accepted_by_source(worker.collect()) == SECOND_ANSWERS
     assert worker.spawned == 1
 
 
@@ -164,11 +174,7 @@ def test_a_batch_never_collected_is_not_read_as_the_next_ones_answer(worker: Jud
     worker.submit([request(b"junk 1", "/drop/1.pem"), request(b"junk 2", "/drop/2.pem")], context())
     roots = [request(CA.root(f"After Abandon {i}").cert_pem, f"/drop/r{i}.pem") for i in range(2)]
     worker.submit(roots, context())  # the first is abandoned: its connection (and child) go
-    answers = worker.collect()
-    assert [(j.verdict.source, bool(j.verdict.accepted)) for j in answers] == [
-        ("/drop/r0.pem", True),
-        ("/drop/r1.pem", True),
-    ]
+    assert accepted_by_source(worker.collect()) == [("/drop/r0.pem", True), ("/drop/r1.pem", True)]
 
 
 def test_a_malformed_answer_after_the_next_batch_went_out_costs_both_a_file_by_file_retry(
@@ -188,19 +194,12 @@ def test_a_malformed_answer_after_the_next_batch_went_out_costs_both_a_file_by_f
         return real(item, source)
 
     monkeypatch.setattr(pool, "verdict_from_json", once_malformed)
-    first = [request(CA.root("Retry Root A").cert_pem, "/drop/a.pem"), request(b"junk", "/drop/j.pem")]
-    second = [request(b"junk 2", "/drop/k.pem"), request(CA.root("Retry Root B").cert_pem, "/drop/b.pem")]
+    first, second = two_batches("Retry")
     worker.submit(first, context())
     answers = worker.collect(then=lambda: worker.submit(second, context()))
-    assert [(j.verdict.source, bool(j.verdict.accepted)) for j in answers] == [
-        ("/drop/a.pem", True),
-        ("/drop/j.pem", False),
-    ]
+    assert accepted_by_source(answers) == FIRST_ANSWERS
     answers = worker.collect()
-    assert [(j.verdict.source, bool(j.verdict.accepted)) for j in answers] == [
-        ("/drop/k.pem", False),
-        ("/drop/b.pem", True),
-    ]
+    assert accepted_by_source(answers) == SECOND_ANSWERS
     assert {j.outcome for j in answers} == {Outcome.OK}
     assert worker.spawned == 2  # the first judge went with the malformed answer
 
