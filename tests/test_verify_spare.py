@@ -153,3 +153,11 @@ def test_feeding_a_spare_that_never_reads_gives_up_at_the_deadline(tmp_path: Pat
     finally:
         spare.close()
     assert_spent(spare)
+
+
+def test_an_openssl_that_cannot_start_gives_no_spare_and_keeps_no_file(tmp_path: Path) -> None:
+    before = len(os.listdir("/proc/self/fd"))
+    spare = runner.Spare(str(tmp_path / "no-openssl-here"))
+    assert spare.run is None and not spare.takes(str(tmp_path / "no-openssl-here"), None, True)
+    spare.close()
+    assert len(os.listdir("/proc/self/fd")) == before

@@ -114,21 +114,20 @@ class Spare:
         self.fed = False
         self._writers: list[int] = []
         self._output: int | None = None
+        readers: list[int] = []
         try:
             self._output = os.memfd_create("openssl-output", os.MFD_CLOEXEC)
-            pipes = [os.pipe2(os.O_CLOEXEC) for _ in range(3)]
-        except OSError:
-            return  # no spare: every run is started as its files are ready
-        readers = [reader for reader, _ in pipes]
-        self._writers = [writer for _, writer in pipes]
-        anchors, untrusted, leaf = (named(fd) for fd in readers)
-        argv = [openssl, *ARGV, "-CAfile", anchors, "-no-CApath", "-untrusted", untrusted, leaf]
-        try:
+            for _ in range(3):
+                reader, writer = os.pipe2(os.O_CLOEXEC)
+                readers.append(reader)
+                self._writers.append(writer)
+            anchors, untrusted, leaf = (named(fd) for fd in readers)
+            argv = [openssl, *ARGV, "-CAfile", anchors, "-no-CApath", "-untrusted", untrusted, leaf]
             proc = subprocess.Popen(
                 argv, stdout=self._output, stderr=self._output, stdin=subprocess.DEVNULL, pass_fds=readers
             )
         except OSError:
-            return
+            return  # no spare (close() lets its files go): each run starts when its files are ready
         finally:
             for reader in readers:
                 os.close(reader)
