@@ -1,9 +1,10 @@
 """Checking the gateway's chain against one trust store at a time: the side effects.
 
 The handshake happens once, with verification off (`net.probe_tls`); the chain it
-collected is then verified here against each store, in a fresh `openssl verify` with
+collected is then verified here against each store, by `openssl verify` (`runner`) with
 only that store's anchors: the ones it could use for this chain (`pick`), the whole file
-when it is not plain PEM. The stores' checks run at once, under one deadline.
+when it is not plain PEM. The stores' checks run at once, under one deadline, and stores
+that hand OpenSSL the same anchors share one run.
 
 `openssl verify` because it is the same chain builder the runtimes on a Debian device
 use (Python `ssl`, curl, mosquitto, the Azure IoT C SDK, Node.js link OpenSSL), so its
@@ -130,7 +131,7 @@ class _Chain:
     """The presented chain as `openssl verify` reads it, and the one deadline of all runs."""
 
     def __init__(self, chain_der: Sequence[bytes], memory: runner.MemoryFiles) -> None:
-        self.der = chain_der[:_MAX_CHAIN]
+        self.der = chain_der
         self.leaf_pem = _pems(chain_der[:1])
         self.untrusted_pem = _pems(chain_der[1:_MAX_CHAIN])
         self.leaf = memory.file("leaf.pem", self.leaf_pem)
@@ -192,7 +193,7 @@ def _start(
     if openssl is None:
         problem = "cannot be checked: the openssl command is not installed (apt install openssl)"
         return StoreCheck(anchors=len(plain), problem=problem, anchor=anchor, holds_issuer=holds_issuer)
-    chosen = pick.needed(found, chain.der, reading.keys)
+    chosen = pick.needed(found, chain.der[:_MAX_CHAIN], reading.keys)
     capath = store.directory if store.directory and os.path.isdir(store.directory) else None
     content: bytes | None = None
     cafile = store.path  # not plain: the very file the runtime reads, parsed by OpenSSL
