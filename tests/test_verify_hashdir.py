@@ -13,11 +13,10 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives import serialization
 from cryptography.x509.name import _ASN1Type
 from cryptography.x509.oid import NameOID
-from support.certs import CA, utcnow
+from support.certs import CA
 
 from edge_certd.diagnose.verify import anchors
 from edge_certd.diagnose.verify.model import TrustStore
@@ -36,20 +35,6 @@ def openssl() -> str:
     found = anchors.find_openssl()
     assert found is not None
     return found
-
-
-def self_signed(name: x509.Name) -> x509.Certificate:
-    key = ec.generate_private_key(ec.SECP256R1())
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(utcnow())
-        .not_valid_after(utcnow())
-    )
-    return builder.sign(key, hashes.SHA256())
 
 
 def openssl_says(cert: x509.Certificate) -> str:
@@ -82,7 +67,7 @@ NOT_HASHED = {
 
 @pytest.mark.parametrize("name", HASHED.values(), ids=HASHED.keys())
 def test_the_name_hash_is_openssls(name: x509.Name) -> None:
-    cert = self_signed(name)
+    cert = CA.root(subject=name).cert
     assert openssl_name_hash(cert.subject.public_bytes()) == openssl_says(cert)
 
 

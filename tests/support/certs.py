@@ -115,11 +115,14 @@ class CA(Issued):
         not_before: dt.datetime | None = None,
         not_after: dt.datetime | None = None,
         path_length: int | None = None,
+        subject: x509.Name | None = None,
     ) -> CA:
+        """A self-signed root named `common_name`, or `subject` whole when given."""
         key = _new_key(key_type)
         start = not_before or utcnow() - dt.timedelta(days=1)
         end = not_after or utcnow() + dt.timedelta(days=3650)
-        builder = _ca_builder(_name(common_name), _name(common_name), key, start, end, path_length)
+        name = subject if subject is not None else _name(common_name)
+        builder = _ca_builder(name, name, key, start, end, path_length)
         builder = builder.add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key()), critical=False
         )

@@ -75,19 +75,20 @@ _Read = tuple[pick.Store | None, str | None]
 class Reading:
     """Each store's certificates, read once. A check needs them only once the chain is in,
     so `check` reads them while the gateway works out its answer to the ClientHello, with a
-    spare `openssl verify` starting beside it (`runner.Spare`) when given `openssl`."""
+    spare `openssl verify` starting beside it (`runner.Spare`) when given `openssl` (the
+    path the check's runs use)."""
 
     def __init__(self, stores: Sequence[TrustStore], openssl: str | None = None) -> None:
         self.stores = tuple(stores)
         self.keys = pick.Keys()
         self.spare: runner.Spare | None = None
-        self._openssl = openssl
+        self.openssl = openssl
         self._read: list[_Read] | None = None
 
     def __call__(self) -> list[_Read]:
         if self._read is None:
-            if self._openssl is not None and self.stores:
-                self.spare = runner.Spare(self._openssl)
+            if self.openssl is not None and self.stores:
+                self.spare = runner.Spare(self.openssl)
             self._read = [_read_store(store, self.keys) for store in self.stores]
         return self._read
 

@@ -146,7 +146,8 @@ class _Check:
         # than OpenSSL's first complaint does, so those diagnoses come first.
         self.diagnoses.extend(expiry_diag)
         if chain:
-            openssl = anchors.find_openssl()
+            # The one the spare was started from, when there is a spare.
+            openssl = reading.openssl if reading is not None else anchors.find_openssl()
             checks = anchors.check_stores(request.stores, chain_der, openssl, reading=reading)
             self.checked.extend(zip(request.stores, checks, strict=True))
         for store, check in self.checked:

@@ -19,7 +19,6 @@ from edge_certd.core import der
 
 __all__ = ["openssl_name_hash"]
 
-_SET = 0x31
 _UTF8 = 0x0C
 _SIMPLE = frozenset((0x0C, 0x13, 0x16))  # UTF8String, PrintableString, IA5String
 # No real name has more; past it OpenSSL searches the directory itself.
@@ -28,30 +27,19 @@ _MAX_RDNS = 64
 
 def openssl_name_hash(name_der: bytes) -> str | None:
     """The hash OpenSSL looks `name_der` (a Name, as DER) up by, or None (see the module)."""
-    canonical: list[bytes] = []
-    try:
-        tag, at, end = der.header(name_der, 0, len(name_der))
-        if tag != der.SEQUENCE or end != len(name_der):
-            return None
-        while at < end:
-            tag, atv_at, rdn_end = der.header(name_der, at, end)
-            if tag != _SET or rdn_end is None or len(canonical) >= _MAX_RDNS:
-                return None
-            tag, oid_at, atv_end = der.header(name_der, atv_at, rdn_end)
-            if tag != der.SEQUENCE or atv_end != rdn_end:  # one attribute, nothing after it
-                return None
-            tag, _content, oid_end = der.header(name_der, oid_at, atv_end)
-            if tag != der.OID or oid_end is None:
-                return None
-            tag, value_at, value_end = der.header(name_der, oid_end, atv_end)
-            value = name_der[value_at:value_end]
-            if value_end != atv_end or tag not in _SIMPLE or not value.isascii():
-                return None
-            attribute = name_der[oid_at:oid_end] + _tlv(_UTF8, b" ".join(value.split()).lower())
-            canonical.append(_tlv(_SET, _tlv(der.SEQUENCE, attribute)))
-            at = rdn_end
-    except der.DerError:
+    rdns = der.name_rdns(name_der, _MAX_RDNS)
+    if rdns is None:
         return None
+    canonical = []
+    for rdn in rdns:
+        if len(rdn) != 1:
+            return None
+        ((oid, tag, value),) = rdn
+        if tag not in _SIMPLE or not value.isascii():
+            return None
+        # i2d re-encodes the OID from its content, as _tlv does.
+        attribute = _tlv(der.OID, oid) + _tlv(_UTF8, b" ".join(value.split()).lower())
+        canonical.append(_tlv(der.SET, _tlv(der.SEQUENCE, attribute)))
     digest = hashlib.sha1(b"".join(canonical), usedforsecurity=False).digest()
     return f"{int.from_bytes(digest[:4], 'little'):08x}"
 

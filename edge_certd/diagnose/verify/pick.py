@@ -47,7 +47,6 @@ _CODECS = {
     0x1E: "utf-16-be",  # BMPString
     0x1C: "utf-32-be",  # UniversalString
 }
-_SET = 0x31
 # No real name has more; a key is built for a bounded number only.
 _MAX_ATTRIBUTES = 64
 # Closing over issuers: a real chain of anchors is a handful deep.
@@ -84,31 +83,10 @@ class Store:
 def name_key(name_der: bytes) -> NameKey | None:
     """A key equal for every two names OpenSSL (or cryptography) calls equal; None when
     `name_der` is not a Name this reader can walk (a SEQUENCE of SETs of (OID, value))."""
-    found: list[tuple[bytes, bytes]] = []
-    try:
-        tag, at, end = der.header(name_der, 0, len(name_der))
-        if tag != der.SEQUENCE or end != len(name_der):
-            return None
-        while at < end:
-            tag, rdn_at, rdn_end = der.header(name_der, at, end)
-            if tag != _SET or rdn_end is None:
-                return None
-            while rdn_at < rdn_end:
-                tag, atv_at, atv_end = der.header(name_der, rdn_at, rdn_end)
-                if tag != der.SEQUENCE or atv_end is None or len(found) >= _MAX_ATTRIBUTES:
-                    return None
-                tag, oid_at, oid_end = der.header(name_der, atv_at, atv_end)
-                if tag != der.OID or oid_end is None:
-                    return None
-                tag, value_at, value_end = der.header(name_der, oid_end, atv_end)
-                if value_end != atv_end:
-                    return None
-                found.append((name_der[oid_at:oid_end], _canon(tag, name_der[value_at:value_end])))
-                rdn_at = atv_end
-            at = rdn_end
-    except der.DerError:
+    rdns = der.name_rdns(name_der, _MAX_ATTRIBUTES)
+    if rdns is None:
         return None
-    return tuple(sorted(found))
+    return tuple(sorted((oid, _canon(tag, value)) for rdn in rdns for oid, tag, value in rdn))
 
 
 def _canon(tag: int, content: bytes) -> bytes:

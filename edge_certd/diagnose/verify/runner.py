@@ -99,9 +99,12 @@ def start(argv: Sequence[str], memory: MemoryFiles, handed: Sequence[int]) -> Ru
         NoMemoryFiles: no file for its output.
     """
     output = memory.file("openssl-output")
-    # Memory, not a pipe: several run at once and none may block on a full pipe.
-    proc = subprocess.Popen(argv, stdout=output, stderr=output, stdin=subprocess.DEVNULL, pass_fds=handed)
-    return Run(proc, output)
+    return Run(_spawn(argv, output, handed), output)
+
+
+def _spawn(argv: Sequence[str], output: int, handed: Sequence[int]) -> subprocess.Popen[bytes]:
+    # Its output into memory, not a pipe: several run at once and none may block on a full pipe.
+    return subprocess.Popen(argv, stdout=output, stderr=output, stdin=subprocess.DEVNULL, pass_fds=handed)
 
 
 class Spare:
@@ -123,9 +126,7 @@ class Spare:
                 self._writers.append(writer)
             anchors, untrusted, leaf = (named(fd) for fd in readers)
             argv = [openssl, *ARGV, "-CAfile", anchors, "-no-CApath", "-untrusted", untrusted, leaf]
-            proc = subprocess.Popen(
-                argv, stdout=self._output, stderr=self._output, stdin=subprocess.DEVNULL, pass_fds=readers
-            )
+            proc = _spawn(argv, self._output, readers)
         except OSError:
             return  # no spare (close() lets its files go): each run starts when its files are ready
         finally:
